@@ -1,0 +1,60 @@
+//! WAV files in and out (hound). Everything inside callbox is mono f32 in
+//! [-1, 1] with an explicit rate; this is the only place that sees integer
+//! WAV layouts and channel counts.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+use super::Audio;
+
+pub fn read(path: &Path) -> Result<Audio> {
+    let mut reader = hound::WavReader::open(path)
+        .map_err(|e| Error::Audio(format!("cannot read WAV {}: {e}", path.display())))?;
+    let spec = reader.spec();
+    let channels = spec.channels.max(1) as usize;
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Audio(format!("{}: {e}", path.display())))?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::Audio(format!("{}: {e}", path.display())))?
+        }
+    };
+    let samples = interleaved
+        .chunks(channels)
+        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
+        .collect();
+    Ok(Audio::new(samples, spec.sample_rate))
+}
+
+/// Writes 16-bit PCM, mono or interleaved stereo.
+pub fn write_i16(path: &Path, rate: u32, channels: u16, samples: &[i16]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)
+        .map_err(|e| Error::Audio(format!("cannot write {}: {e}", path.display())))?;
+    for &s in samples {
+        w.write_sample(s)
+            .map_err(|e| Error::Audio(format!("{}: {e}", path.display())))?;
+    }
+    w.finalize()
+        .map_err(|e| Error::Audio(format!("{}: {e}", path.display())))
+}
+
+pub fn write(path: &Path, audio: &Audio) -> Result<()> {
+    write_i16(path, audio.rate, 1, &audio.to_i16())
+}

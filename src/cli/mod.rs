@@ -1,0 +1,69 @@
+//! The `callbox` command line. Each subcommand is glue over the library:
+//! parse arguments, load what it needs, print results.
+
+mod bench_engines;
+mod models;
+mod tools;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::models::{ModelPaths, ModelStore};
+
+#[derive(Debug, Parser)]
+#[command(name = "callbox", version, about = "A Twilio phone agent with its whole voice stack in one process")]
+pub struct Cli {
+    /// Model cache folder.
+    #[arg(long, global = true, env = "CALLBOX_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Model set from the manifest (default, gpu).
+    #[arg(long, global = true, env = "CALLBOX_MODEL_SET", default_value = "default")]
+    pub set: String,
+    /// A manifest other than the built-in one.
+    #[arg(long, global = true, env = "CALLBOX_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch, check and convert models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Transcribe a WAV file with Whisper.
+    Transcribe(tools::TranscribeArgs),
+    /// Synthesise speech with Piper into a WAV file.
+    Say(tools::SayArgs),
+    /// A text conversation with the LLM and a persona.
+    Chat(tools::ChatArgs),
+    /// Speech segments of a WAV file and the turn detector's verdict at each pause.
+    Vad(tools::VadArgs),
+    /// Measure each engine's cost on this machine.
+    BenchEngines(bench_engines::BenchArgs),
+}
+
+impl Cli {
+    pub fn store(&self) -> anyhow::Result<ModelStore> {
+        Ok(ModelStore::open(self.models.clone(), self.manifest.as_deref())?)
+    }
+
+    pub fn paths(&self) -> anyhow::Result<ModelPaths> {
+        Ok(self.store()?.paths(&self.set)?)
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Models(cmd) => models::run(&cli, cmd).await,
+        Command::Transcribe(a) => tools::transcribe(&cli, a),
+        Command::Say(a) => tools::say(&cli, a),
+        Command::Chat(a) => tools::chat(&cli, a),
+        Command::Vad(a) => tools::vad(&cli, a),
+        Command::BenchEngines(a) => bench_engines::run(&cli, a),
+    }
+}

@@ -1,0 +1,212 @@
+//! The engines of a voice agent, each behind a narrow trait so that a local
+//! model and a remote API can stand in for each other without the pipeline
+//! noticing.
+//!
+//! The pattern is the same for every engine: the engine value holds the
+//! loaded model and is shared (`Arc`) by every call; anything that carries
+//! state from one audio frame to the next — the VAD's recurrent state, the
+//! denoiser's filters, the LLM's KV cache — lives in a per-call stream or
+//! session object that the engine hands out.
+
+pub mod denoise;
+pub mod llama;
+pub mod onnx;
+pub mod piper;
+pub mod silero;
+pub mod smart_turn;
+pub mod whisper;
+
+use std::sync::atomic::AtomicBool;
+
+use crate::audio::Audio;
+use crate::error::Result;
+
+/// Sample rate of every model input (VAD, turn detection, STT).
+pub const MODEL_RATE: u32 = 16_000;
+
+/// A change in the caller's speech, positions in samples of the 16 kHz stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VadEvent {
+    /// Speech confirmed at `at` (after the start window); it began at `onset`.
+    Started { at: u64, onset: u64 },
+    /// Silence confirmed at `at` (after the stop window); speech ended at `end`.
+    Stopped { at: u64, end: u64 },
+}
+
+/// Voice activity detection.
+pub trait Vad: Send + Sync {
+    fn stream(&self) -> Box<dyn VadStream>;
+    /// Samples per model window at 16 kHz.
+    fn window(&self) -> usize;
+}
+
+pub trait VadStream: Send {
+    /// Feeds 16 kHz audio of any length; returns the events it caused.
+    fn push(&mut self, samples: &[f32]) -> Result<Vec<VadEvent>>;
+    /// Speech probability of the latest window.
+    fn confidence(&self) -> f32;
+    /// Whether the detector currently considers the caller to be speaking.
+    fn speaking(&self) -> bool;
+    /// Samples consumed so far.
+    fn position(&self) -> u64;
+}
+
+/// The turn detector's verdict on audio that ends in a pause.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnVerdict {
+    /// Probability that the caller has finished their turn.
+    pub probability: f32,
+    pub complete: bool,
+    /// Model time alone.
+    pub inference_ms: f64,
+    /// Including feature extraction.
+    pub total_ms: f64,
+}
+
+/// End-of-turn prediction from audio.
+pub trait TurnDetector: Send + Sync {
+    fn predict(&self, audio_16k: &[f32]) -> Result<TurnVerdict>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SttTimings {
+    pub features_ms: f64,
+    pub encoder_ms: f64,
+    pub decoder_ms: f64,
+    pub total_ms: f64,
+    pub tokens: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub timings: SttTimings,
+}
+
+/// Speech to text for one finished utterance.
+pub trait Stt: Send + Sync {
+    fn transcribe(&self, audio: &Audio) -> Result<Transcript>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationOptions {
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub seed: u32,
+}
+
+impl Default for GenerationOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 120,
+            temperature: 0.0,
+            seed: 42,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    /// Prompt tokens that had to be evaluated for this request.
+    pub prefilled_tokens: usize,
+    /// Prompt tokens reused from the session's KV cache.
+    pub cached_tokens: usize,
+    /// Whole prompt, in tokens.
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub first_token_ms: Option<f64>,
+    pub total_ms: f64,
+    pub cancelled: bool,
+}
+
+/// A large language model shared by all calls.
+pub trait Llm: Send + Sync {
+    /// A conversation with its own context (KV cache).
+    fn session(&self) -> Result<Box<dyn LlmSession>>;
+    fn name(&self) -> String;
+}
+
+/// One call's conversation with the model. The prompt is always the whole
+/// conversation; an implementation reuses whatever prefix it has already
+/// evaluated, so a new turn pays only for its new tokens.
+pub trait LlmSession: Send {
+    /// Evaluates `messages` ahead of time (e.g. the system prompt while the
+    /// greeting plays). Returns the number of tokens evaluated.
+    fn prefill(&mut self, messages: &[ChatMessage]) -> Result<usize>;
+
+    /// Streams the assistant's reply to `messages`. `on_text` gets each piece
+    /// of text as soon as it is complete UTF-8 and returns `false` to stop.
+    /// `cancel` is checked between tokens.
+    fn generate(
+        &mut self,
+        messages: &[ChatMessage],
+        options: &GenerationOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SynthesisStats {
+    pub first_audio_ms: Option<f64>,
+    pub total_ms: f64,
+    pub audio_secs: f64,
+    pub characters: usize,
+    pub sentences: usize,
+}
+
+/// Text to speech, streamed sentence by sentence.
+pub trait Tts: Send + Sync {
+    fn sample_rate(&self) -> u32;
+    /// Calls `on_audio` with each sentence's audio (and the pause after it) as
+    /// soon as it exists; `on_audio` returns `false` to stop early.
+    fn synthesize(&self, text: &str, on_audio: &mut dyn FnMut(Audio) -> bool) -> Result<SynthesisStats>;
+}
+
+/// Background-noise suppression.
+pub trait Denoiser: Send + Sync {
+    fn stream(&self) -> Box<dyn DenoiseStream>;
+    /// The rate the stream works at.
+    fn rate(&self) -> u32;
+}
+
+pub trait DenoiseStream: Send {
+    /// Appends the denoised version of `input` (at [`Denoiser::rate`]) to
+    /// `out`, with a constant delay.
+    fn process(&mut self, input: &[f32], out: &mut Vec<f32>);
+}

@@ -1,0 +1,148 @@
+//! ONNX Runtime, loaded at run time from the library the model cache holds.
+//!
+//! `ort` is built with `load-dynamic`: nothing is downloaded at build time and
+//! the CPU or CUDA build of the runtime is chosen by a path. ort hangs forever
+//! when that library is missing or too old (its error path re-enters the
+//! loader), so we open the library ourselves first, ask it for its version,
+//! and refuse with a clear message before ort ever sees it.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use crate::error::{Error, Result};
+
+/// ort is compiled against API level 24, i.e. ONNX Runtime 1.24 or newer.
+pub const MIN_VERSION: (u32, u32) = (1, 24);
+
+#[repr(C)]
+struct OrtApiBase {
+    get_api: unsafe extern "C" fn(u32) -> *const c_void,
+    get_version_string: unsafe extern "C" fn() -> *const c_char,
+}
+
+static ENV: OnceLock<std::result::Result<(PathBuf, Environment), String>> = OnceLock::new();
+
+/// Reads the version of the ONNX Runtime library at `path` without
+/// initialising ort. Also the check behind `callbox models check`.
+pub fn library_version(path: &Path) -> Result<String> {
+    if !path.is_file() {
+        return Err(Error::missing("ONNX Runtime library", path));
+    }
+    // SAFETY: loading a shared library runs its constructors; this is the
+    // ONNX Runtime build named by the manifest, the same one ort would load.
+    let lib = unsafe { libloading::Library::new(path) }
+        .map_err(|e| Error::corrupt("ONNX Runtime library", path, e))?;
+    let version = unsafe {
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const OrtApiBase> = lib
+            .get(b"OrtGetApiBase\0")
+            .map_err(|e| Error::corrupt("ONNX Runtime library", path, e))?;
+        let base = get_base();
+        if base.is_null() {
+            return Err(Error::corrupt("ONNX Runtime library", path, "OrtGetApiBase returned null"));
+        }
+        let v = ((*base).get_version_string)();
+        if v.is_null() {
+            return Err(Error::corrupt("ONNX Runtime library", path, "no version string"));
+        }
+        CStr::from_ptr(v).to_string_lossy().into_owned()
+    };
+    // The library stays loaded for the life of the process; ort loads it again
+    // by path and gets the same handle.
+    std::mem::forget(lib);
+    Ok(version)
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Initialises ort once per process from `path`; later calls with another
+/// path are refused rather than silently ignored.
+pub fn environment(path: &Path) -> Result<&'static Environment> {
+    let init = ENV.get_or_init(|| {
+        let version = library_version(path).map_err(|e| e.to_string())?;
+        match parse_version(&version) {
+            Some(v) if v >= MIN_VERSION => {}
+            _ => {
+                return Err(Error::corrupt(
+                    "ONNX Runtime library",
+                    path,
+                    format!(
+                        "version {version} is older than {}.{} which callbox needs",
+                        MIN_VERSION.0, MIN_VERSION.1
+                    ),
+                )
+                .to_string())
+            }
+        }
+        let env = ort::init_from(path)
+            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", path.display()))?
+            .with_name("callbox")
+            .build()
+            .map_err(|e| format!("creating the ONNX Runtime environment: {e}"))?;
+        tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded");
+        Ok((path.to_path_buf(), env))
+    });
+    match init {
+        Ok((p, env)) if p == path => Ok(env),
+        Ok((p, _)) => Err(Error::Config(format!(
+            "ONNX Runtime is already loaded from {}; cannot switch to {}",
+            p.display(),
+            path.display()
+        ))),
+        Err(e) => Err(Error::engine("onnxruntime", e)),
+    }
+}
+
+/// Opens an ONNX model on the CPU with `threads` intra-op threads.
+pub fn session(ort_lib: &Path, model: &Path, what: &str, threads: usize) -> Result<Session> {
+    if !model.is_file() {
+        return Err(Error::missing(what, model));
+    }
+    let env = environment(ort_lib)?;
+    let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(what, model, e.to_string());
+    Session::builder(env)
+        .map_err(|e| corrupt(&e))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| corrupt(&e))?
+        .with_intra_threads(threads)
+        .map_err(|e| corrupt(&e))?
+        .commit_from_file(model)
+        .map_err(|e| corrupt(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("1.28.0"), Some((1, 28)));
+        assert!(parse_version("1.28.0").unwrap() >= MIN_VERSION);
+        assert!(parse_version("1.17.3").unwrap() < MIN_VERSION);
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_missing_library_is_reported_not_hung() {
+        let e = library_version(Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/nonexistent/libonnxruntime.so") && msg.contains("callbox models fetch"), "{msg}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_refused() {
+        let dir = std::env::temp_dir().join(format!("callbox-ort-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("libonnxruntime.so");
+        std::fs::write(&fake, b"not an ELF file").unwrap();
+        let msg = library_version(&fake).unwrap_err().to_string();
+        assert!(msg.contains("unusable") && msg.contains("--force"), "{msg}");
+    }
+}

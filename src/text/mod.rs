@@ -1,0 +1,3 @@
+//! Text utilities that tools, tests and benchmarks share.
+
+pub mod wer;
