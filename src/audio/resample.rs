@@ -28,8 +28,10 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
         pos += n;
     }
     let tail = &input[pos..];
-    let block = r.process_partial(Some(&[tail]), None).expect("resample");
-    out.extend_from_slice(&block[0]);
+    if !tail.is_empty() {
+        let block = r.process_partial(Some(&[tail]), None).expect("resample");
+        out.extend_from_slice(&block[0]);
+    }
     // Flush the filter's delay line with silence until the whole signal is out.
     while out.len() < expected + delay {
         let block = r.process_partial::<&[f32]>(None, None).expect("resample");

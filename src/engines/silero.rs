@@ -115,10 +115,14 @@ pub struct SileroStream {
     volume: f32,
     confidence: f32,
     fsm: State,
-    /// Position of the first window of the current speech run.
+    /// Start of the current speech run.
     onset: u64,
-    /// Position just after the last speech window.
-    last_speech_end: u64,
+    /// Start of the current run of windows the model scores as speech.
+    voiced_since: u64,
+    voiced_run: bool,
+    /// Start of the current run of non-speech windows while speaking: the end
+    /// of speech once the stop window confirms it.
+    speech_end: u64,
     position: u64,
     since_reset: u64,
     recent_low: u32,
@@ -139,7 +143,9 @@ impl SileroStream {
             confidence: 0.0,
             fsm: State::Quiet,
             onset: 0,
-            last_speech_end: 0,
+            voiced_since: 0,
+            voiced_run: false,
+            speech_end: 0,
             position: 0,
             since_reset: 0,
             recent_low: 0,
@@ -172,13 +178,19 @@ impl SileroStream {
         };
         self.volume += 0.2 * (raw - self.volume);
 
-        let speech = p >= self.params.confidence && self.volume >= self.params.min_volume;
-        if speech {
-            self.last_speech_end = self.position;
+        // Boundaries come from the model alone: the smoothed loudness lags
+        // the onset of speech by a window or more.
+        let voiced = p >= self.params.confidence;
+        if voiced {
+            if !self.voiced_run {
+                self.voiced_since = start;
+            }
         }
+        self.voiced_run = voiced;
+        let speech = voiced && self.volume >= self.params.min_volume;
         let event = match (self.fsm, speech) {
             (State::Quiet, true) => {
-                self.onset = start;
+                self.onset = self.voiced_since;
                 self.enter_starting(1)
             }
             (State::Quiet, false) => None,
@@ -188,7 +200,10 @@ impl SileroStream {
                 None
             }
             (State::Speaking, true) => None,
-            (State::Speaking, false) => self.enter_stopping(1),
+            (State::Speaking, false) => {
+                self.speech_end = start;
+                self.enter_stopping(1)
+            }
             (State::Stopping(_), true) => {
                 self.fsm = State::Speaking;
                 None
@@ -224,7 +239,7 @@ impl SileroStream {
             self.fsm = State::Quiet;
             Some(VadEvent::Stopped {
                 at: self.position,
-                end: self.last_speech_end,
+                end: self.speech_end,
             })
         } else {
             self.fsm = State::Stopping(n);

@@ -303,52 +303,61 @@ mod tests {
         v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
     }
 
+    /// Builds the variable list of a one-layer model.
+    #[derive(Default)]
+    struct Vars(Vec<(String, Vec<usize>, u8, Vec<u8>)>);
+
+    impl Vars {
+        fn add(&mut self, n: &str, dims: Vec<usize>, id: u8, data: Vec<u8>) {
+            self.0.push((n.to_string(), dims, id, data));
+        }
+        fn seq(&mut self, n: &str, dims: Vec<usize>, base: f32) {
+            let len = dims.iter().product::<usize>();
+            self.add(n, dims, 0, f32s((0..len).map(|i| base + i as f32)));
+        }
+        fn dense(&mut self, l: &str, n: &str, rows: usize, cols: usize) {
+            self.seq(&format!("{l}/{n}/weight"), vec![rows, cols], 0.0);
+            self.seq(&format!("{l}/{n}/bias"), vec![rows], 0.0);
+        }
+        fn norm(&mut self, l: &str, n: &str, d: usize) {
+            self.seq(&format!("{l}/{n}/gamma"), vec![d], 1.0);
+            self.seq(&format!("{l}/{n}/beta"), vec![d], 0.0);
+        }
+    }
+
     #[test]
     fn fused_projections_are_split_and_int8_dequantised() {
         let d = 2;
-        let mut vars: Vec<(String, Vec<usize>, u8, Vec<u8>)> = Vec::new();
-        let mut add = |n: &str, dims: Vec<usize>, data: Vec<u8>, id: u8| vars.push((n.to_string(), dims, id, data));
-        let seq = |n: usize, base: f32| f32s((0..n).map(move |i| base + i as f32));
-        add("encoder/conv1/weight", vec![d, 3, 3], seq(d * 9, 0.0), 0);
-        add("encoder/conv1/bias", vec![d], seq(d, 0.0), 0);
-        add("encoder/conv2/weight", vec![d, d, 3], seq(d * d * 3, 0.0), 0);
-        add("encoder/conv2/bias", vec![d], seq(d, 0.0), 0);
-        add("encoder/position_encodings/encodings", vec![4, d], seq(4 * d, 0.0), 0);
-        add("decoder/position_encodings/encodings", vec![4, d], seq(4 * d, 0.0), 0);
-        add("decoder/embeddings/weight", vec![5, d], seq(5 * d, 0.0), 0);
-        add("encoder/num_heads", vec![], 1i16.to_le_bytes().to_vec(), 2);
+        let mut v = Vars::default();
+        v.seq("encoder/conv1/weight", vec![d, 3, 3], 0.0);
+        v.seq("encoder/conv1/bias", vec![d], 0.0);
+        v.seq("encoder/conv2/weight", vec![d, d, 3], 0.0);
+        v.seq("encoder/conv2/bias", vec![d], 0.0);
+        v.seq("encoder/position_encodings/encodings", vec![4, d], 0.0);
+        v.seq("decoder/position_encodings/encodings", vec![4, d], 0.0);
+        v.seq("decoder/embeddings/weight", vec![5, d], 0.0);
+        v.add("encoder/num_heads", vec![], 2, 1i16.to_le_bytes().to_vec());
         for p in ["encoder", "decoder"] {
-            for ln in ["layer_norm"] {
-                add(&format!("{p}/{ln}/gamma"), vec![d], seq(d, 1.0), 0);
-                add(&format!("{p}/{ln}/beta"), vec![d], seq(d, 0.0), 0);
-            }
+            v.norm(p, "layer_norm", d);
             let l = format!("{p}/layer_0");
-            // Fused QKV: rows 0-1 = Q, 2-3 = K, 4-5 = V, stored as int8 with row scales.
-            add(&format!("{l}/self_attention/linear_0/weight"), vec![3 * d, d], (0..6 * d).map(|i| i as u8).collect(), 1);
-            add(&format!("{l}/self_attention/linear_0/weight_scale"), vec![3 * d], f32s([2.0; 6]), 0);
-            add(&format!("{l}/self_attention/linear_0/bias"), vec![3 * d], seq(3 * d, 10.0), 0);
-            let mut dense = |n: &str, rows: usize, cols: usize| {
-                add(&format!("{l}/{n}/weight"), vec![rows, cols], seq(rows * cols, 0.0), 0);
-                add(&format!("{l}/{n}/bias"), vec![rows], seq(rows, 0.0), 0);
-            };
-            dense("self_attention/linear_1", d, d);
-            dense("ffn/linear_0", 4 * d, d);
-            dense("ffn/linear_1", d, 4 * d);
-            let mut norm = |n: &str| {
-                add(&format!("{l}/{n}/gamma"), vec![d], seq(d, 1.0), 0);
-                add(&format!("{l}/{n}/beta"), vec![d], seq(d, 0.0), 0);
-            };
-            norm("self_attention/layer_norm");
-            norm("ffn/layer_norm");
+            // Fused QKV: rows 0-1 = Q, 2-3 = K, 4-5 = V, as int8 with row scales.
+            v.add(&format!("{l}/self_attention/linear_0/weight"), vec![3 * d, d], 1, (0..6 * d as u8).collect());
+            v.add(&format!("{l}/self_attention/linear_0/weight_scale"), vec![3 * d], 0, f32s([2.0; 6]));
+            v.seq(&format!("{l}/self_attention/linear_0/bias"), vec![3 * d], 10.0);
+            v.dense(&l, "self_attention/linear_1", d, d);
+            v.dense(&l, "ffn/linear_0", 4 * d, d);
+            v.dense(&l, "ffn/linear_1", d, 4 * d);
+            v.norm(&l, "self_attention/layer_norm", d);
+            v.norm(&l, "ffn/layer_norm", d);
             if p == "decoder" {
-                norm("attention/layer_norm");
-                dense("attention/linear_0", d, d);
-                dense("attention/linear_1", 2 * d, d);
-                dense("attention/linear_2", d, d);
+                v.norm(&l, "attention/layer_norm", d);
+                v.dense(&l, "attention/linear_0", d, d);
+                v.dense(&l, "attention/linear_1", 2 * d, d);
+                v.dense(&l, "attention/linear_2", d, d);
             }
         }
         let refs: Vec<(&str, Vec<usize>, u8, Vec<u8>)> =
-            vars.iter().map(|(n, d, i, b)| (n.as_str(), d.clone(), *i, b.clone())).collect();
+            v.0.iter().map(|(n, d, i, b)| (n.as_str(), d.clone(), *i, b.clone())).collect();
         let model = Ct2Model::parse(&write_ct2(&refs)).unwrap();
         assert_eq!(model.aliases["decoder/projection/weight"], "decoder/embeddings/weight");
         let (t, cfg) = map_whisper(&model).unwrap();
@@ -356,6 +365,7 @@ mod tests {
         assert_eq!(cfg["decoder_layers"], 1);
         assert_eq!(cfg["vocab_size"], 5);
         assert_eq!(cfg["num_mel_bins"], 3);
+        assert_eq!(cfg["encoder_attention_heads"], 1);
         let v = |n: &str| t[n].to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // int8 value i / scale 2.0; K rows are 2..4 → values 4..8.
         assert_eq!(v("model.encoder.layers.0.self_attn.k_proj.weight"), [2.0, 2.5, 3.0, 3.5]);

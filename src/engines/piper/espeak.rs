@@ -91,7 +91,13 @@ pub fn phonemize(text: &str, voice: &str, data_dir: Option<&Path>) -> Result<Vec
         };
         let end = if ptr.is_null() { bytes.len() } else { (ptr as usize - base).min(bytes.len()) };
         let consumed = String::from_utf8_lossy(&bytes[start.min(end)..end]);
+        // espeak leaves the pointer one character into the next clause.
+        let mut consumed = consumed.chars();
+        if !ptr.is_null() {
+            consumed.next_back();
+        }
         let punctuation = consumed
+            .as_str()
             .trim_end()
             .chars()
             .next_back()
@@ -141,4 +147,19 @@ pub fn sentences(clauses: &[Clause]) -> Vec<String> {
         out.push(current.trim().to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clauses_keep_their_punctuation_and_sentences_split() {
+        let c = phonemize("Hello there, my friend. This is a test! Is it working?", "en-us", None).unwrap();
+        let punct: Vec<_> = c.iter().map(|c| c.punctuation).collect();
+        assert_eq!(punct, [Some(','), Some('.'), Some('!'), Some('?')], "{c:?}");
+        let s = sentences(&c);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s[0].contains(", ") && s[0].ends_with('.'), "{s:?}");
+    }
 }
