@@ -57,9 +57,9 @@ pub async fn run(cli: &Cli, cmd: &ModelsCommand) -> anyhow::Result<()> {
                 }
                 println!("{mark} {}  [{}]{note}", s.path.display(), s.source);
             }
-            let paths = store.paths(&cli.set)?;
-            if paths.ort.is_file() {
-                match crate::engines::onnx::library_version(&paths.ort) {
+            let ort = store.manifest.set(&cli.set)?.ort.as_ref().map(|p| store.root.join(p));
+            if let Some(ort) = ort.filter(|p| p.is_file()) {
+                match crate::engines::onnx::library_version(&ort) {
                     Ok(v) => println!("ONNX Runtime {v}"),
                     Err(e) => {
                         bad += 1;
