@@ -20,7 +20,10 @@ pub enum Error {
         fix: String,
     },
     #[error("{engine} failed: {reason}")]
-    Engine { engine: &'static str, reason: String },
+    Engine {
+        engine: &'static str,
+        reason: String,
+    },
     #[error("audio error: {0}")]
     Audio(String),
     #[error("configuration error: {0}")]
@@ -53,7 +56,11 @@ impl Error {
         }
     }
 
-    pub fn corrupt(what: impl Into<String>, path: impl Into<PathBuf>, reason: impl ToString) -> Self {
+    pub fn corrupt(
+        what: impl Into<String>,
+        path: impl Into<PathBuf>,
+        reason: impl ToString,
+    ) -> Self {
         Error::Corrupt {
             what: what.into(),
             path: path.into(),

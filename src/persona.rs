@@ -9,7 +9,8 @@ ask a gentle question now and then to keep the child thinking. If the child goes
 something interesting about the current topic.";
 
 /// The first thing the teacher says when she picks up.
-pub const TEACHER_GREETING: &str = "Hello, this is Miss Harper. What would you like to learn about today?";
+pub const TEACHER_GREETING: &str =
+    "Hello, this is Miss Harper. What would you like to learn about today?";
 
 /// Outbound: a friendly assistant placing a call on someone's behalf.
 pub const ASSISTANT: &str = "You are Sam, a friendly assistant calling someone on behalf of a small business. \

@@ -9,7 +9,7 @@ use crate::engines::piper::{Piper, PiperOptions};
 use crate::engines::silero::{SileroVad, VadParams};
 use crate::engines::smart_turn::SmartTurn;
 use crate::engines::whisper::{Whisper, WhisperOptions};
-use crate::engines::{Denoiser, Llm, Stt, TurnDetector, Tts, Vad};
+use crate::engines::{Denoiser, Llm, Stt, Tts, TurnDetector, Vad};
 use crate::error::Result;
 use crate::models::ModelPaths;
 
@@ -27,12 +27,17 @@ fn timed<T>(times: &mut LoadTimes, name: &'static str, f: impl FnOnce() -> Resul
 }
 
 pub fn vad(paths: &ModelPaths, params: VadParams, times: &mut LoadTimes) -> Result<Arc<dyn Vad>> {
-    timed(times, "vad", || Ok(Arc::new(SileroVad::load(&paths.ort, &paths.vad, params)?) as Arc<dyn Vad>))
+    timed(times, "vad", || {
+        Ok(Arc::new(SileroVad::load(&paths.ort, &paths.vad, params)?) as Arc<dyn Vad>)
+    })
 }
 
 pub fn turn(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn TurnDetector>> {
     timed(times, "turn", || {
-        Ok(Arc::new(SmartTurn::load(&paths.ort, &paths.turn, &paths.mel)?) as Arc<dyn TurnDetector>)
+        Ok(
+            Arc::new(SmartTurn::load(&paths.ort, &paths.turn, &paths.mel)?)
+                as Arc<dyn TurnDetector>,
+        )
     })
 }
 

@@ -67,12 +67,20 @@ fn smart_turn_golden_values() {
     let f = st.features(&zeros);
     assert!(f.iter().all(|&v| (v + 1.5).abs() < 1e-6));
     let v = callbox::engines::TurnDetector::predict(&st, &zeros).unwrap();
-    assert!((v.probability - 0.98703670).abs() < 1e-3, "p = {}", v.probability);
+    assert!(
+        (v.probability - 0.98703670).abs() < 1e-3,
+        "p = {}",
+        v.probability
+    );
     let sine: Vec<f32> = (0..128_000)
         .map(|i| 0.1 * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / 16000.0).sin())
         .collect();
     let v = callbox::engines::TurnDetector::predict(&st, &sine).unwrap();
-    assert!((v.probability - 0.95736814).abs() < 5e-3, "p = {}", v.probability);
+    assert!(
+        (v.probability - 0.95736814).abs() < 5e-3,
+        "p = {}",
+        v.probability
+    );
 }
 
 /// Real speech (Piper's output is random from run to run): every LibriVox
@@ -131,7 +139,11 @@ fn stt_librivox_wer_and_the_phone_line() {
     let refs: Vec<&str> = clips.iter().map(|(_, r)| r.as_str()).collect();
     let w = corpus_wer(refs.iter().copied().zip(direct.iter().map(|s| s.as_str())));
     let wp = corpus_wer(refs.iter().copied().zip(phone.iter().map(|s| s.as_str())));
-    eprintln!("LibriVox WER {:.1}%, after μ-law 8 kHz {:.1}%", w * 100.0, wp * 100.0);
+    eprintln!(
+        "LibriVox WER {:.1}%, after μ-law 8 kHz {:.1}%",
+        w * 100.0,
+        wp * 100.0
+    );
     assert!(w <= 0.12, "WER {w:.3}: {direct:#?}");
     assert!(wp - w <= 0.03, "μ-law WER {wp:.3} vs {w:.3}: {phone:#?}");
 }
@@ -148,10 +160,15 @@ fn llm_streams_tokens() {
     let mut s = llm().session().unwrap();
     let mut pieces = Vec::new();
     let g = s
-        .generate(&history("What do bees make?"), &GenerationOptions::default(), &AtomicBool::new(false), &mut |t| {
-            pieces.push(t.to_string());
-            true
-        })
+        .generate(
+            &history("What do bees make?"),
+            &GenerationOptions::default(),
+            &AtomicBool::new(false),
+            &mut |t| {
+                pieces.push(t.to_string());
+                true
+            },
+        )
         .unwrap();
     assert!(pieces.len() > 3, "{pieces:?}");
     assert_eq!(pieces.concat(), g.text);
@@ -180,7 +197,10 @@ fn llm_second_turn_prefills_only_new_tokens() {
     let g2 = s.generate(&h, &opts, &no, &mut |_| true).unwrap();
     assert_eq!(g2.prefilled_tokens + g2.cached_tokens, g2.prompt_tokens);
     assert!(g2.cached_tokens >= g1.prompt_tokens, "{g1:?}\n{g2:?}");
-    assert!(g2.prefilled_tokens < g2.prompt_tokens - g1.prompt_tokens + 5, "{g1:?}\n{g2:?}");
+    assert!(
+        g2.prefilled_tokens < g2.prompt_tokens - g1.prompt_tokens + 5,
+        "{g1:?}\n{g2:?}"
+    );
 }
 
 #[test]
@@ -189,20 +209,30 @@ fn llm_cancellation_stops_within_one_token() {
     let cancel = AtomicBool::new(false);
     let mut seen = 0;
     let g = s
-        .generate(&history("Tell me a long story about a dragon."), &GenerationOptions::default(), &cancel, &mut |_| {
-            seen += 1;
-            if seen == 3 {
-                cancel.store(true, Ordering::Relaxed);
-            }
-            true
-        })
+        .generate(
+            &history("Tell me a long story about a dragon."),
+            &GenerationOptions::default(),
+            &cancel,
+            &mut |_| {
+                seen += 1;
+                if seen == 3 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                true
+            },
+        )
         .unwrap();
     assert!(g.cancelled);
     assert_eq!(seen, 3);
     assert!(g.completion_tokens <= 4, "{g:?}");
     // The session stays usable after a cancellation.
     let g = s
-        .generate(&history("Say hello."), &GenerationOptions::default(), &AtomicBool::new(false), &mut |_| true)
+        .generate(
+            &history("Say hello."),
+            &GenerationOptions::default(),
+            &AtomicBool::new(false),
+            &mut |_| true,
+        )
         .unwrap();
     assert!(!g.text.is_empty());
 }
@@ -233,7 +263,10 @@ fn tts_duration_is_plausible_and_sentences_pause() {
     };
     let (g2, g1) = (longest_gap(&two), longest_gap(&one));
     assert!(g2 >= 200, "sentence pause of {g2} ms");
-    assert!(g2 > g1 + 100, "pause {g2} ms with a full stop, {g1} ms without");
+    assert!(
+        g2 > g1 + 100,
+        "pause {g2} ms with a full stop, {g1} ms without"
+    );
 }
 
 #[test]
@@ -242,7 +275,10 @@ fn tts_output_is_intelligible_to_our_stt() {
         "Good morning, class. Please open your books to page twelve.",
         "Water boils at one hundred degrees, and it freezes at zero.",
     ];
-    let hyp: Vec<String> = lines.iter().map(|l| stt().transcribe(&speech(l)).unwrap().text).collect();
+    let hyp: Vec<String> = lines
+        .iter()
+        .map(|l| stt().transcribe(&speech(l)).unwrap().text)
+        .collect();
     let w = corpus_wer(lines.iter().copied().zip(hyp.iter().map(|s| s.as_str())));
     assert!(w <= 0.20, "WER {w:.2}: {hyp:?}");
 }
@@ -266,7 +302,10 @@ fn denoiser_suppresses_noise_and_keeps_speech() {
     // The leading second is noise only; RNNoise adapts within ~0.5 s.
     let before = rms_dbfs(&noisy.samples[9600..16000]);
     let after = rms_dbfs(&denoised.samples[9600..16000]);
-    assert!(after < before - 15.0, "noise {before:.1} dBFS → {after:.1} dBFS");
+    assert!(
+        after < before - 15.0,
+        "noise {before:.1} dBFS → {after:.1} dBFS"
+    );
     let t = stt().transcribe(&denoised).unwrap();
     let w = wer(&reference, &t.text);
     let noisy_wer = wer(&reference, &stt().transcribe(&noisy).unwrap().text);

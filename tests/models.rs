@@ -24,7 +24,9 @@ struct Hub {
 }
 
 fn weights() -> Vec<u8> {
-    (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
 }
 const CONFIG: &[u8] = br#"{"hello": "world"}"#;
 
@@ -39,32 +41,68 @@ fn git_blob_sha1(data: &[u8]) -> String {
 /// CDN carrying `X-Linked-Etag` (SHA-256); small files answer directly with
 /// the git blob SHA-1 as ETag; the CDN honours `Range`.
 async fn resolve(State(hub): State<Hub>, UrlPath(file): UrlPath<String>, h: HeaderMap) -> Response {
-    let range = h.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-    hub.log.lock().unwrap().push((format!("resolve/{file}"), range));
+    let range = h
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    hub.log
+        .lock()
+        .unwrap()
+        .push((format!("resolve/{file}"), range));
     match file.as_str() {
         "weights.bin" => (
             StatusCode::FOUND,
-            [(header::LOCATION, "/cdn/weights.bin".to_string()), (header::HeaderName::from_static("x-linked-etag"), format!("\"{}\"", sha256_hex(&weights())))],
+            [
+                (header::LOCATION, "/cdn/weights.bin".to_string()),
+                (
+                    header::HeaderName::from_static("x-linked-etag"),
+                    format!("\"{}\"", sha256_hex(&weights())),
+                ),
+            ],
         )
             .into_response(),
         "bad.bin" => (
             StatusCode::FOUND,
-            [(header::LOCATION, "/cdn/weights.bin".to_string()), (header::HeaderName::from_static("x-linked-etag"), format!("\"{}\"", sha256_hex(b"something else")))],
+            [
+                (header::LOCATION, "/cdn/weights.bin".to_string()),
+                (
+                    header::HeaderName::from_static("x-linked-etag"),
+                    format!("\"{}\"", sha256_hex(b"something else")),
+                ),
+            ],
         )
             .into_response(),
-        "config.json" => ([(header::ETAG, format!("\"{}\"", git_blob_sha1(CONFIG)))], CONFIG.to_vec()).into_response(),
+        "config.json" => (
+            [(header::ETAG, format!("\"{}\"", git_blob_sha1(CONFIG)))],
+            CONFIG.to_vec(),
+        )
+            .into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
 async fn cdn(State(hub): State<Hub>, h: HeaderMap) -> Response {
-    let range = h.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-    hub.log.lock().unwrap().push(("cdn/weights.bin".into(), range.clone()));
+    let range = h
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    hub.log
+        .lock()
+        .unwrap()
+        .push(("cdn/weights.bin".into(), range.clone()));
     let data = weights();
-    match range.and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok()) {
+    match range.and_then(|r| {
+        r.strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse::<usize>()
+            .ok()
+    }) {
         Some(from) if from < data.len() => (
             StatusCode::PARTIAL_CONTENT,
-            [(header::CONTENT_RANGE, format!("bytes {from}-{}/{}", data.len() - 1, data.len()))],
+            [(
+                header::CONTENT_RANGE,
+                format!("bytes {from}-{}/{}", data.len() - 1, data.len()),
+            )],
             data[from..].to_vec(),
         )
             .into_response(),
@@ -106,15 +144,30 @@ async fn download_resumes_and_verifies_the_etag_checksum() {
     let dest = dir.join("weights.bin");
     // A previous run stopped after 1,000 bytes.
     std::fs::write(dir.join("weights.bin.partial"), &weights()[..1000]).unwrap();
-    fetch_file(&format!("{base}/org/model/resolve/main/weights.bin"), &dest, None).await.unwrap();
+    fetch_file(
+        &format!("{base}/org/model/resolve/main/weights.bin"),
+        &dest,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), weights());
     assert!(!dir.join("weights.bin.partial").exists());
     let log = hub.log.lock().unwrap().clone();
-    assert!(log.contains(&("cdn/weights.bin".into(), Some("bytes=1000-".into()))), "{log:?}");
+    assert!(
+        log.contains(&("cdn/weights.bin".into(), Some("bytes=1000-".into()))),
+        "{log:?}"
+    );
 
     // Small files carry the git blob SHA-1.
     let cfg = dir.join("config.json");
-    fetch_file(&format!("{base}/org/model/resolve/main/config.json"), &cfg, None).await.unwrap();
+    fetch_file(
+        &format!("{base}/org/model/resolve/main/config.json"),
+        &cfg,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(std::fs::read(&cfg).unwrap(), CONFIG);
 }
 
@@ -123,15 +176,31 @@ async fn a_checksum_mismatch_leaves_nothing_behind() {
     let (base, _) = serve();
     let dir = tempdir("bad");
     let dest = dir.join("bad.bin");
-    let e = fetch_file(&format!("{base}/org/model/resolve/main/bad.bin"), &dest, None).await.unwrap_err();
+    let e = fetch_file(
+        &format!("{base}/org/model/resolve/main/bad.bin"),
+        &dest,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("checksum"), "{e}");
     assert!(!dest.exists() && !dir.join("bad.bin.partial").exists());
     // A pinned hash that does not match is refused too.
-    let e = fetch_file(&format!("{base}/org/model/resolve/main/config.json"), &dest, Some(&"0".repeat(64)))
-        .await
-        .unwrap_err();
+    let e = fetch_file(
+        &format!("{base}/org/model/resolve/main/config.json"),
+        &dest,
+        Some(&"0".repeat(64)),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("checksum"), "{e}");
-    let e = fetch_file(&format!("{base}/org/model/resolve/main/missing.bin"), &dest, None).await.unwrap_err();
+    let e = fetch_file(
+        &format!("{base}/org/model/resolve/main/missing.bin"),
+        &dest,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("404"), "{e}");
 }
 
@@ -156,7 +225,11 @@ fn callbox(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -185,13 +258,24 @@ files = [
     let models = dir.join("cache");
     let m = manifest.to_str().unwrap();
     let c = models.to_str().unwrap();
-    let args = ["--manifest", m, "--models", c, "--set", "fixtures", "models"];
+    let args = [
+        "--manifest",
+        m,
+        "--models",
+        c,
+        "--set",
+        "fixtures",
+        "models",
+    ];
     let env = [("HF_ENDPOINT", base.as_str())];
     let run = |extra: &str| callbox(&[&args[..], &[extra]].concat(), &env);
 
     let o = run("fetch");
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(std::fs::read(models.join("fx/weights.bin")).unwrap(), weights());
+    assert_eq!(
+        std::fs::read(models.join("fx/weights.bin")).unwrap(),
+        weights()
+    );
     let requests = hub.log.lock().unwrap().len();
     // Idempotent: a second fetch downloads nothing.
     let o = run("fetch");
@@ -225,30 +309,54 @@ fn missing_and_corrupt_models_name_the_file_and_the_fix() {
     let o = callbox(&["--models", e, "transcribe", i], &[]);
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains(&format!("{e}/whisper-tiny.en")) && t.contains("callbox models fetch"), "{t}");
+    assert!(
+        t.contains(&format!("{e}/whisper-tiny.en")) && t.contains("callbox models fetch"),
+        "{t}"
+    );
 
     // The VAD model is present but ONNX Runtime is not: a clear error, no hang.
     let real = common::paths();
     let partial = dir.join("no-ort");
     std::fs::create_dir_all(&partial).unwrap();
-    for (f, src) in [("silero_vad.onnx", &real.vad), ("smart-turn-v3.2-cpu.onnx", &real.turn), ("mel_filters.npz", &real.mel)] {
+    for (f, src) in [
+        ("silero_vad.onnx", &real.vad),
+        ("smart-turn-v3.2-cpu.onnx", &real.turn),
+        ("mel_filters.npz", &real.mel),
+    ] {
         std::os::unix::fs::symlink(src, partial.join(f)).unwrap();
     }
     let o = callbox(&["--models", partial.to_str().unwrap(), "vad", i], &[]);
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("ONNX Runtime library") && t.contains("libonnxruntime.so.1.28.0"), "{t}");
+    assert!(
+        t.contains("ONNX Runtime library") && t.contains("libonnxruntime.so.1.28.0"),
+        "{t}"
+    );
     assert!(t.contains("callbox models fetch"), "{t}");
 
     // A corrupt LLM file.
-    std::fs::write(partial.join("SmolLM2-135M-Instruct.Q4_1.gguf"), b"this is not a model").unwrap();
-    let o = callbox(&["--models", partial.to_str().unwrap(), "chat", "-m", "hello"], &[]);
+    std::fs::write(
+        partial.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        b"this is not a model",
+    )
+    .unwrap();
+    let o = callbox(
+        &["--models", partial.to_str().unwrap(), "chat", "-m", "hello"],
+        &[],
+    );
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("not a GGUF file") && t.contains("callbox models fetch --force"), "{t}");
+    assert!(
+        t.contains("not a GGUF file") && t.contains("callbox models fetch --force"),
+        "{t}"
+    );
 
     // An unknown model set.
     let o = callbox(&["--set", "nope", "models", "check"], &[]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("unknown model set \"nope\""), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown model set \"nope\""),
+        "{}",
+        text(&o)
+    );
 }

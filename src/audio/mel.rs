@@ -45,7 +45,11 @@ impl MelFilters {
             .ok_or_else(|| Error::corrupt("mel filter bank", path, format!("no array {key}")))?;
         let dims = t.dims().to_vec();
         if dims != [n_mels, N_FREQS] {
-            return Err(Error::corrupt("mel filter bank", path, format!("shape {dims:?}")));
+            return Err(Error::corrupt(
+                "mel filter bank",
+                path,
+                format!("shape {dims:?}"),
+            ));
         }
         let weights = t
             .to_dtype(candle_core::DType::F32)
@@ -195,7 +199,11 @@ mod tests {
         let out = mel.log_mel(&tone, 50);
         let at = |m: usize| out[m * 50 + 25];
         // 2,400 Hz = bin 60 = centre of filter 1.
-        assert!(at(1) > at(0) + 3.0 && at(1) > at(2) + 3.0, "{:?}", (at(0), at(1), at(2)));
+        assert!(
+            at(1) > at(0) + 3.0 && at(1) > at(2) + 3.0,
+            "{:?}",
+            (at(0), at(1), at(2))
+        );
     }
 
     #[test]

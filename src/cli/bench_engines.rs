@@ -52,7 +52,10 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     let llm = stack::llm(&paths, &mut times)?;
     let mut rows: Vec<(String, String)> = Vec::new();
 
-    let speech: Vec<Audio> = SENTENCES.iter().map(|s| synth(tts.as_ref(), s)).collect::<anyhow::Result<_>>()?;
+    let speech: Vec<Audio> = SENTENCES
+        .iter()
+        .map(|s| synth(tts.as_ref(), s))
+        .collect::<anyhow::Result<_>>()?;
     let mut long = Audio::new(Vec::new(), MODEL_RATE);
     for s in &speech {
         long.append(s);
@@ -66,7 +69,13 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
         stream.push(&long.samples)?;
     }
     let windows = (long.samples.len() * runs / vad.window()) as f64;
-    rows.push(("Silero VAD".into(), format!("{:.3} ms per 32 ms window", t0.elapsed().as_secs_f64() * 1e3 / windows)));
+    rows.push((
+        "Silero VAD".into(),
+        format!(
+            "{:.3} ms per 32 ms window",
+            t0.elapsed().as_secs_f64() * 1e3 / windows
+        ),
+    ));
 
     // Smart Turn: per call on the last 8 s.
     let mut total = Vec::new();
@@ -78,7 +87,11 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     }
     rows.push((
         "Smart Turn v3.2".into(),
-        format!("{:.1} ms per call ({:.1} ms inference + features)", mean(&total), mean(&infer)),
+        format!(
+            "{:.1} ms per call ({:.1} ms inference + features)",
+            mean(&total),
+            mean(&infer)
+        ),
     ));
 
     // Whisper: short context (ours) against the stock 30 s context.
@@ -105,7 +118,13 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
             texts.push(t.text);
         }
     }
-    let ours_wer = corpus_wer(SENTENCES.iter().cycle().map(|s| *s).zip(texts.iter().map(|s| s.as_str())));
+    let ours_wer = corpus_wer(
+        SENTENCES
+            .iter()
+            .cycle()
+            .map(|s| *s)
+            .zip(texts.iter().map(|s| s.as_str())),
+    );
     let mut stock_ms = Vec::new();
     let mut stock_texts = Vec::new();
     for s in &speech {
@@ -113,7 +132,12 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
         stock_ms.push(t.timings.total_ms);
         stock_texts.push(t.text);
     }
-    let stock_wer = corpus_wer(SENTENCES.iter().copied().zip(stock_texts.iter().map(|s| s.as_str())));
+    let stock_wer = corpus_wer(
+        SENTENCES
+            .iter()
+            .copied()
+            .zip(stock_texts.iter().map(|s| s.as_str())),
+    );
     rows.push((
         "Whisper (short context)".into(),
         format!(
@@ -127,7 +151,11 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     ));
     rows.push((
         "Whisper (stock 30 s context)".into(),
-        format!("{:.0} ms per utterance; WER {:.1}%", mean(&stock_ms), stock_wer * 100.0),
+        format!(
+            "{:.0} ms per utterance; WER {:.1}%",
+            mean(&stock_ms),
+            stock_wer * 100.0
+        ),
     ));
     drop(stock);
 
@@ -182,7 +210,11 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     }
     rows.push((
         "Piper TTS".into(),
-        format!("first sentence after {:.0} ms; real-time factor {:.3}", mean(&first), mean(&rtf)),
+        format!(
+            "first sentence after {:.0} ms; real-time factor {:.3}",
+            mean(&first),
+            mean(&rtf)
+        ),
     ));
 
     // RNNoise: per 10 ms frame at 48 kHz.
@@ -193,7 +225,13 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     ds.process(&noisy.samples, &mut out);
     let frames = noisy.samples.len() as f64 / 480.0;
-    rows.push(("RNNoise".into(), format!("{:.3} ms per 10 ms frame", t0.elapsed().as_secs_f64() * 1e3 / frames)));
+    rows.push((
+        "RNNoise".into(),
+        format!(
+            "{:.3} ms per 10 ms frame",
+            t0.elapsed().as_secs_f64() * 1e3 / frames
+        ),
+    ));
 
     for (name, secs) in &times.0 {
         rows.push((format!("load {name}"), format!("{secs:.2} s")));

@@ -12,13 +12,22 @@ use clap::{Parser, Subcommand};
 use crate::models::{ModelPaths, ModelStore};
 
 #[derive(Debug, Parser)]
-#[command(name = "callbox", version, about = "A Twilio phone agent with its whole voice stack in one process")]
+#[command(
+    name = "callbox",
+    version,
+    about = "A Twilio phone agent with its whole voice stack in one process"
+)]
 pub struct Cli {
     /// Model cache folder.
     #[arg(long, global = true, env = "CALLBOX_MODELS")]
     pub models: Option<PathBuf>,
     /// Model set from the manifest (default, gpu).
-    #[arg(long, global = true, env = "CALLBOX_MODEL_SET", default_value = "default")]
+    #[arg(
+        long,
+        global = true,
+        env = "CALLBOX_MODEL_SET",
+        default_value = "default"
+    )]
     pub set: String,
     /// A manifest other than the built-in one.
     #[arg(long, global = true, env = "CALLBOX_MANIFEST")]
@@ -49,7 +58,10 @@ pub enum Command {
 
 impl Cli {
     pub fn store(&self) -> anyhow::Result<ModelStore> {
-        Ok(ModelStore::open(self.models.clone(), self.manifest.as_deref())?)
+        Ok(ModelStore::open(
+            self.models.clone(),
+            self.manifest.as_deref(),
+        )?)
     }
 
     pub fn paths(&self) -> anyhow::Result<ModelPaths> {

@@ -57,7 +57,12 @@ pub async fn run(cli: &Cli, cmd: &ModelsCommand) -> anyhow::Result<()> {
                 }
                 println!("{mark} {}  [{}]{note}", s.path.display(), s.source);
             }
-            let ort = store.manifest.set(&cli.set)?.ort.as_ref().map(|p| store.root.join(p));
+            let ort = store
+                .manifest
+                .set(&cli.set)?
+                .ort
+                .as_ref()
+                .map(|p| store.root.join(p));
             if let Some(ort) = ort.filter(|p| p.is_file()) {
                 match crate::engines::onnx::library_version(&ort) {
                     Ok(v) => println!("ONNX Runtime {v}"),
@@ -68,7 +73,10 @@ pub async fn run(cli: &Cli, cmd: &ModelsCommand) -> anyhow::Result<()> {
                 }
             }
             if bad > 0 {
-                let force = if statuses.iter().any(|s| matches!(s.state, FileState::Corrupt(_))) {
+                let force = if statuses
+                    .iter()
+                    .any(|s| matches!(s.state, FileState::Corrupt(_)))
+                {
                     " --force"
                 } else {
                     ""
@@ -79,7 +87,11 @@ pub async fn run(cli: &Cli, cmd: &ModelsCommand) -> anyhow::Result<()> {
                     cli.set
                 );
             }
-            println!("all {} files of set {:?} are present", statuses.len(), cli.set);
+            println!(
+                "all {} files of set {:?} are present",
+                statuses.len(),
+                cli.set
+            );
         }
         ModelsCommand::ConvertWhisper { src, dst } => {
             convert::convert_whisper(src, dst)?;

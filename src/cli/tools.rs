@@ -94,14 +94,17 @@ pub struct ChatArgs {
     /// Messages to send in order instead of reading standard input.
     #[arg(long = "message", short = 'm')]
     pub messages: Vec<String>,
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 80)]
     pub max_tokens: usize,
 }
 
 pub fn chat(cli: &Cli, a: &ChatArgs) -> anyhow::Result<()> {
     let llm = stack::llm(&cli.paths()?, &mut LoadTimes::default())?;
     let mut session = llm.session()?;
-    let system = a.system.clone().unwrap_or_else(|| crate::persona::TEACHER.to_string());
+    let system = a
+        .system
+        .clone()
+        .unwrap_or_else(|| crate::persona::TEACHER.to_string());
     let mut history = vec![ChatMessage::new(Role::System, system)];
     let prefilled = session.prefill(&history)?;
     eprintln!("(system prompt prefilled: {prefilled} tokens)");
@@ -181,18 +184,30 @@ pub fn vad(cli: &Cli, a: &VadArgs) -> anyhow::Result<()> {
     let secs = |s: u64| s as f64 / MODEL_RATE as f64;
     let mut stream = vad.stream();
     let mut turn_start = None;
-    // Feed in 20 ms frames, as a call would.
+    // Feed in 20 ms frames, as a call would; a second of silence after the
+    // file lets a pause at its very end register.
+    let mut samples = audio.samples.clone();
+    samples.extend(std::iter::repeat_n(0.0, MODEL_RATE as usize));
+    let audio = crate::audio::Audio::new(samples, MODEL_RATE);
     for frame in audio.samples.chunks(320) {
         for e in stream.push(frame)? {
             match e {
                 VadEvent::Started { at, onset } => {
                     turn_start.get_or_insert(onset);
-                    println!("{:7.2} s  speech started (onset {:.2} s)", secs(at), secs(onset));
+                    println!(
+                        "{:7.2} s  speech started (onset {:.2} s)",
+                        secs(at),
+                        secs(onset)
+                    );
                 }
                 VadEvent::Stopped { at, end } => {
                     // Smart Turn sees the whole turn so far plus 0.5 s before it.
-                    let from = turn_start.unwrap_or(0).saturating_sub(MODEL_RATE as u64 / 2) as usize;
-                    let v = turn.predict(&audio.samples[from..(at as usize).min(audio.samples.len())])?;
+                    let from = turn_start
+                        .unwrap_or(0)
+                        .saturating_sub(MODEL_RATE as u64 / 2)
+                        as usize;
+                    let v =
+                        turn.predict(&audio.samples[from..(at as usize).min(audio.samples.len())])?;
                     println!(
                         "{:7.2} s  speech stopped (ended {:.2} s) → turn {} (p = {:.3}, {:.1} ms)",
                         secs(at),

@@ -43,10 +43,15 @@ impl DenoiseStream for RnnoiseStream {
         let mut start = 0;
         while self.pending.len() - start >= FRAME {
             // nnnoiseless works in the i16 range, not [-1, 1].
-            for (d, s) in self.scratch_in.iter_mut().zip(&self.pending[start..start + FRAME]) {
+            for (d, s) in self
+                .scratch_in
+                .iter_mut()
+                .zip(&self.pending[start..start + FRAME])
+            {
                 *d = s * 32768.0;
             }
-            self.state.process_frame(&mut self.scratch_out, &self.scratch_in);
+            self.state
+                .process_frame(&mut self.scratch_out, &self.scratch_in);
             if self.first {
                 // The first frame carries the filter's fade-in artefacts.
                 self.first = false;

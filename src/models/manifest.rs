@@ -87,15 +87,17 @@ pub struct Conversion {
 
 impl Manifest {
     pub fn embedded() -> Self {
-        Self::parse(EMBEDDED, Path::new("models/manifest.toml")).expect("embedded manifest is valid")
+        Self::parse(EMBEDDED, Path::new("models/manifest.toml"))
+            .expect("embedded manifest is valid")
     }
 
     pub fn load(path: Option<&Path>) -> Result<Self> {
         match path {
             None => Ok(Self::embedded()),
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::Config(format!("cannot read manifest {}: {e}", p.display())))?;
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::Config(format!("cannot read manifest {}: {e}", p.display()))
+                })?;
                 Self::parse(&text, p)
             }
         }
@@ -109,7 +111,12 @@ impl Manifest {
     }
 
     fn validate(&self, origin: &Path) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config(format!("manifest {}: {msg}", origin.display())));
+        let bad = |msg: String| {
+            Err(Error::Config(format!(
+                "manifest {}: {msg}",
+                origin.display()
+            )))
+        };
         for s in &self.sources {
             for set in &s.sets {
                 if !self.sets.contains_key(set) {
@@ -139,7 +146,10 @@ impl Manifest {
                 // onnxruntime-gpu's hash is recorded on first fetch by the
                 // operator; everything else must be pinned.
                 if s.sets.iter().any(|x| x == "default" || x == "testdata") {
-                    return bad(format!("{}: pypi sources need `archive` and `sha256`", s.name));
+                    return bad(format!(
+                        "{}: pypi sources need `archive` and `sha256`",
+                        s.name
+                    ));
                 }
             }
         }
@@ -156,7 +166,9 @@ impl Manifest {
     }
 
     pub fn sources_for<'a>(&'a self, set: &'a str) -> impl Iterator<Item = &'a Source> + 'a {
-        self.sources.iter().filter(move |s| s.sets.iter().any(|x| x == set))
+        self.sources
+            .iter()
+            .filter(move |s| s.sets.iter().any(|x| x == set))
     }
 }
 
@@ -169,7 +181,9 @@ mod tests {
         let m = Manifest::embedded();
         let d = m.set("default").unwrap();
         for role in [&d.vad, &d.turn, &d.stt, &d.mel, &d.llm, &d.tts, &d.ort] {
-            let path = role.as_deref().expect("every role is filled in the default set");
+            let path = role
+                .as_deref()
+                .expect("every role is filled in the default set");
             // Each role is produced by some source (a file, or a conversion).
             let produced = m.sources_for("default").any(|s| {
                 s.files.iter().any(|f| f.to == path)
@@ -178,7 +192,11 @@ mod tests {
             assert!(produced, "nothing provides {path}");
         }
         for s in m.sources_for("default") {
-            assert!(s.files.iter().all(|f| f.sha256.is_some()), "{} unpinned", s.name);
+            assert!(
+                s.files.iter().all(|f| f.sha256.is_some()),
+                "{} unpinned",
+                s.name
+            );
         }
     }
 
@@ -194,7 +212,9 @@ licence = "MIT"
 sets = ["a"]
 files = [{ url = "http://x/y", to = "../etc/passwd" }]
 "#;
-        let e = Manifest::parse(bad, Path::new("t.toml")).unwrap_err().to_string();
+        let e = Manifest::parse(bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("leaves the cache"), "{e}");
         let e = Manifest::parse(&bad.replace("[\"a\"]", "[\"b\"]"), Path::new("t.toml"))
             .unwrap_err()

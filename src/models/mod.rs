@@ -89,7 +89,10 @@ impl ModelStore {
             }
             if let Some(c) = &src.convert_whisper {
                 let path = self.root.join(&c.to);
-                let state = if convert::WHISPER_OUTPUTS.iter().all(|f| path.join(f).is_file()) {
+                let state = if convert::WHISPER_OUTPUTS
+                    .iter()
+                    .all(|f| path.join(f).is_file())
+                {
                     FileState::Ok
                 } else {
                     FileState::Missing

@@ -7,7 +7,13 @@ pub fn normalize(text: &str) -> Vec<String> {
     let cleaned: String = text
         .to_lowercase()
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
         .collect();
     cleaned
         .split_whitespace()
@@ -68,7 +74,10 @@ mod tests {
 
     #[test]
     fn normalisation_ignores_case_punctuation_and_abbreviations() {
-        assert_eq!(wer("and mister john dashwood", "And Mr. John Dashwood."), 0.0);
+        assert_eq!(
+            wer("and mister john dashwood", "And Mr. John Dashwood."),
+            0.0
+        );
         assert_eq!(wer("ill disposed", "ill-disposed"), 0.0);
     }
 

@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use callbox::audio::Audio;
-use callbox::engines::{Llm, Stt, TurnDetector, Tts, Vad, MODEL_RATE};
+use callbox::engines::{Llm, Stt, Tts, TurnDetector, Vad, MODEL_RATE};
 use callbox::models::fetch::{fetch, FetchOptions};
 use callbox::models::{ModelPaths, ModelStore};
 use callbox::stack::{self, LoadTimes};
@@ -44,11 +44,23 @@ macro_rules! shared {
     };
 }
 
-shared!(vad, Arc<dyn Vad>, |p: &ModelPaths, t: &mut LoadTimes| stack::vad(p, Default::default(), t));
-shared!(turn, Arc<dyn TurnDetector>, |p: &ModelPaths, t: &mut LoadTimes| stack::turn(p, t));
-shared!(stt, Arc<dyn Stt>, |p: &ModelPaths, t: &mut LoadTimes| stack::stt(p, t));
-shared!(llm, Arc<dyn Llm>, |p: &ModelPaths, t: &mut LoadTimes| stack::llm(p, t));
-shared!(tts, Arc<dyn Tts>, |p: &ModelPaths, t: &mut LoadTimes| stack::tts(p, t));
+shared!(vad, Arc<dyn Vad>, |p: &ModelPaths, t: &mut LoadTimes| {
+    stack::vad(p, Default::default(), t)
+});
+shared!(
+    turn,
+    Arc<dyn TurnDetector>,
+    |p: &ModelPaths, t: &mut LoadTimes| stack::turn(p, t)
+);
+shared!(stt, Arc<dyn Stt>, |p: &ModelPaths, t: &mut LoadTimes| {
+    stack::stt(p, t)
+});
+shared!(llm, Arc<dyn Llm>, |p: &ModelPaths, t: &mut LoadTimes| {
+    stack::llm(p, t)
+});
+shared!(tts, Arc<dyn Tts>, |p: &ModelPaths, t: &mut LoadTimes| {
+    stack::tts(p, t)
+});
 
 /// Our own TTS speaking `text`, at 16 kHz.
 pub fn speech(text: &str) -> Audio {
@@ -64,13 +76,17 @@ pub fn speech(text: &str) -> Audio {
 
 /// Deterministic white noise at `dbfs` RMS.
 pub fn white_noise(secs: f32, dbfs: f32, rate: u32, seed: u64) -> Audio {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let n = (secs * rate as f32) as usize;
     // Uniform in [-1, 1) has RMS 1/sqrt(3).
     let scale = 10f32.powf(dbfs / 20.0) * 3f32.sqrt();
     let samples = (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = (state >> 40) as f32 / (1u64 << 24) as f32;
             (u * 2.0 - 1.0) * scale
         })
@@ -101,8 +117,15 @@ pub fn librivox() -> Vec<(Audio, String)> {
         .map(|l| {
             let (text, id) = l.rsplit_once('(').unwrap();
             let id = id.trim_end_matches(')').trim();
-            let text = text.replace("<s>", "").replace("</s>", "").trim().to_string();
-            (callbox::audio::wav::read(&dir.join(format!("{id}.wav"))).unwrap(), text)
+            let text = text
+                .replace("<s>", "")
+                .replace("</s>", "")
+                .trim()
+                .to_string();
+            (
+                callbox::audio::wav::read(&dir.join(format!("{id}.wav"))).unwrap(),
+                text,
+            )
         })
         .collect()
 }

@@ -17,9 +17,18 @@ use crate::error::{Error, Result};
 
 #[link(name = "espeak-ng")]
 extern "C" {
-    fn espeak_Initialize(output: c_int, buflength: c_int, path: *const c_char, options: c_int) -> c_int;
+    fn espeak_Initialize(
+        output: c_int,
+        buflength: c_int,
+        path: *const c_char,
+        options: c_int,
+    ) -> c_int;
     fn espeak_SetVoiceByName(name: *const c_char) -> c_int;
-    fn espeak_TextToPhonemes(textptr: *mut *const c_void, textmode: c_int, phonememode: c_int) -> *const c_char;
+    fn espeak_TextToPhonemes(
+        textptr: *mut *const c_void,
+        textmode: c_int,
+        phonememode: c_int,
+    ) -> *const c_char;
 }
 
 const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
@@ -46,7 +55,8 @@ impl Clause {
 pub fn phonemize(text: &str, voice: &str, data_dir: Option<&Path>) -> Result<Vec<Clause>> {
     let mut guard = ESPEAK.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
-        let path = data_dir.map(|p| CString::new(p.to_string_lossy().as_bytes()).expect("path without NUL"));
+        let path = data_dir
+            .map(|p| CString::new(p.to_string_lossy().as_bytes()).expect("path without NUL"));
         // SAFETY: called under the lock; the path outlives the call.
         let rate = unsafe {
             espeak_Initialize(
@@ -59,13 +69,17 @@ pub fn phonemize(text: &str, voice: &str, data_dir: Option<&Path>) -> Result<Vec
         if rate <= 0 {
             return Err(Error::Missing {
                 what: "espeak-ng data".into(),
-                path: data_dir.map_or_else(|| "/usr/lib/x86_64-linux-gnu/espeak-ng-data".into(), |p| p.to_path_buf()),
+                path: data_dir.map_or_else(
+                    || "/usr/lib/x86_64-linux-gnu/espeak-ng-data".into(),
+                    |p| p.to_path_buf(),
+                ),
                 fix: "apt-get install espeak-ng-data (scripts/setup.sh installs it)".into(),
             });
         }
     }
     if guard.as_deref() != Some(voice) {
-        let v = CString::new(voice).map_err(|_| Error::Config(format!("bad espeak voice {voice:?}")))?;
+        let v = CString::new(voice)
+            .map_err(|_| Error::Config(format!("bad espeak voice {voice:?}")))?;
         // SAFETY: under the lock.
         if unsafe { espeak_SetVoiceByName(v.as_ptr()) } != 0 {
             return Err(Error::Config(format!("espeak-ng has no voice {voice:?}")));
@@ -87,9 +101,15 @@ pub fn phonemize(text: &str, voice: &str, data_dir: Option<&Path>) -> Result<Vec
         let phonemes = if out.is_null() {
             String::new()
         } else {
-            unsafe { CStr::from_ptr(out) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(out) }
+                .to_string_lossy()
+                .into_owned()
         };
-        let end = if ptr.is_null() { bytes.len() } else { (ptr as usize - base).min(bytes.len()) };
+        let end = if ptr.is_null() {
+            bytes.len()
+        } else {
+            (ptr as usize - base).min(bytes.len())
+        };
         let consumed = String::from_utf8_lossy(&bytes[start.min(end)..end]);
         // espeak leaves the pointer one character into the next clause.
         let mut consumed = consumed.chars();
@@ -155,7 +175,12 @@ mod tests {
 
     #[test]
     fn clauses_keep_their_punctuation_and_sentences_split() {
-        let c = phonemize("Hello there, my friend. This is a test! Is it working?", "en-us", None).unwrap();
+        let c = phonemize(
+            "Hello there, my friend. This is a test! Is it working?",
+            "en-us",
+            None,
+        )
+        .unwrap();
         let punct: Vec<_> = c.iter().map(|c| c.punctuation).collect();
         assert_eq!(punct, [Some(','), Some('.'), Some('!'), Some('?')], "{c:?}");
         let s = sentences(&c);

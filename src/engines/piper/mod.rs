@@ -94,8 +94,16 @@ impl Piper {
         super::super::models::require("Piper voice config", &json)?;
         let config: VoiceConfig = serde_json::from_slice(&std::fs::read(&json)?)
             .map_err(|e| Error::corrupt("Piper voice config", &json, e))?;
-        if config.phoneme_type.as_deref().is_some_and(|t| t != "espeak") {
-            return Err(Error::corrupt("Piper voice config", &json, "only espeak phonemes are supported"));
+        if config
+            .phoneme_type
+            .as_deref()
+            .is_some_and(|t| t != "espeak")
+        {
+            return Err(Error::corrupt(
+                "Piper voice config",
+                &json,
+                "only espeak phonemes are supported",
+            ));
         }
         let session = super::onnx::session(ort_lib, model, "Piper voice", options.threads)?;
         let speaker = (config.num_speakers > 1).then_some(0);
@@ -133,7 +141,11 @@ impl Piper {
         let lengths = Tensor::from_array(([1usize], vec![n as i64])).map_err(err)?;
         let scales = Tensor::from_array((
             [3usize],
-            vec![inf.noise_scale, inf.length_scale * self.options.length_scale, inf.noise_w],
+            vec![
+                inf.noise_scale,
+                inf.length_scale * self.options.length_scale,
+                inf.noise_w,
+            ],
         ))
         .map_err(err)?;
         let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,7 +163,11 @@ impl Piper {
 
     /// The phoneme sentences for `text` (for tests and tools).
     pub fn phoneme_sentences(&self, text: &str) -> Result<Vec<String>> {
-        let clauses = espeak::phonemize(text, &self.config.espeak.voice, self.options.espeak_data.as_deref())?;
+        let clauses = espeak::phonemize(
+            text,
+            &self.config.espeak.voice,
+            self.options.espeak_data.as_deref(),
+        )?;
         Ok(espeak::sentences(&clauses))
     }
 }
@@ -161,7 +177,11 @@ impl Tts for Piper {
         self.config.audio.sample_rate
     }
 
-    fn synthesize(&self, text: &str, on_audio: &mut dyn FnMut(Audio) -> bool) -> Result<SynthesisStats> {
+    fn synthesize(
+        &self,
+        text: &str,
+        on_audio: &mut dyn FnMut(Audio) -> bool,
+    ) -> Result<SynthesisStats> {
         let t0 = Instant::now();
         let rate = self.sample_rate();
         let sentences = self.phoneme_sentences(text)?;
@@ -173,11 +193,16 @@ impl Tts for Piper {
         for (i, s) in sentences.into_iter().enumerate() {
             let mut samples = self.run(self.ids(&s))?;
             if i + 1 < n {
-                samples.extend(std::iter::repeat_n(0.0, (self.options.sentence_silence * rate as f32) as usize));
+                samples.extend(std::iter::repeat_n(
+                    0.0,
+                    (self.options.sentence_silence * rate as f32) as usize,
+                ));
             }
             stats.sentences += 1;
             stats.audio_secs += samples.len() as f64 / rate as f64;
-            stats.first_audio_ms.get_or_insert(t0.elapsed().as_secs_f64() * 1e3);
+            stats
+                .first_audio_ms
+                .get_or_insert(t0.elapsed().as_secs_f64() * 1e3);
             if !on_audio(Audio::new(samples, rate)) {
                 break;
             }

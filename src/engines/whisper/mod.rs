@@ -7,11 +7,11 @@
 //! keys/values: ~100 ms per turn.
 //!
 //! A shortened encoder context makes Whisper less sure where the speech
-//! ends: it may repeat the sentence instead of emitting end-of-text. Two
-//! guards stop that: a cap of 8 tokens per second of audio, and a repetition
-//! stop that cuts a phrase (four or more tokens, not all the same) repeated
-//! back to back. Genuine repetitions such as "no no no no" repeat a single
-//! token and are kept.
+//! ends: it may start the sentence over instead of emitting end-of-text,
+//! sometimes with different punctuation. Two guards stop that: a cap of 8
+//! tokens per second of audio, and a repetition stop that cuts the output
+//! where a run of six tokens (not all the same) recurs. Genuine repetitions
+//! such as "no no no no" repeat a single token and are kept.
 
 pub mod model;
 
@@ -82,18 +82,23 @@ impl Whisper {
             .map_err(|e| Error::corrupt(what, dir.join("config.json"), e))?;
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| Error::corrupt(what, dir.join("tokenizer.json"), e))?;
-        let dtype = if options.device.is_cpu() { DType::F32 } else { DType::F16 };
+        let dtype = if options.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::F16
+        };
         // SAFETY: the file is only read; it must not change while mapped, and
         // it lives in our model cache.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &options.device) }
-            .map_err(|e| Error::corrupt(what, &weights, e))?;
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &options.device) }
+                .map_err(|e| Error::corrupt(what, &weights, e))?;
         let model = Model::load(&cfg, vb).map_err(|e| Error::corrupt(what, &weights, e))?;
         let mel = LogMel::new(MelFilters::load_npz(mel_filters, cfg.num_mel_bins)?);
 
         let id = |t: &str| {
-            tokenizer
-                .token_to_id(t)
-                .ok_or_else(|| Error::corrupt(what, dir.join("tokenizer.json"), format!("no token {t}")))
+            tokenizer.token_to_id(t).ok_or_else(|| {
+                Error::corrupt(what, dir.join("tokenizer.json"), format!("no token {t}"))
+            })
         };
         let sot = id("<|startoftranscript|>")?;
         let eot = id("<|endoftext|>")?;
@@ -166,8 +171,8 @@ impl Whisper {
         timings.encoder_ms += (t2 - t1).as_secs_f64() * 1e3;
 
         let secs = samples.len() as f32 / MODEL_RATE as f32;
-        let cap = ((secs * TOKENS_PER_SEC).ceil() as usize + 4)
-            .min(self.model.decoder.max_len() / 2);
+        let cap =
+            ((secs * TOKENS_PER_SEC).ceil() as usize + 4).min(self.model.decoder.max_len() / 2);
         let mut state = self.model.decoder.start(&features)?;
         let mut logits = self.model.decoder.step(&self.prompt, &mut state)?;
         let mut out: Vec<u32> = Vec::new();
@@ -201,20 +206,34 @@ impl Whisper {
     }
 }
 
-/// Length of a phrase (≥ 4 tokens, not one token repeated) that the end of
-/// `tokens` repeats back to back, if any.
+/// Tokens in a run whose recurrence marks a decoding loop.
+const LOOP_RUN: usize = 6;
+
+/// If the last [`LOOP_RUN`] tokens (not all the same token) already occurred
+/// earlier in `tokens`, the number of tokens to drop: the recurrence.
 pub fn repeated_phrase(tokens: &[u32]) -> Option<usize> {
     let n = tokens.len();
-    (4..=n / 2).find(|&l| {
-        let (a, b) = (&tokens[n - 2 * l..n - l], &tokens[n - l..]);
-        a == b && a.iter().any(|&t| t != a[0])
-    })
+    if n < 2 * LOOP_RUN {
+        return None;
+    }
+    let tail = &tokens[n - LOOP_RUN..];
+    if tail.iter().all(|&t| t == tail[0]) {
+        return None;
+    }
+    tokens[..n - LOOP_RUN]
+        .windows(LOOP_RUN)
+        .any(|w| w == tail)
+        .then_some(LOOP_RUN)
 }
 
 impl Stt for Whisper {
     fn transcribe(&self, audio: &Audio) -> Result<Transcript> {
         let t0 = Instant::now();
-        let audio = if audio.rate == MODEL_RATE { audio.clone() } else { audio.resampled(MODEL_RATE) };
+        let audio = if audio.rate == MODEL_RATE {
+            audio.clone()
+        } else {
+            audio.resampled(MODEL_RATE)
+        };
         let mut timings = SttTimings::default();
         // Keep one padding second inside the 30 s window.
         let max = (MAX_FRAMES / FRAMES_PER_SEC - 1) * MODEL_RATE as usize;
@@ -223,7 +242,10 @@ impl Stt for Whisper {
             if chunk.len() < MODEL_RATE as usize / 10 {
                 continue;
             }
-            tokens.extend(self.segment(chunk, &mut timings).map_err(|e| Error::engine("whisper", e))?);
+            tokens.extend(
+                self.segment(chunk, &mut timings)
+                    .map_err(|e| Error::engine("whisper", e))?,
+            );
         }
         let text = self
             .tokenizer
@@ -242,11 +264,24 @@ mod tests {
 
     #[test]
     fn repeated_phrases_are_found_but_stutters_kept() {
-        assert_eq!(repeated_phrase(&[1, 2, 3, 4, 1, 2, 3, 4]), Some(4));
-        assert_eq!(repeated_phrase(&[9, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5]), Some(5));
+        let first = [1, 2, 3, 4, 5, 6, 7];
+        // The sentence starts over (after a different ending).
+        let looped: Vec<u32> = first
+            .iter()
+            .chain(&[8])
+            .chain(&first[..6])
+            .copied()
+            .collect();
+        assert_eq!(repeated_phrase(&looped), Some(6));
+        // Checked after every token, so the cut leaves the first copy whole.
+        let kept = looped.len() - 6;
+        assert_eq!(&looped[..kept], &[1, 2, 3, 4, 5, 6, 7, 8]);
         // "no no no no no no no no" is speech, not a loop.
-        assert_eq!(repeated_phrase(&[7; 8]), None);
-        assert_eq!(repeated_phrase(&[1, 2, 3, 1, 2, 3]), None);
-        assert_eq!(repeated_phrase(&[1, 2, 3, 4, 5, 6]), None);
+        assert_eq!(repeated_phrase(&[7; 16]), None);
+        assert_eq!(repeated_phrase(&[1, 2, 3, 1, 2, 3, 1, 2, 3]), None);
+        assert_eq!(
+            repeated_phrase(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+            None
+        );
     }
 }

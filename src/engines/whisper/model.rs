@@ -61,7 +61,10 @@ impl Attention {
     }
 
     fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.heads(&self.k.forward(x)?)?, self.heads(&self.v.forward(x)?)?))
+        Ok((
+            self.heads(&self.k.forward(x)?)?,
+            self.heads(&self.v.forward(x)?)?,
+        ))
     }
 
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -94,7 +97,9 @@ impl Mlp {
     }
 
     fn residual(&self, x: &Tensor) -> Result<Tensor> {
-        x + self.fc2.forward(&self.fc1.forward(&self.ln.forward(x)?)?.gelu_erf()?)?
+        x + self
+            .fc2
+            .forward(&self.fc1.forward(&self.ln.forward(x)?)?.gelu_erf()?)?
     }
 }
 
@@ -271,7 +276,9 @@ impl Decoder {
         let ids = Tensor::new(tokens, device)?;
         let x = self.embeddings.index_select(&ids, 0)?;
         let x = (x + self.positions.narrow(0, state.len, t)?)?.unsqueeze(0)?;
-        let mask = (t > 1).then(|| causal_mask(t, state.len, device, x.dtype())).transpose()?;
+        let mask = (t > 1)
+            .then(|| causal_mask(t, state.len, device, x.dtype()))
+            .transpose()?;
         let mut x = x;
         for (i, b) in self.blocks.iter().enumerate() {
             let h = b.attn_ln.forward(&x)?;
@@ -301,7 +308,15 @@ impl Decoder {
 fn causal_mask(t: usize, offset: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let total = offset + t;
     let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(m, (t, total), device)?.to_dtype(dtype)
 }
