@@ -68,7 +68,7 @@ fn smart_turn_golden_values() {
     assert!(f.iter().all(|&v| (v + 1.5).abs() < 1e-6));
     let v = callbox::engines::TurnDetector::predict(&st, &zeros).unwrap();
     assert!(
-        (v.probability - 0.98703670).abs() < 1e-3,
+        (v.probability - 0.987_036_7).abs() < 1e-3,
         "p = {}",
         v.probability
     );
@@ -77,7 +77,7 @@ fn smart_turn_golden_values() {
         .collect();
     let v = callbox::engines::TurnDetector::predict(&st, &sine).unwrap();
     assert!(
-        (v.probability - 0.95736814).abs() < 5e-3,
+        (v.probability - 0.957_368_1).abs() < 5e-3,
         "p = {}",
         v.probability
     );

@@ -17,10 +17,12 @@ use axum::Router;
 use callbox::models::download::{fetch_file, sha256_hex};
 use sha1::{Digest, Sha1};
 
+/// A request the fake hub saw: path and `Range` header.
+type Request = (String, Option<String>);
+
 #[derive(Clone, Default)]
 struct Hub {
-    /// (path, Range header) of every request.
-    log: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    log: Arc<Mutex<Vec<Request>>>,
 }
 
 fn weights() -> Vec<u8> {

@@ -122,7 +122,7 @@ pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
         SENTENCES
             .iter()
             .cycle()
-            .map(|s| *s)
+            .copied()
             .zip(texts.iter().map(|s| s.as_str())),
     );
     let mut stock_ms = Vec::new();

@@ -181,10 +181,8 @@ impl SileroStream {
         // Boundaries come from the model alone: the smoothed loudness lags
         // the onset of speech by a window or more.
         let voiced = p >= self.params.confidence;
-        if voiced {
-            if !self.voiced_run {
-                self.voiced_since = start;
-            }
+        if voiced && !self.voiced_run {
+            self.voiced_since = start;
         }
         self.voiced_run = voiced;
         let speech = voiced && self.volume >= self.params.min_volume;
