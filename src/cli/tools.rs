@@ -40,13 +40,14 @@ pub fn transcribe(cli: &Cli, a: &TranscribeArgs) -> anyhow::Result<()> {
     if a.timings {
         let s = &t.timings;
         eprintln!(
-            "audio {:.2} s · features {:.1} ms · encoder {:.1} ms · decoder {:.1} ms ({} tokens) · total {:.1} ms",
+            "audio {:.2} s · features {:.1} ms · encoder {:.1} ms · decoder {:.1} ms ({} tokens) · total {:.1} ms{}",
             audio.duration_secs(),
             s.features_ms,
             s.encoder_ms,
             s.decoder_ms,
             s.tokens,
-            s.total_ms
+            s.total_ms,
+            if s.fallbacks > 0 { " (decoded again with more context)" } else { "" }
         );
     }
     Ok(())

@@ -75,6 +75,8 @@ pub struct SttTimings {
     pub decoder_ms: f64,
     pub total_ms: f64,
     pub tokens: usize,
+    /// Segments decoded a second time with the full context.
+    pub fallbacks: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
