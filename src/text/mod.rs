@@ -1,3 +1,4 @@
 //! Text utilities that tools, tests and benchmarks share.
 
+pub mod sentence;
 pub mod wer;

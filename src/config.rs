@@ -1,0 +1,238 @@
+//! Configuration: built-in defaults, then a TOML file, then `CALLBOX_*`
+//! environment variables (nested keys with `__`, e.g.
+//! `CALLBOX_CALL__IDLE_SECS=8`), merged by figment and validated once.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::engines::silero::VadParams;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub call: CallConfig,
+    pub vad: VadParams,
+    pub llm: LlmConfig,
+    pub personas: Personas,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: String,
+    /// Public base URL Twilio reaches us at (behind tunnels and proxies), e.g.
+    /// `https://agent.example.com`; else the request's Host header is used.
+    pub public_url: Option<String>,
+    /// Most calls served at once; more are turned away politely.
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallConfig {
+    /// RNNoise on the caller's audio.
+    pub denoise: bool,
+    /// The bot greets the caller when the stream starts.
+    pub greet: bool,
+    /// Seconds of caller silence after the bot finished before it carries on
+    /// by itself (0 disables).
+    pub idle_secs: f32,
+    /// Silence that ends a turn even when Smart Turn thinks it incomplete.
+    pub turn_timeout_secs: f32,
+    /// Smart Turn probability above which a turn is complete.
+    pub turn_threshold: f32,
+    /// Caller speech (beyond the VAD's start window) needed to interrupt the bot.
+    pub barge_in_min_secs: f32,
+    /// Caller audio quieter than the bot's own recent audio by this many dB
+    /// is taken for echo, not barge-in.
+    pub echo_margin_db: f32,
+    /// How far ahead of real time outbound audio may run.
+    pub max_lead_ms: u64,
+    /// Longest call, after which it is ended.
+    pub max_call_secs: u64,
+    /// Folder for stereo call recordings (left caller, right bot); empty disables.
+    pub recordings_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub repeat_penalty: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Personas {
+    pub inbound: Persona,
+    pub outbound: Persona,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Persona {
+    pub system: String,
+    pub greeting: String,
+    /// What the bot is told when the caller has been silent for `idle_secs`.
+    pub idle_prompt: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0:8765".into(),
+            public_url: None,
+            max_calls: 16,
+        }
+    }
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        Self {
+            denoise: true,
+            greet: true,
+            idle_secs: 5.0,
+            turn_timeout_secs: 2.0,
+            turn_threshold: 0.5,
+            barge_in_min_secs: 0.0,
+            echo_margin_db: 6.0,
+            max_lead_ms: 200,
+            max_call_secs: 1800,
+            recordings_dir: Some(PathBuf::from("recordings")),
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens: 80,
+            temperature: 0.0,
+            repeat_penalty: 1.15,
+        }
+    }
+}
+
+impl Default for Personas {
+    fn default() -> Self {
+        Self {
+            inbound: Persona {
+                system: crate::persona::TEACHER.into(),
+                greeting: crate::persona::TEACHER_GREETING.into(),
+                idle_prompt: "(The child has been quiet for a few seconds. Carry on teaching with one short, \
+                              interesting fact about what you were discussing, then ask a simple question.)"
+                    .into(),
+            },
+            outbound: Persona {
+                system: crate::persona::ASSISTANT.into(),
+                greeting: crate::persona::ASSISTANT_GREETING.into(),
+                idle_prompt: "(The person has been quiet for a few seconds. Briefly check that they are still \
+                              there.)"
+                    .into(),
+            },
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            call: CallConfig::default(),
+            vad: VadParams::default(),
+            llm: LlmConfig::default(),
+            personas: Personas::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults ← `file` (if any) ← `CALLBOX_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(Error::Config(format!("configuration file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // Only nested keys: single-level CALLBOX_* variables (CALLBOX_MODELS,
+        // CALLBOX_LOG, …) belong to the command line.
+        fig = fig.merge(Env::prefixed("CALLBOX_").filter(|k| k.as_str().contains("__")).split("__"));
+        let cfg: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let c = &self.call;
+        if !(0.0..=1.0).contains(&self.vad.confidence) {
+            return bad(format!("vad.confidence must be in [0, 1], not {}", self.vad.confidence));
+        }
+        if self.vad.start_secs <= 0.0 || self.vad.stop_secs <= 0.0 {
+            return bad("vad.start_secs and vad.stop_secs must be positive".into());
+        }
+        if c.idle_secs < 0.0 || c.turn_timeout_secs <= 0.0 || c.barge_in_min_secs < 0.0 {
+            return bad("call.idle_secs, call.turn_timeout_secs and call.barge_in_min_secs must not be negative".into());
+        }
+        if !(0.0..=1.0).contains(&c.turn_threshold) {
+            return bad(format!("call.turn_threshold must be in [0, 1], not {}", c.turn_threshold));
+        }
+        if c.max_lead_ms > 500 {
+            return bad(format!("call.max_lead_ms is at most 500, not {}", c.max_lead_ms));
+        }
+        if self.server.max_calls == 0 {
+            return bad("server.max_calls must be at least 1".into());
+        }
+        if let Some(u) = &self.server.public_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return bad(format!("server.public_url must start with https:// or http://, not {u:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_environment_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("callbox-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("callbox.toml");
+        std::fs::write(&f, "[call]\nidle_secs = 7.5\n[vad]\nconfidence = 0.6\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CALLBOX_SERVER__MAX_CALLS", "3");
+            jail.set_env("CALLBOX_MODELS", "/somewhere");
+            let c = Config::load(Some(&f)).unwrap();
+            assert_eq!(c.call.idle_secs, 7.5);
+            assert_eq!(c.vad.confidence, 0.6);
+            assert_eq!(c.server.max_calls, 3);
+            assert!(c.call.denoise);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let dir = std::env::temp_dir().join(format!("callbox-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "[call]\nturn_threshold = 2.0\n").unwrap();
+        assert!(Config::load(Some(&f)).unwrap_err().to_string().contains("turn_threshold"));
+        std::fs::write(&f, "[call]\nnot_a_key = 1\n").unwrap();
+        assert!(Config::load(Some(&f)).unwrap_err().to_string().contains("not_a_key"));
+        assert!(Config::load(Some(Path::new("/nope.toml"))).unwrap_err().to_string().contains("/nope.toml"));
+    }
+}

@@ -1,0 +1,111 @@
+//! Splits streamed LLM text into pieces worth speaking.
+//!
+//! Latency decides the first piece: it goes to TTS as soon as a clause is
+//! complete (a comma, colon or semicolon after a few words), because Piper
+//! needs only ~60 ms for a clause and the caller hears it while the LLM is
+//! still writing. Later pieces are whole sentences, which sound more natural.
+
+/// Words a first clause needs before a comma may end it.
+const MIN_CLAUSE_WORDS: usize = 3;
+
+const ABBREVIATIONS: [&str; 8] = ["mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i.e.", "vs."];
+
+#[derive(Debug, Default)]
+pub struct SentenceAggregator {
+    buf: String,
+    emitted: usize,
+}
+
+impl SentenceAggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds streamed text; returns the pieces it completed.
+    pub fn push(&mut self, text: &str) -> Vec<String> {
+        self.buf.push_str(text);
+        let mut out = Vec::new();
+        while let Some(end) = self.boundary() {
+            let piece: String = self.buf.drain(..end).collect();
+            let piece = piece.trim().to_string();
+            if !piece.is_empty() {
+                self.emitted += 1;
+                out.push(piece);
+            }
+        }
+        out
+    }
+
+    /// The rest, at the end of the stream.
+    pub fn flush(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.buf).trim().to_string();
+        (!rest.is_empty()).then(|| {
+            self.emitted += 1;
+            rest
+        })
+    }
+
+    /// Byte index just after the first boundary followed by whitespace.
+    fn boundary(&self) -> Option<usize> {
+        let b = self.buf.as_bytes();
+        for (i, &c) in b.iter().enumerate() {
+            let followed_by_space = b.get(i + 1).is_some_and(|n| n.is_ascii_whitespace());
+            if !followed_by_space {
+                continue;
+            }
+            match c {
+                b'.' | b'!' | b'?' => {
+                    if c == b'.' && self.is_abbreviation(i) {
+                        continue;
+                    }
+                    return Some(i + 1);
+                }
+                b'\n' => return Some(i + 1),
+                b',' | b';' | b':' if self.emitted == 0 => {
+                    if self.buf[..i].split_whitespace().count() >= MIN_CLAUSE_WORDS {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn is_abbreviation(&self, dot: usize) -> bool {
+        let word = self.buf[..=dot].rsplit(char::is_whitespace).next().unwrap_or("").to_lowercase();
+        ABBREVIATIONS.contains(&word.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&str]) -> Vec<String> {
+        let mut a = SentenceAggregator::new();
+        let mut out: Vec<String> = chunks.iter().flat_map(|c| a.push(c)).collect();
+        out.extend(a.flush());
+        out
+    }
+
+    #[test]
+    fn first_clause_then_sentences() {
+        let out = run(&["Well, plants", " drink water through their roots, like", " straws. Then", " the water climbs up, all the way. Neat!"]);
+        assert_eq!(
+            out,
+            [
+                "Well, plants drink water through their roots,",
+                "like straws.",
+                "Then the water climbs up, all the way.",
+                "Neat!"
+            ]
+        );
+    }
+
+    #[test]
+    fn abbreviations_and_decimals_do_not_split() {
+        let out = run(&["Mr. Smith paid 3.50 dollars. ", "Done"]);
+        assert_eq!(out, ["Mr. Smith paid 3.50 dollars.", "Done"]);
+    }
+}

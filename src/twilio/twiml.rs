@@ -1,0 +1,42 @@
+//! TwiML that connects a call to our media websocket.
+
+/// Escapes text for an XML attribute.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// `<Connect><Stream url="wss://HOST/ws">` with `<Parameter>`s, which Twilio
+/// hands back in `start.customParameters` (query strings are not supported).
+pub fn connect_stream(ws_url: &str, params: &[(&str, &str)]) -> String {
+    let mut xml = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect>"#);
+    xml.push_str(&format!(r#"<Stream url="{}">"#, escape(ws_url)));
+    for (k, v) in params {
+        xml.push_str(&format!(r#"<Parameter name="{}" value="{}"/>"#, escape(k), escape(v)));
+    }
+    xml.push_str("</Stream></Connect></Response>");
+    xml
+}
+
+/// A polite refusal (busy, draining).
+pub fn say_and_hang_up(text: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>{}</Say><Hangup/></Response>"#,
+        escape(text)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_twiml_escapes_and_carries_parameters() {
+        let x = connect_stream("wss://a.example/ws", &[("direction", "inbound"), ("token", "a&b")]);
+        assert!(x.contains(r#"<Stream url="wss://a.example/ws">"#));
+        assert!(x.contains(r#"<Parameter name="token" value="a&amp;b"/>"#));
+    }
+}
