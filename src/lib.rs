@@ -11,11 +11,16 @@
 
 pub mod audio;
 pub mod cli;
+pub mod config;
 pub mod engines;
 pub mod error;
 pub mod models;
 pub mod persona;
+pub mod server;
+pub mod session;
+pub mod sim;
 pub mod stack;
 pub mod text;
+pub mod twilio;
 
 pub use error::{Error, Result};

@@ -2,6 +2,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // llama.cpp's OpenMP workers spin between tokens by default, taking the
+    // cores Whisper and Piper need in the same process. Set before any thread
+    // exists; an explicit setting by the operator wins.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+    }
     let cli = callbox::cli::Cli::parse();
     let default = match cli.verbose {
         0 => "warn",

@@ -67,3 +67,30 @@ pub fn tts(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
 pub fn denoiser() -> Arc<dyn Denoiser> {
     Arc::new(Rnnoise)
 }
+
+/// Every engine a call needs, loaded once per process and shared.
+#[derive(Clone)]
+pub struct Engines {
+    pub vad: Arc<dyn Vad>,
+    pub turn: Arc<dyn TurnDetector>,
+    pub stt: Arc<dyn Stt>,
+    pub llm: Arc<dyn Llm>,
+    pub tts: Arc<dyn Tts>,
+    pub denoiser: Arc<dyn Denoiser>,
+    pub load_times: LoadTimes,
+}
+
+impl Engines {
+    pub fn load(paths: &ModelPaths, vad_params: VadParams) -> Result<Self> {
+        let mut t = LoadTimes::default();
+        Ok(Self {
+            vad: vad(paths, vad_params, &mut t)?,
+            turn: turn(paths, &mut t)?,
+            stt: stt(paths, &mut t)?,
+            llm: llm(paths, &mut t)?,
+            tts: tts(paths, &mut t)?,
+            denoiser: denoiser(),
+            load_times: t,
+        })
+    }
+}

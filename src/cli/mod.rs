@@ -2,6 +2,7 @@
 //! parse arguments, load what it needs, print results.
 
 mod bench_engines;
+mod call;
 mod models;
 mod tools;
 
@@ -54,6 +55,12 @@ pub enum Command {
     Vad(tools::VadArgs),
     /// Measure each engine's cost on this machine.
     BenchEngines(bench_engines::BenchArgs),
+    /// Answer Twilio calls: POST / (TwiML) and WS /ws (Media Streams).
+    Serve(call::ServeArgs),
+    /// Call a running server as a simulated Twilio caller.
+    Sim(call::SimArgs),
+    /// Start a server and call it with a scripted caller: the latency table, offline.
+    Demo(call::DemoArgs),
 }
 
 impl Cli {
@@ -77,5 +84,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(a) => tools::chat(&cli, a),
         Command::Vad(a) => tools::vad(&cli, a),
         Command::BenchEngines(a) => bench_engines::run(&cli, a),
+        Command::Serve(a) => call::serve(&cli, a).await,
+        Command::Sim(a) => call::sim(&cli, a).await,
+        Command::Demo(a) => call::demo(&cli, a).await,
     }
 }

@@ -30,7 +30,11 @@ use crate::error::{Error, Result};
 pub struct LlamaOptions {
     /// Context length per call, in tokens.
     pub n_ctx: u32,
+    /// Threads for generating tokens. On a small CPU one leaves a core for
+    /// Piper, which speaks the first clause while the LLM writes the next.
     pub threads: i32,
+    /// Threads for evaluating prompts (no TTS runs during a prefill).
+    pub threads_batch: i32,
     /// Layers offloaded to the GPU (CUDA builds); 0 on the CPU.
     pub gpu_layers: u32,
     /// A chat template to use instead of the GGUF's own (for models without one).
@@ -41,11 +45,16 @@ impl Default for LlamaOptions {
     fn default() -> Self {
         Self {
             n_ctx: 4096,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
+            threads: (cores() / 2).max(1),
+            threads_batch: cores(),
             gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
             chat_template: None,
         }
     }
+}
+
+fn cores() -> i32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as i32)
 }
 
 /// llama.cpp's global state may be initialised once per process.
@@ -132,7 +141,7 @@ impl Llm for LlamaEngine {
             .with_n_ctx(NonZeroU32::new(engine.options.n_ctx))
             .with_n_batch(512)
             .with_n_threads(engine.options.threads)
-            .with_n_threads_batch(engine.options.threads);
+            .with_n_threads_batch(engine.options.threads_batch);
         let ctx = engine
             .model
             .new_context(backend()?, params)

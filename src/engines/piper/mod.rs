@@ -75,7 +75,8 @@ impl Default for PiperOptions {
             sentence_silence: 0.2,
             length_scale: 1.0,
             espeak_data: std::env::var_os("CALLBOX_ESPEAK_DATA").map(PathBuf::from),
-            threads: 2,
+            // One thread: the sentences are short, and the LLM runs beside it.
+            threads: 1,
         }
     }
 }

@@ -1,0 +1,144 @@
+//! `WS /ws`: Twilio Media Streams ⇄ a [`Session`].
+//!
+//! The reader and the writer are separate tasks so a slow send never delays
+//! the caller's audio (and so barge-in is never stuck behind our own output).
+//! Malformed input is logged and skipped; it never ends the call or touches
+//! another one.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::AppState;
+use crate::session::output::Wire;
+use crate::session::{CallInfo, CallInput, Direction, Session};
+use crate::twilio::protocol::{self, Inbound};
+
+/// Twilio's frames are ~300 bytes; anything near this is not Twilio.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response {
+    ws.max_message_size(MAX_MESSAGE).on_upgrade(move |socket| handle(socket, app))
+}
+
+async fn handle(socket: WebSocket, app: Arc<AppState>) {
+    let (mut sink, mut stream) = socket.split();
+    // Wait for `start`; `connected` comes first, anything else is premature.
+    let (stream_sid, start) = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) => match protocol::parse(&t) {
+                Ok(Inbound::Start { stream_sid, start }) => break (stream_sid, start),
+                Ok(Inbound::Connected { .. }) => {}
+                Ok(other) => tracing::warn!("message before start ignored: {other:?}"),
+                Err(e) => tracing::warn!("malformed message before start ignored: {e}"),
+            },
+            Some(Ok(Message::Binary(_))) => tracing::warn!("binary frame ignored (Twilio sends JSON text)"),
+            Some(Ok(Message::Close(_))) | None => return,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!("websocket error before start: {e}");
+                return;
+            }
+        }
+    };
+    let Ok(permit) = app.calls.clone().try_acquire_owned() else {
+        tracing::warn!(stream = %stream_sid, "call refused: all lines busy");
+        let _ = sink.send(Message::Close(None)).await;
+        return;
+    };
+    let direction = match start.custom_parameters.get("direction").map(String::as_str) {
+        Some("outbound") => Direction::Outbound,
+        _ => Direction::Inbound,
+    };
+    let call_sid = if start.call_sid.is_empty() { stream_sid.clone() } else { start.call_sid.clone() };
+    let info = CallInfo {
+        call_sid,
+        stream_sid: stream_sid.clone(),
+        direction,
+        params: start.custom_parameters.clone(),
+    };
+
+    let (in_tx, in_rx) = mpsc::channel::<CallInput>(256);
+    let (wire_tx, mut wire_rx) = mpsc::channel::<Wire>(64);
+    let sid = stream_sid.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(w) = wire_rx.recv().await {
+            let text = match w {
+                Wire::Media(ulaw) => protocol::media(&sid, &ulaw),
+                Wire::Mark(name) => protocol::mark(&sid, &name),
+                Wire::Clear => protocol::clear(&sid),
+            };
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+    let session = tokio::spawn(Session::run(app.cfg.clone(), app.engines.clone(), info, in_rx, wire_tx));
+
+    let mut malformed = 0usize;
+    while let Some(msg) = stream.next().await {
+        let input = match msg {
+            Ok(Message::Text(t)) => match protocol::parse(&t) {
+                Ok(Inbound::Media { media }) => match media.audio() {
+                    Ok(bytes) if !bytes.is_empty() => CallInput::Audio(bytes),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        malformed += 1;
+                        tracing::warn!(stream = %stream_sid, "media with bad base64 ignored: {e}");
+                        continue;
+                    }
+                },
+                Ok(Inbound::Mark { mark }) => CallInput::Mark(mark.name),
+                Ok(Inbound::Dtmf { dtmf }) => CallInput::Dtmf(dtmf.digit),
+                Ok(Inbound::Stop {}) => CallInput::Stop,
+                Ok(Inbound::Start { .. }) => {
+                    tracing::warn!(stream = %stream_sid, "second start ignored");
+                    continue;
+                }
+                Ok(Inbound::Connected { .. }) => continue,
+                Ok(Inbound::Unknown) => {
+                    tracing::debug!(stream = %stream_sid, "unknown event ignored");
+                    continue;
+                }
+                Err(e) => {
+                    malformed += 1;
+                    tracing::warn!(stream = %stream_sid, "malformed message ignored: {e}");
+                    continue;
+                }
+            },
+            Ok(Message::Binary(_)) => {
+                malformed += 1;
+                tracing::warn!(stream = %stream_sid, "binary frame ignored (Twilio sends JSON text)");
+                continue;
+            }
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(stream = %stream_sid, "websocket error: {e}");
+                break;
+            }
+        };
+        let stop = matches!(input, CallInput::Stop);
+        if in_tx.send(input).await.is_err() || stop {
+            break;
+        }
+    }
+    drop(in_tx);
+    match session.await {
+        Ok(summary) => {
+            if malformed > 0 {
+                tracing::warn!(stream = %stream_sid, malformed, "malformed messages during the call");
+            }
+            tracing::info!("call {} latency breakdown:\n{}", summary.info.call_sid, summary.latency_table());
+            app.record(summary);
+        }
+        Err(e) => tracing::error!(stream = %stream_sid, "call task failed: {e}"),
+    }
+    writer.abort();
+    drop(permit);
+}

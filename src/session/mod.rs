@@ -1,0 +1,830 @@
+//! One phone call: the caller's audio in, the bot's audio out, and the turn
+//! taking in between.
+//!
+//! A call is a handful of tasks around one event loop ([`Session::run`]):
+//! - the input thread ([`input`]) turns μ-law frames into 16 kHz audio and
+//!   VAD events;
+//! - at each VAD stop, Smart Turn and Whisper run at once on blocking threads
+//!   (Whisper may start before we know the turn is over: that is latency
+//!   saved whenever it is);
+//! - a finished turn starts a reply ([`reply`]): the LLM streams into Piper,
+//!   clause by clause;
+//! - the output task ([`output`]) paces 20 ms frames to the transport, with a
+//!   mark after each piece.
+//!
+//! The loop owns all per-call state, so nothing here needs a lock except the
+//! LLM session (used by one reply thread at a time) and the bot track (written
+//! by the output, read for echo checks and the recording). Transports (the
+//! Twilio websocket, later others) only translate messages to [`CallInput`]
+//! and from [`output::Wire`].
+
+pub mod input;
+pub mod output;
+pub mod reply;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::audio::{ulaw, wav, Audio};
+use crate::config::{Config, Persona};
+use crate::engines::{ChatMessage, GenerationOptions, LlmSession, Role, Transcript, TurnVerdict, VadEvent, MODEL_RATE};
+use crate::stack::Engines;
+use input::InputEvent;
+use output::{BotTrack, OutCmd, OutEvent, Wire};
+use reply::{Reply, ReplyEvent, Source};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallInfo {
+    pub call_sid: String,
+    pub stream_sid: String,
+    pub direction: Direction,
+    pub params: HashMap<String, String>,
+}
+
+/// What a transport delivers to the call.
+#[derive(Debug)]
+pub enum CallInput {
+    /// One frame of μ-law audio from the caller.
+    Audio(Vec<u8>),
+    /// The transport played everything before this mark.
+    Mark(String),
+    Dtmf(String),
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnKind {
+    Greeting,
+    Turn,
+    Idle,
+    Dtmf,
+}
+
+/// Everything measured about one bot reply. Times are milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnRecord {
+    pub index: usize,
+    pub kind: TurnKind,
+    pub user_text: String,
+    /// What the LLM generated (or the greeting).
+    pub bot_text: String,
+    /// What the caller heard: differs from `bot_text` after an interruption.
+    pub heard_text: String,
+    pub interrupted: bool,
+    /// VAD "user stopped speaking" → first bot audio frame written.
+    pub total_ms: Option<f64>,
+    /// End of the caller's speech (stop event minus the stop window) → same frame.
+    pub end_of_speech_ms: Option<f64>,
+    /// End of speech → transcript.
+    pub stt_ms: Option<f64>,
+    pub smart_turn_ms: Option<f64>,
+    pub smart_turn_inference_ms: Option<f64>,
+    pub smart_turn_probability: Option<f32>,
+    pub llm_ttfb_ms: Option<f64>,
+    pub tts_ttfb_ms: Option<f64>,
+    pub prompt_tokens: usize,
+    pub prefilled_tokens: usize,
+    pub completion_tokens: usize,
+    pub tts_characters: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Interruption {
+    /// Reply interrupted.
+    pub turn: usize,
+    /// The caller's speech onset → `clear` sent, measured here.
+    pub onset_to_clear_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallSummary {
+    pub info: CallInfo,
+    pub duration_secs: f64,
+    pub history: Vec<ChatMessage>,
+    pub turns: Vec<TurnRecord>,
+    pub interruptions: Vec<Interruption>,
+    pub echo_segments_ignored: usize,
+    pub frames_dropped: usize,
+    pub recording: Option<PathBuf>,
+    pub ended_by: String,
+    pub errors: Vec<String>,
+}
+
+struct Pending {
+    id: u64,
+    vad_stop_at: Instant,
+    end_of_speech_at: Instant,
+    verdict: Option<TurnVerdict>,
+    transcript: Option<(Transcript, Instant)>,
+    timed_out: bool,
+}
+
+struct Piece {
+    name: String,
+    text: String,
+    secs: f64,
+    acked: bool,
+}
+
+struct Active {
+    reply: Reply,
+    record: usize,
+    started: Instant,
+    vad_stop_at: Option<Instant>,
+    pieces: Vec<Piece>,
+    first_frame_at: Option<Instant>,
+    last_ack_at: Option<Instant>,
+    spoken: bool,
+    generated: Option<String>,
+}
+
+enum Internal {
+    Verdict(u64, crate::Result<TurnVerdict>),
+    Transcript(u64, crate::Result<Transcript>),
+    Prefilled(crate::Result<usize>),
+}
+
+/// Seconds of 16 kHz audio kept for turn detection and STT.
+const TURN_BUFFER_SECS: usize = 30;
+/// Audio before the VAD's onset that Smart Turn and STT also see.
+const PRE_SPEECH_SECS: f64 = 0.5;
+
+pub struct Session {
+    cfg: Arc<Config>,
+    engines: Engines,
+    info: CallInfo,
+    persona: Persona,
+    start: Instant,
+    out: mpsc::Sender<OutCmd>,
+    track: BotTrack,
+    caller_track: Vec<i16>,
+    llm: Arc<Mutex<Box<dyn LlmSession>>>,
+    history: Vec<ChatMessage>,
+    epoch: u64,
+    active: Option<Active>,
+    records: Vec<TurnRecord>,
+    interruptions: Vec<Interruption>,
+    // Turn detection.
+    buffer: Vec<f32>,
+    buffer_start: u64,
+    position: u64,
+    turn_start: Option<u64>,
+    in_speech: bool,
+    segment_is_echo: bool,
+    segment_onset: u64,
+    barge_in_at: Option<Instant>,
+    pending: Option<Pending>,
+    next_turn_id: u64,
+    // Idle.
+    activity_seen: bool,
+    last_activity: Instant,
+    bot_until: Instant,
+    echo_ignored: usize,
+    frames_dropped: usize,
+    errors: Vec<String>,
+    internal_tx: mpsc::Sender<Internal>,
+    reply_tx: mpsc::Sender<ReplyEvent>,
+}
+
+impl Session {
+    /// Runs the call until the transport stops, the input ends or the
+    /// maximum duration passes. `wire` receives what the transport must send.
+    pub async fn run(
+        cfg: Arc<Config>,
+        engines: Engines,
+        info: CallInfo,
+        mut inputs: mpsc::Receiver<CallInput>,
+        wire: mpsc::Sender<Wire>,
+    ) -> CallSummary {
+        let start = Instant::now();
+        let persona = match info.direction {
+            Direction::Inbound => cfg.personas.inbound.clone(),
+            Direction::Outbound => cfg.personas.outbound.clone(),
+        };
+        let track = BotTrack::default();
+        let (out_ev_tx, mut out_ev_rx) = mpsc::channel(64);
+        let out = output::spawn(start, Duration::from_millis(cfg.call.max_lead_ms), track.clone(), wire, out_ev_tx);
+        let (in_tx, mut in_rx) = mpsc::channel::<InputEvent>(256);
+        let denoiser = cfg.call.denoise.then(|| engines.denoiser.clone());
+        let frames = input::spawn(engines.vad.clone(), denoiser, in_tx);
+        let (internal_tx, mut internal_rx) = mpsc::channel(16);
+        let (reply_tx, mut reply_rx) = mpsc::channel(64);
+        let llm: Box<dyn LlmSession> = match engines.llm.session() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(call = %info.call_sid, "cannot open an LLM session: {e}");
+                return CallSummary::failed(info, e.to_string());
+            }
+        };
+        let history = vec![ChatMessage::new(Role::System, persona.system.clone())];
+        let mut s = Session {
+            cfg: cfg.clone(),
+            engines,
+            info,
+            persona,
+            start,
+            out,
+            track,
+            caller_track: Vec::new(),
+            llm: Arc::new(Mutex::new(llm)),
+            history,
+            epoch: 0,
+            active: None,
+            records: Vec::new(),
+            interruptions: Vec::new(),
+            buffer: Vec::new(),
+            buffer_start: 0,
+            position: 0,
+            turn_start: None,
+            in_speech: false,
+            segment_is_echo: false,
+            segment_onset: 0,
+            barge_in_at: None,
+            pending: None,
+            next_turn_id: 0,
+            activity_seen: false,
+            last_activity: start,
+            bot_until: start,
+            echo_ignored: 0,
+            frames_dropped: 0,
+            errors: Vec::new(),
+            internal_tx,
+            reply_tx,
+        };
+        tracing::info!(call = %s.info.call_sid, direction = ?s.info.direction, "call started");
+
+        // Greet while the system prompt is prefilled on another thread: the
+        // caller's first turn then pays only for its own tokens.
+        let mut prefix = s.history.clone();
+        if cfg.call.greet && !s.persona.greeting.is_empty() {
+            let greeting = s.persona.greeting.clone();
+            prefix.push(ChatMessage::new(Role::Assistant, greeting.clone()));
+            s.start_reply(TurnKind::Greeting, Source::Text(greeting), String::new(), None);
+        }
+        let (llm, tx) = (s.llm.clone(), s.internal_tx.clone());
+        std::thread::spawn(move || {
+            let r = llm.lock().unwrap_or_else(|p| p.into_inner()).prefill(&prefix);
+            let _ = tx.blocking_send(Internal::Prefilled(r));
+        });
+
+        let deadline = tokio::time::sleep(Duration::from_secs(cfg.call.max_call_secs));
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let ended_by = loop {
+            tokio::select! {
+                biased;
+                msg = inputs.recv() => match msg {
+                    None => break "transport closed".to_string(),
+                    Some(CallInput::Stop) => break "stop".to_string(),
+                    Some(CallInput::Audio(bytes)) => {
+                        s.caller_track.extend(ulaw::decode(&bytes));
+                        if frames.try_send(bytes).is_err() {
+                            s.frames_dropped += 1;
+                        }
+                    }
+                    Some(CallInput::Mark(name)) => s.on_mark(&name),
+                    Some(CallInput::Dtmf(d)) => s.on_dtmf(&d),
+                },
+                Some(ev) = in_rx.recv() => match ev {
+                    InputEvent::Audio { samples, end } => s.on_audio(samples, end),
+                    InputEvent::Vad(e) => s.on_vad(e),
+                    InputEvent::Failed(e) => {
+                        s.errors.push(format!("input: {e}"));
+                        break format!("input failed: {e}");
+                    }
+                },
+                Some(ev) = internal_rx.recv() => s.on_internal(ev),
+                Some(ev) = reply_rx.recv() => s.on_reply(ev),
+                Some(ev) = out_ev_rx.recv() => s.on_output(ev),
+                _ = tick.tick() => s.on_tick(),
+                _ = &mut deadline => break "maximum duration".to_string(),
+            }
+        };
+        s.finish(ended_by)
+    }
+
+    fn now_pos_time(&self, pos: u64) -> Instant {
+        // Stream positions advance in real time from the call's start.
+        let behind = self.position.saturating_sub(pos) as f64 / MODEL_RATE as f64;
+        Instant::now() - Duration::from_secs_f64(behind)
+    }
+
+    fn on_audio(&mut self, samples: Vec<f32>, end: u64) {
+        self.buffer.extend_from_slice(&samples);
+        self.position = end;
+        self.buffer_start = end - self.buffer.len() as u64;
+        let keep = TURN_BUFFER_SECS * MODEL_RATE as usize;
+        if self.buffer.len() > keep + MODEL_RATE as usize {
+            let cut = self.buffer.len() - keep;
+            self.buffer.drain(..cut);
+            self.buffer_start += cut as u64;
+        }
+        if let Some(at) = self.barge_in_at {
+            if Instant::now() >= at && self.in_speech {
+                self.barge_in_at = None;
+                self.interrupt();
+            }
+        }
+    }
+
+    fn audio_between(&self, from: u64, to: u64) -> Vec<f32> {
+        let a = from.saturating_sub(self.buffer_start) as usize;
+        let b = (to.saturating_sub(self.buffer_start) as usize).min(self.buffer.len());
+        self.buffer[a.min(b)..b].to_vec()
+    }
+
+    fn bot_speaking(&self) -> bool {
+        self.active.is_some() || Instant::now() < self.bot_until
+    }
+
+    /// Is the speech that started at `onset` the bot's own voice coming back?
+    /// Echo is quieter than what we played a moment earlier; a caller talking
+    /// over the bot is not.
+    fn looks_like_echo(&self, onset: u64) -> bool {
+        let caller = crate::audio::rms_dbfs(&self.audio_between(onset, self.position));
+        let to = (self.position / 2) as usize;
+        let from = to.saturating_sub(((self.position - onset) / 2) as usize + 4000);
+        let bot = self.track.peak_dbfs(from, to);
+        bot.is_finite() && caller < bot - self.cfg.call.echo_margin_db
+    }
+
+    fn on_vad(&mut self, e: VadEvent) {
+        match e {
+            VadEvent::Started { onset, .. } => {
+                self.in_speech = true;
+                self.segment_onset = onset;
+                self.segment_is_echo = self.bot_speaking() && self.looks_like_echo(onset);
+                if self.segment_is_echo {
+                    self.echo_ignored += 1;
+                    tracing::debug!(call = %self.info.call_sid, "speech ignored as echo of the bot");
+                    return;
+                }
+                self.activity_seen = true;
+                self.last_activity = Instant::now();
+                self.pending = None; // the caller goes on: the turn is not over
+                self.turn_start.get_or_insert(onset);
+                if self.bot_speaking() {
+                    let min = self.cfg.call.barge_in_min_secs;
+                    if min <= 0.0 {
+                        self.interrupt();
+                    } else {
+                        self.barge_in_at = Some(Instant::now() + Duration::from_secs_f32(min));
+                    }
+                }
+            }
+            VadEvent::Stopped { end, at } => {
+                self.in_speech = false;
+                self.barge_in_at = None;
+                if self.segment_is_echo {
+                    self.segment_is_echo = false;
+                    return;
+                }
+                self.last_activity = Instant::now();
+                let Some(turn_start) = self.turn_start else { return };
+                let from = turn_start.saturating_sub((PRE_SPEECH_SECS * MODEL_RATE as f64) as u64);
+                let audio = self.audio_between(from, at);
+                let id = self.next_turn_id;
+                self.next_turn_id += 1;
+                let vad_stop_at = self.now_pos_time(at);
+                self.pending = Some(Pending {
+                    id,
+                    vad_stop_at,
+                    end_of_speech_at: self.now_pos_time(end),
+                    verdict: None,
+                    transcript: None,
+                    timed_out: false,
+                });
+                let (turn, tx) = (self.engines.turn.clone(), self.internal_tx.clone());
+                let a = audio.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.blocking_send(Internal::Verdict(id, turn.predict(&a)));
+                });
+                let (stt, tx) = (self.engines.stt.clone(), self.internal_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let t = stt.transcribe(&Audio::new(audio, MODEL_RATE));
+                    let _ = tx.blocking_send(Internal::Transcript(id, t));
+                });
+            }
+        }
+    }
+
+    fn on_internal(&mut self, ev: Internal) {
+        match ev {
+            Internal::Verdict(id, r) => match (r, self.pending.as_mut()) {
+                (Ok(v), Some(p)) if p.id == id => p.verdict = Some(v),
+                (Err(e), Some(p)) if p.id == id => {
+                    self.errors.push(format!("turn detection: {e}"));
+                    p.timed_out = true; // fall back to silence
+                }
+                _ => {}
+            },
+            Internal::Transcript(id, r) => match (r, self.pending.as_mut()) {
+                (Ok(t), Some(p)) if p.id == id => p.transcript = Some((t, Instant::now())),
+                (Err(e), Some(p)) if p.id == id => {
+                    self.errors.push(format!("stt: {e}"));
+                    self.pending = None;
+                    self.turn_start = None;
+                }
+                _ => {}
+            },
+            Internal::Prefilled(r) => match r {
+                Ok(n) => tracing::debug!(call = %self.info.call_sid, tokens = n, "system prompt prefilled"),
+                Err(e) => self.errors.push(format!("prefill: {e}")),
+            },
+        }
+        self.maybe_complete_turn();
+    }
+
+    fn maybe_complete_turn(&mut self) {
+        let threshold = self.cfg.call.turn_threshold;
+        let ready = match &self.pending {
+            Some(p) => {
+                let complete = p.timed_out || p.verdict.is_some_and(|v| v.probability > threshold);
+                complete && p.transcript.is_some()
+            }
+            None => false,
+        };
+        if !ready {
+            return;
+        }
+        let p = self.pending.take().expect("checked");
+        self.turn_start = None;
+        let (t, at) = p.transcript.expect("checked");
+        let text = t.text.trim().to_string();
+        if text.is_empty() {
+            tracing::debug!(call = %self.info.call_sid, "turn without words ignored");
+            return;
+        }
+        tracing::info!(call = %self.info.call_sid, "caller: {text}");
+        if self.active.is_some() {
+            // A reply still running (never interrupted, e.g. echo-gated): it ends now.
+            self.interrupt();
+        }
+        self.history.push(ChatMessage::new(Role::User, text.clone()));
+        let idx = self.start_reply(TurnKind::Turn, Source::Llm(self.history.clone()), text, Some(p.vad_stop_at));
+        let r = &mut self.records[idx];
+        r.stt_ms = Some(ms(at.saturating_duration_since(p.end_of_speech_at)));
+        if let Some(v) = p.verdict {
+            r.smart_turn_ms = Some(v.total_ms);
+            r.smart_turn_inference_ms = Some(v.inference_ms);
+            r.smart_turn_probability = Some(v.probability);
+        }
+        // End of speech precedes the VAD event by exactly the stop window.
+        r.end_of_speech_ms = None;
+        let _ = p.end_of_speech_at;
+    }
+
+    fn start_reply(&mut self, kind: TurnKind, source: Source, user_text: String, vad_stop_at: Option<Instant>) -> usize {
+        self.epoch += 1;
+        let options = GenerationOptions {
+            max_tokens: self.cfg.llm.max_tokens,
+            temperature: self.cfg.llm.temperature,
+            repeat_penalty: self.cfg.llm.repeat_penalty,
+            ..Default::default()
+        };
+        let bot_text = match &source {
+            Source::Text(t) => t.clone(),
+            Source::Llm(_) => String::new(),
+        };
+        let reply = reply::spawn(
+            self.epoch,
+            source,
+            self.llm.clone(),
+            options,
+            self.engines.tts.clone(),
+            self.out.clone(),
+            self.reply_tx.clone(),
+        );
+        let index = self.records.len();
+        self.records.push(TurnRecord {
+            index,
+            kind,
+            user_text,
+            bot_text,
+            heard_text: String::new(),
+            interrupted: false,
+            total_ms: None,
+            end_of_speech_ms: None,
+            stt_ms: None,
+            smart_turn_ms: None,
+            smart_turn_inference_ms: None,
+            smart_turn_probability: None,
+            llm_ttfb_ms: None,
+            tts_ttfb_ms: None,
+            prompt_tokens: 0,
+            prefilled_tokens: 0,
+            completion_tokens: 0,
+            tts_characters: 0,
+        });
+        self.active = Some(Active {
+            reply,
+            record: index,
+            started: Instant::now(),
+            vad_stop_at,
+            pieces: Vec::new(),
+            first_frame_at: None,
+            last_ack_at: None,
+            spoken: false,
+            generated: None,
+        });
+        index
+    }
+
+    fn on_reply(&mut self, ev: ReplyEvent) {
+        let Some(a) = self.active.as_mut() else { return };
+        let epoch = match &ev {
+            ReplyEvent::FirstToken { epoch, .. }
+            | ReplyEvent::FirstAudio { epoch, .. }
+            | ReplyEvent::Piece { epoch, .. }
+            | ReplyEvent::Generated { epoch, .. }
+            | ReplyEvent::Spoken { epoch, .. }
+            | ReplyEvent::Failed { epoch, .. } => *epoch,
+        };
+        if epoch != a.reply.epoch {
+            return;
+        }
+        let r = &mut self.records[a.record];
+        match ev {
+            ReplyEvent::FirstToken { ms, .. } => r.llm_ttfb_ms = Some(ms),
+            ReplyEvent::FirstAudio { ms, .. } => r.tts_ttfb_ms = Some(ms),
+            ReplyEvent::Piece { name, text, secs, .. } => a.pieces.push(Piece { name, text, secs, acked: false }),
+            ReplyEvent::Generated { generation, .. } => {
+                r.prompt_tokens = generation.prompt_tokens;
+                r.prefilled_tokens = generation.prefilled_tokens;
+                r.completion_tokens = generation.completion_tokens;
+                r.bot_text = generation.text.trim().to_string();
+                a.generated = Some(r.bot_text.clone());
+            }
+            ReplyEvent::Spoken { characters, .. } => {
+                r.tts_characters = characters;
+                a.spoken = true;
+                if r.kind != TurnKind::Greeting && a.generated.is_none() {
+                    // Cancelled or failed before the LLM finished.
+                }
+            }
+            ReplyEvent::Failed { error, .. } => {
+                tracing::error!(call = %self.info.call_sid, "reply failed: {error}");
+                self.errors.push(error);
+                // Say something rather than go silent.
+                a.reply.cancel.store(true, Ordering::Relaxed);
+                self.active = None;
+                let sorry = "Sorry, I had a problem there. Could you say that again?".to_string();
+                self.start_reply(TurnKind::Turn, Source::Text(sorry), String::new(), None);
+                return;
+            }
+        }
+        self.maybe_finish_reply();
+    }
+
+    fn on_output(&mut self, ev: OutEvent) {
+        match ev {
+            OutEvent::FirstFrame { epoch, at } => {
+                if let Some(a) = self.active.as_mut().filter(|a| a.reply.epoch == epoch) {
+                    a.first_frame_at = Some(at);
+                    let r = &mut self.records[a.record];
+                    if let Some(stop) = a.vad_stop_at {
+                        let total = ms(at.saturating_duration_since(stop));
+                        r.total_ms = Some(total);
+                        r.end_of_speech_ms = Some(total + self.cfg.vad.stop_secs as f64 * 1e3);
+                        tracing::info!(
+                            call = %self.info.call_sid,
+                            turn = r.index,
+                            "user-to-bot latency {:.0} ms (from end of speech {:.0} ms)",
+                            total,
+                            total + self.cfg.vad.stop_secs as f64 * 1e3
+                        );
+                    } else if r.kind == TurnKind::Greeting {
+                        r.total_ms = Some(ms(at.saturating_duration_since(self.start)));
+                        tracing::info!(call = %self.info.call_sid, "first greeting audio after {:.0} ms", r.total_ms.unwrap());
+                    }
+                    let _ = a.started;
+                }
+            }
+            OutEvent::Drained { until } => {
+                self.bot_until = until;
+            }
+        }
+    }
+
+    fn on_mark(&mut self, name: &str) {
+        if let Some(a) = self.active.as_mut() {
+            if let Some(p) = a.pieces.iter_mut().find(|p| p.name == name) {
+                p.acked = true;
+                a.last_ack_at = Some(Instant::now());
+            }
+        }
+        self.maybe_finish_reply();
+    }
+
+    /// A reply is over when all of it was generated, queued and played.
+    fn maybe_finish_reply(&mut self) {
+        let done = self.active.as_ref().is_some_and(|a| {
+            let generated = a.generated.is_some() || self.records[a.record].kind == TurnKind::Greeting;
+            a.spoken && generated && a.pieces.iter().all(|p| p.acked)
+        });
+        if done {
+            let a = self.active.take().expect("checked");
+            let r = &mut self.records[a.record];
+            r.heard_text = a.pieces.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(" ");
+            if r.kind != TurnKind::Greeting && !r.heard_text.is_empty() {
+                self.history.push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
+            }
+            self.last_activity = Instant::now();
+        }
+    }
+
+    /// Barge-in: stop the reply, flush what the transport buffered, and keep
+    /// in the history only what the caller heard.
+    fn interrupt(&mut self) {
+        let Some(a) = self.active.take() else { return };
+        a.reply.cancel.store(true, Ordering::Relaxed);
+        let _ = self.out.try_send(OutCmd::Clear { upto: a.reply.epoch });
+        let now = Instant::now();
+        self.bot_until = now;
+        let onset = self.now_pos_time(self.segment_onset);
+        // Acknowledged pieces were heard; of the one playing, the share of
+        // its duration since playback reached it.
+        let mut heard: Vec<String> = Vec::new();
+        let mut playing_since = a.first_frame_at;
+        for p in &a.pieces {
+            if p.acked {
+                heard.push(p.text.clone());
+                playing_since = a.last_ack_at;
+                continue;
+            }
+            if let Some(since) = playing_since {
+                let frac = (now.saturating_duration_since(since).as_secs_f64() / p.secs.max(0.01)).min(1.0);
+                let words: Vec<&str> = p.text.split_whitespace().collect();
+                let n = (words.len() as f64 * frac).floor() as usize;
+                if n > 0 {
+                    heard.push(format!("{}…", words[..n].join(" ")));
+                }
+            }
+            break;
+        }
+        let r = &mut self.records[a.record];
+        r.interrupted = true;
+        r.heard_text = heard.join(" ");
+        if r.bot_text.is_empty() {
+            r.bot_text = a.pieces.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(" ");
+        }
+        if !r.heard_text.is_empty() && r.kind != TurnKind::Greeting {
+            self.history.push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
+        }
+        let latency = ms(now.saturating_duration_since(onset));
+        tracing::info!(call = %self.info.call_sid, turn = r.index, "interrupted by the caller ({latency:.0} ms after speech onset)");
+        self.interruptions.push(Interruption { turn: r.index, onset_to_clear_ms: latency });
+    }
+
+    fn on_dtmf(&mut self, digit: &str) {
+        tracing::info!(call = %self.info.call_sid, digit, "DTMF");
+        self.activity_seen = true;
+        self.last_activity = Instant::now();
+        let text = format!("[caller pressed {digit}]");
+        self.history.push(ChatMessage::new(Role::User, text.clone()));
+        if self.active.is_none() && self.pending.is_none() {
+            self.start_reply(TurnKind::Dtmf, Source::Llm(self.history.clone()), text, None);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if let Some(p) = self.pending.as_mut() {
+            if !p.timed_out && now.saturating_duration_since(p.vad_stop_at).as_secs_f32() >= self.cfg.call.turn_timeout_secs {
+                p.timed_out = true;
+                self.maybe_complete_turn();
+            }
+        }
+        let idle = self.cfg.call.idle_secs;
+        if idle > 0.0
+            && self.activity_seen
+            && self.active.is_none()
+            && self.pending.is_none()
+            && !self.in_speech
+            && self.turn_start.is_none()
+            && now.saturating_duration_since(self.last_activity.max(self.bot_until)).as_secs_f32() >= idle
+        {
+            tracing::info!(call = %self.info.call_sid, "caller silent for {idle} s: the bot carries on");
+            self.history.push(ChatMessage::new(Role::User, self.persona.idle_prompt.clone()));
+            self.start_reply(TurnKind::Idle, Source::Llm(self.history.clone()), String::new(), None);
+            self.last_activity = now;
+        }
+    }
+
+    fn finish(mut self, ended_by: String) -> CallSummary {
+        if let Some(a) = self.active.take() {
+            a.reply.cancel.store(true, Ordering::Relaxed);
+        }
+        let recording = self.cfg.call.recordings_dir.as_ref().and_then(|dir| {
+            let path = dir.join(format!("{}.wav", sanitize(&self.info.call_sid)));
+            let bot = self.track.snapshot();
+            let n = self.caller_track.len().max(bot.len());
+            let mut stereo = Vec::with_capacity(n * 2);
+            for i in 0..n {
+                stereo.push(self.caller_track.get(i).copied().unwrap_or(0));
+                stereo.push(bot.get(i).copied().unwrap_or(0));
+            }
+            match wav::write_i16(&path, 8000, 2, &stereo) {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    tracing::error!(call = %self.info.call_sid, "recording not written: {e}");
+                    self.errors.push(format!("recording: {e}"));
+                    None
+                }
+            }
+        });
+        let summary = CallSummary {
+            duration_secs: self.start.elapsed().as_secs_f64(),
+            info: self.info,
+            history: self.history,
+            turns: self.records,
+            interruptions: self.interruptions,
+            echo_segments_ignored: self.echo_ignored,
+            frames_dropped: self.frames_dropped,
+            recording,
+            ended_by,
+            errors: self.errors,
+        };
+        tracing::info!(call = %summary.info.call_sid, ended_by = %summary.ended_by, "call ended after {:.1} s", summary.duration_secs);
+        summary
+    }
+}
+
+impl CallSummary {
+    fn failed(info: CallInfo, error: String) -> Self {
+        Self {
+            info,
+            duration_secs: 0.0,
+            history: Vec::new(),
+            turns: Vec::new(),
+            interruptions: Vec::new(),
+            echo_segments_ignored: 0,
+            frames_dropped: 0,
+            recording: None,
+            ended_by: "error".into(),
+            errors: vec![error],
+        }
+    }
+
+    /// The per-turn latency table, in the layout of the API stack's
+    /// LATENCY BREAKDOWN (plus end-of-speech).
+    pub fn latency_table(&self) -> String {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}ms"));
+        let mut s = String::from(
+            "Turn | Total | STT TTFB | Smart Turn | LLM TTFB | TTS TTFB | LLM Tokens | TTS Chars | End-of-speech\n",
+        );
+        let rows: Vec<&TurnRecord> = self.turns.iter().filter(|t| t.kind == TurnKind::Turn).collect();
+        for t in &rows {
+            s.push_str(&format!(
+                "{:>4} | {:>5} | {:>8} | {:>10} | {:>8} | {:>8} | {:>10} | {:>9} | {:>13}\n",
+                t.index,
+                f(t.total_ms),
+                f(t.stt_ms),
+                f(t.smart_turn_ms),
+                f(t.llm_ttfb_ms),
+                f(t.tts_ttfb_ms),
+                t.completion_tokens,
+                t.tts_characters,
+                f(t.end_of_speech_ms)
+            ));
+        }
+        let avg = |g: fn(&TurnRecord) -> Option<f64>| {
+            let v: Vec<f64> = rows.iter().filter_map(|t| g(t)).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        s.push_str(&format!(
+            " Avg | {:>5} | {:>8} | {:>10} | {:>8} | {:>8} | {:>10} | {:>9} | {:>13}\n",
+            f(avg(|t| t.total_ms)),
+            f(avg(|t| t.stt_ms)),
+            f(avg(|t| t.smart_turn_ms)),
+            f(avg(|t| t.llm_ttfb_ms)),
+            f(avg(|t| t.tts_ttfb_ms)),
+            "",
+            "",
+            f(avg(|t| t.end_of_speech_ms))
+        ));
+        s
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}

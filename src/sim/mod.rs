@@ -1,0 +1,340 @@
+//! A simulated Twilio caller over the real websocket.
+//!
+//! It plays Twilio's part: `connected` and `start`, then 20 ms μ-law frames
+//! in real time — speech for its turns, silence in between — while it plays
+//! the bot's audio through a simulated phone buffer: marks are echoed when
+//! the audio before them has played, `clear` empties the buffer and echoes
+//! every pending mark, as Twilio does. Optionally it feeds the bot's own
+//! audio back, attenuated and late, like a speakerphone.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::audio::{ulaw, Audio};
+
+const FRAME: usize = 160;
+
+#[derive(Debug, Clone)]
+pub struct SimTurn {
+    /// 8 kHz speech.
+    pub audio: Audio,
+    /// What is said, when known (for the report).
+    pub text: Option<String>,
+    /// Start this turn this long after the bot's reply to the previous turn
+    /// began to arrive, talking over it, instead of waiting for it to end.
+    pub barge_in_after_ms: Option<u64>,
+    /// Digits to press before speaking.
+    pub dtmf: Option<String>,
+}
+
+impl SimTurn {
+    pub fn new(audio: Audio, text: Option<String>) -> Self {
+        Self { audio: audio.resampled(8000), text, barge_in_after_ms: None, dtmf: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub url: String,
+    pub call_sid: String,
+    pub params: HashMap<String, String>,
+    pub turns: Vec<SimTurn>,
+    /// Silence between the end of a reply and the next turn.
+    pub pause_secs: f32,
+    /// Longest wait for a reply.
+    pub reply_timeout_secs: f32,
+    /// Silence after the last reply before hanging up.
+    pub linger_secs: f32,
+    /// Feed the bot's audio back: (attenuation in dB, delay in ms).
+    pub echo: Option<(f32, u64)>,
+    /// Wait for the greeting before the first turn.
+    pub expect_greeting: bool,
+}
+
+impl SimOptions {
+    pub fn new(url: impl Into<String>, turns: Vec<SimTurn>) -> Self {
+        Self {
+            url: url.into(),
+            call_sid: format!("CAsim{:08x}", rand::random::<u32>()),
+            params: HashMap::from([("direction".to_string(), "inbound".to_string())]),
+            turns,
+            pause_secs: 0.8,
+            reply_timeout_secs: 20.0,
+            linger_secs: 0.5,
+            echo: None,
+            expect_greeting: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SimTurnReport {
+    pub index: usize,
+    pub said: Option<String>,
+    /// End of the caller's speech → first bot audio received.
+    pub latency_ms: Option<f64>,
+    /// The bot's audio received for this turn (8 kHz).
+    pub bot_audio: Vec<i16>,
+    /// A `clear` arrived while this turn's reply played.
+    pub cleared: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    pub greeting_ms: Option<f64>,
+    pub greeting_audio: Vec<i16>,
+    pub turns: Vec<SimTurnReport>,
+    pub clears: Vec<Duration>,
+    pub marks_echoed: usize,
+    pub media_messages: usize,
+    /// Media payloads that were not whole 20 ms frames of valid base64.
+    pub invalid_media: usize,
+    /// Largest amount of bot audio buffered ahead of playback.
+    pub max_lead_ms: f64,
+    pub caller_track: Vec<i16>,
+    pub bot_track: Vec<i16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Greeting,
+    Pause(Instant),
+    Speaking(usize, usize),
+    Waiting(usize, Instant),
+    Linger(Instant),
+}
+
+pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
+    let (ws, _) = tokio_tungstenite::connect_async(opts.url.as_str()).await?;
+    let (mut tx, mut rx) = ws.split();
+    let stream_sid = format!("MZsim{:08x}", rand::random::<u32>());
+    tx.send(Message::text(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string())).await?;
+    tx.send(Message::text(
+        json!({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
+               "start": {"streamSid": stream_sid, "accountSid": "ACsim", "callSid": opts.call_sid,
+                         "tracks": ["inbound"], "customParameters": opts.params,
+                         "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+        .to_string(),
+    ))
+    .await?;
+
+    let t0 = Instant::now();
+    let mut report = SimReport::default();
+    let mut buffer: VecDeque<i16> = VecDeque::new();
+    let mut received = 0usize;
+    let mut played = 0usize;
+    let mut marks: VecDeque<(String, usize)> = VecDeque::new();
+    let mut last_media = t0;
+    let mut seq = 1u64;
+    let mut phase = if opts.expect_greeting { Phase::Greeting } else { Phase::Pause(t0) };
+    // Which report the incoming bot audio belongs to: None = greeting.
+    let mut current: Option<usize> = None;
+    let mut speech_end: Option<Instant> = None;
+    let mut reply_started: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+
+    loop {
+        tokio::select! {
+            msg = rx.next() => {
+                let Some(msg) = msg else { break };
+                let Message::Text(text) = msg? else { continue };
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                match v["event"].as_str() {
+                    Some("media") => {
+                        report.media_messages += 1;
+                        let payload = v["media"]["payload"].as_str().unwrap_or("");
+                        use base64::Engine;
+                        match base64::engine::general_purpose::STANDARD.decode(payload) {
+                            Ok(b) if !b.is_empty() && b.len() % FRAME == 0 => {
+                                let pcm = ulaw::decode(&b);
+                                received += pcm.len();
+                                buffer.extend(pcm.iter().copied());
+                                last_media = Instant::now();
+                                match current {
+                                    None => {
+                                        report.greeting_ms.get_or_insert(ms(t0.elapsed()));
+                                        report.greeting_audio.extend(&pcm);
+                                    }
+                                    Some(i) => {
+                                        let r = &mut report.turns[i];
+                                        if r.latency_ms.is_none() {
+                                            if let Some(end) = speech_end {
+                                                r.latency_ms = Some(ms(end.elapsed()));
+                                                reply_started = Some(Instant::now());
+                                            }
+                                        }
+                                        r.bot_audio.extend(&pcm);
+                                    }
+                                }
+                                let lead = (received - played) as f64 / 8.0;
+                                report.max_lead_ms = report.max_lead_ms.max(lead);
+                            }
+                            _ => report.invalid_media += 1,
+                        }
+                    }
+                    Some("mark") => {
+                        let name = v["mark"]["name"].as_str().unwrap_or("").to_string();
+                        marks.push_back((name, received));
+                    }
+                    Some("clear") => {
+                        report.clears.push(t0.elapsed());
+                        played += buffer.len();
+                        received = played;
+                        buffer.clear();
+                        if let Some(i) = current {
+                            report.turns[i].cleared = true;
+                        }
+                        while let Some((name, _)) = marks.pop_front() {
+                            send_mark(&mut tx, &stream_sid, &name).await?;
+                            report.marks_echoed += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                // Play 20 ms of the bot.
+                let mut out = [0i16; FRAME];
+                for s in out.iter_mut() {
+                    if let Some(v) = buffer.pop_front() {
+                        *s = v;
+                        played += 1;
+                    }
+                }
+                report.bot_track.extend_from_slice(&out);
+                while marks.front().is_some_and(|(_, at)| *at <= played) {
+                    let (name, _) = marks.pop_front().unwrap();
+                    send_mark(&mut tx, &stream_sid, &name).await?;
+                    report.marks_echoed += 1;
+                }
+                let idle = buffer.is_empty() && now.duration_since(last_media) > Duration::from_millis(800);
+
+                // The caller's next 20 ms.
+                let mut frame = [0i16; FRAME];
+                phase = match phase {
+                    Phase::Greeting => {
+                        if (report.greeting_ms.is_some() && idle) || now.duration_since(t0) > Duration::from_secs_f32(opts.reply_timeout_secs) {
+                            Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))
+                        } else { phase }
+                    }
+                    Phase::Pause(until) if now >= until => {
+                        let i = report.turns.len();
+                        if i >= opts.turns.len() {
+                            Phase::Linger(now + Duration::from_secs_f32(opts.linger_secs))
+                        } else {
+                            start_turn(&opts, i, &mut report, &mut tx, &stream_sid, &mut current).await?;
+                            Phase::Speaking(i, 0)
+                        }
+                    }
+                    Phase::Speaking(i, off) => {
+                        let a = &opts.turns[i].audio.samples;
+                        for (k, s) in frame.iter_mut().enumerate() {
+                            if let Some(&v) = a.get(off + k) {
+                                *s = crate::audio::f32_to_i16(v);
+                            }
+                        }
+                        if off + FRAME >= a.len() {
+                            speech_end = Some(now + Duration::from_millis(20));
+                            reply_started = None;
+                            Phase::Waiting(i, now)
+                        } else {
+                            Phase::Speaking(i, off + FRAME)
+                        }
+                    }
+                    Phase::Waiting(i, since) => {
+                        let next = opts.turns.get(i + 1);
+                        let barge = next.and_then(|t| t.barge_in_after_ms).zip(reply_started)
+                            .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
+                        let replied = report.turns[i].latency_ms.is_some() && idle;
+                        let timeout = now.duration_since(since) > Duration::from_secs_f32(opts.reply_timeout_secs);
+                        if barge {
+                            start_turn(&opts, i + 1, &mut report, &mut tx, &stream_sid, &mut current).await?;
+                            Phase::Speaking(i + 1, 0)
+                        } else if replied || timeout {
+                            Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))
+                        } else { phase }
+                    }
+                    Phase::Linger(until) if now >= until => break,
+                    p => p,
+                };
+                if let Some((db, delay_ms)) = opts.echo {
+                    let gain = 10f32.powf(-db / 20.0);
+                    let lag = (delay_ms as usize) * 8;
+                    let n = report.bot_track.len();
+                    for (k, s) in frame.iter_mut().enumerate() {
+                        let idx = (n - FRAME + k).checked_sub(lag);
+                        if let Some(e) = idx.and_then(|j| report.bot_track.get(j)) {
+                            *s = s.saturating_add((*e as f32 * gain) as i16);
+                        }
+                    }
+                }
+                report.caller_track.extend_from_slice(&frame);
+                seq += 1;
+                let chunk = seq - 1;
+                use base64::Engine;
+                let payload = base64::engine::general_purpose::STANDARD.encode(ulaw::encode(&frame));
+                tx.send(Message::text(json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": stream_sid,
+                    "media": {"track": "inbound", "chunk": chunk.to_string(), "timestamp": (chunk * 20).to_string(), "payload": payload}}).to_string())).await?;
+            }
+        }
+    }
+    seq += 1;
+    let _ = tx
+        .send(Message::text(
+            json!({"event": "stop", "sequenceNumber": seq.to_string(), "streamSid": stream_sid,
+                   "stop": {"accountSid": "ACsim", "callSid": opts.call_sid}})
+            .to_string(),
+        ))
+        .await;
+    let _ = tx.close().await;
+    Ok(report)
+}
+
+async fn start_turn<S>(
+    opts: &SimOptions,
+    i: usize,
+    report: &mut SimReport,
+    tx: &mut S,
+    stream_sid: &str,
+    current: &mut Option<usize>,
+) -> anyhow::Result<()>
+where
+    S: SinkExt<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(digits) = &opts.turns[i].dtmf {
+        for d in digits.chars() {
+            tx.send(Message::text(
+                json!({"event": "dtmf", "streamSid": stream_sid, "sequenceNumber": "0",
+                       "dtmf": {"track": "inbound_track", "digit": d.to_string()}})
+                .to_string(),
+            ))
+            .await?;
+        }
+    }
+    report.turns.push(SimTurnReport { index: i, said: opts.turns[i].text.clone(), ..Default::default() });
+    *current = Some(i);
+    Ok(())
+}
+
+async fn send_mark<S>(tx: &mut S, stream_sid: &str, name: &str) -> anyhow::Result<()>
+where
+    S: SinkExt<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    tx.send(Message::text(
+        json!({"event": "mark", "streamSid": stream_sid, "sequenceNumber": "0", "mark": {"name": name}}).to_string(),
+    ))
+    .await?;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
