@@ -15,13 +15,18 @@ use callbox::stack::{self, LoadTimes};
 pub fn store() -> &'static ModelStore {
     static STORE: OnceLock<ModelStore> = OnceLock::new();
     STORE.get_or_init(|| {
-        let store = ModelStore::open(None, None).expect("manifest");
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        for set in ["default", "testdata"] {
-            rt.block_on(fetch(&store, &FetchOptions::new(set)))
-                .unwrap_or_else(|e| panic!("provisioning model set {set}: {e}"));
-        }
-        store
+        // A thread of its own: async tests call this from inside a runtime.
+        std::thread::spawn(|| {
+            let store = ModelStore::open(None, None).expect("manifest");
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            for set in ["default", "testdata"] {
+                rt.block_on(fetch(&store, &FetchOptions::new(set)))
+                    .unwrap_or_else(|e| panic!("provisioning model set {set}: {e}"));
+            }
+            store
+        })
+        .join()
+        .expect("model provisioning")
     })
 }
 
