@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::engines::silero::VadParams;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -142,31 +142,26 @@ impl Default for Personas {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            call: CallConfig::default(),
-            vad: VadParams::default(),
-            llm: LlmConfig::default(),
-            personas: Personas::default(),
-        }
-    }
-}
-
 impl Config {
     /// Defaults ← `file` (if any) ← `CALLBOX_*` environment.
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.is_file() {
-                return Err(Error::Config(format!("configuration file {} does not exist", f.display())));
+                return Err(Error::Config(format!(
+                    "configuration file {} does not exist",
+                    f.display()
+                )));
             }
             fig = fig.merge(Toml::file(f));
         }
         // Only nested keys: single-level CALLBOX_* variables (CALLBOX_MODELS,
         // CALLBOX_LOG, …) belong to the command line.
-        fig = fig.merge(Env::prefixed("CALLBOX_").filter(|k| k.as_str().contains("__")).split("__"));
+        fig = fig.merge(
+            Env::prefixed("CALLBOX_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let cfg: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
@@ -176,7 +171,10 @@ impl Config {
         let bad = |m: String| Err(Error::Config(m));
         let c = &self.call;
         if !(0.0..=1.0).contains(&self.vad.confidence) {
-            return bad(format!("vad.confidence must be in [0, 1], not {}", self.vad.confidence));
+            return bad(format!(
+                "vad.confidence must be in [0, 1], not {}",
+                self.vad.confidence
+            ));
         }
         if self.vad.start_secs <= 0.0 || self.vad.stop_secs <= 0.0 {
             return bad("vad.start_secs and vad.stop_secs must be positive".into());
@@ -185,17 +183,25 @@ impl Config {
             return bad("call.idle_secs, call.turn_timeout_secs and call.barge_in_min_secs must not be negative".into());
         }
         if !(0.0..=1.0).contains(&c.turn_threshold) {
-            return bad(format!("call.turn_threshold must be in [0, 1], not {}", c.turn_threshold));
+            return bad(format!(
+                "call.turn_threshold must be in [0, 1], not {}",
+                c.turn_threshold
+            ));
         }
         if c.max_lead_ms > 500 {
-            return bad(format!("call.max_lead_ms is at most 500, not {}", c.max_lead_ms));
+            return bad(format!(
+                "call.max_lead_ms is at most 500, not {}",
+                c.max_lead_ms
+            ));
         }
         if self.server.max_calls == 0 {
             return bad("server.max_calls must be at least 1".into());
         }
         if let Some(u) = &self.server.public_url {
             if !(u.starts_with("https://") || u.starts_with("http://")) {
-                return bad(format!("server.public_url must start with https:// or http://, not {u:?}"));
+                return bad(format!(
+                    "server.public_url must start with https:// or http://, not {u:?}"
+                ));
             }
         }
         Ok(())
@@ -207,6 +213,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn file_and_environment_override_defaults() {
         let dir = std::env::temp_dir().join(format!("callbox-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -230,9 +237,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("bad.toml");
         std::fs::write(&f, "[call]\nturn_threshold = 2.0\n").unwrap();
-        assert!(Config::load(Some(&f)).unwrap_err().to_string().contains("turn_threshold"));
+        assert!(Config::load(Some(&f))
+            .unwrap_err()
+            .to_string()
+            .contains("turn_threshold"));
         std::fs::write(&f, "[call]\nnot_a_key = 1\n").unwrap();
-        assert!(Config::load(Some(&f)).unwrap_err().to_string().contains("not_a_key"));
-        assert!(Config::load(Some(Path::new("/nope.toml"))).unwrap_err().to_string().contains("/nope.toml"));
+        assert!(Config::load(Some(&f))
+            .unwrap_err()
+            .to_string()
+            .contains("not_a_key"));
+        assert!(Config::load(Some(Path::new("/nope.toml")))
+            .unwrap_err()
+            .to_string()
+            .contains("/nope.toml"));
     }
 }

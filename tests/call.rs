@@ -35,7 +35,8 @@ fn engines() -> Engines {
 /// A server on a free port with `tweak` applied to the default configuration.
 async fn start(tweak: impl FnOnce(&mut Config)) -> (Arc<AppState>, SocketAddr) {
     let mut cfg = Config::default();
-    cfg.call.recordings_dir = Some(std::env::temp_dir().join(format!("callbox-rec-{}", std::process::id())));
+    cfg.call.recordings_dir =
+        Some(std::env::temp_dir().join(format!("callbox-rec-{}", std::process::id())));
     cfg.llm.max_tokens = 30;
     tweak(&mut cfg);
     let state = AppState::new(cfg, engines());
@@ -50,7 +51,13 @@ fn turn_of(text: &str) -> SimTurn {
 
 async fn summary(state: &AppState, call_sid: &str) -> CallSummary {
     for _ in 0..200 {
-        let f = state.finished.lock().unwrap().iter().find(|s| s.info.call_sid == call_sid).cloned();
+        let f = state
+            .finished
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.info.call_sid == call_sid)
+            .cloned();
         if let Some(s) = f {
             return s;
         }
@@ -64,7 +71,10 @@ async fn a_simulated_call_with_two_turns() {
     let (state, addr) = start(|_| {}).await;
     let opts = SimOptions::new(
         format!("ws://{addr}/ws"),
-        vec![turn_of("Why is the sky blue?"), turn_of("And what makes a rainbow?")],
+        vec![
+            turn_of("Why is the sky blue?"),
+            turn_of("And what makes a rainbow?"),
+        ],
     );
     let sid = opts.call_sid.clone();
     let r = sim::run(opts).await.unwrap();
@@ -72,8 +82,14 @@ async fn a_simulated_call_with_two_turns() {
     assert_eq!(r.turns.len(), 2);
     for t in &r.turns {
         assert!(t.latency_ms.is_some(), "turn {} got no reply", t.index);
-        let heard = stt().transcribe(&Audio::from_i16(&t.bot_audio, 8000)).unwrap();
-        assert!(heard.text.split_whitespace().count() >= 3, "bot said {:?}", heard.text);
+        let heard = stt()
+            .transcribe(&Audio::from_i16(&t.bot_audio, 8000))
+            .unwrap();
+        assert!(
+            heard.text.split_whitespace().count() >= 3,
+            "bot said {:?}",
+            heard.text
+        );
     }
     // Pacing and framing.
     assert_eq!(r.invalid_media, 0);
@@ -81,14 +97,38 @@ async fn a_simulated_call_with_two_turns() {
     assert!(r.marks_echoed >= 3);
 
     let s = summary(&state, &sid).await;
-    let users: Vec<&str> = s.history.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+    let users: Vec<&str> = s
+        .history
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect();
     assert_eq!(users.len(), 2, "{:#?}", s.history);
-    assert!(users[0].to_lowercase().contains("sky") && users[1].to_lowercase().contains("rainbow"), "{users:?}");
-    assert!(s.history.iter().filter(|m| m.role == Role::Assistant).count() >= 2);
-    let turns: Vec<_> = s.turns.iter().filter(|t| t.kind == TurnKind::Turn).collect();
+    assert!(
+        users[0].to_lowercase().contains("sky") && users[1].to_lowercase().contains("rainbow"),
+        "{users:?}"
+    );
+    assert!(
+        s.history
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .count()
+            >= 2
+    );
+    let turns: Vec<_> = s
+        .turns
+        .iter()
+        .filter(|t| t.kind == TurnKind::Turn)
+        .collect();
     assert_eq!(turns.len(), 2);
     for t in &turns {
-        assert!(t.total_ms.is_some() && t.stt_ms.is_some() && t.llm_ttfb_ms.is_some() && t.tts_ttfb_ms.is_some(), "{t:#?}");
+        assert!(
+            t.total_ms.is_some()
+                && t.stt_ms.is_some()
+                && t.llm_ttfb_ms.is_some()
+                && t.tts_ttfb_ms.is_some(),
+            "{t:#?}"
+        );
         // The second turn reuses the first one's KV cache.
         assert!(t.prefilled_tokens < t.prompt_tokens, "{t:#?}");
     }
@@ -99,9 +139,20 @@ async fn a_simulated_call_with_two_turns() {
     let w = hound::WavReader::open(&rec).unwrap();
     assert_eq!(w.spec().channels, 2);
     let secs = w.duration() as f64 / 8000.0;
-    assert!((secs - s.duration_secs).abs() < 1.5, "recording {secs} s, call {} s", s.duration_secs);
+    assert!(
+        (secs - s.duration_secs).abs() < 1.5,
+        "recording {secs} s, call {} s",
+        s.duration_secs
+    );
     let samples: Vec<i16> = w.into_samples::<i16>().map(|x| x.unwrap()).collect();
-    let energy = |ch: usize| samples.iter().skip(ch).step_by(2).map(|&v| (v as f64).powi(2)).sum::<f64>();
+    let energy = |ch: usize| {
+        samples
+            .iter()
+            .skip(ch)
+            .step_by(2)
+            .map(|&v| (v as f64).powi(2))
+            .sum::<f64>()
+    };
     assert!(energy(0) > 0.0 && energy(1) > 0.0);
 }
 
@@ -112,7 +163,10 @@ async fn barge_in_clears_and_keeps_only_what_was_heard() {
     interrupting.barge_in_after_ms = Some(1200);
     let opts = SimOptions::new(
         format!("ws://{addr}/ws"),
-        vec![turn_of("Can you tell me a long story about the ocean?"), interrupting],
+        vec![
+            turn_of("Can you tell me a long story about the ocean?"),
+            interrupting,
+        ],
     );
     let sid = opts.call_sid.clone();
     let r = sim::run(opts).await.unwrap();
@@ -120,12 +174,22 @@ async fn barge_in_clears_and_keeps_only_what_was_heard() {
     let s = summary(&state, &sid).await;
     assert!(!s.interruptions.is_empty(), "{:#?}", s.turns);
     for i in &s.interruptions {
-        assert!(i.onset_to_clear_ms <= 300.0, "clear {} ms after onset", i.onset_to_clear_ms);
+        assert!(
+            i.onset_to_clear_ms <= 300.0,
+            "clear {} ms after onset",
+            i.onset_to_clear_ms
+        );
     }
     let cut = s.turns.iter().find(|t| t.interrupted).unwrap();
     assert!(cut.heard_text.len() < cut.bot_text.len(), "{cut:#?}");
     // The history holds the heard part, not the whole generated reply.
-    assert!(s.history.iter().any(|m| m.role == Role::Assistant && m.content == cut.heard_text), "{:#?}", s.history);
+    assert!(
+        s.history
+            .iter()
+            .any(|m| m.role == Role::Assistant && m.content == cut.heard_text),
+        "{:#?}",
+        s.history
+    );
     assert!(!s.history.iter().any(|m| m.content == cut.bot_text));
 }
 
@@ -133,22 +197,36 @@ async fn barge_in_clears_and_keeps_only_what_was_heard() {
 async fn echo_and_short_bursts_do_not_interrupt() {
     let (state, addr) = start(|c| c.llm.max_tokens = 40).await;
     // A speakerphone: the bot's audio comes back 10 dB down, 100 ms late.
-    let mut opts = SimOptions::new(format!("ws://{addr}/ws"), vec![turn_of("Tell me about the moon.")]);
+    let mut opts = SimOptions::new(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("Tell me about the moon.")],
+    );
     opts.echo = Some((10.0, 100));
     let sid = opts.call_sid.clone();
     sim::run(opts).await.unwrap();
     let s = summary(&state, &sid).await;
-    assert!(s.interruptions.is_empty(), "echo interrupted the bot: {:#?}", s.interruptions);
+    assert!(
+        s.interruptions.is_empty(),
+        "echo interrupted the bot: {:#?}",
+        s.interruptions
+    );
 
     // A 150 ms burst of noise while the bot talks.
     let mut burst = SimTurn::new(white_noise(0.15, -20.0, 8000, 3), None);
     burst.barge_in_after_ms = Some(800);
-    let mut opts = SimOptions::new(format!("ws://{addr}/ws"), vec![turn_of("Tell me about the sun."), burst]);
+    let mut opts = SimOptions::new(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("Tell me about the sun."), burst],
+    );
     opts.reply_timeout_secs = 6.0;
     let sid = opts.call_sid.clone();
     sim::run(opts).await.unwrap();
     let s = summary(&state, &sid).await;
-    assert!(s.interruptions.is_empty(), "a noise burst interrupted the bot: {:#?}", s.interruptions);
+    assert!(
+        s.interruptions.is_empty(),
+        "a noise burst interrupted the bot: {:#?}",
+        s.interruptions
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,30 +238,52 @@ async fn the_bot_carries_on_after_five_silent_seconds_but_not_before_first_activ
     let sid = opts.call_sid.clone();
     sim::run(opts).await.unwrap();
     let s = summary(&state, &sid).await;
-    assert!(!s.turns.iter().any(|t| t.kind == TurnKind::Idle), "{:#?}", s.turns);
+    assert!(
+        !s.turns.iter().any(|t| t.kind == TurnKind::Idle),
+        "{:#?}",
+        s.turns
+    );
 
-    let mut opts = SimOptions::new(format!("ws://{addr}/ws"), vec![turn_of("What is a volcano?")]);
+    let mut opts = SimOptions::new(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("What is a volcano?")],
+    );
     opts.linger_secs = 9.0;
     let sid = opts.call_sid.clone();
     sim::run(opts).await.unwrap();
     let s = summary(&state, &sid).await;
-    assert!(s.turns.iter().any(|t| t.kind == TurnKind::Idle), "{:#?}", s.turns);
+    assert!(
+        s.turns.iter().any(|t| t.kind == TurnKind::Idle),
+        "{:#?}",
+        s.turns
+    );
 }
 
 /// A client that breaks every rule, then vanishes.
 async fn misbehave(addr: SocketAddr) {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
     let (mut tx, _rx) = ws.split();
     let media = r#"{"event":"media","streamSid":"MZx","media":{"payload":"//8="}}"#;
     tx.send(Message::text(media)).await.unwrap(); // media before start
     tx.send(Message::text("this is not json")).await.unwrap();
     tx.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    let start = r#"{"event":"start","streamSid":"MZx","start":{"callSid":"CAbad","customParameters":{}}}"#;
+    let start =
+        r#"{"event":"start","streamSid":"MZx","start":{"callSid":"CAbad","customParameters":{}}}"#;
     tx.send(Message::text(start)).await.unwrap();
     for _ in 0..20 {
-        tx.send(Message::text(r#"{"event":"media","streamSid":"MZx","media":{"payload":"%%%not base64"}}"#)).await.unwrap();
-        tx.send(Message::text(r#"{"event":"surprise","streamSid":"MZx"}"#)).await.unwrap();
-        tx.send(Message::text(r#"{"event":"mark","mark":{}}"#)).await.unwrap();
+        tx.send(Message::text(
+            r#"{"event":"media","streamSid":"MZx","media":{"payload":"%%%not base64"}}"#,
+        ))
+        .await
+        .unwrap();
+        tx.send(Message::text(r#"{"event":"surprise","streamSid":"MZx"}"#))
+            .await
+            .unwrap();
+        tx.send(Message::text(r#"{"event":"mark","mark":{}}"#))
+            .await
+            .unwrap();
         tx.send(Message::binary(vec![0u8; 400])).await.unwrap();
         tx.send(Message::text(media)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -196,7 +296,12 @@ async fn misbehave(addr: SocketAddr) {
 async fn bad_input_disturbs_no_other_call_and_four_calls_run_at_once() {
     let (state, addr) = start(|_| {}).await;
     let mut calls = Vec::new();
-    let questions = ["What is rain?", "Why do dogs bark?", "What is snow?", "Where do fish sleep?"];
+    let questions = [
+        "What is rain?",
+        "Why do dogs bark?",
+        "What is snow?",
+        "Where do fish sleep?",
+    ];
     for q in questions {
         let opts = SimOptions::new(format!("ws://{addr}/ws"), vec![turn_of(q)]);
         calls.push((opts.call_sid.clone(), tokio::spawn(sim::run(opts))));
@@ -209,7 +314,11 @@ async fn bad_input_disturbs_no_other_call_and_four_calls_run_at_once() {
         assert!(s.errors.is_empty(), "{:?}", s.errors);
     }
     let bad = summary(&state, "CAbad").await;
-    assert!(bad.turns.iter().all(|t| t.kind == TurnKind::Greeting), "{:#?}", bad.turns);
+    assert!(
+        bad.turns.iter().all(|t| t.kind == TurnKind::Greeting),
+        "{:#?}",
+        bad.turns
+    );
     let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
     assert!(health.status().is_success());
 }

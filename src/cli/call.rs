@@ -1,7 +1,7 @@
 //! `callbox serve`, `callbox sim` and `callbox demo`.
 
-use std::path::PathBuf;
 use clap::Args;
+use std::path::PathBuf;
 
 use super::Cli;
 use crate::audio::{wav, Audio};
@@ -73,7 +73,11 @@ fn print_report(report: &SimReport, stt: &dyn Stt) -> anyhow::Result<Vec<f64>> {
         match t.latency_ms {
             Some(l) => {
                 latencies.push(l);
-                println!("bot ({l:.0} ms after the caller stopped{}): {}", if t.cleared { ", interrupted" } else { "" }, heard.text)
+                println!(
+                    "bot ({l:.0} ms after the caller stopped{}): {}",
+                    if t.cleared { ", interrupted" } else { "" },
+                    heard.text
+                )
             }
             None => println!("bot: (no reply)"),
         }
@@ -164,11 +168,21 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     for s in SCRIPT.iter().take(a.turns.clamp(1, SCRIPT.len())) {
         turns.push(SimTurn::new(synth(tts.as_ref(), s)?, Some(s.to_string())));
     }
-    eprintln!("calling ws://{addr}/ws with {} caller turns (real time; about {} s)…", turns.len(), turns.len() * 12);
+    eprintln!(
+        "calling ws://{addr}/ws with {} caller turns (real time; about {} s)…",
+        turns.len(),
+        turns.len() * 12
+    );
     let report = sim::run(SimOptions::new(format!("ws://{addr}/ws"), turns)).await?;
     // The server finishes the call when the socket closes.
     let summary = loop {
-        if let Some(s) = state.finished.lock().unwrap_or_else(|p| p.into_inner()).back().cloned() {
+        if let Some(s) = state
+            .finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .back()
+            .cloned()
+        {
             break s;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -176,7 +190,10 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     server.abort();
     println!();
     let caller_side = print_report(&report, stt.as_ref())?;
-    println!("\nLATENCY BREAKDOWN (server side, ms)\n{}", summary.latency_table());
+    println!(
+        "\nLATENCY BREAKDOWN (server side, ms)\n{}",
+        summary.latency_table()
+    );
     let total: Vec<f64> = summary
         .turns
         .iter()
@@ -204,7 +221,11 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let sim_rec = a.out.join("demo-call.wav");
     write_stereo(&sim_rec, &report)?;
     if let Some(r) = &summary.recording {
-        println!("recordings: {} (server), {} (caller side)", r.display(), sim_rec.display());
+        println!(
+            "recordings: {} (server), {} (caller side)",
+            r.display(),
+            sim_rec.display()
+        );
     }
     Ok(())
 }

@@ -22,7 +22,8 @@ use crate::twilio::protocol::{self, Inbound};
 const MAX_MESSAGE: usize = 64 * 1024;
 
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response {
-    ws.max_message_size(MAX_MESSAGE).on_upgrade(move |socket| handle(socket, app))
+    ws.max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| handle(socket, app))
 }
 
 async fn handle(socket: WebSocket, app: Arc<AppState>) {
@@ -36,7 +37,9 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
                 Ok(other) => tracing::warn!("message before start ignored: {other:?}"),
                 Err(e) => tracing::warn!("malformed message before start ignored: {e}"),
             },
-            Some(Ok(Message::Binary(_))) => tracing::warn!("binary frame ignored (Twilio sends JSON text)"),
+            Some(Ok(Message::Binary(_))) => {
+                tracing::warn!("binary frame ignored (Twilio sends JSON text)")
+            }
             Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => {}
             Some(Err(e)) => {
@@ -54,7 +57,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         Some("outbound") => Direction::Outbound,
         _ => Direction::Inbound,
     };
-    let call_sid = if start.call_sid.is_empty() { stream_sid.clone() } else { start.call_sid.clone() };
+    let call_sid = if start.call_sid.is_empty() {
+        stream_sid.clone()
+    } else {
+        start.call_sid.clone()
+    };
     let info = CallInfo {
         call_sid,
         stream_sid: stream_sid.clone(),
@@ -78,7 +85,13 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         }
         let _ = sink.send(Message::Close(None)).await;
     });
-    let session = tokio::spawn(Session::run(app.cfg.clone(), app.engines.clone(), info, in_rx, wire_tx));
+    let session = tokio::spawn(Session::run(
+        app.cfg.clone(),
+        app.engines.clone(),
+        info,
+        in_rx,
+        wire_tx,
+    ));
 
     let mut malformed = 0usize;
     while let Some(msg) = stream.next().await {
@@ -134,7 +147,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             if malformed > 0 {
                 tracing::warn!(stream = %stream_sid, malformed, "malformed messages during the call");
             }
-            tracing::info!("call {} latency breakdown:\n{}", summary.info.call_sid, summary.latency_table());
+            tracing::info!(
+                "call {} latency breakdown:\n{}",
+                summary.info.call_sid,
+                summary.latency_table()
+            );
             app.record(summary);
         }
         Err(e) => tracing::error!(stream = %stream_sid, "call task failed: {e}"),

@@ -81,10 +81,17 @@ fn ws_url(cfg: &Config, headers: &HeaderMap) -> String {
     if let Some(base) = &cfg.server.public_url {
         let base = base.trim_end_matches('/');
         let rest = base.split_once("://").map_or(base, |(_, r)| r);
-        let scheme = if base.starts_with("http://") { "ws" } else { "wss" };
+        let scheme = if base.starts_with("http://") {
+            "ws"
+        } else {
+            "wss"
+        };
         return format!("{scheme}://{rest}/ws");
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
     format!("wss://{host}/ws")
 }
 

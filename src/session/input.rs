@@ -20,14 +20,25 @@ pub const TWILIO_RATE: u32 = 8000;
 pub enum InputEvent {
     /// 16 kHz audio ready for the turn buffer; `end` is the stream position
     /// (in 16 kHz samples) just after it.
-    Audio { samples: Vec<f32>, end: u64 },
+    Audio {
+        samples: Vec<f32>,
+        end: u64,
+    },
     Vad(VadEvent),
     Failed(String),
 }
 
+// One per call, built once: the size difference between variants is moot.
+#[allow(clippy::large_enum_variant)]
 enum Chain {
     Plain(Stream),
-    Denoised { up: Stream, den: Box<dyn DenoiseStream>, down: Stream, buf48: Vec<f32>, clean48: Vec<f32> },
+    Denoised {
+        up: Stream,
+        den: Box<dyn DenoiseStream>,
+        down: Stream,
+        buf48: Vec<f32>,
+        clean48: Vec<f32>,
+    },
 }
 
 pub struct InputProcessor {
@@ -60,11 +71,20 @@ impl InputProcessor {
     /// One inbound frame of μ-law bytes; returns the 16 kHz audio it yielded
     /// and any VAD events.
     pub fn push(&mut self, ulaw_bytes: &[u8]) -> crate::Result<(Vec<f32>, Vec<VadEvent>)> {
-        let pcm: Vec<f32> = ulaw::decode(ulaw_bytes).iter().map(|&s| s as f32 / 32768.0).collect();
+        let pcm: Vec<f32> = ulaw::decode(ulaw_bytes)
+            .iter()
+            .map(|&s| s as f32 / 32768.0)
+            .collect();
         self.out16.clear();
         match &mut self.chain {
             Chain::Plain(s) => s.push(&pcm, &mut self.out16),
-            Chain::Denoised { up, den, down, buf48, clean48 } => {
+            Chain::Denoised {
+                up,
+                den,
+                down,
+                buf48,
+                clean48,
+            } => {
                 buf48.clear();
                 clean48.clear();
                 up.push(&pcm, buf48);
@@ -99,7 +119,10 @@ pub fn spawn(
                 match p.push(&frame) {
                     Ok((samples, vad_events)) => {
                         let end = p.position();
-                        if events.blocking_send(InputEvent::Audio { samples, end }).is_err() {
+                        if events
+                            .blocking_send(InputEvent::Audio { samples, end })
+                            .is_err()
+                        {
                             break;
                         }
                         for e in vad_events {

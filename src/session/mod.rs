@@ -33,7 +33,9 @@ use tokio::sync::mpsc;
 
 use crate::audio::{ulaw, wav, Audio};
 use crate::config::{Config, Persona};
-use crate::engines::{ChatMessage, GenerationOptions, LlmSession, Role, Transcript, TurnVerdict, VadEvent, MODEL_RATE};
+use crate::engines::{
+    ChatMessage, GenerationOptions, LlmSession, Role, Transcript, TurnVerdict, VadEvent, MODEL_RATE,
+};
 use crate::stack::Engines;
 use input::InputEvent;
 use output::{BotTrack, OutCmd, OutEvent, Wire};
@@ -143,7 +145,6 @@ struct Piece {
 struct Active {
     reply: Reply,
     record: usize,
-    started: Instant,
     vad_stop_at: Option<Instant>,
     pieces: Vec<Piece>,
     first_frame_at: Option<Instant>,
@@ -217,7 +218,13 @@ impl Session {
         };
         let track = BotTrack::default();
         let (out_ev_tx, mut out_ev_rx) = mpsc::channel(64);
-        let out = output::spawn(start, Duration::from_millis(cfg.call.max_lead_ms), track.clone(), wire, out_ev_tx);
+        let out = output::spawn(
+            start,
+            Duration::from_millis(cfg.call.max_lead_ms),
+            track.clone(),
+            wire,
+            out_ev_tx,
+        );
         let (in_tx, mut in_rx) = mpsc::channel::<InputEvent>(256);
         let denoiser = cfg.call.denoise.then(|| engines.denoiser.clone());
         let frames = input::spawn(engines.vad.clone(), denoiser, in_tx);
@@ -273,11 +280,19 @@ impl Session {
         if cfg.call.greet && !s.persona.greeting.is_empty() {
             let greeting = s.persona.greeting.clone();
             prefix.push(ChatMessage::new(Role::Assistant, greeting.clone()));
-            s.start_reply(TurnKind::Greeting, Source::Text(greeting), String::new(), None);
+            s.start_reply(
+                TurnKind::Greeting,
+                Source::Text(greeting),
+                String::new(),
+                None,
+            );
         }
         let (llm, tx) = (s.llm.clone(), s.internal_tx.clone());
         std::thread::spawn(move || {
-            let r = llm.lock().unwrap_or_else(|p| p.into_inner()).prefill(&prefix);
+            let r = llm
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prefill(&prefix);
             let _ = tx.blocking_send(Internal::Prefilled(r));
         });
 
@@ -394,7 +409,9 @@ impl Session {
                     return;
                 }
                 self.last_activity = Instant::now();
-                let Some(turn_start) = self.turn_start else { return };
+                let Some(turn_start) = self.turn_start else {
+                    return;
+                };
                 let from = turn_start.saturating_sub((PRE_SPEECH_SECS * MODEL_RATE as f64) as u64);
                 let audio = self.audio_between(from, at);
                 let id = self.next_turn_id;
@@ -442,7 +459,9 @@ impl Session {
                 _ => {}
             },
             Internal::Prefilled(r) => match r {
-                Ok(n) => tracing::debug!(call = %self.info.call_sid, tokens = n, "system prompt prefilled"),
+                Ok(n) => {
+                    tracing::debug!(call = %self.info.call_sid, tokens = n, "system prompt prefilled")
+                }
                 Err(e) => self.errors.push(format!("prefill: {e}")),
             },
         }
@@ -474,8 +493,14 @@ impl Session {
             // A reply still running (never interrupted, e.g. echo-gated): it ends now.
             self.interrupt();
         }
-        self.history.push(ChatMessage::new(Role::User, text.clone()));
-        let idx = self.start_reply(TurnKind::Turn, Source::Llm(self.history.clone()), text, Some(p.vad_stop_at));
+        self.history
+            .push(ChatMessage::new(Role::User, text.clone()));
+        let idx = self.start_reply(
+            TurnKind::Turn,
+            Source::Llm(self.history.clone()),
+            text,
+            Some(p.vad_stop_at),
+        );
         let r = &mut self.records[idx];
         r.stt_ms = Some(ms(at.saturating_duration_since(p.end_of_speech_at)));
         if let Some(v) = p.verdict {
@@ -483,12 +508,15 @@ impl Session {
             r.smart_turn_inference_ms = Some(v.inference_ms);
             r.smart_turn_probability = Some(v.probability);
         }
-        // End of speech precedes the VAD event by exactly the stop window.
-        r.end_of_speech_ms = None;
-        let _ = p.end_of_speech_at;
     }
 
-    fn start_reply(&mut self, kind: TurnKind, source: Source, user_text: String, vad_stop_at: Option<Instant>) -> usize {
+    fn start_reply(
+        &mut self,
+        kind: TurnKind,
+        source: Source,
+        user_text: String,
+        vad_stop_at: Option<Instant>,
+    ) -> usize {
         self.epoch += 1;
         let options = GenerationOptions {
             max_tokens: self.cfg.llm.max_tokens,
@@ -533,7 +561,6 @@ impl Session {
         self.active = Some(Active {
             reply,
             record: index,
-            started: Instant::now(),
             vad_stop_at,
             pieces: Vec::new(),
             first_frame_at: None,
@@ -545,7 +572,9 @@ impl Session {
     }
 
     fn on_reply(&mut self, ev: ReplyEvent) {
-        let Some(a) = self.active.as_mut() else { return };
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
         let epoch = match &ev {
             ReplyEvent::FirstToken { epoch, .. }
             | ReplyEvent::FirstAudio { epoch, .. }
@@ -561,7 +590,14 @@ impl Session {
         match ev {
             ReplyEvent::FirstToken { ms, .. } => r.llm_ttfb_ms = Some(ms),
             ReplyEvent::FirstAudio { ms, .. } => r.tts_ttfb_ms = Some(ms),
-            ReplyEvent::Piece { name, text, secs, .. } => a.pieces.push(Piece { name, text, secs, acked: false }),
+            ReplyEvent::Piece {
+                name, text, secs, ..
+            } => a.pieces.push(Piece {
+                name,
+                text,
+                secs,
+                acked: false,
+            }),
             ReplyEvent::Generated { generation, .. } => {
                 r.prompt_tokens = generation.prompt_tokens;
                 r.prefilled_tokens = generation.prefilled_tokens;
@@ -572,9 +608,6 @@ impl Session {
             ReplyEvent::Spoken { characters, .. } => {
                 r.tts_characters = characters;
                 a.spoken = true;
-                if r.kind != TurnKind::Greeting && a.generated.is_none() {
-                    // Cancelled or failed before the LLM finished.
-                }
             }
             ReplyEvent::Failed { error, .. } => {
                 tracing::error!(call = %self.info.call_sid, "reply failed: {error}");
@@ -611,7 +644,6 @@ impl Session {
                         r.total_ms = Some(ms(at.saturating_duration_since(self.start)));
                         tracing::info!(call = %self.info.call_sid, "first greeting audio after {:.0} ms", r.total_ms.unwrap());
                     }
-                    let _ = a.started;
                 }
             }
             OutEvent::Drained { until } => {
@@ -633,15 +665,22 @@ impl Session {
     /// A reply is over when all of it was generated, queued and played.
     fn maybe_finish_reply(&mut self) {
         let done = self.active.as_ref().is_some_and(|a| {
-            let generated = a.generated.is_some() || self.records[a.record].kind == TurnKind::Greeting;
+            let generated =
+                a.generated.is_some() || self.records[a.record].kind == TurnKind::Greeting;
             a.spoken && generated && a.pieces.iter().all(|p| p.acked)
         });
         if done {
             let a = self.active.take().expect("checked");
             let r = &mut self.records[a.record];
-            r.heard_text = a.pieces.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(" ");
+            r.heard_text = a
+                .pieces
+                .iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
             if r.kind != TurnKind::Greeting && !r.heard_text.is_empty() {
-                self.history.push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
+                self.history
+                    .push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
             }
             self.last_activity = Instant::now();
         }
@@ -652,7 +691,9 @@ impl Session {
     fn interrupt(&mut self) {
         let Some(a) = self.active.take() else { return };
         a.reply.cancel.store(true, Ordering::Relaxed);
-        let _ = self.out.try_send(OutCmd::Clear { upto: a.reply.epoch });
+        let _ = self.out.try_send(OutCmd::Clear {
+            upto: a.reply.epoch,
+        });
         let now = Instant::now();
         self.bot_until = now;
         let onset = self.now_pos_time(self.segment_onset);
@@ -667,7 +708,8 @@ impl Session {
                 continue;
             }
             if let Some(since) = playing_since {
-                let frac = (now.saturating_duration_since(since).as_secs_f64() / p.secs.max(0.01)).min(1.0);
+                let frac = (now.saturating_duration_since(since).as_secs_f64() / p.secs.max(0.01))
+                    .min(1.0);
                 let words: Vec<&str> = p.text.split_whitespace().collect();
                 let n = (words.len() as f64 * frac).floor() as usize;
                 if n > 0 {
@@ -680,14 +722,23 @@ impl Session {
         r.interrupted = true;
         r.heard_text = heard.join(" ");
         if r.bot_text.is_empty() {
-            r.bot_text = a.pieces.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(" ");
+            r.bot_text = a
+                .pieces
+                .iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
         }
         if !r.heard_text.is_empty() && r.kind != TurnKind::Greeting {
-            self.history.push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
+            self.history
+                .push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
         }
         let latency = ms(now.saturating_duration_since(onset));
         tracing::info!(call = %self.info.call_sid, turn = r.index, "interrupted by the caller ({latency:.0} ms after speech onset)");
-        self.interruptions.push(Interruption { turn: r.index, onset_to_clear_ms: latency });
+        self.interruptions.push(Interruption {
+            turn: r.index,
+            onset_to_clear_ms: latency,
+        });
     }
 
     fn on_dtmf(&mut self, digit: &str) {
@@ -695,16 +746,25 @@ impl Session {
         self.activity_seen = true;
         self.last_activity = Instant::now();
         let text = format!("[caller pressed {digit}]");
-        self.history.push(ChatMessage::new(Role::User, text.clone()));
+        self.history
+            .push(ChatMessage::new(Role::User, text.clone()));
         if self.active.is_none() && self.pending.is_none() {
-            self.start_reply(TurnKind::Dtmf, Source::Llm(self.history.clone()), text, None);
+            self.start_reply(
+                TurnKind::Dtmf,
+                Source::Llm(self.history.clone()),
+                text,
+                None,
+            );
         }
     }
 
     fn on_tick(&mut self) {
         let now = Instant::now();
         if let Some(p) = self.pending.as_mut() {
-            if !p.timed_out && now.saturating_duration_since(p.vad_stop_at).as_secs_f32() >= self.cfg.call.turn_timeout_secs {
+            if !p.timed_out
+                && now.saturating_duration_since(p.vad_stop_at).as_secs_f32()
+                    >= self.cfg.call.turn_timeout_secs
+            {
                 p.timed_out = true;
                 self.maybe_complete_turn();
             }
@@ -716,11 +776,22 @@ impl Session {
             && self.pending.is_none()
             && !self.in_speech
             && self.turn_start.is_none()
-            && now.saturating_duration_since(self.last_activity.max(self.bot_until)).as_secs_f32() >= idle
+            && now
+                .saturating_duration_since(self.last_activity.max(self.bot_until))
+                .as_secs_f32()
+                >= idle
         {
             tracing::info!(call = %self.info.call_sid, "caller silent for {idle} s: the bot carries on");
-            self.history.push(ChatMessage::new(Role::User, self.persona.idle_prompt.clone()));
-            self.start_reply(TurnKind::Idle, Source::Llm(self.history.clone()), String::new(), None);
+            self.history.push(ChatMessage::new(
+                Role::User,
+                self.persona.idle_prompt.clone(),
+            ));
+            self.start_reply(
+                TurnKind::Idle,
+                Source::Llm(self.history.clone()),
+                String::new(),
+                None,
+            );
             self.last_activity = now;
         }
     }
@@ -787,7 +858,11 @@ impl CallSummary {
         let mut s = String::from(
             "Turn | Total | STT TTFB | Smart Turn | LLM TTFB | TTS TTFB | LLM Tokens | TTS Chars | End-of-speech\n",
         );
-        let rows: Vec<&TurnRecord> = self.turns.iter().filter(|t| t.kind == TurnKind::Turn).collect();
+        let rows: Vec<&TurnRecord> = self
+            .turns
+            .iter()
+            .filter(|t| t.kind == TurnKind::Turn)
+            .collect();
         for t in &rows {
             s.push_str(&format!(
                 "{:>4} | {:>5} | {:>8} | {:>10} | {:>8} | {:>8} | {:>10} | {:>9} | {:>13}\n",
@@ -826,5 +901,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

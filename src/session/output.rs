@@ -25,9 +25,17 @@ const FRAME_DUR: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub enum OutCmd {
     /// 8 kHz PCM.
-    Audio { epoch: u64, samples: Vec<i16> },
-    Mark { epoch: u64, name: String },
-    Clear { upto: u64 },
+    Audio {
+        epoch: u64,
+        samples: Vec<i16>,
+    },
+    Mark {
+        epoch: u64,
+        name: String,
+    },
+    Clear {
+        upto: u64,
+    },
 }
 
 /// What goes on the wire (the transport adds the stream id).
@@ -61,7 +69,10 @@ impl BotTrack {
     }
 
     fn truncate(&self, len: usize) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).truncate(len);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncate(len);
     }
 
     /// Loudest 20 ms RMS (dBFS) in `[from, to)` samples.
@@ -74,7 +85,8 @@ impl BotTrack {
         t[from..to]
             .chunks(FRAME)
             .map(|c| {
-                let ms = c.iter().map(|&s| (s as f32 / 32768.0).powi(2)).sum::<f32>() / c.len() as f32;
+                let ms =
+                    c.iter().map(|&s| (s as f32 / 32768.0).powi(2)).sum::<f32>() / c.len() as f32;
                 10.0 * ms.log10()
             })
             .fold(f32::NEG_INFINITY, f32::max)
@@ -120,7 +132,9 @@ pub fn spawn(
             while let Some(front) = queue.front() {
                 match front {
                     Item::Mark { .. } => {
-                        let Some(Item::Mark { name, .. }) = queue.pop_front() else { unreachable!() };
+                        let Some(Item::Mark { name, .. }) = queue.pop_front() else {
+                            unreachable!()
+                        };
                         if wire.send(Wire::Mark(name)).await.is_err() {
                             return;
                         }
@@ -130,15 +144,21 @@ pub fn spawn(
                         if start > now + max_lead {
                             break;
                         }
-                        let Some(Item::Frame { epoch, pcm }) = queue.pop_front() else { unreachable!() };
+                        let Some(Item::Frame { epoch, pcm }) = queue.pop_front() else {
+                            unreachable!()
+                        };
                         if wire.send(Wire::Media(ulaw::encode(&pcm))).await.is_err() {
                             return;
                         }
                         if epoch > reported {
                             reported = epoch;
-                            let _ = events.try_send(OutEvent::FirstFrame { epoch, at: Instant::now() });
+                            let _ = events.try_send(OutEvent::FirstFrame {
+                                epoch,
+                                at: Instant::now(),
+                            });
                         }
-                        let pos = (start.saturating_duration_since(call_start).as_secs_f64() * 8000.0) as usize;
+                        let pos = (start.saturating_duration_since(call_start).as_secs_f64()
+                            * 8000.0) as usize;
                         track.write(pos, &pcm);
                         next_play = start + FRAME_DUR;
                         had_frames = true;

@@ -27,15 +27,35 @@ pub enum Source {
 #[derive(Debug)]
 pub enum ReplyEvent {
     /// The LLM's first token, `ms` after the request.
-    FirstToken { epoch: u64, ms: f64 },
+    FirstToken {
+        epoch: u64,
+        ms: f64,
+    },
     /// Piper's first audio, `ms` after it got the first text.
-    FirstAudio { epoch: u64, ms: f64 },
+    FirstAudio {
+        epoch: u64,
+        ms: f64,
+    },
     /// A piece was queued for playback, followed by mark `name`.
-    Piece { epoch: u64, name: String, text: String, secs: f64 },
-    Generated { epoch: u64, generation: Generation },
+    Piece {
+        epoch: u64,
+        name: String,
+        text: String,
+        secs: f64,
+    },
+    Generated {
+        epoch: u64,
+        generation: Generation,
+    },
     /// All pieces are queued (or the reply was cancelled).
-    Spoken { epoch: u64, characters: usize },
-    Failed { epoch: u64, error: String },
+    Spoken {
+        epoch: u64,
+        characters: usize,
+    },
+    Failed {
+        epoch: u64,
+        error: String,
+    },
 }
 
 pub struct Reply {
@@ -95,8 +115,13 @@ pub fn spawn(
                     }
                     drop(piece_tx);
                     let _ = match result {
-                        Ok(generation) => events.blocking_send(ReplyEvent::Generated { epoch, generation }),
-                        Err(e) => events.blocking_send(ReplyEvent::Failed { epoch, error: e.to_string() }),
+                        Ok(generation) => {
+                            events.blocking_send(ReplyEvent::Generated { epoch, generation })
+                        }
+                        Err(e) => events.blocking_send(ReplyEvent::Failed {
+                            epoch,
+                            error: e.to_string(),
+                        }),
                     };
                 })
                 .expect("spawning the LLM thread");
@@ -130,11 +155,18 @@ pub fn spawn(
                     }
                     let narrow = audio.resampled(8000);
                     secs += narrow.duration_secs() as f64;
-                    out.blocking_send(OutCmd::Audio { epoch, samples: narrow.to_i16() }).is_ok()
+                    out.blocking_send(OutCmd::Audio {
+                        epoch,
+                        samples: narrow.to_i16(),
+                    })
+                    .is_ok()
                 });
                 debug_assert!(rate > 0);
                 if let Err(e) = r {
-                    let _ = events.blocking_send(ReplyEvent::Failed { epoch, error: e.to_string() });
+                    let _ = events.blocking_send(ReplyEvent::Failed {
+                        epoch,
+                        error: e.to_string(),
+                    });
                     break;
                 }
                 if tts_cancel.load(Ordering::Relaxed) {
@@ -143,10 +175,21 @@ pub fn spawn(
                 seg += 1;
                 characters += text.chars().count();
                 let name = format!("{epoch}:{seg}");
-                if out.blocking_send(OutCmd::Mark { epoch, name: name.clone() }).is_err() {
+                if out
+                    .blocking_send(OutCmd::Mark {
+                        epoch,
+                        name: name.clone(),
+                    })
+                    .is_err()
+                {
                     break;
                 }
-                let _ = events.blocking_send(ReplyEvent::Piece { epoch, name, text, secs });
+                let _ = events.blocking_send(ReplyEvent::Piece {
+                    epoch,
+                    name,
+                    text,
+                    secs,
+                });
             }
             let _ = events.blocking_send(ReplyEvent::Spoken { epoch, characters });
         })

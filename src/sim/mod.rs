@@ -33,7 +33,12 @@ pub struct SimTurn {
 
 impl SimTurn {
     pub fn new(audio: Audio, text: Option<String>) -> Self {
-        Self { audio: audio.resampled(8000), text, barge_in_after_ms: None, dtmf: None }
+        Self {
+            audio: audio.resampled(8000),
+            text,
+            barge_in_after_ms: None,
+            dtmf: None,
+        }
     }
 }
 
@@ -112,7 +117,10 @@ pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
     let (ws, _) = tokio_tungstenite::connect_async(opts.url.as_str()).await?;
     let (mut tx, mut rx) = ws.split();
     let stream_sid = format!("MZsim{:08x}", rand::random::<u32>());
-    tx.send(Message::text(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string())).await?;
+    tx.send(Message::text(
+        json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string(),
+    ))
+    .await?;
     tx.send(Message::text(
         json!({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
                "start": {"streamSid": stream_sid, "accountSid": "ACsim", "callSid": opts.call_sid,
@@ -130,7 +138,11 @@ pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
     let mut marks: VecDeque<(String, usize)> = VecDeque::new();
     let mut last_media = t0;
     let mut seq = 1u64;
-    let mut phase = if opts.expect_greeting { Phase::Greeting } else { Phase::Pause(t0) };
+    let mut phase = if opts.expect_greeting {
+        Phase::Greeting
+    } else {
+        Phase::Pause(t0)
+    };
     // Which report the incoming bot audio belongs to: None = greeting.
     let mut current: Option<usize> = None;
     let mut speech_end: Option<Instant> = None;
@@ -318,7 +330,11 @@ where
             .await?;
         }
     }
-    report.turns.push(SimTurnReport { index: i, said: opts.turns[i].text.clone(), ..Default::default() });
+    report.turns.push(SimTurnReport {
+        index: i,
+        said: opts.turns[i].text.clone(),
+        ..Default::default()
+    });
     *current = Some(i);
     Ok(())
 }

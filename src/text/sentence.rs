@@ -61,10 +61,11 @@ impl SentenceAggregator {
                     return Some(i + 1);
                 }
                 b'\n' => return Some(i + 1),
-                b',' | b';' | b':' if self.emitted == 0 => {
-                    if self.buf[..i].split_whitespace().count() >= MIN_CLAUSE_WORDS {
-                        return Some(i + 1);
-                    }
+                b',' | b';' | b':'
+                    if self.emitted == 0
+                        && self.buf[..i].split_whitespace().count() >= MIN_CLAUSE_WORDS =>
+                {
+                    return Some(i + 1);
                 }
                 _ => {}
             }
@@ -73,7 +74,11 @@ impl SentenceAggregator {
     }
 
     fn is_abbreviation(&self, dot: usize) -> bool {
-        let word = self.buf[..=dot].rsplit(char::is_whitespace).next().unwrap_or("").to_lowercase();
+        let word = self.buf[..=dot]
+            .rsplit(char::is_whitespace)
+            .next()
+            .unwrap_or("")
+            .to_lowercase();
         ABBREVIATIONS.contains(&word.as_str())
     }
 }
@@ -91,7 +96,12 @@ mod tests {
 
     #[test]
     fn first_clause_then_sentences() {
-        let out = run(&["Well, plants", " drink water through their roots, like", " straws. Then", " the water climbs up, all the way. Neat!"]);
+        let out = run(&[
+            "Well, plants",
+            " drink water through their roots, like",
+            " straws. Then",
+            " the water climbs up, all the way. Neat!",
+        ]);
         assert_eq!(
             out,
             [

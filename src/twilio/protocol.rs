@@ -105,11 +105,13 @@ pub fn parse(text: &str) -> Result<Inbound, serde_json::Error> {
 /// Messages we send to Twilio.
 pub fn media(stream_sid: &str, ulaw: &[u8]) -> String {
     let payload = base64::engine::general_purpose::STANDARD.encode(ulaw);
-    serde_json::json!({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}}).to_string()
+    serde_json::json!({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}})
+        .to_string()
 }
 
 pub fn mark(stream_sid: &str, name: &str) -> String {
-    serde_json::json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}).to_string()
+    serde_json::json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+        .to_string()
 }
 
 pub fn clear(stream_sid: &str) -> String {
@@ -140,13 +142,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(r#"{"event":"mark","mark":{"name":"m1"}}"#).unwrap(), Inbound::Mark { .. }));
+        assert!(matches!(
+            parse(r#"{"event":"mark","mark":{"name":"m1"}}"#).unwrap(),
+            Inbound::Mark { .. }
+        ));
         assert!(matches!(
             parse(r#"{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"3"}}"#).unwrap(),
             Inbound::Dtmf { dtmf } if dtmf.digit == "3"
         ));
-        assert!(matches!(parse(r#"{"event":"stop","stop":{"callSid":"CA1"}}"#).unwrap(), Inbound::Stop {}));
-        assert!(matches!(parse(r#"{"event":"newfangled","x":1}"#).unwrap(), Inbound::Unknown));
+        assert!(matches!(
+            parse(r#"{"event":"stop","stop":{"callSid":"CA1"}}"#).unwrap(),
+            Inbound::Stop {}
+        ));
+        assert!(matches!(
+            parse(r#"{"event":"newfangled","x":1}"#).unwrap(),
+            Inbound::Unknown
+        ));
         assert!(parse("not json").is_err());
         assert!(parse(r#"{"event":"media","media":{}}"#).is_err());
     }

@@ -15,7 +15,11 @@ pub fn connect_stream(ws_url: &str, params: &[(&str, &str)]) -> String {
     let mut xml = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect>"#);
     xml.push_str(&format!(r#"<Stream url="{}">"#, escape(ws_url)));
     for (k, v) in params {
-        xml.push_str(&format!(r#"<Parameter name="{}" value="{}"/>"#, escape(k), escape(v)));
+        xml.push_str(&format!(
+            r#"<Parameter name="{}" value="{}"/>"#,
+            escape(k),
+            escape(v)
+        ));
     }
     xml.push_str("</Stream></Connect></Response>");
     xml
@@ -35,7 +39,10 @@ mod tests {
 
     #[test]
     fn stream_twiml_escapes_and_carries_parameters() {
-        let x = connect_stream("wss://a.example/ws", &[("direction", "inbound"), ("token", "a&b")]);
+        let x = connect_stream(
+            "wss://a.example/ws",
+            &[("direction", "inbound"), ("token", "a&b")],
+        );
         assert!(x.contains(r#"<Stream url="wss://a.example/ws">"#));
         assert!(x.contains(r#"<Parameter name="token" value="a&amp;b"/>"#));
     }
