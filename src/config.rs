@@ -232,6 +232,12 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_the_default() {
+        let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/callbox.example.toml"));
+        assert_eq!(Config::load(Some(example)).unwrap(), Config::default());
+    }
+
+    #[test]
     fn bad_values_are_explained() {
         let dir = std::env::temp_dir().join(format!("callbox-cfg-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

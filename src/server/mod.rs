@@ -100,7 +100,10 @@ async fn incoming_call(State(app): State<Arc<AppState>>, headers: HeaderMap) -> 
     let xml = if app.calls.available_permits() == 0 {
         twiml::say_and_hang_up("Sorry, all our lines are busy. Please call again in a few minutes.")
     } else {
-        twiml::connect_stream(&url, &[("direction", "inbound")])
+        // A per-call token travels back in `start.customParameters`; checking
+        // it at `start` is how the websocket will refuse strangers.
+        let token = format!("{:032x}", rand::random::<u128>());
+        twiml::connect_stream(&url, &[("direction", "inbound"), ("stream_token", &token)])
     };
     ([(header::CONTENT_TYPE, "text/xml")], xml)
 }
