@@ -29,12 +29,7 @@ const SENTENCES: [&str; 3] = [
 ];
 
 fn synth(tts: &dyn Tts, text: &str) -> anyhow::Result<Audio> {
-    let mut out = Audio::new(Vec::new(), tts.sample_rate());
-    tts.synthesize(text, &mut |a| {
-        out.append(&a);
-        true
-    })?;
-    Ok(out.resampled(MODEL_RATE))
+    Ok(crate::engines::speak(tts, text)?.resampled(MODEL_RATE))
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -51,12 +51,7 @@ pub struct SimArgs {
 }
 
 fn synth(tts: &dyn Tts, text: &str) -> anyhow::Result<Audio> {
-    let mut out = Audio::new(Vec::new(), tts.sample_rate());
-    tts.synthesize(text, &mut |a| {
-        out.append(&a);
-        true
-    })?;
-    Ok(out.resampled(8000))
+    Ok(crate::engines::speak(tts, text)?.resampled(8000))
 }
 
 /// Prints what each turn said, what the bot answered (through our STT) and

@@ -207,6 +207,16 @@ pub trait Tts: Send + Sync {
     ) -> Result<SynthesisStats>;
 }
 
+/// All of `text` spoken by `tts`, as one buffer at the voice's rate.
+pub fn speak(tts: &dyn Tts, text: &str) -> Result<Audio> {
+    let mut out = Audio::new(Vec::new(), tts.sample_rate());
+    tts.synthesize(text, &mut |a| {
+        out.append(&a);
+        true
+    })?;
+    Ok(out)
+}
+
 /// Background-noise suppression.
 pub trait Denoiser: Send + Sync {
     fn stream(&self) -> Box<dyn DenoiseStream>;

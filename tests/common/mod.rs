@@ -69,14 +69,9 @@ shared!(tts, Arc<dyn Tts>, |p: &ModelPaths, t: &mut LoadTimes| {
 
 /// Our own TTS speaking `text`, at 16 kHz.
 pub fn speech(text: &str) -> Audio {
-    let tts = tts();
-    let mut out = Audio::new(Vec::new(), tts.sample_rate());
-    tts.synthesize(text, &mut |a| {
-        out.append(&a);
-        true
-    })
-    .unwrap();
-    out.resampled(MODEL_RATE)
+    callbox::engines::speak(tts().as_ref(), text)
+        .unwrap()
+        .resampled(MODEL_RATE)
 }
 
 /// Deterministic white noise at `dbfs` RMS.
