@@ -101,7 +101,7 @@ impl Default for CallConfig {
             greet: true,
             idle_secs: 5.0,
             turn_timeout_secs: 2.0,
-            turn_threshold: 0.5,
+            turn_threshold: crate::engines::TURN_THRESHOLD,
             barge_in_min_secs: 0.0,
             echo_margin_db: 6.0,
             max_lead_ms: 200,

@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_tone_lands_in_its_band() {
-        // Bin k is k*40 Hz; a 3,200 Hz tone is bin 80, the centre of filter 1... of filter 2 here (20+40*m).
+        // Bin k is k × 40 Hz; filter m is centred on bin 20 + 40 m.
         let tone: Vec<f32> = (0..16000)
             .map(|i| (2.0 * std::f32::consts::PI * 2400.0 * i as f32 / 16000.0).sin())
             .collect();

@@ -55,6 +55,17 @@ pub fn write_i16(path: &Path, rate: u32, channels: u16, samples: &[i16]) -> Resu
         .map_err(|e| Error::Audio(format!("{}: {e}", path.display())))
 }
 
+/// Two tracks side by side (left, right), the shorter padded with silence.
+pub fn write_stereo(path: &Path, rate: u32, left: &[i16], right: &[i16]) -> Result<()> {
+    let n = left.len().max(right.len());
+    let mut interleaved = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        interleaved.push(left.get(i).copied().unwrap_or(0));
+        interleaved.push(right.get(i).copied().unwrap_or(0));
+    }
+    write_i16(path, rate, 2, &interleaved)
+}
+
 pub fn write(path: &Path, audio: &Audio) -> Result<()> {
     write_i16(path, audio.rate, 1, &audio.to_i16())
 }

@@ -101,14 +101,12 @@ pub async fn sim(cli: &Cli, a: &SimArgs) -> anyhow::Result<()> {
 }
 
 fn write_stereo(path: &std::path::Path, r: &SimReport) -> anyhow::Result<()> {
-    let n = r.caller_track.len().max(r.bot_track.len());
-    let mut s = Vec::with_capacity(2 * n);
-    for i in 0..n {
-        s.push(r.caller_track.get(i).copied().unwrap_or(0));
-        s.push(r.bot_track.get(i).copied().unwrap_or(0));
-    }
-    wav::write_i16(path, 8000, 2, &s)?;
-    Ok(())
+    Ok(wav::write_stereo(
+        path,
+        8000,
+        &r.caller_track,
+        &r.bot_track,
+    )?)
 }
 
 #[derive(Debug, Args)]
@@ -189,18 +187,16 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         "\nLATENCY BREAKDOWN (server side, ms)\n{}",
         summary.latency_table()
     );
-    let total: Vec<f64> = summary
-        .turns
-        .iter()
-        .filter(|t| t.kind == crate::session::TurnKind::Turn)
-        .filter_map(|t| t.total_ms)
-        .collect();
-    let eos: Vec<f64> = summary
-        .turns
-        .iter()
-        .filter(|t| t.kind == crate::session::TurnKind::Turn)
-        .filter_map(|t| t.end_of_speech_ms)
-        .collect();
+    let answered = |f: fn(&crate::session::TurnRecord) -> Option<f64>| -> Vec<f64> {
+        summary
+            .turns
+            .iter()
+            .filter(|t| t.kind == crate::session::TurnKind::Turn)
+            .filter_map(f)
+            .collect()
+    };
+    let total = answered(|t| t.total_ms);
+    let eos = answered(|t| t.end_of_speech_ms);
     println!(
         "{} turns · Total p50 {:.0} ms, p95 {:.0} ms · End-of-speech p50 {:.0} ms, p95 {:.0} ms · caller-side p50 {:.0} ms · first greeting audio {:.0} ms",
         total.len(),

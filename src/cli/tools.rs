@@ -10,7 +10,9 @@ use super::Cli;
 use crate::audio::{wav, Audio};
 use crate::engines::silero::VadParams;
 use crate::engines::whisper::{Whisper, WhisperOptions};
-use crate::engines::{ChatMessage, GenerationOptions, Role, Stt, VadEvent, MODEL_RATE};
+use crate::engines::{
+    ChatMessage, GenerationOptions, Role, Stt, VadEvent, MODEL_RATE, TURN_THRESHOLD,
+};
 use crate::stack::{self, LoadTimes};
 
 #[derive(Debug, Args)]
@@ -209,15 +211,16 @@ pub fn vad(cli: &Cli, a: &VadArgs) -> anyhow::Result<()> {
                         as usize;
                     let v =
                         turn.predict(&audio.samples[from..(at as usize).min(audio.samples.len())])?;
+                    let complete = v.probability > TURN_THRESHOLD;
                     println!(
                         "{:7.2} s  speech stopped (ended {:.2} s) → turn {} (p = {:.3}, {:.1} ms)",
                         secs(at),
                         secs(end),
-                        if v.complete { "COMPLETE" } else { "incomplete" },
+                        if complete { "COMPLETE" } else { "incomplete" },
                         v.probability,
                         v.total_ms
                     );
-                    if v.complete {
+                    if complete {
                         turn_start = None;
                     }
                 }

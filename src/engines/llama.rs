@@ -84,7 +84,7 @@ struct Inner {
 
 impl LlamaEngine {
     pub fn load(path: &Path, options: LlamaOptions) -> Result<Self> {
-        super::super::models::require("LLM (GGUF)", path)?;
+        crate::models::require("LLM (GGUF)", path)?;
         let mut magic = [0u8; 4];
         let ok = std::fs::File::open(path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));

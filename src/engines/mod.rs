@@ -51,12 +51,15 @@ pub trait VadStream: Send {
     fn position(&self) -> u64;
 }
 
+/// Smart Turn's own cut-off between "finished" and "still talking"; calls
+/// use `call.turn_threshold`, which defaults to it.
+pub const TURN_THRESHOLD: f32 = 0.5;
+
 /// The turn detector's verdict on audio that ends in a pause.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TurnVerdict {
     /// Probability that the caller has finished their turn.
     pub probability: f32,
-    pub complete: bool,
     /// Model time alone.
     pub inference_ms: f64,
     /// Including feature extraction.

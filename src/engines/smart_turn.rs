@@ -22,7 +22,6 @@ pub const FRAMES: usize = SAMPLES / crate::audio::mel::HOP;
 pub struct SmartTurn {
     session: Mutex<Session>,
     mel: LogMel,
-    threshold: f32,
 }
 
 impl SmartTurn {
@@ -32,7 +31,6 @@ impl SmartTurn {
         Ok(Self {
             session: Mutex::new(session),
             mel,
-            threshold: 0.5,
         })
     }
 
@@ -73,7 +71,6 @@ impl TurnDetector for SmartTurn {
         let inference_ms = t1.elapsed().as_secs_f64() * 1e3;
         Ok(TurnVerdict {
             probability,
-            complete: probability > self.threshold,
             inference_ms,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
         })

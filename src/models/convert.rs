@@ -282,48 +282,17 @@ pub fn map_whisper(
         Ok(())
     };
 
-    for (conv, name) in [("conv1", "conv1"), ("conv2", "conv2")] {
+    for conv in ["conv1", "conv2"] {
         lin(
             &mut put,
             &format!("encoder/{conv}"),
-            &format!("model.encoder.{name}"),
+            &format!("model.encoder.{conv}"),
         )?;
     }
     put(
         "model.encoder.embed_positions.weight".into(),
         get("encoder/position_encodings/encodings")?,
     );
-    for i in 0..n_enc {
-        let (f, t) = (
-            format!("encoder/layer_{i}"),
-            format!("model.encoder.layers.{i}"),
-        );
-        ln(
-            &mut put,
-            &format!("{f}/self_attention/layer_norm"),
-            &format!("{t}.self_attn_layer_norm"),
-        )?;
-        split(
-            &mut put,
-            &format!("{f}/self_attention/linear_0"),
-            &format!("{t}.self_attn"),
-            &["q_proj", "k_proj", "v_proj"],
-        )?;
-        lin(
-            &mut put,
-            &format!("{f}/self_attention/linear_1"),
-            &format!("{t}.self_attn.out_proj"),
-        )?;
-        ln(
-            &mut put,
-            &format!("{f}/ffn/layer_norm"),
-            &format!("{t}.final_layer_norm"),
-        )?;
-        lin(&mut put, &format!("{f}/ffn/linear_0"), &format!("{t}.fc1"))?;
-        lin(&mut put, &format!("{f}/ffn/linear_1"), &format!("{t}.fc2"))?;
-    }
-    ln(&mut put, "encoder/layer_norm", "model.encoder.layer_norm")?;
-
     put(
         "model.decoder.embed_tokens.weight".into(),
         get("decoder/embeddings/weight")?,
@@ -332,57 +301,67 @@ pub fn map_whisper(
         "model.decoder.embed_positions.weight".into(),
         get("decoder/position_encodings/encodings")?,
     );
-    for i in 0..n_dec {
-        let (f, t) = (
-            format!("decoder/layer_{i}"),
-            format!("model.decoder.layers.{i}"),
-        );
+    // Both stacks share self-attention and feed-forward; decoder layers add
+    // cross-attention over the audio.
+    for (stack, layers) in [("encoder", n_enc), ("decoder", n_dec)] {
+        for i in 0..layers {
+            let (f, t) = (
+                format!("{stack}/layer_{i}"),
+                format!("model.{stack}.layers.{i}"),
+            );
+            ln(
+                &mut put,
+                &format!("{f}/self_attention/layer_norm"),
+                &format!("{t}.self_attn_layer_norm"),
+            )?;
+            split(
+                &mut put,
+                &format!("{f}/self_attention/linear_0"),
+                &format!("{t}.self_attn"),
+                &["q_proj", "k_proj", "v_proj"],
+            )?;
+            lin(
+                &mut put,
+                &format!("{f}/self_attention/linear_1"),
+                &format!("{t}.self_attn.out_proj"),
+            )?;
+            if stack == "decoder" {
+                ln(
+                    &mut put,
+                    &format!("{f}/attention/layer_norm"),
+                    &format!("{t}.encoder_attn_layer_norm"),
+                )?;
+                lin(
+                    &mut put,
+                    &format!("{f}/attention/linear_0"),
+                    &format!("{t}.encoder_attn.q_proj"),
+                )?;
+                split(
+                    &mut put,
+                    &format!("{f}/attention/linear_1"),
+                    &format!("{t}.encoder_attn"),
+                    &["k_proj", "v_proj"],
+                )?;
+                lin(
+                    &mut put,
+                    &format!("{f}/attention/linear_2"),
+                    &format!("{t}.encoder_attn.out_proj"),
+                )?;
+            }
+            ln(
+                &mut put,
+                &format!("{f}/ffn/layer_norm"),
+                &format!("{t}.final_layer_norm"),
+            )?;
+            lin(&mut put, &format!("{f}/ffn/linear_0"), &format!("{t}.fc1"))?;
+            lin(&mut put, &format!("{f}/ffn/linear_1"), &format!("{t}.fc2"))?;
+        }
         ln(
             &mut put,
-            &format!("{f}/self_attention/layer_norm"),
-            &format!("{t}.self_attn_layer_norm"),
+            &format!("{stack}/layer_norm"),
+            &format!("model.{stack}.layer_norm"),
         )?;
-        split(
-            &mut put,
-            &format!("{f}/self_attention/linear_0"),
-            &format!("{t}.self_attn"),
-            &["q_proj", "k_proj", "v_proj"],
-        )?;
-        lin(
-            &mut put,
-            &format!("{f}/self_attention/linear_1"),
-            &format!("{t}.self_attn.out_proj"),
-        )?;
-        ln(
-            &mut put,
-            &format!("{f}/attention/layer_norm"),
-            &format!("{t}.encoder_attn_layer_norm"),
-        )?;
-        lin(
-            &mut put,
-            &format!("{f}/attention/linear_0"),
-            &format!("{t}.encoder_attn.q_proj"),
-        )?;
-        split(
-            &mut put,
-            &format!("{f}/attention/linear_1"),
-            &format!("{t}.encoder_attn"),
-            &["k_proj", "v_proj"],
-        )?;
-        lin(
-            &mut put,
-            &format!("{f}/attention/linear_2"),
-            &format!("{t}.encoder_attn.out_proj"),
-        )?;
-        ln(
-            &mut put,
-            &format!("{f}/ffn/layer_norm"),
-            &format!("{t}.final_layer_norm"),
-        )?;
-        lin(&mut put, &format!("{f}/ffn/linear_0"), &format!("{t}.fc1"))?;
-        lin(&mut put, &format!("{f}/ffn/linear_1"), &format!("{t}.fc2"))?;
     }
-    ln(&mut put, "decoder/layer_norm", "model.decoder.layer_norm")?;
 
     let config = json!({
         "model_type": "whisper",

@@ -1,4 +1,4 @@
-//! The caller's audio, frame by frame: μ-law 8 kHz → 16 kHz (through RNNoise
+//! The caller's audio, frame by frame: 8 kHz PCM → 16 kHz (through RNNoise
 //! at 48 kHz when enabled) → Silero VAD.
 //!
 //! This runs on a thread of its own per call: at ~0.3 ms per 20 ms frame it
@@ -11,7 +11,6 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::audio::resample::Stream;
-use crate::audio::ulaw;
 use crate::engines::{DenoiseStream, Denoiser, Vad, VadEvent, VadStream, MODEL_RATE};
 
 pub const TWILIO_RATE: u32 = 8000;
@@ -44,7 +43,8 @@ enum Chain {
 pub struct InputProcessor {
     chain: Chain,
     vad: Box<dyn VadStream>,
-    out16: Vec<f32>,
+    /// The 8 kHz frame as f32, reused.
+    pcm: Vec<f32>,
     produced: u64,
 }
 
@@ -63,21 +63,19 @@ impl InputProcessor {
         Self {
             chain,
             vad: vad.stream(),
-            out16: Vec::with_capacity(320),
+            pcm: Vec::with_capacity(160),
             produced: 0,
         }
     }
 
-    /// One inbound frame of μ-law bytes; returns the 16 kHz audio it yielded
-    /// and any VAD events.
-    pub fn push(&mut self, ulaw_bytes: &[u8]) -> crate::Result<(Vec<f32>, Vec<VadEvent>)> {
-        let pcm: Vec<f32> = ulaw::decode(ulaw_bytes)
-            .iter()
-            .map(|&s| s as f32 / 32768.0)
-            .collect();
-        self.out16.clear();
+    /// One inbound frame of 8 kHz PCM (decoded once, by the session); returns
+    /// the 16 kHz audio it yielded and any VAD events.
+    pub fn push(&mut self, frame: &[i16]) -> crate::Result<(Vec<f32>, Vec<VadEvent>)> {
+        self.pcm.clear();
+        self.pcm.extend(frame.iter().map(|&s| s as f32 / 32768.0));
+        let mut out16 = Vec::with_capacity(2 * frame.len() + 32);
         match &mut self.chain {
-            Chain::Plain(s) => s.push(&pcm, &mut self.out16),
+            Chain::Plain(s) => s.push(&self.pcm, &mut out16),
             Chain::Denoised {
                 up,
                 den,
@@ -87,14 +85,14 @@ impl InputProcessor {
             } => {
                 buf48.clear();
                 clean48.clear();
-                up.push(&pcm, buf48);
+                up.push(&self.pcm, buf48);
                 den.process(buf48, clean48);
-                down.push(clean48, &mut self.out16);
+                down.push(clean48, &mut out16);
             }
         }
-        self.produced += self.out16.len() as u64;
-        let events = self.vad.push(&self.out16)?;
-        Ok((self.out16.clone(), events))
+        self.produced += out16.len() as u64;
+        let events = self.vad.push(&out16)?;
+        Ok((out16, events))
     }
 
     pub fn position(&self) -> u64 {
@@ -109,8 +107,8 @@ pub fn spawn(
     vad: Arc<dyn Vad>,
     denoiser: Option<Arc<dyn Denoiser>>,
     events: mpsc::Sender<InputEvent>,
-) -> std_mpsc::SyncSender<Vec<u8>> {
-    let (tx, rx) = std_mpsc::sync_channel::<Vec<u8>>(64);
+) -> std_mpsc::SyncSender<Vec<i16>> {
+    let (tx, rx) = std_mpsc::sync_channel::<Vec<i16>>(64);
     std::thread::Builder::new()
         .name("callbox-input".into())
         .spawn(move || {

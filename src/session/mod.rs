@@ -306,8 +306,9 @@ impl Session {
                     None => break "transport closed".to_string(),
                     Some(CallInput::Stop) => break "stop".to_string(),
                     Some(CallInput::Audio(bytes)) => {
-                        s.caller_track.extend(ulaw::decode(&bytes));
-                        if frames.try_send(bytes).is_err() {
+                        let pcm = ulaw::decode(&bytes);
+                        s.caller_track.extend_from_slice(&pcm);
+                        if frames.try_send(pcm).is_err() {
                             s.frames_dropped += 1;
                         }
                     }
@@ -671,18 +672,24 @@ impl Session {
         });
         if done {
             let a = self.active.take().expect("checked");
-            let r = &mut self.records[a.record];
-            r.heard_text = a
-                .pieces
-                .iter()
-                .map(|p| p.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
-            if r.kind != TurnKind::Greeting && !r.heard_text.is_empty() {
-                self.history
-                    .push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
-            }
+            let heard = joined(&a.pieces);
+            self.close_reply(&a, heard, false);
             self.last_activity = Instant::now();
+        }
+    }
+
+    /// Records what the caller heard of reply `a` and keeps exactly that in
+    /// the conversation (the greeting is already part of the prefix).
+    fn close_reply(&mut self, a: &Active, heard: String, interrupted: bool) {
+        let r = &mut self.records[a.record];
+        r.interrupted = interrupted;
+        if r.bot_text.is_empty() {
+            r.bot_text = joined(&a.pieces);
+        }
+        r.heard_text = heard;
+        if r.kind != TurnKind::Greeting && !r.heard_text.is_empty() {
+            self.history
+                .push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
         }
     }
 
@@ -718,21 +725,8 @@ impl Session {
             }
             break;
         }
-        let r = &mut self.records[a.record];
-        r.interrupted = true;
-        r.heard_text = heard.join(" ");
-        if r.bot_text.is_empty() {
-            r.bot_text = a
-                .pieces
-                .iter()
-                .map(|p| p.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
-        }
-        if !r.heard_text.is_empty() && r.kind != TurnKind::Greeting {
-            self.history
-                .push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
-        }
+        self.close_reply(&a, heard.join(" "), true);
+        let r = &self.records[a.record];
         let latency = ms(now.saturating_duration_since(onset));
         tracing::info!(call = %self.info.call_sid, turn = r.index, "interrupted by the caller ({latency:.0} ms after speech onset)");
         self.interruptions.push(Interruption {
@@ -802,14 +796,7 @@ impl Session {
         }
         let recording = self.cfg.call.recordings_dir.as_ref().and_then(|dir| {
             let path = dir.join(format!("{}.wav", sanitize(&self.info.call_sid)));
-            let bot = self.track.snapshot();
-            let n = self.caller_track.len().max(bot.len());
-            let mut stereo = Vec::with_capacity(n * 2);
-            for i in 0..n {
-                stereo.push(self.caller_track.get(i).copied().unwrap_or(0));
-                stereo.push(bot.get(i).copied().unwrap_or(0));
-            }
-            match wav::write_i16(&path, 8000, 2, &stereo) {
+            match wav::write_stereo(&path, 8000, &self.caller_track, &self.track.snapshot()) {
                 Ok(()) => Some(path),
                 Err(e) => {
                     tracing::error!(call = %self.info.call_sid, "recording not written: {e}");
@@ -894,6 +881,14 @@ impl CallSummary {
         ));
         s
     }
+}
+
+fn joined(pieces: &[Piece]) -> String {
+    pieces
+        .iter()
+        .map(|p| p.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ms(d: Duration) -> f64 {

@@ -141,7 +141,6 @@ pub fn spawn(
                 }
                 let t0 = Instant::now();
                 let mut secs = 0.0;
-                let rate = tts.sample_rate();
                 let r = tts.synthesize(&text, &mut |audio: Audio| {
                     if tts_cancel.load(Ordering::Relaxed) {
                         return false;
@@ -161,7 +160,6 @@ pub fn spawn(
                     })
                     .is_ok()
                 });
-                debug_assert!(rate > 0);
                 if let Err(e) = r {
                     let _ = events.blocking_send(ReplyEvent::Failed {
                         epoch,

@@ -13,7 +13,8 @@ const ABBREVIATIONS: [&str; 8] = ["mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i
 #[derive(Debug, Default)]
 pub struct SentenceAggregator {
     buf: String,
-    emitted: usize,
+    /// Clauses may end the first piece only.
+    first_done: bool,
 }
 
 impl SentenceAggregator {
@@ -29,7 +30,7 @@ impl SentenceAggregator {
             let piece: String = self.buf.drain(..end).collect();
             let piece = piece.trim().to_string();
             if !piece.is_empty() {
-                self.emitted += 1;
+                self.first_done = true;
                 out.push(piece);
             }
         }
@@ -40,7 +41,7 @@ impl SentenceAggregator {
     pub fn flush(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.buf).trim().to_string();
         (!rest.is_empty()).then(|| {
-            self.emitted += 1;
+            self.first_done = true;
             rest
         })
     }
@@ -62,7 +63,7 @@ impl SentenceAggregator {
                 }
                 b'\n' => return Some(i + 1),
                 b',' | b';' | b':'
-                    if self.emitted == 0
+                    if !self.first_done
                         && self.buf[..i].split_whitespace().count() >= MIN_CLAUSE_WORDS =>
                 {
                     return Some(i + 1);

@@ -92,7 +92,7 @@ impl Piper {
     /// Loads `voice.onnx` and its `voice.onnx.json`.
     pub fn load(ort_lib: &Path, model: &Path, options: PiperOptions) -> Result<Self> {
         let json = PathBuf::from(format!("{}.json", model.display()));
-        super::super::models::require("Piper voice config", &json)?;
+        crate::models::require("Piper voice config", &json)?;
         let config: VoiceConfig = serde_json::from_slice(&std::fs::read(&json)?)
             .map_err(|e| Error::corrupt("Piper voice config", &json, e))?;
         if config

@@ -76,7 +76,7 @@ impl Whisper {
         let what = "Whisper model";
         let weights = dir.join("model.safetensors");
         for f in ["model.safetensors", "config.json", "tokenizer.json"] {
-            super::super::models::require(what, &dir.join(f))?;
+            crate::models::require(what, &dir.join(f))?;
         }
         let cfg: Config = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)
             .map_err(|e| Error::corrupt(what, dir.join("config.json"), e))?;
