@@ -47,6 +47,10 @@ pub struct CallConfig {
     pub turn_timeout_secs: f32,
     /// Smart Turn probability above which a turn is complete.
     pub turn_threshold: f32,
+    /// Start STT and a held-back draft reply at the VAD's first silent
+    /// window, so the stop window and the turn decision overlap the work.
+    /// Costs CPU whenever the caller only paused.
+    pub draft_replies: bool,
     /// Caller speech (beyond the VAD's start window) needed to interrupt the bot.
     pub barge_in_min_secs: f32,
     /// Caller audio quieter than the bot's own recent audio by this many dB
@@ -102,6 +106,7 @@ impl Default for CallConfig {
             idle_secs: 5.0,
             turn_timeout_secs: 2.0,
             turn_threshold: crate::engines::TURN_THRESHOLD,
+            draft_replies: true,
             barge_in_min_secs: 0.0,
             echo_margin_db: 6.0,
             max_lead_ms: 200,

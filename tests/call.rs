@@ -322,3 +322,59 @@ async fn bad_input_disturbs_no_other_call_and_four_calls_run_at_once() {
     let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
     assert!(health.status().is_success());
 }
+
+/// A pause that is not the end of the turn: the draft reply started in it
+/// stays unheard, and the turn is answered once, as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_reply_stays_unheard_when_the_caller_goes_on() {
+    // Smart Turn never says "finished", so only the 3 s silence ends a turn
+    // and the one-second pause below always holds a draft back.
+    let (state, addr) = start(|c| {
+        c.call.turn_threshold = 1.0;
+        c.call.turn_timeout_secs = 3.0;
+    })
+    .await;
+    let mut audio = speech("Tell me about the planets.");
+    audio.append(&Audio::silence(1.0, audio.rate));
+    audio.append(&speech("And the moon, please."));
+    let opts = SimOptions::new(format!("ws://{addr}/ws"), vec![SimTurn::new(audio, None)]);
+    let sid = opts.call_sid.clone();
+    let r = sim::run(opts).await.unwrap();
+    assert!(r.turns[0].latency_ms.is_some(), "no reply");
+    assert_eq!(
+        r.turns[0].audio_while_speaking, 0,
+        "the bot spoke before the caller finished"
+    );
+    let s = summary(&state, &sid).await;
+    assert!(s.drafts_discarded >= 1, "no draft was made: {s:#?}");
+    assert!(s.interruptions.is_empty(), "{:#?}", s.interruptions);
+    let users: Vec<String> = s
+        .history
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.to_lowercase())
+        .collect();
+    assert_eq!(users.len(), 1, "{:#?}", s.history);
+    assert!(
+        users[0].contains("planet") && users[0].contains("moon"),
+        "{users:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keypad_digits_reach_the_conversation() {
+    let (state, addr) = start(|_| {}).await;
+    let mut t = turn_of("What does that button do?");
+    t.dtmf = Some("3".into());
+    let opts = SimOptions::new(format!("ws://{addr}/ws"), vec![t]);
+    let sid = opts.call_sid.clone();
+    sim::run(opts).await.unwrap();
+    let s = summary(&state, &sid).await;
+    assert!(
+        s.history
+            .iter()
+            .any(|m| m.role == Role::User && m.content == "[caller pressed 3]"),
+        "{:#?}",
+        s.history
+    );
+}

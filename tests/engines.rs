@@ -37,7 +37,31 @@ fn vad_finds_a_sentence_framed_by_silence() {
     audio.append(&s);
     audio.append(&Audio::silence(1.0, MODEL_RATE));
     let (start, end) = speech_extent(&audio);
-    let events = vad_events(&audio);
+    let all = vad_events(&audio);
+    // Each pause is announced at its first silent window; the last one is the
+    // end that the stop event confirms a stop window later.
+    let last_pause = all.iter().rev().find_map(|e| match e {
+        VadEvent::Paused { end } => Some(*end),
+        _ => None,
+    });
+    let stopped_end = all.iter().find_map(|e| match e {
+        VadEvent::Stopped { end, .. } => Some(*end),
+        _ => None,
+    });
+    assert!(last_pause.is_some() && last_pause == stopped_end, "{all:?}");
+    let pauses = all
+        .iter()
+        .filter(|e| matches!(e, VadEvent::Paused { .. }))
+        .count();
+    let resumes = all
+        .iter()
+        .filter(|e| matches!(e, VadEvent::Resumed { .. }))
+        .count();
+    assert_eq!(pauses, resumes + 1, "{all:?}");
+    let events: Vec<VadEvent> = all
+        .into_iter()
+        .filter(|e| matches!(e, VadEvent::Started { .. } | VadEvent::Stopped { .. }))
+        .collect();
 
     let ms = |a: u64, b: usize| (a as f64 - b as f64).abs() / 16.0;
     match events.as_slice() {

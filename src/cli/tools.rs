@@ -203,6 +203,12 @@ pub fn vad(cli: &Cli, a: &VadArgs) -> anyhow::Result<()> {
                         secs(onset)
                     );
                 }
+                VadEvent::Paused { end } => {
+                    println!("{:7.2} s  pause", secs(end));
+                }
+                VadEvent::Resumed { at } => {
+                    println!("{:7.2} s  speech resumed", secs(at));
+                }
                 VadEvent::Stopped { at, end } => {
                     // Smart Turn sees the whole turn so far plus 0.5 s before it.
                     let from = turn_start

@@ -276,6 +276,7 @@ impl LlmSession for LlamaSession {
             let token = sampler.sample(&self.ctx, idx);
             sampler.accept(token);
             if vocab.is_eog(token) {
+                gen.finished = true;
                 break;
             }
             gen.completion_tokens += 1;

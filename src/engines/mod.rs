@@ -29,6 +29,12 @@ pub const MODEL_RATE: u32 = 16_000;
 pub enum VadEvent {
     /// Speech confirmed at `at` (after the start window); it began at `onset`.
     Started { at: u64, onset: u64 },
+    /// The first non-speech window after speech, at `end`: the turn may be
+    /// ending. Work that needs the finished utterance (STT, a draft reply)
+    /// can start now, one stop window before [`VadEvent::Stopped`] confirms.
+    Paused { end: u64 },
+    /// Speech again before the stop window ran out: the pause was not the end.
+    Resumed { at: u64 },
     /// Silence confirmed at `at` (after the stop window); speech ended at `end`.
     Stopped { at: u64, end: u64 },
 }
@@ -160,6 +166,8 @@ pub struct Generation {
     pub first_token_ms: Option<f64>,
     pub total_ms: f64,
     pub cancelled: bool,
+    /// The model ended its turn (rather than running into `max_tokens`).
+    pub finished: bool,
 }
 
 /// A large language model shared by all calls.

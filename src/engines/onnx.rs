@@ -121,6 +121,10 @@ pub fn session(ort_lib: &Path, model: &Path, what: &str, threads: usize) -> Resu
         .map_err(|e| corrupt(&e))?
         .with_intra_threads(threads)
         .map_err(|e| corrupt(&e))?
+        // Spinning workers would take the cores from the LLM and the other
+        // calls' engines between inferences.
+        .with_intra_op_spinning(false)
+        .map_err(|e| corrupt(&e))?
         .commit_from_file(model)
         .map_err(|e| corrupt(&e))
 }

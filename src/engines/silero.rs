@@ -201,10 +201,11 @@ impl SileroStream {
             (State::Speaking, false) => {
                 self.speech_end = start;
                 self.enter_stopping(1)
+                    .or(Some(VadEvent::Paused { end: start }))
             }
             (State::Stopping(_), true) => {
                 self.fsm = State::Speaking;
-                None
+                Some(VadEvent::Resumed { at: start })
             }
             (State::Stopping(n), false) => self.enter_stopping(n + 1),
         };

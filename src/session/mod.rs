@@ -4,11 +4,14 @@
 //! A call is a handful of tasks around one event loop ([`Session::run`]):
 //! - the input thread ([`input`]) turns μ-law frames into 16 kHz audio and
 //!   VAD events;
-//! - at each VAD stop, Smart Turn and Whisper run at once on blocking threads
-//!   (Whisper may start before we know the turn is over: that is latency
-//!   saved whenever it is);
-//! - a finished turn starts a reply ([`reply`]): the LLM streams into Piper,
-//!   clause by clause;
+//! - at the first silent window after speech (the VAD's pause, one stop
+//!   window before its stop), Whisper transcribes the turn so far and a draft
+//!   reply starts from the transcript, its audio held back; at the VAD stop
+//!   Smart Turn decides whether the turn is over. A confirmed turn releases
+//!   the draft, so the caller waits only for whatever of STT → LLM → TTS has
+//!   not already run during the stop window and the turn decision; speech
+//!   that resumes cancels the draft, unheard;
+//! - a reply ([`reply`]) streams the LLM into Piper, clause by clause;
 //! - the output task ([`output`]) paces 20 ms frames to the transport, with a
 //!   mark after each piece.
 //!
@@ -24,7 +27,6 @@ pub mod reply;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,19 +122,50 @@ pub struct CallSummary {
     pub turns: Vec<TurnRecord>,
     pub interruptions: Vec<Interruption>,
     pub echo_segments_ignored: usize,
+    /// Draft replies dropped unheard because the caller went on.
+    pub drafts_discarded: usize,
     pub frames_dropped: usize,
     pub recording: Option<PathBuf>,
     pub ended_by: String,
     pub errors: Vec<String>,
 }
 
+/// A turn the caller may have finished: from the VAD's pause (or its stop)
+/// until the turn is confirmed or the caller goes on.
 struct Pending {
     id: u64,
-    vad_stop_at: Instant,
+    /// Where the speech ended (16 kHz stream position).
+    end: u64,
     end_of_speech_at: Instant,
+    /// Set by the VAD's stop; until then the caller may still resume.
+    vad_stop_at: Option<Instant>,
     verdict: Option<TurnVerdict>,
     transcript: Option<(Transcript, Instant)>,
     timed_out: bool,
+    draft: Option<Draft>,
+}
+
+/// A reply started before the turn was confirmed, and the events it sent
+/// meanwhile (replayed when it is adopted). Dropping it cancels the reply.
+struct Draft {
+    reply: Reply,
+    user_text: String,
+    early: Vec<ReplyEvent>,
+}
+
+impl Pending {
+    fn new(id: u64, end: u64, end_of_speech_at: Instant) -> Self {
+        Self {
+            id,
+            end,
+            end_of_speech_at,
+            vad_stop_at: None,
+            verdict: None,
+            transcript: None,
+            timed_out: false,
+            draft: None,
+        }
+    }
 }
 
 struct Piece {
@@ -195,6 +228,7 @@ pub struct Session {
     last_activity: Instant,
     bot_until: Instant,
     echo_ignored: usize,
+    drafts_discarded: usize,
     frames_dropped: usize,
     errors: Vec<String>,
     internal_tx: mpsc::Sender<Internal>,
@@ -267,6 +301,7 @@ impl Session {
             last_activity: start,
             bot_until: start,
             echo_ignored: 0,
+            drafts_discarded: 0,
             frames_dropped: 0,
             errors: Vec::new(),
             internal_tx,
@@ -287,14 +322,7 @@ impl Session {
                 None,
             );
         }
-        let (llm, tx) = (s.llm.clone(), s.internal_tx.clone());
-        std::thread::spawn(move || {
-            let r = llm
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .prefill(&prefix);
-            let _ = tx.blocking_send(Internal::Prefilled(r));
-        });
+        s.prefill(prefix);
 
         let deadline = tokio::time::sleep(Duration::from_secs(cfg.call.max_call_secs));
         tokio::pin!(deadline);
@@ -331,6 +359,19 @@ impl Session {
             }
         };
         s.finish(ended_by)
+    }
+
+    /// Brings the call's LLM context up to `messages` on another thread, so
+    /// that the next reply evaluates only the caller's new words.
+    fn prefill(&self, messages: Vec<ChatMessage>) {
+        let (llm, tx) = (self.llm.clone(), self.internal_tx.clone());
+        std::thread::spawn(move || {
+            let r = llm
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prefill(&messages);
+            let _ = tx.blocking_send(Internal::Prefilled(r));
+        });
     }
 
     fn now_pos_time(&self, pos: u64) -> Instant {
@@ -391,7 +432,7 @@ impl Session {
                 }
                 self.activity_seen = true;
                 self.last_activity = Instant::now();
-                self.pending = None; // the caller goes on: the turn is not over
+                self.discard_pending(); // the caller goes on: the turn is not over
                 self.turn_start.get_or_insert(onset);
                 if self.bot_speaking() {
                     let min = self.cfg.call.barge_in_min_secs;
@@ -400,6 +441,25 @@ impl Session {
                     } else {
                         self.barge_in_at = Some(Instant::now() + Duration::from_secs_f32(min));
                     }
+                }
+            }
+            VadEvent::Paused { end } => {
+                // Drafting while a reply plays would talk over it; that turn
+                // takes the plain path at the stop.
+                if self.segment_is_echo || !self.cfg.call.draft_replies || self.active.is_some() {
+                    return;
+                }
+                if self.turn_start.is_some() {
+                    self.begin_turn(end, self.position);
+                }
+            }
+            VadEvent::Resumed { .. } => {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.vad_stop_at.is_none())
+                {
+                    self.discard_pending();
                 }
             }
             VadEvent::Stopped { end, at } => {
@@ -413,37 +473,97 @@ impl Session {
                 let Some(turn_start) = self.turn_start else {
                     return;
                 };
-                let from = turn_start.saturating_sub((PRE_SPEECH_SECS * MODEL_RATE as f64) as u64);
-                let audio = self.audio_between(from, at);
-                let id = self.next_turn_id;
-                self.next_turn_id += 1;
-                let vad_stop_at = self.now_pos_time(at);
-                self.pending = Some(Pending {
-                    id,
-                    vad_stop_at,
-                    end_of_speech_at: self.now_pos_time(end),
-                    verdict: None,
-                    transcript: None,
-                    timed_out: false,
-                });
+                if self.pending.as_ref().is_none_or(|p| p.end != end) {
+                    self.begin_turn(end, at);
+                }
+                let stop_at = self.now_pos_time(at);
+                let id = {
+                    let p = self.pending.as_mut().expect("begun");
+                    p.vad_stop_at = Some(stop_at);
+                    p.id
+                };
+                let audio = self.turn_audio(turn_start, at);
                 let (turn, tx) = (self.engines.turn.clone(), self.internal_tx.clone());
-                let a = audio.clone();
                 tokio::task::spawn_blocking(move || {
-                    let _ = tx.blocking_send(Internal::Verdict(id, turn.predict(&a)));
+                    let _ = tx.blocking_send(Internal::Verdict(id, turn.predict(&audio)));
                 });
-                let (stt, tx) = (self.engines.stt.clone(), self.internal_tx.clone());
-                tokio::task::spawn_blocking(move || {
-                    let t = stt.transcribe(&Audio::new(audio, MODEL_RATE));
-                    let _ = tx.blocking_send(Internal::Transcript(id, t));
-                });
+                self.maybe_complete_turn();
             }
+        }
+    }
+
+    /// The turn's audio for Smart Turn and STT: from a little before its
+    /// first onset to `to`.
+    fn turn_audio(&self, turn_start: u64, to: u64) -> Vec<f32> {
+        let from = turn_start.saturating_sub((PRE_SPEECH_SECS * MODEL_RATE as f64) as u64);
+        self.audio_between(from, to)
+    }
+
+    /// A turn that may have ended at `end`: transcribe what was said up to
+    /// `to` while the VAD and Smart Turn make up their minds.
+    fn begin_turn(&mut self, end: u64, to: u64) {
+        let Some(turn_start) = self.turn_start else {
+            return;
+        };
+        let audio = self.turn_audio(turn_start, to);
+        let id = self.next_turn_id;
+        self.next_turn_id += 1;
+        self.discard_pending();
+        self.pending = Some(Pending::new(id, end, self.now_pos_time(end)));
+        let (stt, tx) = (self.engines.stt.clone(), self.internal_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let t = stt.transcribe(&Audio::new(audio, MODEL_RATE));
+            let _ = tx.blocking_send(Internal::Transcript(id, t));
+        });
+    }
+
+    /// The caller went on (or the turn failed): the candidate turn and any
+    /// draft reply for it are dropped, unheard.
+    fn discard_pending(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if p.draft.is_some() {
+                self.drafts_discarded += 1;
+                tracing::debug!(call = %self.info.call_sid, "draft reply discarded");
+            }
+        }
+    }
+
+    /// With the transcript in hand, the reply can be written and synthesised
+    /// while the turn is still being decided.
+    fn maybe_draft(&mut self) {
+        if !self.cfg.call.draft_replies || self.active.is_some() {
+            return;
+        }
+        let Some(p) = self.pending.as_ref() else {
+            return;
+        };
+        let Some((t, _)) = p.transcript.as_ref() else {
+            return;
+        };
+        let text = t.text.trim().to_string();
+        if p.draft.is_some() || text.is_empty() {
+            return;
+        }
+        let mut history = self.history.clone();
+        history.push(ChatMessage::new(Role::User, text.clone()));
+        let reply = self.spawn_reply(Source::Llm(history), true);
+        tracing::debug!(call = %self.info.call_sid, epoch = reply.epoch, "draft reply started");
+        if let Some(p) = self.pending.as_mut() {
+            p.draft = Some(Draft {
+                reply,
+                user_text: text,
+                early: Vec::new(),
+            });
         }
     }
 
     fn on_internal(&mut self, ev: Internal) {
         match ev {
             Internal::Verdict(id, r) => match (r, self.pending.as_mut()) {
-                (Ok(v), Some(p)) if p.id == id => p.verdict = Some(v),
+                (Ok(v), Some(p)) if p.id == id => {
+                    tracing::debug!(call = %self.info.call_sid, probability = v.probability, ms = v.total_ms, "turn verdict");
+                    p.verdict = Some(v);
+                }
                 (Err(e), Some(p)) if p.id == id => {
                     self.errors.push(format!("turn detection: {e}"));
                     p.timed_out = true; // fall back to silence
@@ -451,10 +571,15 @@ impl Session {
                 _ => {}
             },
             Internal::Transcript(id, r) => match (r, self.pending.as_mut()) {
-                (Ok(t), Some(p)) if p.id == id => p.transcript = Some((t, Instant::now())),
+                (Ok(t), Some(p)) if p.id == id => {
+                    let tm = &t.timings;
+                    tracing::debug!(call = %self.info.call_sid, text = %t.text, ms = tm.total_ms, encoder_ms = tm.encoder_ms, decoder_ms = tm.decoder_ms, fallbacks = tm.fallbacks, "transcript");
+                    p.transcript = Some((t, Instant::now()));
+                    self.maybe_draft();
+                }
                 (Err(e), Some(p)) if p.id == id => {
                     self.errors.push(format!("stt: {e}"));
-                    self.pending = None;
+                    self.discard_pending();
                     self.turn_start = None;
                 }
                 _ => {}
@@ -474,16 +599,17 @@ impl Session {
         let ready = match &self.pending {
             Some(p) => {
                 let complete = p.timed_out || p.verdict.is_some_and(|v| v.probability > threshold);
-                complete && p.transcript.is_some()
+                complete && p.vad_stop_at.is_some() && p.transcript.is_some()
             }
             None => false,
         };
         if !ready {
             return;
         }
-        let p = self.pending.take().expect("checked");
+        let mut p = self.pending.take().expect("checked");
         self.turn_start = None;
-        let (t, at) = p.transcript.expect("checked");
+        let (t, at) = p.transcript.take().expect("checked");
+        let vad_stop_at = p.vad_stop_at;
         let text = t.text.trim().to_string();
         if text.is_empty() {
             tracing::debug!(call = %self.info.call_sid, "turn without words ignored");
@@ -496,12 +622,22 @@ impl Session {
         }
         self.history
             .push(ChatMessage::new(Role::User, text.clone()));
-        let idx = self.start_reply(
-            TurnKind::Turn,
-            Source::Llm(self.history.clone()),
-            text,
-            Some(p.vad_stop_at),
-        );
+        let idx = match p.draft.take().filter(|d| d.user_text == text) {
+            Some(d) => {
+                d.reply.release();
+                let idx = self.adopt(d.reply, TurnKind::Turn, text, vad_stop_at);
+                for ev in d.early {
+                    self.on_reply(ev);
+                }
+                idx
+            }
+            None => self.start_reply(
+                TurnKind::Turn,
+                Source::Llm(self.history.clone()),
+                text,
+                vad_stop_at,
+            ),
+        };
         let r = &mut self.records[idx];
         r.stt_ms = Some(ms(at.saturating_duration_since(p.end_of_speech_at)));
         if let Some(v) = p.verdict {
@@ -518,6 +654,17 @@ impl Session {
         user_text: String,
         vad_stop_at: Option<Instant>,
     ) -> usize {
+        let bot_text = match &source {
+            Source::Text(t) => t.clone(),
+            Source::Llm(_) => String::new(),
+        };
+        let reply = self.spawn_reply(source, false);
+        let index = self.adopt(reply, kind, user_text, vad_stop_at);
+        self.records[index].bot_text = bot_text;
+        index
+    }
+
+    fn spawn_reply(&mut self, source: Source, draft: bool) -> Reply {
         self.epoch += 1;
         let options = GenerationOptions {
             max_tokens: self.cfg.llm.max_tokens,
@@ -525,25 +672,32 @@ impl Session {
             repeat_penalty: self.cfg.llm.repeat_penalty,
             ..Default::default()
         };
-        let bot_text = match &source {
-            Source::Text(t) => t.clone(),
-            Source::Llm(_) => String::new(),
-        };
-        let reply = reply::spawn(
+        reply::spawn(
             self.epoch,
             source,
+            draft,
             self.llm.clone(),
             options,
             self.engines.tts.clone(),
             self.out.clone(),
             self.reply_tx.clone(),
-        );
+        )
+    }
+
+    /// Makes `reply` the one playing, with a record of its own.
+    fn adopt(
+        &mut self,
+        reply: Reply,
+        kind: TurnKind,
+        user_text: String,
+        vad_stop_at: Option<Instant>,
+    ) -> usize {
         let index = self.records.len();
         self.records.push(TurnRecord {
             index,
             kind,
             user_text,
-            bot_text,
+            bot_text: String::new(),
             heard_text: String::new(),
             interrupted: false,
             total_ms: None,
@@ -573,16 +727,18 @@ impl Session {
     }
 
     fn on_reply(&mut self, ev: ReplyEvent) {
+        let epoch = ev.epoch();
+        if let Some(d) = self
+            .pending
+            .as_mut()
+            .and_then(|p| p.draft.as_mut())
+            .filter(|d| d.reply.epoch == epoch)
+        {
+            d.early.push(ev);
+            return;
+        }
         let Some(a) = self.active.as_mut() else {
             return;
-        };
-        let epoch = match &ev {
-            ReplyEvent::FirstToken { epoch, .. }
-            | ReplyEvent::FirstAudio { epoch, .. }
-            | ReplyEvent::Piece { epoch, .. }
-            | ReplyEvent::Generated { epoch, .. }
-            | ReplyEvent::Spoken { epoch, .. }
-            | ReplyEvent::Failed { epoch, .. } => *epoch,
         };
         if epoch != a.reply.epoch {
             return;
@@ -614,7 +770,7 @@ impl Session {
                 tracing::error!(call = %self.info.call_sid, "reply failed: {error}");
                 self.errors.push(error);
                 // Say something rather than go silent.
-                a.reply.cancel.store(true, Ordering::Relaxed);
+                a.reply.cancel();
                 self.active = None;
                 let sorry = "Sorry, I had a problem there. Could you say that again?".to_string();
                 self.start_reply(TurnKind::Turn, Source::Text(sorry), String::new(), None);
@@ -675,6 +831,11 @@ impl Session {
             let heard = joined(&a.pieces);
             self.close_reply(&a, heard, false);
             self.last_activity = Instant::now();
+            // The caller is listening to the end of it: time enough to
+            // evaluate the reply as it will appear in the next prompt.
+            if self.pending.is_none() {
+                self.prefill(self.history.clone());
+            }
         }
     }
 
@@ -697,7 +858,7 @@ impl Session {
     /// in the history only what the caller heard.
     fn interrupt(&mut self) {
         let Some(a) = self.active.take() else { return };
-        a.reply.cancel.store(true, Ordering::Relaxed);
+        a.reply.cancel();
         let _ = self.out.try_send(OutCmd::Clear {
             upto: a.reply.epoch,
         });
@@ -740,6 +901,11 @@ impl Session {
         self.activity_seen = true;
         self.last_activity = Instant::now();
         let text = format!("[caller pressed {digit}]");
+        if let Some(d) = self.pending.as_mut().and_then(|p| p.draft.take()) {
+            // Its context no longer matches the conversation.
+            self.drafts_discarded += 1;
+            drop(d);
+        }
         self.history
             .push(ChatMessage::new(Role::User, text.clone()));
         if self.active.is_none() && self.pending.is_none() {
@@ -756,8 +922,10 @@ impl Session {
         let now = Instant::now();
         if let Some(p) = self.pending.as_mut() {
             if !p.timed_out
-                && now.saturating_duration_since(p.vad_stop_at).as_secs_f32()
-                    >= self.cfg.call.turn_timeout_secs
+                && p.vad_stop_at.is_some_and(|at| {
+                    now.saturating_duration_since(at).as_secs_f32()
+                        >= self.cfg.call.turn_timeout_secs
+                })
             {
                 p.timed_out = true;
                 self.maybe_complete_turn();
@@ -792,7 +960,7 @@ impl Session {
 
     fn finish(mut self, ended_by: String) -> CallSummary {
         if let Some(a) = self.active.take() {
-            a.reply.cancel.store(true, Ordering::Relaxed);
+            a.reply.cancel();
         }
         let recording = self.cfg.call.recordings_dir.as_ref().and_then(|dir| {
             let path = dir.join(format!("{}.wav", sanitize(&self.info.call_sid)));
@@ -812,6 +980,7 @@ impl Session {
             turns: self.records,
             interruptions: self.interruptions,
             echo_segments_ignored: self.echo_ignored,
+            drafts_discarded: self.drafts_discarded,
             frames_dropped: self.frames_dropped,
             recording,
             ended_by,
@@ -831,6 +1000,7 @@ impl CallSummary {
             turns: Vec::new(),
             interruptions: Vec::new(),
             echo_segments_ignored: 0,
+            drafts_discarded: 0,
             frames_dropped: 0,
             recording: None,
             ended_by: "error".into(),

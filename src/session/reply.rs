@@ -4,11 +4,16 @@
 //! so Piper speaks the first clause while the LLM writes the next. A shared
 //! flag cancels both between tokens and between pieces; the epoch on every
 //! audio command lets the output drop whatever was already in flight.
+//!
+//! A reply may start as a draft, before anyone knows the caller has finished:
+//! it thinks and synthesises as usual, but its audio waits behind a gate that
+//! the session opens once the turn is confirmed (or the draft is cancelled,
+//! having cost some CPU and nothing the caller can hear).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -58,14 +63,94 @@ pub enum ReplyEvent {
     },
 }
 
-pub struct Reply {
-    pub epoch: u64,
-    pub cancel: Arc<AtomicBool>,
+impl ReplyEvent {
+    pub fn epoch(&self) -> u64 {
+        match self {
+            ReplyEvent::FirstToken { epoch, .. }
+            | ReplyEvent::FirstAudio { epoch, .. }
+            | ReplyEvent::Piece { epoch, .. }
+            | ReplyEvent::Generated { epoch, .. }
+            | ReplyEvent::Spoken { epoch, .. }
+            | ReplyEvent::Failed { epoch, .. } => *epoch,
+        }
+    }
 }
 
+/// Whether a reply's audio may go out yet.
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn new(open: bool) -> Self {
+        Self {
+            open: Mutex::new(open),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until the gate opens (true) or the reply is cancelled (false).
+    fn wait(&self, cancel: &AtomicBool) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            if cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            // The timeout only bounds a missed wake-up; cancel() notifies.
+            open = self
+                .changed
+                .wait_timeout(open, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        !cancel.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Reply {
+    pub epoch: u64,
+    cancel: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+}
+
+impl Reply {
+    /// Stops the LLM and TTS at their next token or piece; nothing more of
+    /// this reply reaches the output.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.gate.changed.notify_all();
+    }
+
+    /// Lets a draft's audio out.
+    pub fn release(&self) {
+        self.gate.set_open();
+    }
+}
+
+/// A reply nobody holds can no longer be tracked or interrupted: stop it.
+/// (After a reply has finished this is a no-op.)
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// Starts a reply; a `draft` holds its audio until [`Reply::release`].
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     epoch: u64,
     source: Source,
+    draft: bool,
     llm: Arc<Mutex<Box<dyn LlmSession>>>,
     options: GenerationOptions,
     tts: Arc<dyn Tts>,
@@ -73,6 +158,7 @@ pub fn spawn(
     events: mpsc::Sender<ReplyEvent>,
 ) -> Reply {
     let cancel = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Gate::new(!draft));
     let (piece_tx, piece_rx) = std_mpsc::channel::<String>();
 
     match source {
@@ -92,6 +178,7 @@ pub fn spawn(
                     let mut session = llm.lock().unwrap_or_else(|p| p.into_inner());
                     let mut agg = SentenceAggregator::new();
                     let mut first = true;
+                    let mut pieces = 0;
                     let t0 = Instant::now();
                     let result = session.generate(&history, &options, &cancel, &mut |text| {
                         if first {
@@ -102,13 +189,17 @@ pub fn spawn(
                             });
                         }
                         for p in agg.push(text) {
+                            pieces += 1;
                             if piece_tx.send(p).is_err() {
                                 return false;
                             }
                         }
                         true
                     });
-                    if !cancel.load(Ordering::Relaxed) {
+                    // A sentence cut off by the token limit is not spoken
+                    // unless it is all there is.
+                    let cut_off = result.as_ref().is_ok_and(|g| !g.finished) && pieces > 0;
+                    if !cancel.load(Ordering::Relaxed) && !cut_off {
                         if let Some(p) = agg.flush() {
                             let _ = piece_tx.send(p);
                         }
@@ -129,12 +220,19 @@ pub fn spawn(
     }
 
     let tts_cancel = cancel.clone();
+    let tts_gate = gate.clone();
     std::thread::Builder::new()
         .name("callbox-tts".into())
         .spawn(move || {
             let mut seg = 0;
             let mut characters = 0;
             let mut first_audio = true;
+            // A draft's audio, synthesised but not yet let out.
+            let mut held: Vec<Vec<i16>> = Vec::new();
+            let send = |held: &mut Vec<Vec<i16>>| {
+                held.drain(..)
+                    .all(|samples| out.blocking_send(OutCmd::Audio { epoch, samples }).is_ok())
+            };
             while let Ok(text) = piece_rx.recv() {
                 if tts_cancel.load(Ordering::Relaxed) {
                     break;
@@ -154,11 +252,8 @@ pub fn spawn(
                     }
                     let narrow = audio.resampled(8000);
                     secs += narrow.duration_secs() as f64;
-                    out.blocking_send(OutCmd::Audio {
-                        epoch,
-                        samples: narrow.to_i16(),
-                    })
-                    .is_ok()
+                    held.push(narrow.to_i16());
+                    !tts_gate.is_open() || send(&mut held)
                 });
                 if let Err(e) = r {
                     let _ = events.blocking_send(ReplyEvent::Failed {
@@ -167,7 +262,7 @@ pub fn spawn(
                     });
                     break;
                 }
-                if tts_cancel.load(Ordering::Relaxed) {
+                if !tts_gate.wait(&tts_cancel) || !send(&mut held) {
                     break;
                 }
                 seg += 1;
@@ -193,5 +288,9 @@ pub fn spawn(
         })
         .expect("spawning the TTS thread");
 
-    Reply { epoch, cancel }
+    Reply {
+        epoch,
+        cancel,
+        gate,
+    }
 }

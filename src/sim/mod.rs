@@ -86,6 +86,10 @@ pub struct SimTurnReport {
     pub bot_audio: Vec<i16>,
     /// A `clear` arrived while this turn's reply played.
     pub cleared: bool,
+    /// Bot audio received while this turn was still being spoken (8 kHz
+    /// samples): the rest of the previous reply when talking over it,
+    /// otherwise a bot that did not wait for the caller to finish.
+    pub audio_while_speaking: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -174,6 +178,9 @@ pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
                                     }
                                     Some(i) => {
                                         let r = &mut report.turns[i];
+                                        if speech_end.is_none() {
+                                            r.audio_while_speaking += pcm.len();
+                                        }
                                         if r.latency_ms.is_none() {
                                             if let Some(end) = speech_end {
                                                 r.latency_ms = Some(ms(end.elapsed()));
@@ -241,6 +248,7 @@ pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
                             Phase::Linger(now + Duration::from_secs_f32(opts.linger_secs))
                         } else {
                             start_turn(&opts, i, &mut report, &mut tx, &stream_sid, &mut current).await?;
+                            speech_end = None;
                             Phase::Speaking(i, 0)
                         }
                     }
@@ -267,6 +275,7 @@ pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
                         let timeout = now.duration_since(since) > Duration::from_secs_f32(opts.reply_timeout_secs);
                         if barge {
                             start_turn(&opts, i + 1, &mut report, &mut tx, &stream_sid, &mut current).await?;
+                            speech_end = None;
                             Phase::Speaking(i + 1, 0)
                         } else if replied || timeout {
                             Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))

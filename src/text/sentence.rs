@@ -1,12 +1,34 @@
 //! Splits streamed LLM text into pieces worth speaking.
 //!
 //! Latency decides the first piece: it goes to TTS as soon as a clause is
-//! complete (a comma, colon or semicolon after a few words), because Piper
-//! needs only ~60 ms for a clause and the caller hears it while the LLM is
-//! still writing. Later pieces are whole sentences, which sound more natural.
+//! complete (a comma, colon or semicolon after a few words, or a few words
+//! followed by a conjunction such as "because", or more words followed by a
+//! preposition such as "from"), because Piper needs only
+//! ~60 ms for a clause, its time grows with the text, and the caller hears
+//! the clause while the LLM is still writing. Later pieces are whole
+//! sentences, which sound more natural.
 
 /// Words a first clause needs before a comma may end it.
 const MIN_CLAUSE_WORDS: usize = 3;
+
+/// Words that open a new clause, and how many words a first clause needs
+/// before one of them may end it: a conjunction is a natural place for a
+/// short pause, a preposition an acceptable one in a longer clause.
+const BREAK_WORDS: [(&[&str], usize); 2] = [
+    (
+        &[
+            "and", "but", "because", "so", "which", "when", "where", "while", "if", "or", "since",
+            "although", "unless", "until", "that",
+        ],
+        4,
+    ),
+    (
+        &[
+            "from", "of", "in", "to", "with", "for", "about", "on", "at", "by", "into", "through",
+        ],
+        6,
+    ),
+];
 
 const ABBREVIATIONS: [&str; 8] = ["mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i.e.", "vs."];
 
@@ -48,6 +70,41 @@ impl SentenceAggregator {
 
     /// Byte index just after the first boundary followed by whitespace.
     fn boundary(&self) -> Option<usize> {
+        let punctuation = self.punctuation_boundary();
+        if self.first_done {
+            return punctuation;
+        }
+        match (punctuation, self.break_word_boundary()) {
+            (Some(p), Some(c)) => Some(p.min(c)),
+            (p, c) => p.or(c),
+        }
+    }
+
+    /// Before a complete break word (followed by whitespace) that comes
+    /// after enough words.
+    fn break_word_boundary(&self) -> Option<usize> {
+        let mut words = 0;
+        let mut start = None;
+        for (i, c) in self.buf.char_indices() {
+            if c.is_whitespace() {
+                if let Some(st) = start.take() {
+                    let word = self.buf[st..i].to_lowercase();
+                    if BREAK_WORDS
+                        .iter()
+                        .any(|(list, min)| words >= *min && list.contains(&word.as_str()))
+                    {
+                        return Some(st);
+                    }
+                    words += 1;
+                }
+            } else if start.is_none() {
+                start = Some(i);
+            }
+        }
+        None
+    }
+
+    fn punctuation_boundary(&self) -> Option<usize> {
         let b = self.buf.as_bytes();
         for (i, &c) in b.iter().enumerate() {
             let followed_by_space = b.get(i + 1).is_some_and(|n| n.is_ascii_whitespace());
@@ -118,5 +175,40 @@ mod tests {
     fn abbreviations_and_decimals_do_not_split() {
         let out = run(&["Mr. Smith paid 3.50 dollars. ", "Done"]);
         assert_eq!(out, ["Mr. Smith paid 3.50 dollars.", "Done"]);
+    }
+
+    #[test]
+    fn a_long_first_clause_breaks_before_a_conjunction() {
+        let out = run(&[
+            "The sky",
+            " is blue because",
+            " sunlight scatters, and that",
+            " is all. It is blue and bright.",
+        ]);
+        assert_eq!(
+            out,
+            [
+                "The sky is blue",
+                "because sunlight scatters, and that is all.",
+                "It is blue and bright."
+            ]
+        );
+        assert_eq!(
+            run(&["The Moon is about 239,000 miles away from Earth. Wow."]),
+            [
+                "The Moon is about 239,000 miles away",
+                "from Earth.",
+                "Wow."
+            ]
+        );
+        // Too few words before it, or only the start of a longer word.
+        assert_eq!(
+            run(&["Rain and sun make rainbows."]),
+            ["Rain and sun make rainbows."]
+        );
+        assert_eq!(
+            run(&["Plants need light and", "roids"]),
+            ["Plants need light androids"]
+        );
     }
 }

@@ -8,10 +8,12 @@
 //!
 //! A shortened encoder context makes Whisper less sure where the speech
 //! ends: it may start the sentence over instead of emitting end-of-text,
-//! sometimes with different punctuation. Two guards stop that: a cap of 8
-//! tokens per second of audio, and a repetition stop that cuts the output
-//! where a run of six tokens (not all the same) recurs. Genuine repetitions
-//! such as "no no no no" repeat a single token and are kept.
+//! sometimes with different punctuation. Three guards stop that: a finished
+//! sentence followed by the utterance's own first two tokens ends the
+//! decoding there (the usual case, and the text before it is right), a cap
+//! of 8 tokens per second of audio, and a repetition stop that cuts the
+//! output where a run of six tokens (not all the same) recurs. Genuine
+//! repetitions such as "no no no no" repeat a single token and are kept.
 
 pub mod model;
 
@@ -66,6 +68,8 @@ pub struct Whisper {
     suppress: Vec<bool>,
     /// Also suppressed at the first step (blank, end-of-text).
     suppress_begin: Vec<u32>,
+    /// Tokens that end with a sentence's final punctuation.
+    sentence_end: Vec<bool>,
     dtype: DType,
 }
 
@@ -126,6 +130,13 @@ impl Whisper {
         } else {
             cfg.begin_suppress_tokens.clone()
         };
+        let sentence_end = (0..cfg.vocab_size as u32)
+            .map(|t| {
+                tokenizer
+                    .id_to_token(t)
+                    .is_some_and(|s| s.ends_with(['.', '?', '!']))
+            })
+            .collect();
         Ok(Self {
             model,
             tokenizer,
@@ -135,6 +146,7 @@ impl Whisper {
             eot,
             suppress,
             suppress_begin,
+            sentence_end,
             dtype,
         })
     }
@@ -159,6 +171,12 @@ impl Whisper {
         }
         let first = self.decode(samples, Some(self.options.padding_secs), timings)?;
         if first.looped || first.avg_logprob < LOGPROB_FALLBACK {
+            tracing::debug!(
+                looped = first.looped,
+                avg_logprob = first.avg_logprob,
+                tokens = first.tokens.len(),
+                "short-context decoding not trusted: decoding again with more padding"
+            );
             timings.fallbacks += 1;
             return Ok(self
                 .decode(samples, Some(FALLBACK_PADDING_SECS), timings)?
@@ -224,6 +242,11 @@ impl Whisper {
                 break;
             }
             out.push(next);
+            let ends = |t: u32| self.sentence_end.get(t as usize).copied().unwrap_or(false);
+            if let Some(cut) = restarted(&out, ends) {
+                out.truncate(out.len() - cut);
+                break;
+            }
             if let Some(cut) = repeated_phrase(&out) {
                 out.truncate(out.len() - cut);
                 looped = true;
@@ -266,6 +289,17 @@ fn log_softmax_at(logits: &[f32], i: u32) -> f64 {
 
 /// Tokens in a run whose recurrence marks a decoding loop.
 const LOOP_RUN: usize = 6;
+
+/// Tokens of a restart that must match the utterance's beginning.
+const RESTART_RUN: usize = 2;
+
+/// If the output has just started over — a sentence end followed by the
+/// utterance's first [`RESTART_RUN`] tokens — the number of tokens to drop.
+pub fn restarted(tokens: &[u32], ends_sentence: impl Fn(u32) -> bool) -> Option<usize> {
+    let n = tokens.len();
+    let k = RESTART_RUN;
+    (n > 2 * k && tokens[n - k..] == tokens[..k] && ends_sentence(tokens[n - k - 1])).then_some(k)
+}
 
 /// If the last [`LOOP_RUN`] tokens (not all the same token) already occurred
 /// earlier in `tokens`, the number of tokens to drop: the recurrence.
@@ -318,7 +352,21 @@ impl Stt for Whisper {
 
 #[cfg(test)]
 mod tests {
-    use super::repeated_phrase;
+    use super::{repeated_phrase, restarted};
+
+    #[test]
+    fn a_restart_after_a_sentence_end_is_cut() {
+        // 9 = ".", 8 = "?": sentence ends.
+        let ends = |t: u32| t == 9 || t == 8;
+        let out = [1, 2, 3, 4, 8, 1, 2];
+        assert_eq!(restarted(&out, ends), Some(2));
+        // Not after a sentence end: a phrase can repeat mid-sentence.
+        assert_eq!(restarted(&[1, 2, 3, 4, 1, 2], ends), None);
+        // One matching token is not yet a restart.
+        assert_eq!(restarted(&[1, 2, 3, 9, 1], ends), None);
+        // Too short to tell.
+        assert_eq!(restarted(&[1, 9, 1, 2], ends), None);
+    }
 
     #[test]
     fn repeated_phrases_are_found_but_stutters_kept() {
