@@ -19,6 +19,34 @@ pub struct Config {
     pub vad: VadParams,
     pub llm: LlmConfig,
     pub personas: Personas,
+    pub observe: ObserveConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserveConfig {
+    /// Folder for per-call JSON traces (`docs/trace.schema.json`); empty
+    /// disables.
+    pub traces_dir: Option<PathBuf>,
+    /// Events each observer may have queued before it starts losing them.
+    pub queue: usize,
+    /// Export spans over OTLP/HTTP (also on when an `OTEL_EXPORTER_OTLP_*`
+    /// endpoint variable is set); the standard `OTEL_*` variables apply.
+    pub otlp: bool,
+    /// Full traces URL (e.g. `http://collector:4318/v1/traces`), overriding
+    /// the `OTEL_*` endpoint variables.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        Self {
+            traces_dir: Some(PathBuf::from("traces")),
+            queue: 4096,
+            otlp: false,
+            otlp_endpoint: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -167,7 +195,13 @@ impl Config {
                 .filter(|k| k.as_str().contains("__"))
                 .split("__"),
         );
-        let cfg: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
+        let mut cfg: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
+        // An empty folder means "off".
+        for dir in [&mut cfg.call.recordings_dir, &mut cfg.observe.traces_dir] {
+            if dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+                *dir = None;
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }

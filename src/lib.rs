@@ -6,6 +6,9 @@
 //! - [`audio`]: PCM buffers with their rate, μ-law, resampling, log-mel, WAV.
 //! - [`models`]: the manifest, the model cache, fetching and conversion.
 //! - [`engines`]: one trait per engine and the local implementations.
+//! - [`session`]: one call, from the caller's frames to the bot's reply.
+//! - [`observe`]: events from every stage → logs, metrics, per-call traces.
+//! - [`server`]: Twilio's webhook and media websocket, health, metrics.
 //! - [`text`]: text utilities shared by tools and tests (word error rate).
 //! - [`cli`]: the command-line tools.
 
@@ -15,6 +18,7 @@ pub mod config;
 pub mod engines;
 pub mod error;
 pub mod models;
+pub mod observe;
 pub mod persona;
 pub mod server;
 pub mod session;

@@ -68,6 +68,53 @@ pub fn denoiser() -> Arc<dyn Denoiser> {
     Arc::new(Rnnoise)
 }
 
+/// Which model file plays which part, and where it came from: for traces
+/// and `/health`, so a result can always be tied to the models behind it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    pub engine: String,
+    pub file: String,
+    /// `package==version` (or the download's name and version).
+    pub source: Option<String>,
+}
+
+/// The models of `set` in `manifest`.
+pub fn describe(manifest: &crate::models::manifest::Manifest, set: &str) -> Vec<ModelInfo> {
+    let Ok(spec) = manifest.set(set) else {
+        return Vec::new();
+    };
+    let roles = [
+        ("vad", &spec.vad),
+        ("turn", &spec.turn),
+        ("stt", &spec.stt),
+        ("mel", &spec.mel),
+        ("llm", &spec.llm),
+        ("tts", &spec.tts),
+        ("onnxruntime", &spec.ort),
+    ];
+    roles
+        .into_iter()
+        .filter_map(|(engine, file)| {
+            let file = file.as_ref()?;
+            let source = manifest
+                .sources
+                .iter()
+                .find(|s| {
+                    s.files
+                        .iter()
+                        .any(|f| f.to == *file || file.starts_with(&format!("{}/", f.to)))
+                        || s.convert_whisper.as_ref().is_some_and(|c| c.to == *file)
+                })
+                .map(|s| format!("{}=={}", s.name, s.version));
+            Some(ModelInfo {
+                engine: engine.to_string(),
+                file: file.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
 /// Every engine a call needs, loaded once per process and shared.
 #[derive(Clone)]
 pub struct Engines {
@@ -78,6 +125,8 @@ pub struct Engines {
     pub tts: Arc<dyn Tts>,
     pub denoiser: Arc<dyn Denoiser>,
     pub load_times: LoadTimes,
+    /// Filled in by whoever knows the manifest (see [`describe`]).
+    pub models: Vec<ModelInfo>,
 }
 
 impl Engines {
@@ -91,6 +140,7 @@ impl Engines {
             tts: tts(paths, &mut t)?,
             denoiser: denoiser(),
             load_times: t,
+            models: Vec::new(),
         })
     }
 }

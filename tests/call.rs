@@ -10,6 +10,7 @@ use std::time::Duration;
 use callbox::audio::Audio;
 use callbox::config::Config;
 use callbox::engines::Role;
+use callbox::observe::{Event, Observer};
 use callbox::server::{self, AppState};
 use callbox::session::{CallSummary, TurnKind};
 use callbox::sim::{self, SimOptions, SimTurn};
@@ -28,18 +29,28 @@ fn engines() -> Engines {
         tts: tts(),
         denoiser: callbox::stack::denoiser(),
         load_times: Default::default(),
+        models: callbox::stack::describe(&store().manifest, "default"),
     })
     .clone()
 }
 
 /// A server on a free port with `tweak` applied to the default configuration.
 async fn start(tweak: impl FnOnce(&mut Config)) -> (Arc<AppState>, SocketAddr) {
+    start_with(tweak, Vec::new()).await
+}
+
+/// The same, with extra observers.
+async fn start_with(
+    tweak: impl FnOnce(&mut Config),
+    observers: Vec<(String, Box<dyn Observer>)>,
+) -> (Arc<AppState>, SocketAddr) {
     let mut cfg = Config::default();
-    cfg.call.recordings_dir =
-        Some(std::env::temp_dir().join(format!("callbox-rec-{}", std::process::id())));
+    let tmp = std::env::temp_dir();
+    cfg.call.recordings_dir = Some(tmp.join(format!("callbox-rec-{}", std::process::id())));
+    cfg.observe.traces_dir = Some(tmp.join(format!("callbox-traces-{}", std::process::id())));
     cfg.llm.max_tokens = 30;
     tweak(&mut cfg);
-    let state = AppState::new(cfg, engines());
+    let state = AppState::with_observers(cfg, engines(), observers);
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(server::serve(state.clone(), "127.0.0.1:0", Some(tx)));
     (state.clone(), rx.await.unwrap())
@@ -377,4 +388,311 @@ async fn keypad_digits_reach_the_conversation() {
         "{:#?}",
         s.history
     );
+}
+
+async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid exposition format")
+}
+
+/// The value of an unlabelled (or first matching) sample.
+fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .sum()
+}
+
+/// The numbers of the LATENCY BREAKDOWN table, by turn: the columns Total,
+/// STT, Smart Turn, LLM, TTS and End-of-speech (None for "-").
+fn table_rows(table: &str) -> Vec<(usize, Vec<Option<f64>>)> {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim_start().starts_with("Avg"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let num = |c: &str| c.trim_end_matches("ms").parse::<f64>().ok();
+            let turn = cells[0].parse().unwrap();
+            let v = [1, 2, 3, 4, 5, 8].iter().map(|&i| num(cells[i])).collect();
+            (turn, v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_traces_and_the_table_tell_the_same_story() {
+    let (state, addr) = start(|c| c.llm.max_tokens = 60).await;
+    let before = scrape(addr).await;
+    let mut interrupting = turn_of("Wait, stop. What is a whale?");
+    interrupting.barge_in_after_ms = Some(1200);
+    let opts = SimOptions::new(
+        format!("ws://{addr}/ws"),
+        vec![
+            turn_of("Can you tell me a long story about the ocean?"),
+            interrupting,
+        ],
+    );
+    let sid = opts.call_sid.clone();
+    let call = tokio::spawn(sim::run(opts));
+    // Scraped while the call is on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = scrape(addr).await;
+    assert_eq!(sample(&during, "callbox_active_calls", &[]), 1.0);
+    call.await.unwrap().unwrap();
+    let s = summary(&state, &sid).await;
+
+    // The trace: written by its observer shortly after the call.
+    let path = state
+        .cfg
+        .observe
+        .traces_dir
+        .as_ref()
+        .unwrap()
+        .join(format!("{sid}.json"));
+    let mut text = None;
+    for _ in 0..100 {
+        if let Ok(t) = std::fs::read_to_string(&path) {
+            text = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trace: serde_json::Value = serde_json::from_str(&text.expect("a trace file")).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(callbox::observe::trace::SCHEMA_JSON).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let problems: Vec<String> = validator
+        .iter_errors(&trace)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let turns = trace["turns"].as_array().unwrap();
+    let cut = turns
+        .iter()
+        .find(|t| t["interrupted"] == true)
+        .expect("an interrupted turn in the trace");
+    let (heard, said) = (
+        cut["heard_text"].as_str().unwrap(),
+        cut["bot_text"].as_str().unwrap(),
+    );
+    assert!(heard.len() < said.len(), "heard {heard:?} of {said:?}");
+    assert!(trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "interruption"));
+    assert!(!trace["call"]["params"]
+        .as_object()
+        .unwrap()
+        .contains_key("stream_token"));
+
+    // The table and the trace: the same numbers.
+    let rows = table_rows(&s.latency_table());
+    assert!(!rows.is_empty());
+    let keys = [
+        "total_ms",
+        "stt_ms",
+        "smart_turn_ms",
+        "llm_ttfb_ms",
+        "tts_ttfb_ms",
+        "end_of_speech_ms",
+    ];
+    for (turn, cells) in &rows {
+        let t = turns
+            .iter()
+            .find(|t| t["index"].as_u64() == Some(*turn as u64))
+            .unwrap();
+        for (k, cell) in keys.iter().zip(cells) {
+            match (t[k].as_f64(), cell) {
+                (Some(a), Some(b)) => assert!((a - b).abs() <= 1.0, "turn {turn} {k}: {a} vs {b}"),
+                (None, None) => {}
+                (a, b) => panic!("turn {turn} {k}: trace {a:?}, table {b:?}"),
+            }
+        }
+    }
+    // Consistency of every answered turn.
+    for t in s.turns.iter().filter(|t| t.kind == TurnKind::Turn) {
+        let stages = [
+            t.stt_ms,
+            t.smart_turn_ms,
+            t.llm_ttfb_ms,
+            t.tts_ttfb_ms,
+            t.total_ms,
+        ];
+        assert!(stages.iter().flatten().all(|v| *v >= 0.0), "{t:#?}");
+        if let (Some(eos), Some(stt), Some(llm), Some(tts)) =
+            (t.end_of_speech_ms, t.stt_ms, t.llm_ttfb_ms, t.tts_ttfb_ms)
+        {
+            assert!(stt + llm + tts <= eos, "{t:#?}");
+            assert!(t.total_ms.unwrap() <= eos, "{t:#?}");
+        }
+    }
+
+    // Metrics moved.
+    let after = scrape(addr).await;
+    assert_eq!(sample(&after, "callbox_active_calls", &[]), 0.0);
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert!(moved("callbox_calls_total", &[("outcome", "completed")]) >= 1.0);
+    assert!(moved("callbox_interruptions_total", &[]) >= 1.0);
+    assert!(moved("callbox_turns_total", &[]) >= 1.0);
+    assert!(moved("callbox_turn_latency_seconds", &[("measure", "total")]) >= 1.0);
+    assert!(moved("callbox_stage_seconds", &[("stage", "stt")]) >= 1.0);
+    assert!(moved("callbox_greeting_seconds", &[]) >= 1.0);
+    assert!(
+        sample(
+            &after,
+            "callbox_llm_tokens_total",
+            &[("kind", "completion")]
+        ) > 0.0
+    );
+}
+
+/// Sleeps on every event: a bus that waited for it would stall the call.
+struct Sluggish;
+
+impl Observer for Sluggish {
+    fn on_event(&mut self, _: &Event) {
+        std::thread::sleep(Duration::from_secs(30));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_observer_loses_events_but_never_delays_the_bot() {
+    let (state, addr) = start_with(
+        |c| c.observe.queue = 2,
+        vec![(
+            "sluggish".to_string(),
+            Box::new(Sluggish) as Box<dyn Observer>,
+        )],
+    )
+    .await;
+    let opts = SimOptions::new(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("Why is the grass green?")],
+    );
+    let r = sim::run(opts).await.unwrap();
+    // Each event would cost the call 30 s if publishing waited.
+    assert!(r.greeting_ms.unwrap() < 10_000.0, "{:?}", r.greeting_ms);
+    let latency = r.turns[0].latency_ms.expect("a reply");
+    assert!(latency < 10_000.0, "{latency} ms");
+    let m = scrape(addr).await;
+    assert!(
+        sample(
+            &m,
+            "callbox_observer_events_dropped_total",
+            &[("observer", "sluggish")]
+        ) > 0.0
+    );
+    drop(state);
+}
+
+/// A local OpenTelemetry collector: decodes OTLP/HTTP protobuf exports.
+async fn fake_collector() -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use prost::Message as _;
+    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        store.lock().unwrap().extend(ss.spans);
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector() {
+    let (collector, spans) = fake_collector().await;
+    let (_state, addr) = start(|c| {
+        c.observe.otlp_endpoint = Some(format!("http://{collector}/v1/traces"));
+    })
+    .await;
+    let opts = SimOptions::new(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("What is a rainbow?")],
+    );
+    let sid = opts.call_sid.clone();
+    sim::run(opts).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = spans.lock().unwrap().clone();
+        if got.iter().any(|s| s.name == "call") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = got
+        .iter()
+        .find(|s| {
+            s.name == "call"
+                && s.attributes
+                    .iter()
+                    .any(|a| a.key == "callbox.call_sid" && format!("{:?}", a.value).contains(&sid))
+        })
+        .expect("a call span");
+    let turns: Vec<_> = got
+        .iter()
+        .filter(|s| s.name.starts_with("turn ") && s.parent_span_id == call.span_id)
+        .collect();
+    assert!(turns.len() >= 2, "greeting and answer: {got:#?}");
+    // The answered turn has all four stages inside it.
+    let answered = turns
+        .iter()
+        .find(|t| got.iter().filter(|s| s.parent_span_id == t.span_id).count() == 4)
+        .expect("a turn with four stage spans");
+    for s in got.iter().filter(|s| s.parent_span_id == answered.span_id) {
+        assert!(
+            ["stt", "smart_turn", "llm_ttfb", "tts_ttfb"].contains(&s.name.as_str()),
+            "{s:#?}"
+        );
+        assert!(s.start_time_unix_nano <= s.end_time_unix_nano);
+        assert!(
+            s.start_time_unix_nano >= answered.start_time_unix_nano,
+            "{s:#?}"
+        );
+        assert!(
+            s.end_time_unix_nano <= answered.end_time_unix_nano,
+            "{s:#?}"
+        );
+    }
+    assert!(answered.start_time_unix_nano >= call.start_time_unix_nano);
+    assert!(answered.end_time_unix_nano <= call.end_time_unix_nano);
 }

@@ -26,12 +26,22 @@ pub async fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<()> {
     if let Some(b) = &a.bind {
         cfg.server.bind = b.clone();
     }
-    let paths = cli.paths()?;
-    let vad = cfg.vad;
-    let engines = tokio::task::spawn_blocking(move || Engines::load(&paths, vad)).await??;
+    let engines = load_engines(cli, &cfg).await?;
     let bind = cfg.server.bind.clone();
     eprintln!("callbox listening on {bind}: point your Twilio number's voice webhook at POST /");
     server::serve(AppState::new(cfg, engines), &bind, None).await
+}
+
+/// The model set's engines, loaded off the async runtime, with the
+/// description of their models for traces.
+async fn load_engines(cli: &Cli, cfg: &Config) -> anyhow::Result<Engines> {
+    let store = cli.store()?;
+    let paths = store.paths(&cli.set)?;
+    let models = stack::describe(&store.manifest, &cli.set);
+    let vad = cfg.vad;
+    let mut engines = tokio::task::spawn_blocking(move || Engines::load(&paths, vad)).await??;
+    engines.models = models;
+    Ok(engines)
 }
 
 #[derive(Debug, Args)]
@@ -146,12 +156,11 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(None)?;
     cfg.call.recordings_dir = Some(a.out.join("recordings"));
+    cfg.observe.traces_dir = Some(a.out.join("traces"));
     // Short answers keep the demo brisk; a phone caller wants them too.
     cfg.llm.max_tokens = cfg.llm.max_tokens.min(40);
-    let paths = cli.paths()?;
-    let vad = cfg.vad;
     eprintln!("loading the default models…");
-    let engines = tokio::task::spawn_blocking(move || Engines::load(&paths, vad)).await??;
+    let engines = load_engines(cli, &cfg).await?;
     let (tts, stt) = (engines.tts.clone(), engines.stt.clone());
     let state = AppState::new(cfg, engines);
     let (tx, rx) = tokio::sync::oneshot::channel();

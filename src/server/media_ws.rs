@@ -13,7 +13,10 @@ use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use std::time::Instant;
+
 use super::AppState;
+use crate::observe::Publisher;
 use crate::session::output::Wire;
 use crate::session::{CallInfo, CallInput, Direction, Session};
 use crate::twilio::protocol::{self, Inbound};
@@ -50,6 +53,10 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     };
     let Ok(permit) = app.calls.clone().try_acquire_owned() else {
         tracing::warn!(stream = %stream_sid, "call refused: all lines busy");
+        app.metrics
+            .calls
+            .with_label_values(&["unknown", "rejected"])
+            .inc();
         let _ = sink.send(Message::Close(None)).await;
         return;
     };
@@ -62,11 +69,15 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     } else {
         start.call_sid.clone()
     };
+    // The stream token is a credential for this websocket, not part of the
+    // conversation: it goes no further (logs, traces, summaries).
+    let mut params = start.custom_parameters.clone();
+    params.remove("stream_token");
     let info = CallInfo {
         call_sid,
         stream_sid: stream_sid.clone(),
         direction,
-        params: start.custom_parameters.clone(),
+        params,
     };
 
     let (in_tx, in_rx) = mpsc::channel::<CallInput>(256);
@@ -85,12 +96,19 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         }
         let _ = sink.send(Message::Close(None)).await;
     });
+    let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
+    let direction = match info.direction {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    };
+    app.metrics.active_calls.inc();
     let session = tokio::spawn(Session::run(
         app.cfg.clone(),
         app.engines.clone(),
         info,
         in_rx,
         wire_tx,
+        events,
     ));
 
     let mut malformed = 0usize;
@@ -147,15 +165,21 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             if malformed > 0 {
                 tracing::warn!(stream = %stream_sid, malformed, "malformed messages during the call");
             }
-            tracing::info!(
-                "call {} latency breakdown:\n{}",
-                summary.info.call_sid,
-                summary.latency_table()
-            );
+            app.metrics
+                .calls
+                .with_label_values(&[direction, summary.outcome()])
+                .inc();
             app.record(summary);
         }
-        Err(e) => tracing::error!(stream = %stream_sid, "call task failed: {e}"),
+        Err(e) => {
+            tracing::error!(stream = %stream_sid, "call task failed: {e}");
+            app.metrics
+                .calls
+                .with_label_values(&[direction, "failed"])
+                .inc();
+        }
     }
+    app.metrics.active_calls.dec();
     writer.abort();
     drop(permit);
 }

@@ -1,5 +1,5 @@
 //! The HTTP side: Twilio's webhook (`POST /`), the media websocket (`/ws`),
-//! health, and the summaries of recent calls.
+//! health, Prometheus metrics, and the summaries of recent calls.
 
 pub mod media_ws;
 
@@ -15,6 +15,10 @@ use axum::{Json, Router};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::observe::log::LogObserver;
+use crate::observe::metrics::Metrics;
+use crate::observe::trace::TraceObserver;
+use crate::observe::{Bus, Observer};
 use crate::session::CallSummary;
 use crate::stack::Engines;
 use crate::twilio::twiml;
@@ -28,15 +32,50 @@ pub struct AppState {
     /// One permit per call in progress.
     pub calls: Arc<Semaphore>,
     pub finished: Mutex<VecDeque<CallSummary>>,
+    pub metrics: Metrics,
+    pub bus: Arc<Bus>,
 }
 
 impl AppState {
     pub fn new(cfg: Config, engines: Engines) -> Arc<Self> {
+        Self::with_observers(cfg, engines, Vec::new())
+    }
+
+    /// With `extra` observers beside the standard ones (logs, metrics and,
+    /// when configured, traces).
+    pub fn with_observers(
+        cfg: Config,
+        engines: Engines,
+        extra: Vec<(String, Box<dyn Observer>)>,
+    ) -> Arc<Self> {
+        let metrics = Metrics::new();
+        for (engine, secs) in &engines.load_times.0 {
+            metrics.model_load.with_label_values(&[engine]).set(*secs);
+        }
+        let queue = cfg.observe.queue.max(1);
+        let mut bus = Bus::new(metrics.observer_dropped.clone());
+        bus.subscribe("log", queue, LogObserver);
+        bus.subscribe("metrics", queue, metrics.clone());
+        if let Some(dir) = &cfg.observe.traces_dir {
+            let models = Arc::new(engines.models.clone());
+            bus.subscribe("trace", queue, TraceObserver::new(dir.clone(), models));
+        }
+        if crate::observe::otel::wanted(&cfg.observe) {
+            match crate::observe::otel::OtelObserver::new(&cfg.observe) {
+                Ok(o) => bus.subscribe("otlp", queue, o),
+                Err(e) => tracing::error!("OpenTelemetry export disabled: {e}"),
+            }
+        }
+        for (name, o) in extra {
+            bus.subscribe(&name, queue, o);
+        }
         Arc::new(Self {
             calls: Arc::new(Semaphore::new(cfg.server.max_calls)),
             cfg: Arc::new(cfg),
             engines,
             finished: Mutex::new(VecDeque::new()),
+            metrics,
+            bus: Arc::new(bus),
         })
     }
 
@@ -55,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/ws", get(media_ws::upgrade))
         .route("/calls", get(calls))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -98,6 +138,10 @@ fn ws_url(cfg: &Config, headers: &HeaderMap) -> String {
 async fn incoming_call(State(app): State<Arc<AppState>>, headers: HeaderMap) -> impl IntoResponse {
     let url = ws_url(&app.cfg, &headers);
     let xml = if app.calls.available_permits() == 0 {
+        app.metrics
+            .calls
+            .with_label_values(&["inbound", "rejected"])
+            .inc();
         twiml::say_and_hang_up("Sorry, all our lines are busy. Please call again in a few minutes.")
     } else {
         // A per-call token travels back in `start.customParameters`; checking
@@ -111,6 +155,13 @@ async fn incoming_call(State(app): State<Arc<AppState>>, headers: HeaderMap) -> 
 async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     let active = app.cfg.server.max_calls - app.calls.available_permits();
     Json(serde_json::json!({"status": "ok", "active_calls": active}))
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
 }
 
 async fn calls(State(app): State<Arc<AppState>>) -> impl IntoResponse {

@@ -38,6 +38,7 @@ use crate::config::{Config, Persona};
 use crate::engines::{
     ChatMessage, GenerationOptions, LlmSession, Role, Transcript, TurnVerdict, VadEvent, MODEL_RATE,
 };
+use crate::observe::{EventKind, Publisher};
 use crate::stack::Engines;
 use input::InputEvent;
 use output::{BotTrack, OutCmd, OutEvent, Wire};
@@ -104,6 +105,12 @@ pub struct TurnRecord {
     pub prefilled_tokens: usize,
     pub completion_tokens: usize,
     pub tts_characters: usize,
+    /// Anchors in ms from the call's start, to place the stages on a
+    /// timeline (traces, spans): the LLM request (a draft's start for
+    /// drafts), Piper's first audio, the first frame written.
+    pub reply_started_at_ms: f64,
+    pub first_audio_at_ms: Option<f64>,
+    pub first_frame_at_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +186,7 @@ struct Active {
     reply: Reply,
     record: usize,
     vad_stop_at: Option<Instant>,
+    end_of_speech_at: Option<Instant>,
     pieces: Vec<Piece>,
     first_frame_at: Option<Instant>,
     last_ack_at: Option<Instant>,
@@ -233,17 +241,20 @@ pub struct Session {
     errors: Vec<String>,
     internal_tx: mpsc::Sender<Internal>,
     reply_tx: mpsc::Sender<ReplyEvent>,
+    events: Publisher,
 }
 
 impl Session {
     /// Runs the call until the transport stops, the input ends or the
-    /// maximum duration passes. `wire` receives what the transport must send.
+    /// maximum duration passes. `wire` receives what the transport must
+    /// send; `events` reaches the observers.
     pub async fn run(
         cfg: Arc<Config>,
         engines: Engines,
         info: CallInfo,
         mut inputs: mpsc::Receiver<CallInput>,
         wire: mpsc::Sender<Wire>,
+        events: Publisher,
     ) -> CallSummary {
         let start = Instant::now();
         let persona = match info.direction {
@@ -267,8 +278,15 @@ impl Session {
         let llm: Box<dyn LlmSession> = match engines.llm.session() {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(call = %info.call_sid, "cannot open an LLM session: {e}");
-                return CallSummary::failed(info, e.to_string());
+                events.emit(EventKind::Error {
+                    kind: "llm".into(),
+                    message: format!("cannot open an LLM session: {e}"),
+                });
+                let summary = CallSummary::failed(info, e.to_string());
+                events.emit(EventKind::CallEnded {
+                    summary: Box::new(summary.clone()),
+                });
+                return summary;
             }
         };
         let history = vec![ChatMessage::new(Role::System, persona.system.clone())];
@@ -306,8 +324,12 @@ impl Session {
             errors: Vec::new(),
             internal_tx,
             reply_tx,
+            events,
         };
-        tracing::info!(call = %s.info.call_sid, direction = ?s.info.direction, "call started");
+        s.events.emit(EventKind::CallStarted {
+            info: s.info.clone(),
+            persona: s.persona.clone(),
+        });
 
         // Greet while the system prompt is prefilled on another thread: the
         // caller's first turn then pays only for its own tokens.
@@ -319,6 +341,7 @@ impl Session {
                 TurnKind::Greeting,
                 Source::Text(greeting),
                 String::new(),
+                None,
                 None,
             );
         }
@@ -347,7 +370,7 @@ impl Session {
                     InputEvent::Audio { samples, end } => s.on_audio(samples, end),
                     InputEvent::Vad(e) => s.on_vad(e),
                     InputEvent::Failed(e) => {
-                        s.errors.push(format!("input: {e}"));
+                        s.error("input", e.to_string());
                         break format!("input failed: {e}");
                     }
                 },
@@ -421,7 +444,11 @@ impl Session {
 
     fn on_vad(&mut self, e: VadEvent) {
         match e {
-            VadEvent::Started { onset, .. } => {
+            VadEvent::Started { onset, at } => {
+                self.events.emit(EventKind::UserStartedSpeaking {
+                    confirmed_ms: pos_ms(at),
+                    onset_ms: pos_ms(onset),
+                });
                 self.in_speech = true;
                 self.segment_onset = onset;
                 self.segment_is_echo = self.bot_speaking() && self.looks_like_echo(onset);
@@ -463,6 +490,10 @@ impl Session {
                 }
             }
             VadEvent::Stopped { end, at } => {
+                self.events.emit(EventKind::UserStoppedSpeaking {
+                    confirmed_ms: pos_ms(at),
+                    end_ms: pos_ms(end),
+                });
                 self.in_speech = false;
                 self.barge_in_at = None;
                 if self.segment_is_echo {
@@ -561,12 +592,17 @@ impl Session {
         match ev {
             Internal::Verdict(id, r) => match (r, self.pending.as_mut()) {
                 (Ok(v), Some(p)) if p.id == id => {
-                    tracing::debug!(call = %self.info.call_sid, probability = v.probability, ms = v.total_ms, "turn verdict");
                     p.verdict = Some(v);
+                    self.events.emit(EventKind::TurnVerdict {
+                        probability: v.probability,
+                        complete: v.probability > self.cfg.call.turn_threshold,
+                        inference_ms: v.inference_ms,
+                        total_ms: v.total_ms,
+                    });
                 }
                 (Err(e), Some(p)) if p.id == id => {
-                    self.errors.push(format!("turn detection: {e}"));
                     p.timed_out = true; // fall back to silence
+                    self.error("turn", format!("turn detection: {e}"));
                 }
                 _ => {}
             },
@@ -578,7 +614,7 @@ impl Session {
                     self.maybe_draft();
                 }
                 (Err(e), Some(p)) if p.id == id => {
-                    self.errors.push(format!("stt: {e}"));
+                    self.error("stt", format!("stt: {e}"));
                     self.discard_pending();
                     self.turn_start = None;
                 }
@@ -588,7 +624,7 @@ impl Session {
                 Ok(n) => {
                     tracing::debug!(call = %self.info.call_sid, tokens = n, "system prompt prefilled")
                 }
-                Err(e) => self.errors.push(format!("prefill: {e}")),
+                Err(e) => self.error("llm", format!("prefill: {e}")),
             },
         }
         self.maybe_complete_turn();
@@ -615,17 +651,22 @@ impl Session {
             tracing::debug!(call = %self.info.call_sid, "turn without words ignored");
             return;
         }
-        tracing::info!(call = %self.info.call_sid, "caller: {text}");
+        let stt_ms = ms(at.saturating_duration_since(p.end_of_speech_at));
+        self.events.emit(EventKind::Transcript {
+            text: text.clone(),
+            stt_ms,
+        });
         if self.active.is_some() {
             // A reply still running (never interrupted, e.g. echo-gated): it ends now.
             self.interrupt();
         }
         self.history
             .push(ChatMessage::new(Role::User, text.clone()));
+        let eos = Some(p.end_of_speech_at);
         let idx = match p.draft.take().filter(|d| d.user_text == text) {
             Some(d) => {
                 d.reply.release();
-                let idx = self.adopt(d.reply, TurnKind::Turn, text, vad_stop_at);
+                let idx = self.adopt(d.reply, TurnKind::Turn, text, vad_stop_at, eos);
                 for ev in d.early {
                     self.on_reply(ev);
                 }
@@ -636,10 +677,11 @@ impl Session {
                 Source::Llm(self.history.clone()),
                 text,
                 vad_stop_at,
+                eos,
             ),
         };
         let r = &mut self.records[idx];
-        r.stt_ms = Some(ms(at.saturating_duration_since(p.end_of_speech_at)));
+        r.stt_ms = Some(stt_ms);
         if let Some(v) = p.verdict {
             r.smart_turn_ms = Some(v.total_ms);
             r.smart_turn_inference_ms = Some(v.inference_ms);
@@ -653,13 +695,14 @@ impl Session {
         source: Source,
         user_text: String,
         vad_stop_at: Option<Instant>,
+        end_of_speech_at: Option<Instant>,
     ) -> usize {
         let bot_text = match &source {
             Source::Text(t) => t.clone(),
             Source::Llm(_) => String::new(),
         };
         let reply = self.spawn_reply(source, false);
-        let index = self.adopt(reply, kind, user_text, vad_stop_at);
+        let index = self.adopt(reply, kind, user_text, vad_stop_at, end_of_speech_at);
         self.records[index].bot_text = bot_text;
         index
     }
@@ -691,6 +734,7 @@ impl Session {
         kind: TurnKind,
         user_text: String,
         vad_stop_at: Option<Instant>,
+        end_of_speech_at: Option<Instant>,
     ) -> usize {
         let index = self.records.len();
         self.records.push(TurnRecord {
@@ -712,11 +756,15 @@ impl Session {
             prefilled_tokens: 0,
             completion_tokens: 0,
             tts_characters: 0,
+            reply_started_at_ms: ms(reply.started.saturating_duration_since(self.start)),
+            first_audio_at_ms: None,
+            first_frame_at_ms: None,
         });
         self.active = Some(Active {
             reply,
             record: index,
             vad_stop_at,
+            end_of_speech_at,
             pieces: Vec::new(),
             first_frame_at: None,
             last_ack_at: None,
@@ -744,9 +792,17 @@ impl Session {
             return;
         }
         let r = &mut self.records[a.record];
+        let turn = r.index;
         match ev {
-            ReplyEvent::FirstToken { ms, .. } => r.llm_ttfb_ms = Some(ms),
-            ReplyEvent::FirstAudio { ms, .. } => r.tts_ttfb_ms = Some(ms),
+            ReplyEvent::FirstToken { ms, .. } => {
+                r.llm_ttfb_ms = Some(ms);
+                self.events.emit(EventKind::LlmFirstToken { turn, ms });
+            }
+            ReplyEvent::FirstAudio { ms, at, .. } => {
+                r.tts_ttfb_ms = Some(ms);
+                r.first_audio_at_ms = Some(self::ms(at.saturating_duration_since(self.start)));
+                self.events.emit(EventKind::TtsFirstAudio { turn, ms });
+            }
             ReplyEvent::Piece {
                 name, text, secs, ..
             } => a.pieces.push(Piece {
@@ -761,19 +817,31 @@ impl Session {
                 r.completion_tokens = generation.completion_tokens;
                 r.bot_text = generation.text.trim().to_string();
                 a.generated = Some(r.bot_text.clone());
+                self.events.emit(EventKind::LlmUsage {
+                    turn,
+                    prompt_tokens: generation.prompt_tokens,
+                    prefilled_tokens: generation.prefilled_tokens,
+                    completion_tokens: generation.completion_tokens,
+                });
             }
             ReplyEvent::Spoken { characters, .. } => {
                 r.tts_characters = characters;
                 a.spoken = true;
+                self.events.emit(EventKind::TtsUsage { turn, characters });
             }
             ReplyEvent::Failed { error, .. } => {
-                tracing::error!(call = %self.info.call_sid, "reply failed: {error}");
-                self.errors.push(error);
                 // Say something rather than go silent.
                 a.reply.cancel();
                 self.active = None;
+                self.error("reply", format!("reply failed: {error}"));
                 let sorry = "Sorry, I had a problem there. Could you say that again?".to_string();
-                self.start_reply(TurnKind::Turn, Source::Text(sorry), String::new(), None);
+                self.start_reply(
+                    TurnKind::Turn,
+                    Source::Text(sorry),
+                    String::new(),
+                    None,
+                    None,
+                );
                 return;
             }
         }
@@ -786,21 +854,24 @@ impl Session {
                 if let Some(a) = self.active.as_mut().filter(|a| a.reply.epoch == epoch) {
                     a.first_frame_at = Some(at);
                     let r = &mut self.records[a.record];
+                    r.first_frame_at_ms = Some(ms(at.saturating_duration_since(self.start)));
+                    let mut since_call_start_ms = None;
                     if let Some(stop) = a.vad_stop_at {
-                        let total = ms(at.saturating_duration_since(stop));
-                        r.total_ms = Some(total);
-                        r.end_of_speech_ms = Some(total + self.cfg.vad.stop_secs as f64 * 1e3);
-                        tracing::info!(
-                            call = %self.info.call_sid,
-                            turn = r.index,
-                            "user-to-bot latency {:.0} ms (from end of speech {:.0} ms)",
-                            total,
-                            total + self.cfg.vad.stop_secs as f64 * 1e3
-                        );
+                        r.total_ms = Some(ms(at.saturating_duration_since(stop)));
                     } else if r.kind == TurnKind::Greeting {
                         r.total_ms = Some(ms(at.saturating_duration_since(self.start)));
-                        tracing::info!(call = %self.info.call_sid, "first greeting audio after {:.0} ms", r.total_ms.unwrap());
+                        since_call_start_ms = r.total_ms;
                     }
+                    if let Some(eos) = a.end_of_speech_at {
+                        r.end_of_speech_ms = Some(ms(at.saturating_duration_since(eos)));
+                    }
+                    self.events.emit(EventKind::BotStartedSpeaking {
+                        turn: r.index,
+                        kind: r.kind,
+                        total_ms: a.vad_stop_at.and(r.total_ms),
+                        end_of_speech_ms: r.end_of_speech_ms,
+                        since_call_start_ms,
+                    });
                 }
             }
             OutEvent::Drained { until } => {
@@ -852,10 +923,27 @@ impl Session {
             self.history
                 .push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
         }
+        if a.first_frame_at.is_some() {
+            self.events.emit(EventKind::BotStoppedSpeaking {
+                turn: r.index,
+                interrupted,
+            });
+        }
+        self.events
+            .emit(EventKind::TurnFinished { record: r.clone() });
     }
 
-    /// Barge-in: stop the reply, flush what the transport buffered, and keep
-    /// in the history only what the caller heard.
+    /// An error of this call: kept for its summary and reported to observers.
+    fn error(&mut self, kind: &str, message: String) {
+        self.errors.push(message.clone());
+        self.events.emit(EventKind::Error {
+            kind: kind.to_string(),
+            message,
+        });
+    }
+
+    /// Barge-in (or a new turn): stop the reply, flush what the transport
+    /// buffered, and keep in the history only what the caller heard.
     fn interrupt(&mut self) {
         let Some(a) = self.active.take() else { return };
         a.reply.cancel();
@@ -886,10 +974,18 @@ impl Session {
             }
             break;
         }
-        self.close_reply(&a, heard.join(" "), true);
+        // A reply the caller never heard was abandoned, not interrupted.
+        let spoke = a.first_frame_at.is_some();
+        self.close_reply(&a, heard.join(" "), spoke);
+        if !spoke {
+            return;
+        }
         let r = &self.records[a.record];
         let latency = ms(now.saturating_duration_since(onset));
-        tracing::info!(call = %self.info.call_sid, turn = r.index, "interrupted by the caller ({latency:.0} ms after speech onset)");
+        self.events.emit(EventKind::Interruption {
+            turn: r.index,
+            onset_to_clear_ms: latency,
+        });
         self.interruptions.push(Interruption {
             turn: r.index,
             onset_to_clear_ms: latency,
@@ -897,7 +993,9 @@ impl Session {
     }
 
     fn on_dtmf(&mut self, digit: &str) {
-        tracing::info!(call = %self.info.call_sid, digit, "DTMF");
+        self.events.emit(EventKind::Dtmf {
+            digit: digit.to_string(),
+        });
         self.activity_seen = true;
         self.last_activity = Instant::now();
         let text = format!("[caller pressed {digit}]");
@@ -913,6 +1011,7 @@ impl Session {
                 TurnKind::Dtmf,
                 Source::Llm(self.history.clone()),
                 text,
+                None,
                 None,
             );
         }
@@ -943,17 +1042,18 @@ impl Session {
                 .as_secs_f32()
                 >= idle
         {
-            tracing::info!(call = %self.info.call_sid, "caller silent for {idle} s: the bot carries on");
             self.history.push(ChatMessage::new(
                 Role::User,
                 self.persona.idle_prompt.clone(),
             ));
-            self.start_reply(
+            let turn = self.start_reply(
                 TurnKind::Idle,
                 Source::Llm(self.history.clone()),
                 String::new(),
                 None,
+                None,
             );
+            self.events.emit(EventKind::IdlePrompt { turn });
             self.last_activity = now;
         }
     }
@@ -962,17 +1062,15 @@ impl Session {
         if let Some(a) = self.active.take() {
             a.reply.cancel();
         }
-        let recording = self.cfg.call.recordings_dir.as_ref().and_then(|dir| {
+        let mut recording = None;
+        if let Some(dir) = self.cfg.call.recordings_dir.clone() {
             let path = dir.join(format!("{}.wav", sanitize(&self.info.call_sid)));
             match wav::write_stereo(&path, 8000, &self.caller_track, &self.track.snapshot()) {
-                Ok(()) => Some(path),
-                Err(e) => {
-                    tracing::error!(call = %self.info.call_sid, "recording not written: {e}");
-                    self.errors.push(format!("recording: {e}"));
-                    None
-                }
+                Ok(()) => recording = Some(path),
+                Err(e) => self.error("recording", format!("recording not written: {e}")),
             }
-        });
+        }
+        let events = self.events.clone();
         let summary = CallSummary {
             duration_secs: self.start.elapsed().as_secs_f64(),
             info: self.info,
@@ -986,7 +1084,9 @@ impl Session {
             ended_by,
             errors: self.errors,
         };
-        tracing::info!(call = %summary.info.call_sid, ended_by = %summary.ended_by, "call ended after {:.1} s", summary.duration_secs);
+        events.emit(EventKind::CallEnded {
+            summary: Box::new(summary.clone()),
+        });
         summary
     }
 }
@@ -1005,6 +1105,16 @@ impl CallSummary {
             recording: None,
             ended_by: "error".into(),
             errors: vec![error],
+        }
+    }
+
+    /// How the call ended, as a metric label.
+    pub fn outcome(&self) -> &'static str {
+        match self.ended_by.as_str() {
+            "stop" => "completed",
+            "transport closed" => "hung_up",
+            "maximum duration" => "max_duration",
+            _ => "failed",
         }
     }
 
@@ -1061,11 +1171,18 @@ fn joined(pieces: &[Piece]) -> String {
         .join(" ")
 }
 
+/// A 16 kHz stream position in ms.
+fn pos_ms(pos: u64) -> f64 {
+    pos as f64 * 1e3 / MODEL_RATE as f64
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn sanitize(s: &str) -> String {
+/// `s` with everything but ASCII letters, digits, `-` and `_` replaced, for
+/// file names made from call ids.
+pub fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

@@ -36,10 +36,11 @@ pub enum ReplyEvent {
         epoch: u64,
         ms: f64,
     },
-    /// Piper's first audio, `ms` after it got the first text.
+    /// Piper's first audio, `ms` after it got the first text, made `at`.
     FirstAudio {
         epoch: u64,
         ms: f64,
+        at: Instant,
     },
     /// A piece was queued for playback, followed by mark `name`.
     Piece {
@@ -119,6 +120,8 @@ impl Gate {
 
 pub struct Reply {
     pub epoch: u64,
+    /// When the reply was asked for (a draft's start, for drafts).
+    pub started: Instant,
     cancel: Arc<AtomicBool>,
     gate: Arc<Gate>,
 }
@@ -157,6 +160,7 @@ pub fn spawn(
     out: mpsc::Sender<OutCmd>,
     events: mpsc::Sender<ReplyEvent>,
 ) -> Reply {
+    let started = Instant::now();
     let cancel = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(Gate::new(!draft));
     let (piece_tx, piece_rx) = std_mpsc::channel::<String>();
@@ -248,6 +252,7 @@ pub fn spawn(
                         let _ = events.blocking_send(ReplyEvent::FirstAudio {
                             epoch,
                             ms: t0.elapsed().as_secs_f64() * 1e3,
+                            at: Instant::now(),
                         });
                     }
                     let narrow = audio.resampled(8000);
@@ -290,6 +295,7 @@ pub fn spawn(
 
     Reply {
         epoch,
+        started,
         cancel,
         gate,
     }

@@ -1,0 +1,226 @@
+//! Where the time goes: typed events from every stage of a call, delivered
+//! to observers (logs, Prometheus, per-call traces) that can never hold the
+//! call up.
+//!
+//! A call publishes [`Event`]s through its [`Publisher`]. Each observer runs
+//! on a thread of its own behind a bounded queue; publishing is a
+//! `try_send` per observer, so an observer that falls behind loses events —
+//! counted in `callbox_observer_events_dropped_total` — and the audio path
+//! never waits for it.
+//!
+//! Latency definitions (the same in logs, the table, metrics and traces):
+//! - **Total**: the VAD's "user stopped speaking" event (after its stop
+//!   window) → the first bot audio frame written to the transport; the API
+//!   stack's definition.
+//! - **End-of-speech**: the end of the caller's speech (the start of the
+//!   stop window) → the same frame; Total plus the stop window.
+//! - **STT**: end of speech → final transcript. **Smart Turn**: the VAD stop
+//!   → verdict (and the model's own inference time). **LLM TTFB**: request →
+//!   first token. **TTS TTFB**: first text → first audio.
+//!
+//! Stages may start before the VAD stop (STT and a draft reply begin at the
+//! first silent window), so Total can be smaller than the sum of the stages;
+//! End-of-speech never is.
+
+pub mod log;
+pub mod metrics;
+pub mod otel;
+pub mod trace;
+
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Persona;
+use crate::session::{CallInfo, CallSummary, TurnKind, TurnRecord};
+
+/// What happened, with the figures each stage measured. Times are ms.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    CallStarted {
+        info: CallInfo,
+        persona: Persona,
+    },
+    /// VAD timestamps are positions in the caller's audio, in ms from the
+    /// start of the call.
+    UserStartedSpeaking {
+        confirmed_ms: f64,
+        onset_ms: f64,
+    },
+    UserStoppedSpeaking {
+        confirmed_ms: f64,
+        end_ms: f64,
+    },
+    TurnVerdict {
+        probability: f32,
+        complete: bool,
+        inference_ms: f64,
+        total_ms: f64,
+    },
+    Transcript {
+        text: String,
+        stt_ms: f64,
+    },
+    LlmFirstToken {
+        turn: usize,
+        ms: f64,
+    },
+    LlmUsage {
+        turn: usize,
+        prompt_tokens: usize,
+        prefilled_tokens: usize,
+        completion_tokens: usize,
+    },
+    TtsFirstAudio {
+        turn: usize,
+        ms: f64,
+    },
+    TtsUsage {
+        turn: usize,
+        characters: usize,
+    },
+    BotStartedSpeaking {
+        turn: usize,
+        kind: TurnKind,
+        /// For caller turns.
+        total_ms: Option<f64>,
+        end_of_speech_ms: Option<f64>,
+        /// For the greeting: from the start of the call.
+        since_call_start_ms: Option<f64>,
+    },
+    BotStoppedSpeaking {
+        turn: usize,
+        interrupted: bool,
+    },
+    Interruption {
+        turn: usize,
+        onset_to_clear_ms: f64,
+    },
+    IdlePrompt {
+        turn: usize,
+    },
+    Dtmf {
+        digit: String,
+    },
+    Error {
+        kind: String,
+        message: String,
+    },
+    /// A reply's complete record, once it has been played or interrupted.
+    TurnFinished {
+        record: TurnRecord,
+    },
+    CallEnded {
+        summary: Box<CallSummary>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub call_sid: Arc<str>,
+    /// Since the start of the call.
+    pub at_ms: f64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Something that watches calls. It runs on its own thread and may take its
+/// time; it only risks missing events.
+pub trait Observer: Send + 'static {
+    fn on_event(&mut self, event: &Event);
+}
+
+impl Observer for Box<dyn Observer> {
+    fn on_event(&mut self, event: &Event) {
+        (**self).on_event(event)
+    }
+}
+
+struct Subscriber {
+    name: String,
+    tx: SyncSender<Arc<Event>>,
+}
+
+/// The fan-out from calls to observers, built once at startup.
+pub struct Bus {
+    subscribers: Vec<Subscriber>,
+    dropped: prometheus::IntCounterVec,
+}
+
+impl Bus {
+    /// `dropped` counts the events each observer missed (by name).
+    pub fn new(dropped: prometheus::IntCounterVec) -> Self {
+        Self {
+            subscribers: Vec::new(),
+            dropped,
+        }
+    }
+
+    /// Runs `observer` on a thread of its own with room for `queue` events.
+    pub fn subscribe(&mut self, name: &str, queue: usize, mut observer: impl Observer) {
+        let (tx, rx) = sync_channel::<Arc<Event>>(queue);
+        std::thread::Builder::new()
+            .name(format!("callbox-observer-{name}"))
+            .spawn(move || {
+                while let Ok(e) = rx.recv() {
+                    observer.on_event(&e);
+                }
+            })
+            .expect("spawning an observer thread");
+        self.subscribers.push(Subscriber {
+            name: name.to_string(),
+            tx,
+        });
+    }
+
+    pub fn publish(&self, event: Event) {
+        let event = Arc::new(event);
+        for s in &self.subscribers {
+            match s.tx.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.dropped.with_label_values(&[s.name.as_str()]).inc();
+                }
+            }
+        }
+    }
+}
+
+/// One call's handle on the bus.
+#[derive(Clone)]
+pub struct Publisher {
+    bus: Arc<Bus>,
+    call_sid: Arc<str>,
+    start: Instant,
+}
+
+impl Publisher {
+    pub fn new(bus: Arc<Bus>, call_sid: &str, start: Instant) -> Self {
+        Self {
+            bus,
+            call_sid: call_sid.into(),
+            start,
+        }
+    }
+
+    /// A publisher that reaches nobody (tools that run a session alone).
+    pub fn none(call_sid: &str) -> Self {
+        let dropped = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("unused_dropped", "unused"),
+            &["observer"],
+        )
+        .expect("valid metric");
+        Self::new(Arc::new(Bus::new(dropped)), call_sid, Instant::now())
+    }
+
+    pub fn emit(&self, kind: EventKind) {
+        self.bus.publish(Event {
+            call_sid: self.call_sid.clone(),
+            at_ms: self.start.elapsed().as_secs_f64() * 1e3,
+            kind,
+        });
+    }
+}

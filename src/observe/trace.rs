@@ -1,0 +1,158 @@
+//! Per-call traces: one JSON document per call, the flight recorder for
+//! evaluating conversations — what the caller said, what the bot generated
+//! and what the caller actually heard, every timing, and the call's events.
+//!
+//! The schema is `docs/trace.schema.json`; `schema` and `version` in each
+//! document name it, and the version changes whenever a field changes
+//! meaning or goes away.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{Event, EventKind, Observer};
+use crate::config::Persona;
+use crate::engines::ChatMessage;
+use crate::session::{CallSummary, Direction, Interruption, TurnRecord};
+use crate::stack::ModelInfo;
+
+pub const SCHEMA: &str = "callbox.trace";
+pub const VERSION: u32 = 1;
+/// The schema, for tools and tests.
+pub const SCHEMA_JSON: &str = include_str!("../../docs/trace.schema.json");
+
+/// Events kept per call; a runaway call cannot exhaust memory.
+const MAX_EVENTS: usize = 20_000;
+
+#[derive(Debug, Serialize)]
+pub struct Trace<'a> {
+    pub schema: &'static str,
+    pub version: u32,
+    pub call: CallMeta<'a>,
+    pub persona: Option<&'a Persona>,
+    pub models: &'a [ModelInfo],
+    pub turns: &'a [TurnRecord],
+    pub interruptions: &'a [Interruption],
+    pub history: &'a [ChatMessage],
+    pub counters: Counters,
+    pub errors: &'a [String],
+    /// Events missing here were dropped by a busy observer.
+    pub events: Vec<&'a Event>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CallMeta<'a> {
+    pub call_sid: &'a str,
+    pub stream_sid: &'a str,
+    pub direction: Direction,
+    pub params: HashMap<&'a str, &'a str>,
+    pub duration_secs: f64,
+    pub ended_by: &'a str,
+    pub recording: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counters {
+    pub echo_segments_ignored: usize,
+    pub drafts_discarded: usize,
+    pub frames_dropped: usize,
+}
+
+impl<'a> Trace<'a> {
+    pub fn new(
+        summary: &'a CallSummary,
+        persona: Option<&'a Persona>,
+        models: &'a [ModelInfo],
+        events: &'a [Event],
+    ) -> Self {
+        let info = &summary.info;
+        Self {
+            schema: SCHEMA,
+            version: VERSION,
+            call: CallMeta {
+                call_sid: &info.call_sid,
+                stream_sid: &info.stream_sid,
+                direction: info.direction,
+                params: info
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                duration_secs: summary.duration_secs,
+                ended_by: &summary.ended_by,
+                recording: summary.recording.as_ref().map(|p| p.display().to_string()),
+            },
+            persona,
+            models,
+            turns: &summary.turns,
+            interruptions: &summary.interruptions,
+            history: &summary.history,
+            counters: Counters {
+                echo_segments_ignored: summary.echo_segments_ignored,
+                drafts_discarded: summary.drafts_discarded,
+                frames_dropped: summary.frames_dropped,
+            },
+            errors: &summary.errors,
+            events: events.iter().collect(),
+        }
+    }
+}
+
+/// Writes `<dir>/<call_sid>.json` when a call ends.
+pub struct TraceObserver {
+    dir: PathBuf,
+    models: Arc<Vec<ModelInfo>>,
+    calls: HashMap<Arc<str>, (Option<Persona>, Vec<Event>)>,
+}
+
+impl TraceObserver {
+    pub fn new(dir: PathBuf, models: Arc<Vec<ModelInfo>>) -> Self {
+        Self {
+            dir,
+            models,
+            calls: HashMap::new(),
+        }
+    }
+
+    fn write(&self, summary: &CallSummary, persona: Option<&Persona>, events: &[Event]) {
+        let trace = Trace::new(summary, persona, &self.models, events);
+        let path = self.dir.join(format!(
+            "{}.json",
+            crate::session::sanitize(&summary.info.call_sid)
+        ));
+        let r = std::fs::create_dir_all(&self.dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| serde_json::to_vec_pretty(&trace).map_err(|e| e.to_string()))
+            .and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
+        match r {
+            Ok(()) => tracing::debug!(path = %path.display(), "trace written"),
+            Err(e) => tracing::error!(path = %path.display(), "trace not written: {e}"),
+        }
+    }
+}
+
+impl Observer for TraceObserver {
+    fn on_event(&mut self, e: &Event) {
+        match &e.kind {
+            EventKind::CallEnded { summary } => {
+                let (persona, events) = self.calls.remove(&e.call_sid).unwrap_or_default();
+                self.write(summary, persona.as_ref(), &events);
+            }
+            EventKind::CallStarted { persona, .. } => {
+                let entry = self.calls.entry(e.call_sid.clone()).or_default();
+                entry.0 = Some(persona.clone());
+                entry.1.push(e.clone());
+            }
+            // Already in the summary, in full.
+            EventKind::TurnFinished { .. } => {}
+            _ => {
+                let entry = self.calls.entry(e.call_sid.clone()).or_default();
+                if entry.1.len() < MAX_EVENTS {
+                    entry.1.push(e.clone());
+                }
+            }
+        }
+    }
+}
