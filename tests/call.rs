@@ -167,18 +167,23 @@ async fn a_simulated_call_with_two_turns() {
     assert!(energy(0) > 0.0 && energy(1) > 0.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn barge_in_clears_and_keeps_only_what_was_heard() {
-    let (state, addr) = start(|c| c.llm.max_tokens = 60).await;
-    let mut interrupting = turn_of("Wait, stop, I have another question.");
+/// A caller who asks for a long answer and talks over it 1.2 s in.
+fn story_then_barge_in(addr: SocketAddr, interruption: &str) -> SimOptions {
+    let mut interrupting = turn_of(interruption);
     interrupting.barge_in_after_ms = Some(1200);
-    let opts = SimOptions::new(
+    SimOptions::new(
         format!("ws://{addr}/ws"),
         vec![
             turn_of("Can you tell me a long story about the ocean?"),
             interrupting,
         ],
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_clears_and_keeps_only_what_was_heard() {
+    let (state, addr) = start(|c| c.llm.max_tokens = 60).await;
+    let opts = story_then_barge_in(addr, "Wait, stop, I have another question.");
     let sid = opts.call_sid.clone();
     let r = sim::run(opts).await.unwrap();
     assert!(!r.clears.is_empty(), "no clear was sent");
@@ -438,15 +443,7 @@ fn table_rows(table: &str) -> Vec<(usize, Vec<Option<f64>>)> {
 async fn metrics_traces_and_the_table_tell_the_same_story() {
     let (state, addr) = start(|c| c.llm.max_tokens = 60).await;
     let before = scrape(addr).await;
-    let mut interrupting = turn_of("Wait, stop. What is a whale?");
-    interrupting.barge_in_after_ms = Some(1200);
-    let opts = SimOptions::new(
-        format!("ws://{addr}/ws"),
-        vec![
-            turn_of("Can you tell me a long story about the ocean?"),
-            interrupting,
-        ],
-    );
+    let opts = story_then_barge_in(addr, "Wait, stop. What is a whale?");
     let sid = opts.call_sid.clone();
     let call = tokio::spawn(sim::run(opts));
     // Scraped while the call is on.
