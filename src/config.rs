@@ -59,6 +59,35 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Most calls served at once; more are turned away politely.
     pub max_calls: usize,
+    /// Check `X-Twilio-Signature` on webhooks and the one-time stream token
+    /// on the websocket. Turn off for local development only: anyone who can
+    /// reach the server can then talk to the model.
+    pub validate_signatures: bool,
+    /// Twilio's auth token, the key of its signatures (else the
+    /// `TWILIO_AUTH_TOKEN` environment variable). Never logged.
+    pub twilio_auth_token: Option<Secret>,
+}
+
+/// A credential: serialised as itself, printed as `***`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl ServerConfig {
+    /// The auth token that signs Twilio's requests, if any is configured.
+    pub fn auth_token(&self) -> Option<String> {
+        self.twilio_auth_token
+            .as_ref()
+            .map(|s| s.0.clone())
+            .or_else(|| std::env::var("TWILIO_AUTH_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,6 +151,8 @@ impl Default for ServerConfig {
             bind: "0.0.0.0:8765".into(),
             public_url: None,
             max_calls: 16,
+            validate_signatures: true,
+            twilio_auth_token: None,
         }
     }
 }

@@ -34,6 +34,16 @@ fn engines() -> Engines {
     .clone()
 }
 
+/// The auth token of the test servers' Twilio account.
+const AUTH_TOKEN: &str = "test-auth-token";
+
+/// A simulated call that plays Twilio's signed webhook before the stream.
+fn signed(url: impl Into<String>, turns: Vec<SimTurn>) -> SimOptions {
+    let mut o = SimOptions::new(url, turns);
+    o.auth_token = Some(AUTH_TOKEN.to_string());
+    o
+}
+
 /// A server on a free port with `tweak` applied to the default configuration.
 async fn start(tweak: impl FnOnce(&mut Config)) -> (Arc<AppState>, SocketAddr) {
     start_with(tweak, Vec::new()).await
@@ -49,6 +59,8 @@ async fn start_with(
     cfg.call.recordings_dir = Some(tmp.join(format!("callbox-rec-{}", std::process::id())));
     cfg.observe.traces_dir = Some(tmp.join(format!("callbox-traces-{}", std::process::id())));
     cfg.llm.max_tokens = 30;
+    cfg.server.validate_signatures = true;
+    cfg.server.twilio_auth_token = Some(callbox::config::Secret(AUTH_TOKEN.into()));
     tweak(&mut cfg);
     let state = AppState::with_observers(cfg, engines(), observers);
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -80,7 +92,7 @@ async fn summary(state: &AppState, call_sid: &str) -> CallSummary {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_call_with_two_turns() {
     let (state, addr) = start(|_| {}).await;
-    let opts = SimOptions::new(
+    let opts = signed(
         format!("ws://{addr}/ws"),
         vec![
             turn_of("Why is the sky blue?"),
@@ -171,7 +183,7 @@ async fn a_simulated_call_with_two_turns() {
 fn story_then_barge_in(addr: SocketAddr, interruption: &str) -> SimOptions {
     let mut interrupting = turn_of(interruption);
     interrupting.barge_in_after_ms = Some(1200);
-    SimOptions::new(
+    signed(
         format!("ws://{addr}/ws"),
         vec![
             turn_of("Can you tell me a long story about the ocean?"),
@@ -213,7 +225,7 @@ async fn barge_in_clears_and_keeps_only_what_was_heard() {
 async fn echo_and_short_bursts_do_not_interrupt() {
     let (state, addr) = start(|c| c.llm.max_tokens = 40).await;
     // A speakerphone: the bot's audio comes back 10 dB down, 100 ms late.
-    let mut opts = SimOptions::new(
+    let mut opts = signed(
         format!("ws://{addr}/ws"),
         vec![turn_of("Tell me about the moon.")],
     );
@@ -230,7 +242,7 @@ async fn echo_and_short_bursts_do_not_interrupt() {
     // A 150 ms burst of noise while the bot talks.
     let mut burst = SimTurn::new(white_noise(0.15, -20.0, 8000, 3), None);
     burst.barge_in_after_ms = Some(800);
-    let mut opts = SimOptions::new(
+    let mut opts = signed(
         format!("ws://{addr}/ws"),
         vec![turn_of("Tell me about the sun."), burst],
     );
@@ -249,7 +261,7 @@ async fn echo_and_short_bursts_do_not_interrupt() {
 async fn the_bot_carries_on_after_five_silent_seconds_but_not_before_first_activity() {
     let (state, addr) = start(|_| {}).await;
     // Nobody speaks: no idle prompt.
-    let mut opts = SimOptions::new(format!("ws://{addr}/ws"), vec![]);
+    let mut opts = signed(format!("ws://{addr}/ws"), vec![]);
     opts.linger_secs = 7.0;
     let sid = opts.call_sid.clone();
     sim::run(opts).await.unwrap();
@@ -260,7 +272,7 @@ async fn the_bot_carries_on_after_five_silent_seconds_but_not_before_first_activ
         s.turns
     );
 
-    let mut opts = SimOptions::new(
+    let mut opts = signed(
         format!("ws://{addr}/ws"),
         vec![turn_of("What is a volcano?")],
     );
@@ -277,6 +289,10 @@ async fn the_bot_carries_on_after_five_silent_seconds_but_not_before_first_activ
 
 /// A client that breaks every rule, then vanishes.
 async fn misbehave(addr: SocketAddr) {
+    // A stream our TwiML started, so that its bad input reaches a session.
+    let params = sim::webhook(&format!("ws://{addr}/ws"), AUTH_TOKEN, "CAbad")
+        .await
+        .unwrap();
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
@@ -285,9 +301,9 @@ async fn misbehave(addr: SocketAddr) {
     tx.send(Message::text(media)).await.unwrap(); // media before start
     tx.send(Message::text("this is not json")).await.unwrap();
     tx.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    let start =
-        r#"{"event":"start","streamSid":"MZx","start":{"callSid":"CAbad","customParameters":{}}}"#;
-    tx.send(Message::text(start)).await.unwrap();
+    let start = serde_json::json!({"event": "start", "streamSid": "MZx",
+        "start": {"callSid": "CAbad", "customParameters": params}});
+    tx.send(Message::text(start.to_string())).await.unwrap();
     for _ in 0..20 {
         tx.send(Message::text(
             r#"{"event":"media","streamSid":"MZx","media":{"payload":"%%%not base64"}}"#,
@@ -319,7 +335,7 @@ async fn bad_input_disturbs_no_other_call_and_four_calls_run_at_once() {
         "Where do fish sleep?",
     ];
     for q in questions {
-        let opts = SimOptions::new(format!("ws://{addr}/ws"), vec![turn_of(q)]);
+        let opts = signed(format!("ws://{addr}/ws"), vec![turn_of(q)]);
         calls.push((opts.call_sid.clone(), tokio::spawn(sim::run(opts))));
     }
     misbehave(addr).await;
@@ -353,7 +369,7 @@ async fn a_draft_reply_stays_unheard_when_the_caller_goes_on() {
     let mut audio = speech("Tell me about the planets.");
     audio.append(&Audio::silence(1.0, audio.rate));
     audio.append(&speech("And the moon, please."));
-    let opts = SimOptions::new(format!("ws://{addr}/ws"), vec![SimTurn::new(audio, None)]);
+    let opts = signed(format!("ws://{addr}/ws"), vec![SimTurn::new(audio, None)]);
     let sid = opts.call_sid.clone();
     let r = sim::run(opts).await.unwrap();
     assert!(r.turns[0].latency_ms.is_some(), "no reply");
@@ -382,7 +398,7 @@ async fn keypad_digits_reach_the_conversation() {
     let (state, addr) = start(|_| {}).await;
     let mut t = turn_of("What does that button do?");
     t.dtmf = Some("3".into());
-    let opts = SimOptions::new(format!("ws://{addr}/ws"), vec![t]);
+    let opts = signed(format!("ws://{addr}/ws"), vec![t]);
     let sid = opts.call_sid.clone();
     sim::run(opts).await.unwrap();
     let s = summary(&state, &sid).await;
@@ -580,7 +596,7 @@ async fn a_slow_observer_loses_events_but_never_delays_the_bot() {
         )],
     )
     .await;
-    let opts = SimOptions::new(
+    let opts = signed(
         format!("ws://{addr}/ws"),
         vec![turn_of("Why is the grass green?")],
     );
@@ -642,7 +658,7 @@ async fn spans_reach_an_otlp_collector() {
         c.observe.otlp_endpoint = Some(format!("http://{collector}/v1/traces"));
     })
     .await;
-    let opts = SimOptions::new(
+    let opts = signed(
         format!("ws://{addr}/ws"),
         vec![turn_of("What is a rainbow?")],
     );
@@ -692,4 +708,93 @@ async fn spans_reach_an_otlp_collector() {
     }
     assert!(answered.start_time_unix_nano >= call.start_time_unix_nano);
     assert!(answered.end_time_unix_nano <= call.end_time_unix_nano);
+}
+
+/// A raw stream with these custom parameters; true if the server kept the
+/// socket open (a session started) rather than closing it at `start`.
+async fn stream_accepted(addr: SocketAddr, params: serde_json::Value) -> bool {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let start = serde_json::json!({"event": "start", "streamSid": "MZt",
+        "start": {"callSid": "CAt", "customParameters": params}});
+    tx.send(Message::text(start.to_string())).await.unwrap();
+    // A session greets; a refused stream is closed at once.
+    match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
+        Ok(Some(Ok(Message::Text(_)))) => true,
+        Ok(_) => false,
+        Err(_) => panic!("neither a greeting nor a close"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_twilio_signed_webhooks_and_issued_streams_get_in() {
+    let (state, addr) = start(|_| {}).await;
+    let url = format!("http://{addr}/");
+    let form: Vec<(String, String)> = vec![
+        ("CallSid".into(), "CA1".into()),
+        ("From".into(), "+15005550006".into()),
+    ];
+    let post = |sig: Option<String>, form: Vec<(String, String)>| {
+        let url = url.clone();
+        async move {
+            let mut r = reqwest::Client::new().post(&url).form(&form);
+            if let Some(s) = sig {
+                r = r.header("X-Twilio-Signature", s);
+            }
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    let good = callbox::twilio::signature::sign(AUTH_TOKEN, &url, &form);
+    assert_eq!(post(Some(good.clone()), form.clone()).await, 200);
+    assert_eq!(post(None, form.clone()).await, 403, "missing signature");
+    let mut tampered = form.clone();
+    tampered[1].1 = "+15005550009".into();
+    assert_eq!(post(Some(good), tampered).await, 403, "tampered parameter");
+    let wrong_url = callbox::twilio::signature::sign(AUTH_TOKEN, &format!("{url}other"), &form);
+    assert_eq!(post(Some(wrong_url), form.clone()).await, 403, "wrong URL");
+
+    // Streams: an issued token works once; none, a forged or a reused one never.
+    let calls_before = state.finished.lock().unwrap().len();
+    let params = sim::webhook(&format!("ws://{addr}/ws"), AUTH_TOKEN, "CA2")
+        .await
+        .unwrap();
+    let params = serde_json::to_value(&params).unwrap();
+    assert!(!stream_accepted(addr, serde_json::json!({})).await);
+    assert!(!stream_accepted(addr, serde_json::json!({"stream_token": "0123"})).await);
+    assert!(stream_accepted(addr, params.clone()).await);
+    assert!(!stream_accepted(addr, params).await, "a token works once");
+    // Only the accepted stream became a call.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(state.finished.lock().unwrap().len() <= calls_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_the_public_url_is_what_twilio_signed() {
+    let (_state, addr) = start(|c| {
+        c.server.public_url = Some("https://agent.example.com".into());
+    })
+    .await;
+    let form: Vec<(String, String)> = vec![("CallSid".into(), "CA9".into())];
+    let send = |signed_url: &str| {
+        let sig = callbox::twilio::signature::sign(AUTH_TOKEN, signed_url, &form);
+        let req = reqwest::Client::new()
+            .post(format!("http://{addr}/"))
+            .header("X-Twilio-Signature", sig)
+            .form(&form);
+        async move { req.send().await.unwrap() }
+    };
+    let ok = send("https://agent.example.com/").await;
+    assert_eq!(ok.status().as_u16(), 200);
+    let twiml = ok.text().await.unwrap();
+    assert!(
+        twiml.contains(r#"url="wss://agent.example.com/ws""#),
+        "{twiml}"
+    );
+    // The address the proxy forwarded to is not what Twilio signed.
+    assert_eq!(
+        send(&format!("http://{addr}/")).await.status().as_u16(),
+        403
+    );
 }

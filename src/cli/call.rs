@@ -58,6 +58,10 @@ pub struct SimArgs {
     /// Write the call as the caller heard it (left caller, right bot).
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Play Twilio's signed webhook first (the server's auth token), to get
+    /// the stream token a validating server requires.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
 }
 
 fn synth(tts: &dyn Tts, text: &str) -> anyhow::Result<Audio> {
@@ -102,7 +106,9 @@ pub async fn sim(cli: &Cli, a: &SimArgs) -> anyhow::Result<()> {
     for w in &a.wavs {
         turns.push(SimTurn::new(wav::read(w)?, Some(w.display().to_string())));
     }
-    let report = sim::run(SimOptions::new(&a.url, turns)).await?;
+    let mut opts = SimOptions::new(&a.url, turns);
+    opts.auth_token = a.auth_token.clone();
+    let report = sim::run(opts).await?;
     print_report(&report, stt.as_ref())?;
     if let Some(p) = &a.record {
         write_stereo(p, &report)?;
@@ -159,6 +165,11 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     cfg.observe.traces_dir = Some(a.out.join("traces"));
     // Short answers keep the demo brisk; a phone caller wants them too.
     cfg.llm.max_tokens = cfg.llm.max_tokens.min(40);
+    // The simulated caller plays Twilio properly: a signed webhook, then the
+    // stream with the token it issued.
+    let auth_token = format!("{:032x}", rand::random::<u128>());
+    cfg.server.validate_signatures = true;
+    cfg.server.twilio_auth_token = Some(crate::config::Secret(auth_token.clone()));
     eprintln!("loading the default models…");
     let engines = load_engines(cli, &cfg).await?;
     let (tts, stt) = (engines.tts.clone(), engines.stt.clone());
@@ -175,7 +186,9 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         turns.len(),
         turns.len() * 12
     );
-    let report = sim::run(SimOptions::new(format!("ws://{addr}/ws"), turns)).await?;
+    let mut opts = SimOptions::new(format!("ws://{addr}/ws"), turns);
+    opts.auth_token = Some(auth_token);
+    let report = sim::run(opts).await?;
     // The server finishes the call when the socket closes.
     let summary = loop {
         if let Some(s) = state

@@ -51,6 +51,14 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             }
         }
     };
+    if app.cfg.server.validate_signatures {
+        let token = start.custom_parameters.get("stream_token");
+        if !token.is_some_and(|t| app.redeem_token(t)) {
+            tracing::warn!(stream = %stream_sid, "stream refused: no valid stream token (not started by our TwiML, expired or reused)");
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    }
     let Ok(permit) = app.calls.clone().try_acquire_owned() else {
         tracing::warn!(stream = %stream_sid, "call refused: all lines busy");
         app.metrics

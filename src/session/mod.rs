@@ -1125,10 +1125,12 @@ impl CallSummary {
         let mut s = String::from(
             "Turn | Total | STT TTFB | Smart Turn | LLM TTFB | TTS TTFB | LLM Tokens | TTS Chars | End-of-speech\n",
         );
+        // Answered turns: the caller heard the bot start (a reply dropped
+        // because the caller went on has no latency to show).
         let rows: Vec<&TurnRecord> = self
             .turns
             .iter()
-            .filter(|t| t.kind == TurnKind::Turn)
+            .filter(|t| t.kind == TurnKind::Turn && t.first_frame_at_ms.is_some())
             .collect();
         for t in &rows {
             s.push_str(&format!(

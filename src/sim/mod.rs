@@ -58,6 +58,11 @@ pub struct SimOptions {
     pub echo: Option<(f32, u64)>,
     /// Wait for the greeting before the first turn.
     pub expect_greeting: bool,
+    /// Play Twilio's webhook first, signed with this auth token: POST the
+    /// call to the server's `/` (next to the websocket), and open the stream
+    /// with the parameters of the TwiML it answers (its one-time token
+    /// included). Without it the stream starts with `params` alone.
+    pub auth_token: Option<String>,
 }
 
 impl SimOptions {
@@ -72,6 +77,7 @@ impl SimOptions {
             linger_secs: 0.5,
             echo: None,
             expect_greeting: true,
+            auth_token: None,
         }
     }
 }
@@ -117,7 +123,64 @@ enum Phase {
     Linger(Instant),
 }
 
-pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
+/// Twilio's side of answering: a signed `POST /` with the call's form, and
+/// the `<Parameter>`s of the TwiML that comes back.
+pub async fn webhook(
+    ws_url: &str,
+    auth_token: &str,
+    call_sid: &str,
+) -> anyhow::Result<HashMap<String, String>> {
+    let rest = ws_url.split_once("://").map_or(ws_url, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or(rest);
+    let scheme = if ws_url.starts_with("wss://") {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{host}/");
+    let form: Vec<(String, String)> = [
+        ("AccountSid", "ACsim"),
+        ("CallSid", call_sid),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", "+15005550006"),
+        ("To", "+15005550001"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let signature = crate::twilio::signature::sign(auth_token, &url, &form);
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("X-Twilio-Signature", signature)
+        .form(&form)
+        .send()
+        .await?;
+    let status = resp.status();
+    let twiml = resp.text().await?;
+    anyhow::ensure!(status.is_success(), "webhook answered {status}: {twiml}");
+    let re = regex::Regex::new(r#"<Parameter name="([^"]*)" value="([^"]*)"/>"#)?;
+    let params: HashMap<String, String> = re
+        .captures_iter(&twiml)
+        .map(|c| (unescape(&c[1]), unescape(&c[2])))
+        .collect();
+    anyhow::ensure!(twiml.contains("<Stream"), "no stream in the TwiML: {twiml}");
+    Ok(params)
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
+    if let Some(token) = &opts.auth_token {
+        let issued = webhook(&opts.url, token, &opts.call_sid).await?;
+        opts.params.extend(issued);
+    }
     let (ws, _) = tokio_tungstenite::connect_async(opts.url.as_str()).await?;
     let (mut tx, mut rx) = ws.split();
     let stream_sid = format!("MZsim{:08x}", rand::random::<u32>());

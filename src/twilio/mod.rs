@@ -1,4 +1,5 @@
-//! Twilio: the Media Streams wire protocol and TwiML.
+//! Twilio: the Media Streams wire protocol, TwiML and request signatures.
 
 pub mod protocol;
+pub mod signature;
 pub mod twiml;
