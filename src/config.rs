@@ -104,9 +104,10 @@ pub struct CallConfig {
     pub turn_timeout_secs: f32,
     /// Smart Turn probability above which a turn is complete.
     pub turn_threshold: f32,
-    /// Start STT and a held-back draft reply at the VAD's first silent
-    /// window, so the stop window and the turn decision overlap the work.
-    /// Costs CPU whenever the caller only paused.
+    /// Start a held-back draft reply as soon as the transcript is ready
+    /// (STT itself starts at the VAD's first silent window), so the stop
+    /// window and the turn decision overlap the reply's work. Costs CPU
+    /// whenever the caller only paused.
     pub draft_replies: bool,
     /// Caller speech (beyond the VAD's start window) needed to interrupt the bot.
     pub barge_in_min_secs: f32,
@@ -154,6 +155,13 @@ impl Default for ServerConfig {
             validate_signatures: true,
             twilio_auth_token: None,
         }
+    }
+}
+
+impl CallConfig {
+    /// Smart Turn's verdict: is a turn with this probability finished?
+    pub fn turn_complete(&self, probability: f32) -> bool {
+        probability > self.turn_threshold
     }
 }
 
@@ -308,6 +316,19 @@ mod tests {
         figment::Jail::expect_with(|_| {
             let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/callbox.example.toml"));
             assert_eq!(Config::load(Some(example)).unwrap(), Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn an_empty_folder_turns_recordings_and_traces_off() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CALLBOX_CALL__RECORDINGS_DIR", "");
+            jail.set_env("CALLBOX_OBSERVE__TRACES_DIR", "");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.call.recordings_dir, None);
+            assert_eq!(c.observe.traces_dir, None);
             Ok(())
         });
     }

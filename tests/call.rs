@@ -72,6 +72,15 @@ fn turn_of(text: &str) -> SimTurn {
     SimTurn::new(speech(text), Some(text.to_string()))
 }
 
+/// What the caller said, as the conversation holds it (lowercase).
+fn user_messages(s: &CallSummary) -> Vec<String> {
+    s.history
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.to_lowercase())
+        .collect()
+}
+
 async fn summary(state: &AppState, call_sid: &str) -> CallSummary {
     for _ in 0..200 {
         let f = state
@@ -120,15 +129,10 @@ async fn a_simulated_call_with_two_turns() {
     assert!(r.marks_echoed >= 3);
 
     let s = summary(&state, &sid).await;
-    let users: Vec<&str> = s
-        .history
-        .iter()
-        .filter(|m| m.role == Role::User)
-        .map(|m| m.content.as_str())
-        .collect();
+    let users = user_messages(&s);
     assert_eq!(users.len(), 2, "{:#?}", s.history);
     assert!(
-        users[0].to_lowercase().contains("sky") && users[1].to_lowercase().contains("rainbow"),
+        users[0].contains("sky") && users[1].contains("rainbow"),
         "{users:?}"
     );
     assert!(
@@ -380,12 +384,7 @@ async fn a_draft_reply_stays_unheard_when_the_caller_goes_on() {
     let s = summary(&state, &sid).await;
     assert!(s.drafts_discarded >= 1, "no draft was made: {s:#?}");
     assert!(s.interruptions.is_empty(), "{:#?}", s.interruptions);
-    let users: Vec<String> = s
-        .history
-        .iter()
-        .filter(|m| m.role == Role::User)
-        .map(|m| m.content.to_lowercase())
-        .collect();
+    let users = user_messages(&s);
     assert_eq!(users.len(), 1, "{:#?}", s.history);
     assert!(
         users[0].contains("planet") && users[0].contains("moon"),

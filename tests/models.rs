@@ -178,32 +178,26 @@ async fn a_checksum_mismatch_leaves_nothing_behind() {
     let (base, _) = serve();
     let dir = tempdir("bad");
     let dest = dir.join("bad.bin");
-    let e = fetch_file(
-        &format!("{base}/org/model/resolve/main/bad.bin"),
-        &dest,
-        None,
-    )
-    .await
-    .unwrap_err();
-    assert!(e.to_string().contains("checksum"), "{e}");
+    let error = |file: &str, pin: Option<String>| {
+        let (url, dest) = (
+            format!("{base}/org/model/resolve/main/{file}"),
+            dest.clone(),
+        );
+        async move {
+            fetch_file(&url, &dest, pin.as_deref())
+                .await
+                .unwrap_err()
+                .to_string()
+        }
+    };
+    let e = error("bad.bin", None).await;
+    assert!(e.contains("checksum"), "{e}");
     assert!(!dest.exists() && !dir.join("bad.bin.partial").exists());
     // A pinned hash that does not match is refused too.
-    let e = fetch_file(
-        &format!("{base}/org/model/resolve/main/config.json"),
-        &dest,
-        Some(&"0".repeat(64)),
-    )
-    .await
-    .unwrap_err();
-    assert!(e.to_string().contains("checksum"), "{e}");
-    let e = fetch_file(
-        &format!("{base}/org/model/resolve/main/missing.bin"),
-        &dest,
-        None,
-    )
-    .await
-    .unwrap_err();
-    assert!(e.to_string().contains("404"), "{e}");
+    let e = error("config.json", Some("0".repeat(64))).await;
+    assert!(e.contains("checksum"), "{e}");
+    let e = error("missing.bin", None).await;
+    assert!(e.contains("404"), "{e}");
 }
 
 /// Runs the real binary with a deadline: a hang is a failure, not a stuck CI.

@@ -10,9 +10,7 @@ use super::Cli;
 use crate::audio::{wav, Audio};
 use crate::engines::silero::VadParams;
 use crate::engines::whisper::{Whisper, WhisperOptions};
-use crate::engines::{
-    ChatMessage, GenerationOptions, Role, Stt, VadEvent, MODEL_RATE, TURN_THRESHOLD,
-};
+use crate::engines::{ChatMessage, GenerationOptions, Role, Stt, VadEvent, MODEL_RATE};
 use crate::stack::{self, LoadTimes};
 
 #[derive(Debug, Args)]
@@ -217,7 +215,8 @@ pub fn vad(cli: &Cli, a: &VadArgs) -> anyhow::Result<()> {
                         as usize;
                     let v =
                         turn.predict(&audio.samples[from..(at as usize).min(audio.samples.len())])?;
-                    let complete = v.probability > TURN_THRESHOLD;
+                    let complete =
+                        crate::config::CallConfig::default().turn_complete(v.probability);
                     println!(
                         "{:7.2} s  speech stopped (ended {:.2} s) → turn {} (p = {:.3}, {:.1} ms)",
                         secs(at),

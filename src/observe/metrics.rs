@@ -41,7 +41,6 @@ pub struct Metrics {
     pub observer_dropped: IntCounterVec,
     /// `engine`.
     pub model_load: GaugeVec,
-    pub uptime_start: Gauge,
 }
 
 impl Default for Metrics {
@@ -128,15 +127,15 @@ impl Metrics {
         registry
             .register(Box::new(model_load.clone()))
             .expect("unique");
-        let uptime_start = Gauge::new(
+        let start_time = Gauge::new(
             "callbox_start_time_seconds",
             "Unix time at which the server started",
         )
         .expect("valid gauge");
         registry
-            .register(Box::new(uptime_start.clone()))
+            .register(Box::new(start_time.clone()))
             .expect("unique");
-        uptime_start.set(
+        start_time.set(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -157,7 +156,6 @@ impl Metrics {
             tts_characters,
             observer_dropped,
             model_load,
-            uptime_start,
         }
     }
 

@@ -206,16 +206,6 @@ impl Publisher {
         }
     }
 
-    /// A publisher that reaches nobody (tools that run a session alone).
-    pub fn none(call_sid: &str) -> Self {
-        let dropped = prometheus::IntCounterVec::new(
-            prometheus::Opts::new("unused_dropped", "unused"),
-            &["observer"],
-        )
-        .expect("valid metric");
-        Self::new(Arc::new(Bus::new(dropped)), call_sid, Instant::now())
-    }
-
     pub fn emit(&self, kind: EventKind) {
         self.bus.publish(Event {
             call_sid: self.call_sid.clone(),

@@ -78,10 +78,7 @@ impl OtelObserver {
             .with_attributes(vec![
                 KeyValue::new("callbox.call_sid", info.call_sid.clone()),
                 KeyValue::new("callbox.stream_sid", info.stream_sid.clone()),
-                KeyValue::new(
-                    "callbox.direction",
-                    format!("{:?}", info.direction).to_lowercase(),
-                ),
+                KeyValue::new("callbox.direction", info.direction.as_str()),
                 KeyValue::new("callbox.ended_by", s.ended_by.clone()),
                 KeyValue::new("callbox.turns", s.turns.len() as i64),
                 KeyValue::new("callbox.interruptions", s.interruptions.len() as i64),
@@ -110,7 +107,7 @@ impl OtelObserver {
             .min(t.reply_started_at_ms);
         let mut attrs = vec![
             KeyValue::new("callbox.turn", t.index as i64),
-            KeyValue::new("callbox.kind", format!("{:?}", t.kind).to_lowercase()),
+            KeyValue::new("callbox.kind", t.kind.as_str()),
             KeyValue::new("callbox.interrupted", t.interrupted),
             KeyValue::new("callbox.user_text", t.user_text.clone()),
             KeyValue::new("callbox.heard_text", t.heard_text.clone()),

@@ -47,7 +47,7 @@ pub struct CallMeta<'a> {
     pub call_sid: &'a str,
     pub stream_sid: &'a str,
     pub direction: Direction,
-    pub params: HashMap<&'a str, &'a str>,
+    pub params: &'a HashMap<String, String>,
     pub duration_secs: f64,
     pub ended_by: &'a str,
     pub recording: Option<String>,
@@ -75,11 +75,7 @@ impl<'a> Trace<'a> {
                 call_sid: &info.call_sid,
                 stream_sid: &info.stream_sid,
                 direction: info.direction,
-                params: info
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
+                params: &info.params,
                 duration_secs: summary.duration_secs,
                 ended_by: &summary.ended_by,
                 recording: summary.recording.as_ref().map(|p| p.display().to_string()),

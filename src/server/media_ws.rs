@@ -105,10 +105,7 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         let _ = sink.send(Message::Close(None)).await;
     });
     let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
-    let direction = match info.direction {
-        Direction::Inbound => "inbound",
-        Direction::Outbound => "outbound",
-    };
+    let direction = info.direction.as_str();
     app.metrics.active_calls.inc();
     let session = tokio::spawn(Session::run(
         app.cfg.clone(),

@@ -51,6 +51,16 @@ pub enum Direction {
     Outbound,
 }
 
+impl Direction {
+    /// As serialised: for metric labels and span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CallInfo {
     pub call_sid: String,
@@ -77,6 +87,18 @@ pub enum TurnKind {
     Turn,
     Idle,
     Dtmf,
+}
+
+impl TurnKind {
+    /// As serialised: for span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnKind::Greeting => "greeting",
+            TurnKind::Turn => "turn",
+            TurnKind::Idle => "idle",
+            TurnKind::Dtmf => "dtmf",
+        }
+    }
 }
 
 /// Everything measured about one bot reply. Times are milliseconds.
@@ -152,11 +174,11 @@ struct Pending {
     draft: Option<Draft>,
 }
 
-/// A reply started before the turn was confirmed, and the events it sent
-/// meanwhile (replayed when it is adopted). Dropping it cancels the reply.
+/// A reply started before the turn was confirmed (from the pending turn's
+/// transcript), and the events it sent meanwhile (replayed when it is
+/// adopted). Dropping it cancels the reply.
 struct Draft {
     reply: Reply,
-    user_text: String,
     early: Vec<ReplyEvent>,
 }
 
@@ -471,12 +493,7 @@ impl Session {
                 }
             }
             VadEvent::Paused { end } => {
-                // Drafting while a reply plays would talk over it; that turn
-                // takes the plain path at the stop.
-                if self.segment_is_echo || !self.cfg.call.draft_replies || self.active.is_some() {
-                    return;
-                }
-                if self.turn_start.is_some() {
+                if !self.segment_is_echo && self.turn_start.is_some() {
                     self.begin_turn(end, self.position);
                 }
             }
@@ -560,7 +577,8 @@ impl Session {
     }
 
     /// With the transcript in hand, the reply can be written and synthesised
-    /// while the turn is still being decided.
+    /// while the turn is still being decided — unless a reply is playing, as
+    /// a draft would then talk over it.
     fn maybe_draft(&mut self) {
         if !self.cfg.call.draft_replies || self.active.is_some() {
             return;
@@ -576,13 +594,12 @@ impl Session {
             return;
         }
         let mut history = self.history.clone();
-        history.push(ChatMessage::new(Role::User, text.clone()));
+        history.push(ChatMessage::new(Role::User, text));
         let reply = self.spawn_reply(Source::Llm(history), true);
         tracing::debug!(call = %self.info.call_sid, epoch = reply.epoch, "draft reply started");
         if let Some(p) = self.pending.as_mut() {
             p.draft = Some(Draft {
                 reply,
-                user_text: text,
                 early: Vec::new(),
             });
         }
@@ -595,7 +612,7 @@ impl Session {
                     p.verdict = Some(v);
                     self.events.emit(EventKind::TurnVerdict {
                         probability: v.probability,
-                        complete: v.probability > self.cfg.call.turn_threshold,
+                        complete: self.cfg.call.turn_complete(v.probability),
                         inference_ms: v.inference_ms,
                         total_ms: v.total_ms,
                     });
@@ -622,7 +639,7 @@ impl Session {
             },
             Internal::Prefilled(r) => match r {
                 Ok(n) => {
-                    tracing::debug!(call = %self.info.call_sid, tokens = n, "system prompt prefilled")
+                    tracing::debug!(call = %self.info.call_sid, tokens = n, "LLM context prefilled")
                 }
                 Err(e) => self.error("llm", format!("prefill: {e}")),
             },
@@ -631,10 +648,11 @@ impl Session {
     }
 
     fn maybe_complete_turn(&mut self) {
-        let threshold = self.cfg.call.turn_threshold;
         let ready = match &self.pending {
             Some(p) => {
-                let complete = p.timed_out || p.verdict.is_some_and(|v| v.probability > threshold);
+                let complete = p.timed_out
+                    || p.verdict
+                        .is_some_and(|v| self.cfg.call.turn_complete(v.probability));
                 complete && p.vad_stop_at.is_some() && p.transcript.is_some()
             }
             None => false,
@@ -663,7 +681,7 @@ impl Session {
         self.history
             .push(ChatMessage::new(Role::User, text.clone()));
         let eos = Some(p.end_of_speech_at);
-        let idx = match p.draft.take().filter(|d| d.user_text == text) {
+        let idx = match p.draft.take() {
             Some(d) => {
                 d.reply.release();
                 let idx = self.adopt(d.reply, TurnKind::Turn, text, vad_stop_at, eos);

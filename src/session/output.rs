@@ -130,23 +130,18 @@ pub fn spawn(
             let now = Instant::now();
             let mut had_frames = false;
             while let Some(front) = queue.front() {
-                match front {
-                    Item::Mark { .. } => {
-                        let Some(Item::Mark { name, .. }) = queue.pop_front() else {
-                            unreachable!()
-                        };
+                let start = next_play.max(now);
+                // Marks go out at once; frames only within the lead.
+                if matches!(front, Item::Frame { .. }) && start > now + max_lead {
+                    break;
+                }
+                match queue.pop_front().expect("non-empty") {
+                    Item::Mark { name, .. } => {
                         if wire.send(Wire::Mark(name)).await.is_err() {
                             return;
                         }
                     }
-                    Item::Frame { .. } => {
-                        let start = next_play.max(now);
-                        if start > now + max_lead {
-                            break;
-                        }
-                        let Some(Item::Frame { epoch, pcm }) = queue.pop_front() else {
-                            unreachable!()
-                        };
+                    Item::Frame { epoch, pcm } => {
                         if wire.send(Wire::Media(ulaw::encode(&pcm))).await.is_err() {
                             return;
                         }
@@ -179,9 +174,10 @@ pub fn spawn(
                         }
                         partial.extend_from_slice(&samples);
                         let whole = partial.len() / FRAME * FRAME;
-                        for f in partial.drain(..whole).collect::<Vec<_>>().chunks(FRAME) {
+                        for f in partial[..whole].chunks(FRAME) {
                             queue.push_back(Item::Frame { epoch, pcm: f.to_vec() });
                         }
+                        partial.drain(..whole);
                     }
                     Some(OutCmd::Mark { epoch, name }) if epoch > cleared_upto => {
                         // A piece ends on a whole frame: pad its tail with silence.

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -100,19 +100,19 @@ impl Gate {
         self.changed.notify_all();
     }
 
+    /// Wakes a waiting thread to look at the cancel flag. Taking the lock
+    /// first means the waiter is either before its check or inside `wait`:
+    /// the notification cannot fall between the two.
+    fn wake(&self) {
+        drop(self.open.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_all();
+    }
+
     /// Blocks until the gate opens (true) or the reply is cancelled (false).
     fn wait(&self, cancel: &AtomicBool) -> bool {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        while !*open {
-            if cancel.load(Ordering::Relaxed) {
-                return false;
-            }
-            // The timeout only bounds a missed wake-up; cancel() notifies.
-            open = self
-                .changed
-                .wait_timeout(open, Duration::from_millis(50))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        while !*open && !cancel.load(Ordering::Relaxed) {
+            open = self.changed.wait(open).unwrap_or_else(|p| p.into_inner());
         }
         !cancel.load(Ordering::Relaxed)
     }
@@ -131,7 +131,7 @@ impl Reply {
     /// this reply reaches the output.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
-        self.gate.changed.notify_all();
+        self.gate.wake();
     }
 
     /// Lets a draft's audio out.

@@ -159,21 +159,8 @@ pub async fn webhook(
     let status = resp.status();
     let twiml = resp.text().await?;
     anyhow::ensure!(status.is_success(), "webhook answered {status}: {twiml}");
-    let re = regex::Regex::new(r#"<Parameter name="([^"]*)" value="([^"]*)"/>"#)?;
-    let params: HashMap<String, String> = re
-        .captures_iter(&twiml)
-        .map(|c| (unescape(&c[1]), unescape(&c[2])))
-        .collect();
-    anyhow::ensure!(twiml.contains("<Stream"), "no stream in the TwiML: {twiml}");
-    Ok(params)
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
+    crate::twilio::twiml::stream_parameters(&twiml)
+        .ok_or_else(|| anyhow::anyhow!("no stream in the TwiML: {twiml}"))
 }
 
 pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {

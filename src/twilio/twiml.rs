@@ -9,6 +9,31 @@ pub fn escape(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
+/// The inverse of [`escape`].
+pub fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The `<Parameter>`s of TwiML that connects a stream (as
+/// [`connect_stream`] writes it), or `None` when it starts no stream: what
+/// Twilio would hand back in `start.customParameters`.
+pub fn stream_parameters(xml: &str) -> Option<std::collections::HashMap<String, String>> {
+    if !xml.contains("<Stream") {
+        return None;
+    }
+    let re = regex::Regex::new(r#"<Parameter name="([^"]*)" value="([^"]*)"/>"#)
+        .expect("a valid pattern");
+    Some(
+        re.captures_iter(xml)
+            .map(|c| (unescape(&c[1]), unescape(&c[2])))
+            .collect(),
+    )
+}
+
 /// `<Connect><Stream url="wss://HOST/ws">` with `<Parameter>`s, which Twilio
 /// hands back in `start.customParameters` (query strings are not supported).
 pub fn connect_stream(ws_url: &str, params: &[(&str, &str)]) -> String {
@@ -45,5 +70,9 @@ mod tests {
         );
         assert!(x.contains(r#"<Stream url="wss://a.example/ws">"#));
         assert!(x.contains(r#"<Parameter name="token" value="a&amp;b"/>"#));
+        let p = stream_parameters(&x).unwrap();
+        assert_eq!(p["token"], "a&b");
+        assert_eq!(p["direction"], "inbound");
+        assert_eq!(stream_parameters(&say_and_hang_up("Busy.")), None);
     }
 }
