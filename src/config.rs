@@ -20,6 +20,93 @@ pub struct Config {
     pub llm: LlmConfig,
     pub personas: Personas,
     pub observe: ObserveConfig,
+    pub twilio: TwilioConfig,
+}
+
+/// The Twilio account: the key of its webhook signatures and the REST
+/// credentials for dial-out, recordings and hang-ups. Each secret falls back
+/// to Twilio's usual environment variable, so none needs to be in a file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwilioConfig {
+    /// `AC…` (else `TWILIO_ACCOUNT_SID`).
+    pub account_sid: Option<String>,
+    /// Signs Twilio's webhooks and, without an API key, authenticates our
+    /// REST requests (else `TWILIO_AUTH_TOKEN`).
+    pub auth_token: Option<Secret>,
+    /// An API key (`SK…`, else `TWILIO_API_KEY`) and its secret (else
+    /// `TWILIO_API_SECRET`): REST credentials that can be revoked without
+    /// rotating the auth token.
+    pub api_key: Option<String>,
+    pub api_secret: Option<Secret>,
+    /// Caller ID for dial-out when the request names none (else
+    /// `TWILIO_PHONE_NUMBER`).
+    pub from_number: Option<String>,
+    /// REST API base URL (regional edges; a local fake in tests).
+    pub api_base: String,
+    /// Start a dual-channel Twilio recording of each call as its stream starts.
+    pub record_calls: bool,
+    /// Per-request timeout.
+    pub timeout_secs: f32,
+    /// Retries after a 429, a 5xx or an unreachable API, with backoff.
+    pub retries: u32,
+}
+
+impl Default for TwilioConfig {
+    fn default() -> Self {
+        Self {
+            account_sid: None,
+            auth_token: None,
+            api_key: None,
+            api_secret: None,
+            from_number: None,
+            api_base: "https://api.twilio.com".into(),
+            record_calls: true,
+            timeout_secs: 10.0,
+            retries: 3,
+        }
+    }
+}
+
+/// A setting from the configuration, else from the environment variable;
+/// empty counts as unset.
+fn setting(value: Option<&str>, var: &str) -> Option<String> {
+    value
+        .map(str::to_string)
+        .or_else(|| std::env::var(var).ok())
+        .filter(|v| !v.trim().is_empty())
+}
+
+impl TwilioConfig {
+    /// The auth token that signs Twilio's requests, if any is configured.
+    pub fn auth_token(&self) -> Option<String> {
+        setting(
+            self.auth_token.as_ref().map(|s| s.0.as_str()),
+            "TWILIO_AUTH_TOKEN",
+        )
+    }
+
+    pub fn account_sid(&self) -> Option<String> {
+        setting(self.account_sid.as_deref(), "TWILIO_ACCOUNT_SID")
+    }
+
+    /// REST credentials (user, password): the API key when one is set, else
+    /// the account's auth token.
+    pub fn rest_login(&self) -> Option<(String, Secret)> {
+        let key = setting(self.api_key.as_deref(), "TWILIO_API_KEY");
+        let secret = setting(
+            self.api_secret.as_ref().map(|s| s.0.as_str()),
+            "TWILIO_API_SECRET",
+        );
+        match (key, secret) {
+            (Some(k), Some(s)) => Some((k, Secret(s))),
+            _ => Some((self.account_sid()?, Secret(self.auth_token()?))),
+        }
+    }
+
+    pub fn from_number(&self) -> Option<String> {
+        setting(self.from_number.as_deref(), "TWILIO_PHONE_NUMBER")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,9 +150,12 @@ pub struct ServerConfig {
     /// on the websocket. Turn off for local development only: anyone who can
     /// reach the server can then talk to the model.
     pub validate_signatures: bool,
-    /// Twilio's auth token, the key of its signatures (else the
-    /// `TWILIO_AUTH_TOKEN` environment variable). Never logged.
-    pub twilio_auth_token: Option<Secret>,
+    /// Bearer token for the owner's API (`POST /dialout`), else
+    /// `CALLBOX_API_TOKEN`; without one dial-out is disabled.
+    pub api_token: Option<Secret>,
+    /// Largest websocket message or request body accepted (Twilio's are
+    /// under a kilobyte).
+    pub max_message_bytes: usize,
 }
 
 /// A credential: serialised as itself, printed as `***`.
@@ -80,13 +170,12 @@ impl std::fmt::Debug for Secret {
 }
 
 impl ServerConfig {
-    /// The auth token that signs Twilio's requests, if any is configured.
-    pub fn auth_token(&self) -> Option<String> {
-        self.twilio_auth_token
-            .as_ref()
-            .map(|s| s.0.clone())
-            .or_else(|| std::env::var("TWILIO_AUTH_TOKEN").ok())
-            .filter(|t| !t.is_empty())
+    /// The bearer token of `/dialout`, if dial-out is enabled.
+    pub fn api_token(&self) -> Option<String> {
+        setting(
+            self.api_token.as_ref().map(|s| s.0.as_str()),
+            "CALLBOX_API_TOKEN",
+        )
     }
 }
 
@@ -153,7 +242,8 @@ impl Default for ServerConfig {
             public_url: None,
             max_calls: 16,
             validate_signatures: true,
-            twilio_auth_token: None,
+            api_token: None,
+            max_message_bytes: 64 * 1024,
         }
     }
 }
@@ -274,6 +364,26 @@ impl Config {
         }
         if self.server.max_calls == 0 {
             return bad("server.max_calls must be at least 1".into());
+        }
+        if self.server.max_message_bytes < 1024 {
+            return bad("server.max_message_bytes must be at least 1024".into());
+        }
+        let t = &self.twilio;
+        if !(t.api_base.starts_with("https://") || t.api_base.starts_with("http://")) {
+            return bad(format!(
+                "twilio.api_base must start with https:// or http://, not {:?}",
+                t.api_base
+            ));
+        }
+        if t.timeout_secs.is_nan() || t.timeout_secs <= 0.0 {
+            return bad("twilio.timeout_secs must be positive".into());
+        }
+        if let Some(n) = &t.from_number {
+            if !crate::twilio::rest::is_e164(n) {
+                return bad(format!(
+                    "twilio.from_number must be an E.164 number like +14155550100, not {n:?}"
+                ));
+            }
         }
         if let Some(u) = &self.server.public_url {
             if !(u.starts_with("https://") || u.starts_with("http://")) {

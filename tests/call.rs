@@ -4,73 +4,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use callbox::audio::Audio;
-use callbox::config::Config;
 use callbox::engines::Role;
 use callbox::observe::{Event, Observer};
-use callbox::server::{self, AppState};
 use callbox::session::{CallSummary, TurnKind};
 use callbox::sim::{self, SimOptions, SimTurn};
-use callbox::stack::Engines;
+use common::server::*;
 use common::*;
 use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-fn engines() -> Engines {
-    static E: OnceLock<Engines> = OnceLock::new();
-    E.get_or_init(|| Engines {
-        vad: vad(),
-        turn: turn(),
-        stt: stt(),
-        llm: llm(),
-        tts: tts(),
-        denoiser: callbox::stack::denoiser(),
-        load_times: Default::default(),
-        models: callbox::stack::describe(&store().manifest, "default"),
-    })
-    .clone()
-}
-
-/// The auth token of the test servers' Twilio account.
-const AUTH_TOKEN: &str = "test-auth-token";
-
-/// A simulated call that plays Twilio's signed webhook before the stream.
-fn signed(url: impl Into<String>, turns: Vec<SimTurn>) -> SimOptions {
-    let mut o = SimOptions::new(url, turns);
-    o.auth_token = Some(AUTH_TOKEN.to_string());
-    o
-}
-
-/// A server on a free port with `tweak` applied to the default configuration.
-async fn start(tweak: impl FnOnce(&mut Config)) -> (Arc<AppState>, SocketAddr) {
-    start_with(tweak, Vec::new()).await
-}
-
-/// The same, with extra observers.
-async fn start_with(
-    tweak: impl FnOnce(&mut Config),
-    observers: Vec<(String, Box<dyn Observer>)>,
-) -> (Arc<AppState>, SocketAddr) {
-    let mut cfg = Config::default();
-    let tmp = std::env::temp_dir();
-    cfg.call.recordings_dir = Some(tmp.join(format!("callbox-rec-{}", std::process::id())));
-    cfg.observe.traces_dir = Some(tmp.join(format!("callbox-traces-{}", std::process::id())));
-    cfg.llm.max_tokens = 30;
-    cfg.server.validate_signatures = true;
-    cfg.server.twilio_auth_token = Some(callbox::config::Secret(AUTH_TOKEN.into()));
-    tweak(&mut cfg);
-    let state = AppState::with_observers(cfg, engines(), observers);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(server::serve(state.clone(), "127.0.0.1:0", Some(tx)));
-    (state.clone(), rx.await.unwrap())
-}
-
-fn turn_of(text: &str) -> SimTurn {
-    SimTurn::new(speech(text), Some(text.to_string()))
-}
 
 /// What the caller said, as the conversation holds it (lowercase).
 fn user_messages(s: &CallSummary) -> Vec<String> {
@@ -79,23 +25,6 @@ fn user_messages(s: &CallSummary) -> Vec<String> {
         .filter(|m| m.role == Role::User)
         .map(|m| m.content.to_lowercase())
         .collect()
-}
-
-async fn summary(state: &AppState, call_sid: &str) -> CallSummary {
-    for _ in 0..200 {
-        let f = state
-            .finished
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|s| s.info.call_sid == call_sid)
-            .cloned();
-        if let Some(s) = f {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("call {call_sid} never finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,9 +223,14 @@ async fn the_bot_carries_on_after_five_silent_seconds_but_not_before_first_activ
 /// A client that breaks every rule, then vanishes.
 async fn misbehave(addr: SocketAddr) {
     // A stream our TwiML started, so that its bad input reaches a session.
-    let params = sim::webhook(&format!("ws://{addr}/ws"), AUTH_TOKEN, "CAbad")
-        .await
-        .unwrap();
+    let params = sim::webhook(
+        &format!("http://{addr}/"),
+        AUTH_TOKEN,
+        &sim::incoming_form("CAbad"),
+    )
+    .await
+    .unwrap()
+    .params;
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
@@ -408,33 +342,6 @@ async fn keypad_digits_reach_the_conversation() {
         "{:#?}",
         s.history
     );
-}
-
-async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines).expect("valid exposition format")
-}
-
-/// The value of an unlabelled (or first matching) sample.
-fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    s.samples
-        .iter()
-        .filter(|x| x.metric == name)
-        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .map(|x| match &x.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
-            prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
-        .sum()
 }
 
 /// The numbers of the LATENCY BREAKDOWN table, by turn: the columns Total,
@@ -730,42 +637,74 @@ async fn stream_accepted(addr: SocketAddr, params: serde_json::Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_twilio_signed_webhooks_and_issued_streams_get_in() {
     let (state, addr) = start(|_| {}).await;
-    let url = format!("http://{addr}/");
     let form: Vec<(String, String)> = vec![
         ("CallSid".into(), "CA1".into()),
         ("From".into(), "+15005550006".into()),
+        ("CallStatus".into(), "completed".into()),
     ];
-    let post = |sig: Option<String>, form: Vec<(String, String)>| {
-        let url = url.clone();
-        async move {
-            let mut r = reqwest::Client::new().post(&url).form(&form);
-            if let Some(s) = sig {
-                r = r.header("X-Twilio-Signature", s);
-            }
-            r.send().await.unwrap().status().as_u16()
+    let post = |url: String, sig: Option<String>, form: Vec<(String, String)>| async move {
+        let mut r = reqwest::Client::new().post(&url).form(&form);
+        if let Some(s) = sig {
+            r = r.header("X-Twilio-Signature", s);
         }
+        r.send().await.unwrap().status().as_u16()
     };
-    let good = callbox::twilio::signature::sign(AUTH_TOKEN, &url, &form);
-    assert_eq!(post(Some(good.clone()), form.clone()).await, 200);
-    assert_eq!(post(None, form.clone()).await, 403, "missing signature");
-    let mut tampered = form.clone();
-    tampered[1].1 = "+15005550009".into();
-    assert_eq!(post(Some(good), tampered).await, 403, "tampered parameter");
-    let wrong_url = callbox::twilio::signature::sign(AUTH_TOKEN, &format!("{url}other"), &form);
-    assert_eq!(post(Some(wrong_url), form.clone()).await, 403, "wrong URL");
+    // The incoming call, the answered outbound call, the status callback.
+    for path in ["/", "/twiml", "/status"] {
+        let url = format!("http://{addr}{path}");
+        let good = callbox::twilio::signature::sign(AUTH_TOKEN, &url, &form);
+        let status = post(url.clone(), Some(good.clone()), form.clone()).await;
+        assert!((200..300).contains(&status), "{path}: {status}");
+        assert_eq!(
+            post(url.clone(), None, form.clone()).await,
+            403,
+            "{path}: missing signature"
+        );
+        let mut tampered = form.clone();
+        tampered[1].1 = "+15005550009".into();
+        assert_eq!(
+            post(url.clone(), Some(good), tampered).await,
+            403,
+            "{path}: tampered parameter"
+        );
+        let wrong_url = callbox::twilio::signature::sign(AUTH_TOKEN, &format!("{url}other"), &form);
+        assert_eq!(
+            post(url, Some(wrong_url), form.clone()).await,
+            403,
+            "{path}: wrong URL"
+        );
+    }
+    let url = format!("http://{addr}/");
+
+    // A websocket upgrade that carries a signature must carry the right one.
+    let ws_url = format!("ws://{addr}/ws");
+    let mut forged = ws_url.as_str().into_client_request().unwrap();
+    forged.headers_mut().insert(
+        "X-Twilio-Signature",
+        "bm90IGEgc2lnbmF0dXJl".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(forged).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a forged upgrade signature was not refused: {other:?}"),
+    }
+    let mut good = ws_url.as_str().into_client_request().unwrap();
+    let sig = callbox::twilio::signature::sign(AUTH_TOKEN, &ws_url, &[]);
+    good.headers_mut()
+        .insert("X-Twilio-Signature", sig.parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(good).await.is_ok());
 
     // Streams: an issued token works once; none, a forged or a reused one never.
     let calls_before = state.finished.lock().unwrap().len();
-    let params = sim::webhook(&format!("ws://{addr}/ws"), AUTH_TOKEN, "CA2")
+    let issued = sim::webhook(&url, AUTH_TOKEN, &sim::incoming_form("CA2"))
         .await
         .unwrap();
-    let params = serde_json::to_value(&params).unwrap();
+    let params = serde_json::to_value(&issued.params).unwrap();
     assert!(!stream_accepted(addr, serde_json::json!({})).await);
     assert!(!stream_accepted(addr, serde_json::json!({"stream_token": "0123"})).await);
     assert!(stream_accepted(addr, params.clone()).await);
     assert!(!stream_accepted(addr, params).await, "a token works once");
     // Only the accepted stream became a call.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    settle(&state).await;
     assert!(state.finished.lock().unwrap().len() <= calls_before + 1);
 }
 
@@ -796,4 +735,81 @@ async fn behind_a_proxy_the_public_url_is_what_twilio_signed() {
         send(&format!("http://{addr}/")).await.status().as_u16(),
         403
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_line_limit_callers_are_turned_away_politely_and_huge_messages_refused() {
+    let (state, addr) = start(|c| c.server.max_calls = 1).await;
+    // One call holds the only line.
+    let url = format!("http://{addr}/");
+    let issued = sim::webhook(&url, AUTH_TOKEN, &sim::incoming_form("CA1"))
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let start = serde_json::json!({"event": "start", "streamSid": "MZ1",
+        "start": {"callSid": "CA1", "customParameters": issued.params}});
+    tx.send(Message::text(start.to_string())).await.unwrap();
+    assert!(
+        matches!(rx.next().await, Some(Ok(Message::Text(_)))),
+        "the call is up"
+    );
+
+    // The next caller, inbound or outbound, hears an apology, not a stream.
+    for (path, direction) in [("/", "inbound"), ("/twiml", "outbound")] {
+        let u = format!("http://{addr}{path}");
+        let form = sim::incoming_form("CA2");
+        let sig = callbox::twilio::signature::sign(AUTH_TOKEN, &u, &form);
+        let twiml = reqwest::Client::new()
+            .post(&u)
+            .header("X-Twilio-Signature", sig)
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            twiml.contains("<Say>") && twiml.contains("<Hangup/>"),
+            "{twiml}"
+        );
+        assert!(callbox::twilio::twiml::parse_stream(&twiml).is_none());
+        let m = scrape(addr).await;
+        assert_eq!(
+            sample(
+                &m,
+                "callbox_calls_total",
+                &[("direction", direction), ("outcome", "rejected")]
+            ),
+            1.0
+        );
+    }
+
+    // A message far beyond Twilio's size ends that socket, nothing else.
+    let huge = format!(
+        r#"{{"event":"media","streamSid":"MZ1","media":{{"payload":"{}"}}}}"#,
+        "A".repeat(200_000)
+    );
+    let _ = tx.send(Message::text(huge)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the socket stayed open");
+    let health: serde_json::Value = reqwest::get(format!("http://{addr}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    settle(&state).await;
 }

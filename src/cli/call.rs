@@ -1,4 +1,4 @@
-//! `callbox serve`, `callbox sim` and `callbox demo`.
+//! `callbox serve`, `callbox dial`, `callbox sim` and `callbox demo`.
 
 use clap::Args;
 use std::path::PathBuf;
@@ -30,6 +30,38 @@ pub async fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<()> {
     let bind = cfg.server.bind.clone();
     eprintln!("callbox listening on {bind}: point your Twilio number's voice webhook at POST /");
     server::serve(AppState::new(cfg, engines), &bind, None).await
+}
+
+#[derive(Debug, Args)]
+pub struct DialArgs {
+    /// The number to call, E.164 (+14155550100).
+    pub to: String,
+    /// Caller ID (default: twilio.from_number / TWILIO_PHONE_NUMBER).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Configuration file (TOML) of the server that will take the call.
+    #[arg(long, short, env = "CALLBOX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Places an outbound call that Twilio connects to the server at
+/// `server.public_url`, exactly as `POST /dialout` does.
+pub async fn dial(a: &DialArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(a.config.as_deref())?;
+    let Some(base) = cfg.server.public_url.clone() else {
+        anyhow::bail!(
+            "server.public_url is not set (CALLBOX_SERVER__PUBLIC_URL): Twilio must know where to \
+             reach the server that takes the call"
+        );
+    };
+    let rest = crate::twilio::rest::TwilioRest::from_config(&cfg.twilio);
+    let req = server::dialout::DialRequest {
+        to_number: Some(a.to.clone()),
+        from_number: a.from.clone(),
+    };
+    let dialed = server::dialout::dial(&cfg, rest.as_ref(), &req, &base).await?;
+    println!("{}", serde_json::to_string(&dialed)?);
+    Ok(())
 }
 
 /// The model set's engines, loaded off the async runtime, with the
@@ -107,7 +139,9 @@ pub async fn sim(cli: &Cli, a: &SimArgs) -> anyhow::Result<()> {
         turns.push(SimTurn::new(wav::read(w)?, Some(w.display().to_string())));
     }
     let mut opts = SimOptions::new(&a.url, turns);
-    opts.auth_token = a.auth_token.clone();
+    if let Some(token) = &a.auth_token {
+        opts = opts.signed(token);
+    }
     let report = sim::run(opts).await?;
     print_report(&report, stt.as_ref())?;
     if let Some(p) = &a.record {
@@ -169,11 +203,11 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     // stream with the token it issued.
     let auth_token = format!("{:032x}", rand::random::<u128>());
     cfg.server.validate_signatures = true;
-    cfg.server.twilio_auth_token = Some(crate::config::Secret(auth_token.clone()));
+    cfg.twilio.auth_token = Some(crate::config::Secret(auth_token.clone()));
     eprintln!("loading the default models…");
     let engines = load_engines(cli, &cfg).await?;
     let (tts, stt) = (engines.tts.clone(), engines.stt.clone());
-    let state = AppState::new(cfg, engines);
+    let state = AppState::offline(cfg, engines);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(server::serve(state.clone(), "127.0.0.1:0", Some(tx)));
     let addr = rx.await?;
@@ -186,8 +220,7 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         turns.len(),
         turns.len() * 12
     );
-    let mut opts = SimOptions::new(format!("ws://{addr}/ws"), turns);
-    opts.auth_token = Some(auth_token);
+    let opts = SimOptions::new(format!("ws://{addr}/ws"), turns).signed(&auth_token);
     let report = sim::run(opts).await?;
     // The server finishes the call when the socket closes.
     let summary = loop {

@@ -57,6 +57,8 @@ pub enum Command {
     BenchEngines(bench_engines::BenchArgs),
     /// Answer Twilio calls: POST / (TwiML) and WS /ws (Media Streams).
     Serve(call::ServeArgs),
+    /// Place an outbound call through Twilio to a running server (as POST /dialout).
+    Dial(call::DialArgs),
     /// Call a running server as a simulated Twilio caller.
     Sim(call::SimArgs),
     /// Start a server and call it with a scripted caller: the latency table, offline.
@@ -85,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vad(a) => tools::vad(&cli, a),
         Command::BenchEngines(a) => bench_engines::run(&cli, a),
         Command::Serve(a) => call::serve(&cli, a).await,
+        Command::Dial(a) => call::dial(a).await,
         Command::Sim(a) => call::sim(&cli, a).await,
         Command::Demo(a) => call::demo(&cli, a).await,
     }

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub observer_dropped: IntCounterVec,
     /// `engine`.
     pub model_load: GaugeVec,
+    /// Twilio REST operations: `op` = create_call | record | hang_up,
+    /// `outcome` = ok | already_ended | failed (after retries).
+    pub twilio_requests: IntCounterVec,
+    /// Status callbacks of placed calls, by `status`.
+    pub twilio_call_status: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -116,6 +121,16 @@ impl Metrics {
             "Events an observer missed because it fell behind",
             &["observer"],
         );
+        let twilio_requests = counter(
+            "callbox_twilio_requests_total",
+            "Twilio REST operations by operation and outcome (failed = after retries)",
+            &["op", "outcome"],
+        );
+        let twilio_call_status = counter(
+            "callbox_twilio_call_status_total",
+            "Status callbacks of the calls we placed",
+            &["status"],
+        );
         let model_load = GaugeVec::new(
             Opts::new(
                 "callbox_model_load_seconds",
@@ -156,7 +171,13 @@ impl Metrics {
             tts_characters,
             observer_dropped,
             model_load,
+            twilio_requests,
+            twilio_call_status,
         }
+    }
+
+    pub fn twilio_request(&self, op: &str, outcome: &str) {
+        self.twilio_requests.with_label_values(&[op, outcome]).inc();
     }
 
     /// The exposition text.

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -21,11 +22,19 @@ use crate::session::output::Wire;
 use crate::session::{CallInfo, CallInput, Direction, Session};
 use crate::twilio::protocol::{self, Inbound};
 
-/// Twilio's frames are ~300 bytes; anything near this is not Twilio.
-const MAX_MESSAGE: usize = 64 * 1024;
-
-pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response {
-    ws.max_message_size(MAX_MESSAGE)
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    if !super::webhooks::upgrade_allowed(&app, &headers, &uri) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    // Twilio's frames are a few hundred bytes; a huge message is not Twilio.
+    let limit = app.cfg.server.max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
         .on_upgrade(move |socket| handle(socket, app))
 }
 
@@ -72,11 +81,10 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         Some("outbound") => Direction::Outbound,
         _ => Direction::Inbound,
     };
-    let call_sid = if start.call_sid.is_empty() {
-        stream_sid.clone()
-    } else {
-        start.call_sid.clone()
-    };
+    // Twilio's call, which its REST API can record and hang up; streams
+    // without one (tests, other transports) get no call control.
+    let twilio_call = (!start.call_sid.is_empty()).then(|| start.call_sid.clone());
+    let call_sid = twilio_call.clone().unwrap_or_else(|| stream_sid.clone());
     // The stream token is a credential for this websocket, not part of the
     // conversation: it goes no further (logs, traces, summaries).
     let mut params = start.custom_parameters.clone();
@@ -115,6 +123,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         wire_tx,
         events,
     ));
+    // The recording starts while the bot greets, not before.
+    let recording = twilio_call.clone().map(|sid| {
+        let app = app.clone();
+        tokio::spawn(async move { super::call_control::record(&app, &sid).await })
+    });
 
     let mut malformed = 0usize;
     while let Some(msg) = stream.next().await {
@@ -187,4 +200,12 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     app.metrics.active_calls.dec();
     writer.abort();
     drop(permit);
+    if let Some(sid) = twilio_call {
+        // A recording request still in flight would start on a call we are
+        // about to end.
+        if let Some(r) = recording {
+            r.abort();
+        }
+        super::call_control::hang_up(&app, &sid).await;
+    }
 }

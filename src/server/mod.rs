@@ -1,15 +1,18 @@
-//! The HTTP side: Twilio's webhook (`POST /`), the media websocket (`/ws`),
-//! health, Prometheus metrics, and the summaries of recent calls.
+//! The HTTP side: Twilio's webhooks, the media websocket (`/ws`), the
+//! owner's dial-out, health, Prometheus metrics, and recent calls.
 
+pub mod call_control;
+pub mod dialout;
 pub mod media_ws;
+pub mod webhooks;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{OriginalUri, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,7 +25,7 @@ use crate::observe::trace::TraceObserver;
 use crate::observe::{Bus, Observer};
 use crate::session::CallSummary;
 use crate::stack::Engines;
-use crate::twilio::twiml;
+use crate::twilio::rest::TwilioRest;
 
 /// Finished calls kept for `GET /calls`.
 const KEEP_SUMMARIES: usize = 100;
@@ -38,6 +41,8 @@ pub struct AppState {
     pub finished: Mutex<VecDeque<CallSummary>>,
     pub metrics: Metrics,
     pub bus: Arc<Bus>,
+    /// Twilio's REST API, when credentials are configured.
+    pub twilio: Option<TwilioRest>,
     /// Stream tokens issued in TwiML and not yet used.
     tokens: Mutex<HashMap<String, Instant>>,
 }
@@ -53,6 +58,23 @@ impl AppState {
         cfg: Config,
         engines: Engines,
         extra: Vec<(String, Box<dyn Observer>)>,
+    ) -> Arc<Self> {
+        let twilio = TwilioRest::from_config(&cfg.twilio);
+        Self::build(cfg, engines, extra, twilio)
+    }
+
+    /// A server that never talks to Twilio's REST API, even with
+    /// credentials in the environment: for the offline demo, whose calls
+    /// Twilio never heard of.
+    pub fn offline(cfg: Config, engines: Engines) -> Arc<Self> {
+        Self::build(cfg, engines, Vec::new(), None)
+    }
+
+    fn build(
+        cfg: Config,
+        engines: Engines,
+        extra: Vec<(String, Box<dyn Observer>)>,
+        twilio: Option<TwilioRest>,
     ) -> Arc<Self> {
         let metrics = Metrics::new();
         for (engine, secs) in &engines.load_times.0 {
@@ -76,6 +98,7 @@ impl AppState {
             bus.subscribe(&name, queue, o);
         }
         Arc::new(Self {
+            twilio,
             calls: Arc::new(Semaphore::new(cfg.server.max_calls)),
             cfg: Arc::new(cfg),
             engines,
@@ -113,12 +136,17 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.cfg.server.max_message_bytes;
     Router::new()
-        .route("/", post(incoming_call))
+        .route("/", post(webhooks::incoming_call))
+        .route("/twiml", post(webhooks::outbound_answered))
+        .route("/status", post(webhooks::call_status))
+        .route("/dialout", post(dialout::dialout))
         .route("/health", get(health))
         .route("/ws", get(media_ws::upgrade))
         .route("/calls", get(calls))
         .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -134,10 +162,20 @@ pub async fn serve(
             "!!! server.validate_signatures is OFF: anyone who can reach this server can open calls \
              and talk to the model. Use this for local development only. !!!"
         );
-    } else if state.cfg.server.auth_token().is_none() {
+    } else if state.cfg.twilio.auth_token().is_none() {
         tracing::warn!(
             "no Twilio auth token (TWILIO_AUTH_TOKEN): every webhook will be refused with 403"
         );
+    }
+    match (&state.twilio, state.cfg.server.api_token()) {
+        (Some(_), Some(_)) => tracing::info!("Twilio REST on: dial-out, recordings, hang-ups"),
+        (Some(_), None) => tracing::info!(
+            "Twilio REST on (recordings, hang-ups); dial-out off without CALLBOX_API_TOKEN"
+        ),
+        (None, _) => tracing::info!(
+            "no Twilio REST credentials (TWILIO_ACCOUNT_SID + auth token or API key): \
+             no dial-out, Twilio recordings or hang-ups"
+        ),
     }
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
@@ -147,103 +185,6 @@ pub async fn serve(
     }
     axum::serve(listener, router(state)).await?;
     Ok(())
-}
-
-/// The URL Twilio requested, as it signed it: the configured public URL
-/// (behind tunnels and proxies the Host and scheme we see are not Twilio's),
-/// else `https://` + the Host header, with the path and query we received.
-fn request_url(cfg: &Config, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    match &cfg.server.public_url {
-        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("https://{host}{path}")
-        }
-    }
-}
-
-/// Whether a webhook really comes from Twilio (or validation is off).
-fn from_twilio(
-    app: &AppState,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-    form: &[(String, String)],
-) -> bool {
-    if !app.cfg.server.validate_signatures {
-        return true;
-    }
-    let Some(token) = app.cfg.server.auth_token() else {
-        tracing::warn!("webhook refused: no Twilio auth token configured to check its signature");
-        return false;
-    };
-    let Some(sig) = headers
-        .get("x-twilio-signature")
-        .and_then(|h| h.to_str().ok())
-    else {
-        tracing::warn!(path = uri.path(), "webhook refused: no X-Twilio-Signature");
-        return false;
-    };
-    let url = request_url(&app.cfg, headers, uri);
-    // Without a configured public URL we cannot know whether a proxy
-    // terminated TLS in front of us: either scheme may be what Twilio signed.
-    let plain = url.replacen("https://", "http://", 1);
-    let ok = crate::twilio::signature::is_valid(&token, &url, form, sig)
-        || (app.cfg.server.public_url.is_none()
-            && crate::twilio::signature::is_valid(&token, &plain, form, sig));
-    if !ok {
-        tracing::warn!(%url, "webhook refused: X-Twilio-Signature does not match");
-    }
-    ok
-}
-
-/// The public `wss://` URL of our websocket: the configured public URL (for
-/// tunnels and proxies), else the Host the request came to.
-fn ws_url(cfg: &Config, headers: &HeaderMap) -> String {
-    if let Some(base) = &cfg.server.public_url {
-        let base = base.trim_end_matches('/');
-        let rest = base.split_once("://").map_or(base, |(_, r)| r);
-        let scheme = if base.starts_with("http://") {
-            "ws"
-        } else {
-            "wss"
-        };
-        return format!("{scheme}://{rest}/ws");
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("wss://{host}/ws")
-}
-
-async fn incoming_call(
-    State(app): State<Arc<AppState>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    if !from_twilio(&app, &headers, &uri, &form) {
-        return StatusCode::FORBIDDEN.into_response();
-    }
-    let url = ws_url(&app.cfg, &headers);
-    let xml = if app.calls.available_permits() == 0 {
-        app.metrics
-            .calls
-            .with_label_values(&["inbound", "rejected"])
-            .inc();
-        twiml::say_and_hang_up("Sorry, all our lines are busy. Please call again in a few minutes.")
-    } else {
-        // A one-time token travels back in `start.customParameters`: the
-        // websocket serves only streams that our TwiML started.
-        let token = app.issue_token();
-        twiml::connect_stream(&url, &[("direction", "inbound"), ("stream_token", &token)])
-    };
-    ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {

@@ -224,6 +224,9 @@ enum Internal {
 
 /// Seconds of 16 kHz audio kept for turn detection and STT.
 const TURN_BUFFER_SECS: usize = 30;
+/// How long an ended call waits for its threads (a cancelled reply stops
+/// at its next token or audio chunk; a transcription runs to its end).
+const WORKERS_GRACE: Duration = Duration::from_secs(10);
 /// Audio before the VAD's onset that Smart Turn and STT also see.
 const PRE_SPEECH_SECS: f64 = 0.5;
 
@@ -403,7 +406,29 @@ impl Session {
                 _ = &mut deadline => break "maximum duration".to_string(),
             }
         };
-        s.finish(ended_by)
+        let summary = s.finish(ended_by);
+        // The call is over only when its threads are: each holds a sender of
+        // one of these channels, and the last one gone closes it. Draining
+        // all of them at once keeps any thread from blocking on a full one.
+        // (An engine still busy for an ended call would also outlive a
+        // server that exits, and llama.cpp crashes when its process exits
+        // under a running decode.)
+        drop(frames);
+        let drain = async {
+            tokio::join!(
+                async { while in_rx.recv().await.is_some() {} },
+                async { while internal_rx.recv().await.is_some() {} },
+                async { while reply_rx.recv().await.is_some() {} },
+                async { while out_ev_rx.recv().await.is_some() {} },
+            )
+        };
+        if tokio::time::timeout(WORKERS_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                call = %summary.info.call_sid,
+                "a thread of the call is still busy {WORKERS_GRACE:?} after it ended"
+            );
+        }
+        summary
     }
 
     /// Brings the call's LLM context up to `messages` on another thread, so

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::audio::{ulaw, Audio};
+use crate::twilio::twiml::StreamTarget;
 
 const FRAME: usize = 160;
 
@@ -58,11 +60,13 @@ pub struct SimOptions {
     pub echo: Option<(f32, u64)>,
     /// Wait for the greeting before the first turn.
     pub expect_greeting: bool,
-    /// Play Twilio's webhook first, signed with this auth token: POST the
-    /// call to the server's `/` (next to the websocket), and open the stream
+    /// Sign as Twilio does with this auth token: the webhook and the
+    /// websocket upgrade.
+    pub auth_token: Option<String>,
+    /// Play Twilio's webhook first: POST the call here and open the stream
     /// with the parameters of the TwiML it answers (its one-time token
     /// included). Without it the stream starts with `params` alone.
-    pub auth_token: Option<String>,
+    pub webhook: Option<String>,
 }
 
 impl SimOptions {
@@ -78,7 +82,27 @@ impl SimOptions {
             echo: None,
             expect_greeting: true,
             auth_token: None,
+            webhook: None,
         }
+    }
+
+    /// An incoming call as Twilio places it on a validating server: a
+    /// signed `POST /` next to the websocket, then the stream with the
+    /// token the TwiML issued.
+    pub fn signed(mut self, auth_token: &str) -> Self {
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let host = rest.split('/').next().unwrap_or(rest);
+        let scheme = if self.url.starts_with("wss://") {
+            "https"
+        } else {
+            "http"
+        };
+        self.webhook = Some(format!("{scheme}://{host}/"));
+        self.auth_token = Some(auth_token.to_string());
+        self
     }
 }
 
@@ -123,22 +147,30 @@ enum Phase {
     Linger(Instant),
 }
 
-/// Twilio's side of answering: a signed `POST /` with the call's form, and
-/// the `<Parameter>`s of the TwiML that comes back.
+/// Twilio's side of a webhook: POST `form` to `url`, signed with
+/// `auth_token`, and read the stream the TwiML answer connects.
 pub async fn webhook(
-    ws_url: &str,
+    url: &str,
     auth_token: &str,
-    call_sid: &str,
-) -> anyhow::Result<HashMap<String, String>> {
-    let rest = ws_url.split_once("://").map_or(ws_url, |(_, r)| r);
-    let host = rest.split('/').next().unwrap_or(rest);
-    let scheme = if ws_url.starts_with("wss://") {
-        "https"
-    } else {
-        "http"
-    };
-    let url = format!("{scheme}://{host}/");
-    let form: Vec<(String, String)> = [
+    form: &[(String, String)],
+) -> anyhow::Result<StreamTarget> {
+    let signature = crate::twilio::signature::sign(auth_token, url, form);
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("X-Twilio-Signature", signature)
+        .form(form)
+        .send()
+        .await?;
+    let status = resp.status();
+    let twiml = resp.text().await?;
+    anyhow::ensure!(status.is_success(), "webhook answered {status}: {twiml}");
+    crate::twilio::twiml::parse_stream(&twiml)
+        .ok_or_else(|| anyhow::anyhow!("no stream in the TwiML: {twiml}"))
+}
+
+/// The form Twilio posts when a call to our number comes in.
+pub fn incoming_form(call_sid: &str) -> Vec<(String, String)> {
+    [
         ("AccountSid", "ACsim"),
         ("CallSid", call_sid),
         ("CallStatus", "ringing"),
@@ -148,27 +180,23 @@ pub async fn webhook(
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let signature = crate::twilio::signature::sign(auth_token, &url, &form);
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .header("X-Twilio-Signature", signature)
-        .form(&form)
-        .send()
-        .await?;
-    let status = resp.status();
-    let twiml = resp.text().await?;
-    anyhow::ensure!(status.is_success(), "webhook answered {status}: {twiml}");
-    crate::twilio::twiml::stream_parameters(&twiml)
-        .ok_or_else(|| anyhow::anyhow!("no stream in the TwiML: {twiml}"))
+    .collect()
 }
 
 pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
-    if let Some(token) = &opts.auth_token {
-        let issued = webhook(&opts.url, token, &opts.call_sid).await?;
-        opts.params.extend(issued);
+    if let Some(url) = &opts.webhook {
+        let token = opts.auth_token.as_deref().unwrap_or_default();
+        let target = webhook(url, token, &incoming_form(&opts.call_sid)).await?;
+        opts.params.extend(target.params);
     }
-    let (ws, _) = tokio_tungstenite::connect_async(opts.url.as_str()).await?;
+    let mut request = opts.url.as_str().into_client_request()?;
+    if let Some(token) = &opts.auth_token {
+        let sig = crate::twilio::signature::sign(token, &opts.url, &[]);
+        request
+            .headers_mut()
+            .insert("X-Twilio-Signature", sig.parse()?);
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
     let (mut tx, mut rx) = ws.split();
     let stream_sid = format!("MZsim{:08x}", rand::random::<u32>());
     tx.send(Message::text(

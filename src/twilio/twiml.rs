@@ -18,20 +18,29 @@ pub fn unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// The `<Parameter>`s of TwiML that connects a stream (as
-/// [`connect_stream`] writes it), or `None` when it starts no stream: what
-/// Twilio would hand back in `start.customParameters`.
-pub fn stream_parameters(xml: &str) -> Option<std::collections::HashMap<String, String>> {
-    if !xml.contains("<Stream") {
-        return None;
-    }
+/// A stream that TwiML connects: where Twilio opens the websocket, and the
+/// `<Parameter>`s it hands back in `start.customParameters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamTarget {
+    pub url: String,
+    pub params: std::collections::HashMap<String, String>,
+}
+
+/// The stream of TwiML as [`connect_stream`] writes it, or `None` when it
+/// starts no stream (a refusal).
+pub fn parse_stream(xml: &str) -> Option<StreamTarget> {
+    let url = regex::Regex::new(r#"<Stream url="([^"]*)""#)
+        .expect("a valid pattern")
+        .captures(xml)?;
     let re = regex::Regex::new(r#"<Parameter name="([^"]*)" value="([^"]*)"/>"#)
         .expect("a valid pattern");
-    Some(
-        re.captures_iter(xml)
+    Some(StreamTarget {
+        url: unescape(&url[1]),
+        params: re
+            .captures_iter(xml)
             .map(|c| (unescape(&c[1]), unescape(&c[2])))
             .collect(),
-    )
+    })
 }
 
 /// `<Connect><Stream url="wss://HOST/ws">` with `<Parameter>`s, which Twilio
@@ -70,9 +79,10 @@ mod tests {
         );
         assert!(x.contains(r#"<Stream url="wss://a.example/ws">"#));
         assert!(x.contains(r#"<Parameter name="token" value="a&amp;b"/>"#));
-        let p = stream_parameters(&x).unwrap();
-        assert_eq!(p["token"], "a&b");
-        assert_eq!(p["direction"], "inbound");
-        assert_eq!(stream_parameters(&say_and_hang_up("Busy.")), None);
+        let s = parse_stream(&x).unwrap();
+        assert_eq!(s.url, "wss://a.example/ws");
+        assert_eq!(s.params["token"], "a&b");
+        assert_eq!(s.params["direction"], "inbound");
+        assert_eq!(parse_stream(&say_and_hang_up("Busy.")), None);
     }
 }

@@ -4,6 +4,9 @@
 //! test — as the server shares them between calls.
 #![allow(dead_code)]
 
+pub mod fake_twilio;
+pub mod server;
+
 use std::sync::{Arc, OnceLock};
 
 use callbox::audio::Audio;

@@ -1,0 +1,50 @@
+//! Twilio call control around a live call: the dual-channel recording that
+//! starts with the stream, and the hang-up when the session ends.
+//!
+//! Both run beside the conversation and never inside it: a failing REST API
+//! costs a recording or leaves Twilio to end the call itself, and is logged
+//! and counted, but the caller hears no difference.
+
+use super::AppState;
+use crate::twilio::rest::{HangUp, RestError};
+
+fn failed(app: &AppState, op: &str, call_sid: &str, e: &RestError) {
+    app.metrics.twilio_request(op, "failed");
+    app.metrics.errors.with_label_values(&["twilio"]).inc();
+    tracing::error!(call = call_sid, op, "Twilio call control failed: {e}");
+}
+
+/// Starts Twilio's recording of the call (caller and bot on separate
+/// channels), if REST credentials are configured and recording is on.
+/// Runs concurrently with the greeting, so the caller never waits for it.
+pub async fn record(app: &AppState, call_sid: &str) {
+    let Some(rest) = app.twilio.as_ref().filter(|_| app.cfg.twilio.record_calls) else {
+        return;
+    };
+    match rest.start_recording(call_sid).await {
+        Ok(r) => {
+            app.metrics.twilio_request("record", "ok");
+            tracing::info!(call = call_sid, recording = %r.sid, "Twilio recording started");
+        }
+        Err(e) => failed(app, "record", call_sid, &e),
+    }
+}
+
+/// Ends the call on Twilio's side once the session is over (whoever ended
+/// it), so a bot that stops talking never leaves a silent line open.
+pub async fn hang_up(app: &AppState, call_sid: &str) {
+    let Some(rest) = app.twilio.as_ref() else {
+        return;
+    };
+    match rest.hang_up(call_sid).await {
+        Ok(HangUp::Completed) => {
+            app.metrics.twilio_request("hang_up", "ok");
+            tracing::info!(call = call_sid, "call hung up");
+        }
+        Ok(HangUp::AlreadyEnded) => {
+            app.metrics.twilio_request("hang_up", "already_ended");
+            tracing::debug!(call = call_sid, "call had already ended");
+        }
+        Err(e) => failed(app, "hang_up", call_sid, &e),
+    }
+}

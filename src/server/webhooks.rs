@@ -1,0 +1,232 @@
+//! Twilio's webhooks: `POST /` (a call to our number), `POST /twiml` (a
+//! call we placed was answered) and `POST /status` (a placed call's
+//! progress). Each must prove with `X-Twilio-Signature` that Twilio sent it:
+//! whoever can fake one can open calls on the owner's account and talk to
+//! the model.
+
+use std::sync::Arc;
+
+use axum::extract::{OriginalUri, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::config::Config;
+use crate::session::Direction;
+use crate::twilio::{signature, twiml};
+
+/// Our public base URL as Twilio knows it: the configured public URL
+/// (behind tunnels and proxies the Host and scheme we see are not
+/// Twilio's), else `https://` + the Host the request came to.
+pub(super) fn public_base(cfg: &Config, headers: &HeaderMap) -> String {
+    match &cfg.server.public_url {
+        Some(base) => base.trim_end_matches('/').to_string(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("https://{host}")
+        }
+    }
+}
+
+/// The public `wss://` URL of our websocket (`ws://` behind a plain-HTTP
+/// public URL).
+pub(super) fn ws_url(cfg: &Config, headers: &HeaderMap) -> String {
+    let base = public_base(cfg, headers);
+    match base.split_once("://") {
+        Some(("http", rest)) => format!("ws://{rest}/ws"),
+        Some((_, rest)) => format!("wss://{rest}/ws"),
+        None => format!("wss://{base}/ws"),
+    }
+}
+
+/// The URLs Twilio may have signed for a request to `uri`: the public one
+/// and, when no public URL is configured (so a proxy may have terminated TLS
+/// unseen), the same with the other scheme.
+fn signed_urls(cfg: &Config, headers: &HeaderMap, uri: &Uri) -> Vec<String> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", public_base(cfg, headers));
+    let mut urls = vec![url.clone()];
+    if cfg.server.public_url.is_none() {
+        urls.push(url.replacen("https://", "http://", 1));
+    }
+    urls
+}
+
+/// Whether the request carries Twilio's signature over one of `urls` and
+/// `form` (always, when validation is off). Refusals are logged.
+fn signed_by_twilio(
+    app: &AppState,
+    headers: &HeaderMap,
+    urls: &[String],
+    form: &[(String, String)],
+) -> bool {
+    if !app.cfg.server.validate_signatures {
+        return true;
+    }
+    let Some(token) = app.cfg.twilio.auth_token() else {
+        tracing::warn!("request refused: no Twilio auth token configured to check its signature");
+        return false;
+    };
+    let Some(sig) = headers
+        .get("x-twilio-signature")
+        .and_then(|h| h.to_str().ok())
+    else {
+        tracing::warn!(url = urls[0], "request refused: no X-Twilio-Signature");
+        return false;
+    };
+    let ok = urls
+        .iter()
+        .any(|u| signature::is_valid(&token, u, form, sig));
+    if !ok {
+        tracing::warn!(
+            url = urls[0],
+            "request refused: X-Twilio-Signature does not match"
+        );
+    }
+    ok
+}
+
+/// A webhook's form, if Twilio signed it.
+fn verified_form(
+    app: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &[u8],
+) -> Option<Vec<(String, String)>> {
+    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let urls = signed_urls(&app.cfg, headers, uri);
+    signed_by_twilio(app, headers, &urls, &form).then_some(form)
+}
+
+/// Twilio signs the websocket upgrade too (over the `wss://` URL, with no
+/// form); a signature that is present must be right. Its absence is not
+/// fatal: the one-time stream token checked at `start` is what guards the
+/// socket.
+pub(super) fn upgrade_allowed(app: &AppState, headers: &HeaderMap, uri: &Uri) -> bool {
+    if !headers.contains_key("x-twilio-signature") {
+        return true;
+    }
+    let mut urls: Vec<String> = signed_urls(&app.cfg, headers, uri)
+        .into_iter()
+        .map(|u| {
+            u.replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        })
+        .collect();
+    // Twilio's advice: its handshake signature may be over the URL with a
+    // trailing slash.
+    let slashed: Vec<String> = urls
+        .iter()
+        .filter(|u| !u.contains('?') && !u.ends_with('/'))
+        .map(|u| format!("{u}/"))
+        .collect();
+    urls.extend(slashed);
+    signed_by_twilio(app, headers, &urls, &[])
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// TwiML that connects the call to our websocket with a one-time stream
+/// token and `params`, or a polite refusal when every line is busy.
+fn connect(
+    app: &AppState,
+    headers: &HeaderMap,
+    direction: Direction,
+    params: &[(&str, &str)],
+) -> Response {
+    let xml = if app.calls.available_permits() == 0 {
+        app.metrics
+            .calls
+            .with_label_values(&[direction.as_str(), "rejected"])
+            .inc();
+        tracing::warn!(
+            direction = direction.as_str(),
+            "call turned away: all lines busy"
+        );
+        twiml::say_and_hang_up("Sorry, all our lines are busy. Please call again in a few minutes.")
+    } else {
+        // The token travels back in `start.customParameters`: the websocket
+        // serves only streams that our TwiML started.
+        let token = app.issue_token();
+        let mut all = vec![("direction", direction.as_str()), ("stream_token", &token)];
+        all.extend_from_slice(params);
+        twiml::connect_stream(&ws_url(&app.cfg, headers), &all)
+    };
+    ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
+}
+
+/// `POST /`: someone called our number.
+pub(super) async fn incoming_call(
+    State(app): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if verified_form(&app, &headers, &uri, &body).is_none() {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    connect(&app, &headers, Direction::Inbound, &[])
+}
+
+/// `POST /twiml`: the person we dialled answered; the bot greets first, as
+/// the outbound persona, knowing whom it called.
+pub(super) async fn outbound_answered(
+    State(app): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(form) = verified_form(&app, &headers, &uri, &body) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let to = field(&form, "To").unwrap_or_default();
+    let from = field(&form, "From").unwrap_or_default();
+    tracing::info!(
+        call = field(&form, "CallSid").unwrap_or_default(),
+        "outbound call answered"
+    );
+    connect(
+        &app,
+        &headers,
+        Direction::Outbound,
+        &[("to_number", to), ("from_number", from)],
+    )
+}
+
+/// `POST /status`: Twilio's progress reports on a call we placed (initiated,
+/// ringing, answered, completed — or busy, no-answer, failed).
+pub(super) async fn call_status(
+    State(app): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(form) = verified_form(&app, &headers, &uri, &body) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let status = field(&form, "CallStatus").unwrap_or("unknown");
+    // A label value from outside: only Twilio's documented statuses.
+    let label = match status {
+        "queued" | "initiated" | "ringing" | "in-progress" | "completed" | "busy" | "failed"
+        | "no-answer" | "canceled" => status,
+        _ => "other",
+    };
+    app.metrics
+        .twilio_call_status
+        .with_label_values(&[label])
+        .inc();
+    tracing::info!(
+        call = field(&form, "CallSid").unwrap_or_default(),
+        status,
+        duration_secs = field(&form, "CallDuration").unwrap_or_default(),
+        "call status"
+    );
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,303 @@
+//! A local stand-in for Twilio at the network edge: its REST API (Calls,
+//! Recordings, hang-up) on the real paths, with HTTP Basic auth, form bodies
+//! and Twilio's JSON answers and error bodies — and, when a call is placed,
+//! Twilio's part of the call: the signed `POST` of the call's TwiML URL, the
+//! websocket to the stream that TwiML names (with its parameters), a
+//! caller's audio, and a signed status callback when the call ends.
+//!
+//! Twilio reaches our server through `https://`/`wss://` URLs; here a
+//! TLS-terminating proxy is played by connecting over plain HTTP to the same
+//! host while signing the URL Twilio would have used.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use callbox::sim::{self, SimOptions, SimReport, SimTurn};
+use callbox::twilio::twiml::StreamTarget;
+use serde_json::json;
+
+pub const ACCOUNT_SID: &str = "ACfakefakefakefakefakefakefakefake";
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `create_call`, `record`, `hang_up` or `unknown`.
+    pub op: &'static str,
+    pub path: String,
+    /// The Basic credentials were the account's.
+    pub authorised: bool,
+    pub form: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn fields(&self, name: &str) -> Vec<&str> {
+        self.form
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// What Twilio's side of a placed call did.
+#[derive(Debug)]
+pub struct Played {
+    pub call_sid: String,
+    /// The stream the `/twiml` answer connected.
+    pub stream: StreamTarget,
+    pub report: SimReport,
+    /// Our server's answer to the `completed` status callback.
+    pub status_callback: u16,
+}
+
+#[derive(Default)]
+pub struct Behaviour {
+    /// Operations answered with a 500.
+    pub failing: Vec<&'static str>,
+    /// The callee's turns once the call is answered; `None`: nobody answers.
+    pub callee: Option<Vec<SimTurn>>,
+}
+
+pub struct FakeTwilio {
+    pub addr: SocketAddr,
+    auth_token: String,
+    behaviour: Mutex<Behaviour>,
+    requests: Mutex<Vec<Request>>,
+    calls: Mutex<Vec<tokio::task::JoinHandle<anyhow::Result<Played>>>>,
+}
+
+impl FakeTwilio {
+    pub async fn start(auth_token: &str, behaviour: Behaviour) -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Arc::new(Self {
+            addr: listener.local_addr().unwrap(),
+            auth_token: auth_token.to_string(),
+            behaviour: Mutex::new(behaviour),
+            requests: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+        });
+        let f = fake.clone();
+        let app = axum::Router::new().fallback(move |method, uri, headers, body| {
+            let f = f.clone();
+            async move { f.handle(method, uri, headers, body).await }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        fake
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn requests_for(&self, op: &str) -> Vec<Request> {
+        self.requests().into_iter().filter(|r| r.op == op).collect()
+    }
+
+    /// The calls Twilio's side played, once they end.
+    pub async fn played(&self) -> Vec<anyhow::Result<Played>> {
+        let handles: Vec<_> = self.calls.lock().unwrap().drain(..).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let path = uri.path().to_string();
+        let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let prefix = format!("/2010-04-01/Accounts/{ACCOUNT_SID}/");
+        let rest = path.strip_prefix(&prefix).unwrap_or("");
+        let op = if method != Method::POST {
+            "unknown"
+        } else if rest == "Calls.json" {
+            "create_call"
+        } else if rest.starts_with("Calls/") && rest.ends_with("/Recordings.json") {
+            "record"
+        } else if rest.starts_with("Calls/")
+            && rest.ends_with(".json")
+            && rest.matches('/').count() == 1
+        {
+            "hang_up"
+        } else {
+            "unknown"
+        };
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{ACCOUNT_SID}:{}", self.auth_token))
+        );
+        let authorised = headers
+            .get("authorization")
+            .is_some_and(|h| h.as_bytes() == expected.as_bytes());
+        let req = Request {
+            op,
+            path: path.clone(),
+            authorised,
+            form,
+        };
+        self.requests.lock().unwrap().push(req.clone());
+
+        let error = |status: StatusCode, code: u32, message: &str| {
+            let body = json!({"code": code, "message": message, "more_info": "", "status": status.as_u16()});
+            (status, Json(body)).into_response()
+        };
+        if op == "unknown" {
+            return error(
+                StatusCode::NOT_FOUND,
+                20404,
+                "The requested resource was not found",
+            );
+        }
+        if !authorised {
+            return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+        }
+        if self.behaviour.lock().unwrap().failing.contains(&op) {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                20500,
+                "Internal Server Error",
+            );
+        }
+        let call_sid = rest
+            .strip_prefix("Calls/")
+            .and_then(|r| r.split(['/', '.']).next())
+            .unwrap_or_default()
+            .to_string();
+        match op {
+            "create_call" => {
+                let (Some(to), Some(from), Some(url)) =
+                    (req.field("To"), req.field("From"), req.field("Url"))
+                else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        21201,
+                        "To, From and Url are required",
+                    );
+                };
+                let sid = format!("CA{:032x}", rand::random::<u128>());
+                let callee = self.behaviour.lock().unwrap().callee.clone();
+                if let Some(turns) = callee {
+                    let call = answer(
+                        self.auth_token.clone(),
+                        sid.clone(),
+                        req.clone(),
+                        url.to_string(),
+                        turns,
+                    );
+                    self.calls.lock().unwrap().push(tokio::spawn(call));
+                }
+                let body = json!({"sid": sid, "status": "queued", "to": to, "from": from,
+                                  "account_sid": ACCOUNT_SID, "direction": "outbound-api"});
+                (StatusCode::CREATED, Json(body)).into_response()
+            }
+            "record" => {
+                let body = json!({"sid": format!("RE{:032x}", rand::random::<u128>()),
+                                  "call_sid": call_sid, "status": "in-progress",
+                                  "channels": if req.field("RecordingChannels") == Some("dual") { 2 } else { 1 }});
+                (StatusCode::CREATED, Json(body)).into_response()
+            }
+            _ => {
+                if req.field("Status") != Some("completed") {
+                    return error(StatusCode::BAD_REQUEST, 21218, "Invalid Status");
+                }
+                Json(json!({"sid": call_sid, "status": "completed"})).into_response()
+            }
+        }
+    }
+}
+
+/// Through the TLS-terminating proxy: the same host over plain HTTP.
+fn via_proxy(url: &str) -> String {
+    url.replacen("https://", "http://", 1)
+        .replacen("wss://", "ws://", 1)
+}
+
+/// Twilio's part once the callee picks up.
+async fn answer(
+    auth_token: String,
+    call_sid: String,
+    created: Request,
+    twiml_url: String,
+    turns: Vec<SimTurn>,
+) -> anyhow::Result<Played> {
+    let form: Vec<(String, String)> = [
+        ("AccountSid", ACCOUNT_SID),
+        ("CallSid", &call_sid),
+        ("CallStatus", "in-progress"),
+        ("Direction", "outbound-api"),
+        ("From", created.field("From").unwrap_or_default()),
+        ("To", created.field("To").unwrap_or_default()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // Signed over the URL Twilio was given, sent through the proxy.
+    let signature = callbox::twilio::signature::sign(&auth_token, &twiml_url, &form);
+    let resp = reqwest::Client::new()
+        .post(via_proxy(&twiml_url))
+        .header("X-Twilio-Signature", signature)
+        .form(&form)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "/twiml answered {}",
+        resp.status()
+    );
+    let twiml = resp.text().await?;
+    let stream = callbox::twilio::twiml::parse_stream(&twiml)
+        .ok_or_else(|| anyhow::anyhow!("no stream in {twiml}"))?;
+
+    let mut opts = SimOptions::new(via_proxy(&stream.url), turns);
+    opts.call_sid = call_sid.clone();
+    opts.params = stream.params.clone();
+    opts.auth_token = Some(auth_token.clone());
+    let report = sim::run(opts).await?;
+
+    let mut done = form.clone();
+    done.retain(|(k, _)| k != "CallStatus");
+    done.push(("CallStatus".into(), "completed".into()));
+    done.push(("CallDuration".into(), "12".into()));
+    let callback = created
+        .field("StatusCallback")
+        .unwrap_or_default()
+        .to_string();
+    let signature = callbox::twilio::signature::sign(&auth_token, &callback, &done);
+    let status_callback = reqwest::Client::new()
+        .post(via_proxy(&callback))
+        .header("X-Twilio-Signature", signature)
+        .form(&done)
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    Ok(Played {
+        call_sid,
+        stream,
+        report,
+        status_callback,
+    })
+}

@@ -1,0 +1,122 @@
+//! A callbox server for tests: the shared engines, a free port, Twilio's
+//! auth token, and readers for its finished calls and metrics.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use callbox::config::Config;
+use callbox::observe::Observer;
+use callbox::server::{self, AppState};
+use callbox::session::CallSummary;
+use callbox::sim::{SimOptions, SimTurn};
+use callbox::stack::Engines;
+
+use super::*;
+
+pub fn engines() -> Engines {
+    static E: OnceLock<Engines> = OnceLock::new();
+    E.get_or_init(|| Engines {
+        vad: vad(),
+        turn: turn(),
+        stt: stt(),
+        llm: llm(),
+        tts: tts(),
+        denoiser: callbox::stack::denoiser(),
+        load_times: Default::default(),
+        models: callbox::stack::describe(&store().manifest, "default"),
+    })
+    .clone()
+}
+
+/// The auth token of the test servers' Twilio account.
+pub const AUTH_TOKEN: &str = "test-auth-token";
+
+/// A simulated call that plays Twilio's signed webhook before the stream.
+pub fn signed(url: impl Into<String>, turns: Vec<SimTurn>) -> SimOptions {
+    SimOptions::new(url, turns).signed(AUTH_TOKEN)
+}
+
+/// A server on a free port with `tweak` applied to the default configuration.
+pub async fn start(tweak: impl FnOnce(&mut Config)) -> (Arc<AppState>, SocketAddr) {
+    start_with(tweak, Vec::new()).await
+}
+
+/// The same, with extra observers.
+pub async fn start_with(
+    tweak: impl FnOnce(&mut Config),
+    observers: Vec<(String, Box<dyn Observer>)>,
+) -> (Arc<AppState>, SocketAddr) {
+    let mut cfg = Config::default();
+    let tmp = std::env::temp_dir();
+    cfg.call.recordings_dir = Some(tmp.join(format!("callbox-rec-{}", std::process::id())));
+    cfg.observe.traces_dir = Some(tmp.join(format!("callbox-traces-{}", std::process::id())));
+    cfg.llm.max_tokens = 30;
+    cfg.server.validate_signatures = true;
+    cfg.twilio.auth_token = Some(callbox::config::Secret(AUTH_TOKEN.into()));
+    tweak(&mut cfg);
+    let state = AppState::with_observers(cfg, engines(), observers);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(server::serve(state.clone(), "127.0.0.1:0", Some(tx)));
+    (state.clone(), rx.await.unwrap())
+}
+
+pub fn turn_of(text: &str) -> SimTurn {
+    SimTurn::new(speech(text), Some(text.to_string()))
+}
+
+pub async fn summary(state: &AppState, call_sid: &str) -> CallSummary {
+    for _ in 0..200 {
+        let f = state
+            .finished
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.info.call_sid == call_sid)
+            .cloned();
+        if let Some(s) = f {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("call {call_sid} never finished");
+}
+
+pub async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid exposition format")
+}
+
+/// The value of an unlabelled (or first matching) sample.
+pub fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .sum()
+}
+
+/// Waits until no call is in progress (each call ends after its threads
+/// do), so that a test leaves no engine busy behind it.
+pub async fn settle(state: &AppState) {
+    for _ in 0..400 {
+        if state.calls.available_permits() == state.cfg.server.max_calls {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("calls still in progress after 20 s");
+}
