@@ -464,4 +464,26 @@ mod tests {
             .to_string()
             .contains("/nope.toml"));
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn rest_credentials_prefer_an_api_key_and_secrets_never_print() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TWILIO_ACCOUNT_SID", "ACenv");
+            jail.set_env("TWILIO_AUTH_TOKEN", "env-token");
+            let mut t = TwilioConfig::default();
+            let login = |t: &TwilioConfig| t.rest_login().map(|(u, p)| (u, p.0));
+            assert_eq!(login(&t), Some(("ACenv".into(), "env-token".into())));
+            t.api_key = Some("SKkey".into());
+            assert_eq!(login(&t).unwrap().0, "ACenv", "a key without its secret");
+            t.api_secret = Some(Secret("key-secret".into()));
+            assert_eq!(login(&t), Some(("SKkey".into(), "key-secret".into())));
+            let mut c = Config::default();
+            c.twilio = t;
+            c.server.api_token = Some(Secret("owner-token".into()));
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("key-secret") && !shown.contains("owner-token"));
+            Ok(())
+        });
+    }
 }
