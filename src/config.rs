@@ -478,8 +478,10 @@ mod tests {
             assert_eq!(login(&t).unwrap().0, "ACenv", "a key without its secret");
             t.api_secret = Some(Secret("key-secret".into()));
             assert_eq!(login(&t), Some(("SKkey".into(), "key-secret".into())));
-            let mut c = Config::default();
-            c.twilio = t;
+            let mut c = Config {
+                twilio: t,
+                ..Default::default()
+            };
             c.server.api_token = Some(Secret("owner-token".into()));
             let shown = format!("{c:?}");
             assert!(!shown.contains("key-secret") && !shown.contains("owner-token"));
