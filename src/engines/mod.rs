@@ -182,7 +182,8 @@ pub trait Llm: Send + Sync {
 /// evaluated, so a new turn pays only for its new tokens.
 pub trait LlmSession: Send {
     /// Evaluates `messages` ahead of time (e.g. the system prompt while the
-    /// greeting plays). Returns the number of tokens evaluated.
+    /// greeting plays), and what it can of the next user message before its
+    /// words are known. Returns the number of tokens evaluated.
     fn prefill(&mut self, messages: &[ChatMessage]) -> Result<usize>;
 
     /// Streams the assistant's reply to `messages`. `on_text` gets each piece

@@ -26,7 +26,7 @@ pub struct SmartTurn {
 
 impl SmartTurn {
     pub fn load(ort_lib: &Path, model: &Path, mel_filters: &Path) -> Result<Self> {
-        let session = super::onnx::session(ort_lib, model, "Smart Turn model", 2)?;
+        let session = super::onnx::session(ort_lib, model, "Smart Turn model", 1)?;
         let mel = LogMel::new(MelFilters::load_npz(mel_filters, 80)?);
         Ok(Self {
             session: Mutex::new(session),

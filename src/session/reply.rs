@@ -1,7 +1,10 @@
 //! One reply: LLM → pieces of text → Piper → 8 kHz audio for the output.
 //!
 //! The LLM and TTS each run on a thread of their own, connected by a channel,
-//! so Piper speaks the first clause while the LLM writes the next. A shared
+//! so Piper speaks the first clause while the LLM writes the next — except
+//! while Piper synthesises the first clause: that is the one moment the
+//! caller waits for, so the LLM pauses and leaves the CPU to Piper (on a
+//! small machine the two would otherwise slow each other down). A shared
 //! flag cancels both between tokens and between pieces; the epoch on every
 //! audio command lets the output drop whatever was already in flight.
 //!
@@ -13,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -76,6 +79,9 @@ impl ReplyEvent {
         }
     }
 }
+
+/// Longest the LLM waits for Piper's first clause before writing on.
+const FIRST_PIECE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Whether a reply's audio may go out yet.
 struct Gate {
@@ -164,6 +170,9 @@ pub fn spawn(
     let cancel = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(Gate::new(!draft));
     let (piece_tx, piece_rx) = std_mpsc::channel::<String>();
+    // Signalled (or dropped) by the TTS thread once the first piece is
+    // synthesised.
+    let (spoken_tx, spoken_rx) = std_mpsc::sync_channel::<()>(1);
 
     match source {
         Source::Text(text) => {
@@ -197,6 +206,9 @@ pub fn spawn(
                             if piece_tx.send(p).is_err() {
                                 return false;
                             }
+                            if pieces == 1 {
+                                let _ = spoken_rx.recv_timeout(FIRST_PIECE_PAUSE);
+                            }
                         }
                         true
                     });
@@ -228,6 +240,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("callbox-tts".into())
         .spawn(move || {
+            let mut spoken_tx = Some(spoken_tx);
             let mut seg = 0;
             let mut characters = 0;
             let mut first_audio = true;
@@ -260,6 +273,10 @@ pub fn spawn(
                     held.push(narrow.to_i16());
                     !tts_gate.is_open() || send(&mut held)
                 });
+                // The LLM may write on.
+                if let Some(tx) = spoken_tx.take() {
+                    let _ = tx.try_send(());
+                }
                 if let Err(e) = r {
                     let _ = events.blocking_send(ReplyEvent::Failed {
                         epoch,

@@ -51,7 +51,8 @@ impl SentenceAggregator {
         while let Some(end) = self.boundary() {
             let piece: String = self.buf.drain(..end).collect();
             let piece = piece.trim().to_string();
-            if !piece.is_empty() {
+            // Stray punctuation ("..", a closing quote) has nothing to say.
+            if piece.chars().any(char::is_alphanumeric) {
                 self.first_done = true;
                 out.push(piece);
             }
@@ -107,8 +108,14 @@ impl SentenceAggregator {
     fn punctuation_boundary(&self) -> Option<usize> {
         let b = self.buf.as_bytes();
         for (i, &c) in b.iter().enumerate() {
-            let followed_by_space = b.get(i + 1).is_some_and(|n| n.is_ascii_whitespace());
-            if !followed_by_space {
+            // Punctuation that ends the text so far after a letter ends the
+            // piece now, a token before the space that would confirm it
+            // (after a digit it may be "1,000" or "3.5" in the making).
+            let ends_word = match b.get(i + 1) {
+                Some(n) => n.is_ascii_whitespace(),
+                None => i > 0 && b[i - 1].is_ascii_alphabetic(),
+            };
+            if !ends_word {
                 continue;
             }
             match c {
@@ -131,13 +138,15 @@ impl SentenceAggregator {
         None
     }
 
+    /// A known abbreviation, or an initial ("J.", "U.S.").
     fn is_abbreviation(&self, dot: usize) -> bool {
         let word = self.buf[..=dot]
             .rsplit(char::is_whitespace)
             .next()
             .unwrap_or("")
             .to_lowercase();
-        ABBREVIATIONS.contains(&word.as_str())
+        let last = word[..word.len() - 1].rsplit('.').next().unwrap_or("");
+        ABBREVIATIONS.contains(&word.as_str()) || last.chars().count() == 1
     }
 }
 
@@ -169,6 +178,25 @@ mod tests {
                 "Neat!"
             ]
         );
+    }
+
+    #[test]
+    fn a_piece_ends_with_its_punctuation_token_not_the_next_one() {
+        let mut a = SentenceAggregator::new();
+        let mut out = Vec::new();
+        for t in ["The", " sky", " is", " blue", "."] {
+            out.extend(a.push(t));
+        }
+        assert_eq!(out, ["The sky is blue."]);
+        // Numbers, abbreviations and initials wait for what follows.
+        for t in ["It is 1", ",", "000 miles, Mr", ".", " J", "."] {
+            assert!(a.push(t).is_empty(), "{t:?}");
+        }
+        assert_eq!(
+            a.push(" Smith said so. ").concat(),
+            "It is 1,000 miles, Mr. J. Smith said so."
+        );
+        assert_eq!(run(&["Well", ".", "..", " Yes."]), ["Well.", "Yes."]);
     }
 
     #[test]

@@ -75,8 +75,9 @@ impl Default for PiperOptions {
             sentence_silence: 0.2,
             length_scale: 1.0,
             espeak_data: std::env::var_os("CALLBOX_ESPEAK_DATA").map(PathBuf::from),
-            // One thread: the sentences are short, and the LLM runs beside it.
-            threads: 1,
+            // Every core: the caller waits for the first clause, and the
+            // reply pauses the LLM while Piper synthesises it.
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
