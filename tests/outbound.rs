@@ -15,6 +15,11 @@ use common::*;
 
 const API_TOKEN: &str = "owner-secret-token";
 
+/// A valid dial-out request.
+fn numbers() -> serde_json::Value {
+    serde_json::json!({"to_number": "+14155550123", "from_number": "+14155550100"})
+}
+
 /// A server with Twilio REST credentials pointing at `fake`, dial-out on.
 async fn start_against(
     fake: &FakeTwilio,
@@ -72,12 +77,7 @@ async fn dialout_places_a_call_that_greets_first_and_hangs_up_once() {
     )
     .await;
     let (state, addr) = start_against(&fake, |_| {}).await;
-    let (status, body) = dialout(
-        addr,
-        Some(API_TOKEN),
-        serde_json::json!({"to_number": "+14155550123", "from_number": "+14155550100"}),
-    )
-    .await;
+    let (status, body) = dialout(addr, Some(API_TOKEN), numbers()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "call_initiated");
     assert_eq!(body["to_number"], "+14155550123");
@@ -179,7 +179,7 @@ async fn dialout_needs_the_owner_and_says_what_is_wrong() {
     )
     .await;
     let (_state, addr) = start_against(&fake, |_| {}).await;
-    let ok_body = serde_json::json!({"to_number": "+14155550123", "from_number": "+14155550100"});
+    let ok_body = numbers();
     assert_eq!(dialout(addr, None, ok_body.clone()).await.0, 401);
     assert_eq!(dialout(addr, Some("guess"), ok_body.clone()).await.0, 401);
     let (status, body) = dialout(addr, Some(API_TOKEN), serde_json::json!({})).await;
@@ -248,12 +248,7 @@ async fn the_call_goes_on_when_twilio_rest_fails() {
     )
     .await;
     let (state, addr) = start_against(&fake, |c| c.twilio.retries = 1).await;
-    let (status, body) = dialout(
-        addr,
-        Some(API_TOKEN),
-        serde_json::json!({"to_number": "+14155550123", "from_number": "+14155550100"}),
-    )
-    .await;
+    let (status, body) = dialout(addr, Some(API_TOKEN), numbers()).await;
     assert_eq!(status, 200, "{body}");
     let call_sid = body["call_sid"].as_str().unwrap().to_string();
     let p = fake.played().await.pop().unwrap().expect("the call played");

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{OriginalUri, State};
+use axum::extract::{FromRequest, OriginalUri, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
@@ -89,16 +89,44 @@ fn signed_by_twilio(
     ok
 }
 
-/// A webhook's form, if Twilio signed it.
-fn verified_form(
-    app: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-    body: &[u8],
-) -> Option<Vec<(String, String)>> {
-    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
-    let urls = signed_urls(&app.cfg, headers, uri);
-    signed_by_twilio(app, headers, &urls, &form).then_some(form)
+/// A webhook's form, extracted only when Twilio signed it (otherwise the
+/// request is refused with 403), with the headers that locate us.
+pub(super) struct TwilioForm {
+    form: Vec<(String, String)>,
+    headers: HeaderMap,
+}
+
+impl TwilioForm {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl FromRequest<Arc<AppState>> for TwilioForm {
+    type Rejection = StatusCode;
+
+    async fn from_request(req: Request, app: &Arc<AppState>) -> Result<Self, StatusCode> {
+        let (parts, body) = req.into_parts();
+        let uri = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+        let body = axum::body::to_bytes(body, app.cfg.server.max_message_bytes)
+            .await
+            .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
+        let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let urls = signed_urls(&app.cfg, &parts.headers, &uri);
+        if !signed_by_twilio(app, &parts.headers, &urls, &form) {
+            return Err(StatusCode::FORBIDDEN);
+        }
+        Ok(Self {
+            form,
+            headers: parts.headers,
+        })
+    }
 }
 
 /// Twilio signs the websocket upgrade too (over the `wss://` URL, with no
@@ -125,12 +153,6 @@ pub(super) fn upgrade_allowed(app: &AppState, headers: &HeaderMap, uri: &Uri) ->
         .collect();
     urls.extend(slashed);
     signed_by_twilio(app, headers, &urls, &[])
-}
-
-fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    form.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// TwiML that connects the call to our websocket with a one-time stream
@@ -163,38 +185,25 @@ fn connect(
 }
 
 /// `POST /`: someone called our number.
-pub(super) async fn incoming_call(
-    State(app): State<Arc<AppState>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if verified_form(&app, &headers, &uri, &body).is_none() {
-        return StatusCode::FORBIDDEN.into_response();
-    }
-    connect(&app, &headers, Direction::Inbound, &[])
+pub(super) async fn incoming_call(State(app): State<Arc<AppState>>, req: TwilioForm) -> Response {
+    connect(&app, &req.headers, Direction::Inbound, &[])
 }
 
 /// `POST /twiml`: the person we dialled answered; the bot greets first, as
 /// the outbound persona, knowing whom it called.
 pub(super) async fn outbound_answered(
     State(app): State<Arc<AppState>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    req: TwilioForm,
 ) -> Response {
-    let Some(form) = verified_form(&app, &headers, &uri, &body) else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
-    let to = field(&form, "To").unwrap_or_default();
-    let from = field(&form, "From").unwrap_or_default();
+    let to = req.field("To").unwrap_or_default();
+    let from = req.field("From").unwrap_or_default();
     tracing::info!(
-        call = field(&form, "CallSid").unwrap_or_default(),
+        call = req.field("CallSid").unwrap_or_default(),
         "outbound call answered"
     );
     connect(
         &app,
-        &headers,
+        &req.headers,
         Direction::Outbound,
         &[("to_number", to), ("from_number", from)],
     )
@@ -202,16 +211,8 @@ pub(super) async fn outbound_answered(
 
 /// `POST /status`: Twilio's progress reports on a call we placed (initiated,
 /// ringing, answered, completed — or busy, no-answer, failed).
-pub(super) async fn call_status(
-    State(app): State<Arc<AppState>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let Some(form) = verified_form(&app, &headers, &uri, &body) else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
-    let status = field(&form, "CallStatus").unwrap_or("unknown");
+pub(super) async fn call_status(State(app): State<Arc<AppState>>, req: TwilioForm) -> Response {
+    let status = req.field("CallStatus").unwrap_or("unknown");
     // A label value from outside: only Twilio's documented statuses.
     let label = match status {
         "queued" | "initiated" | "ringing" | "in-progress" | "completed" | "busy" | "failed"
@@ -223,9 +224,9 @@ pub(super) async fn call_status(
         .with_label_values(&[label])
         .inc();
     tracing::info!(
-        call = field(&form, "CallSid").unwrap_or_default(),
+        call = req.field("CallSid").unwrap_or_default(),
         status,
-        duration_secs = field(&form, "CallDuration").unwrap_or_default(),
+        duration_secs = req.field("CallDuration").unwrap_or_default(),
         "call status"
     );
     StatusCode::NO_CONTENT.into_response()
