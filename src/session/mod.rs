@@ -227,8 +227,12 @@ const TURN_BUFFER_SECS: usize = 30;
 /// How long an ended call waits for its threads (a cancelled reply stops
 /// at its next token or audio chunk; a transcription runs to its end).
 const WORKERS_GRACE: Duration = Duration::from_secs(10);
-/// Audio before the VAD's onset that Smart Turn and STT also see.
+/// Audio before the VAD's onset that Smart Turn sees (its training clips
+/// start before the speech).
 const PRE_SPEECH_SECS: f64 = 0.5;
+/// The same for Whisper: enough for a soft first consonant, and every
+/// second less is encoder time the caller does not wait for.
+const STT_PRE_SPEECH_SECS: f64 = 0.2;
 
 pub struct Session {
     cfg: Arc<Config>,
@@ -555,7 +559,7 @@ impl Session {
                     p.vad_stop_at = Some(stop_at);
                     p.id
                 };
-                let audio = self.turn_audio(turn_start, at);
+                let audio = self.turn_audio(turn_start, at, PRE_SPEECH_SECS);
                 let (turn, tx) = (self.engines.turn.clone(), self.internal_tx.clone());
                 tokio::task::spawn_blocking(move || {
                     let _ = tx.blocking_send(Internal::Verdict(id, turn.predict(&audio)));
@@ -567,8 +571,8 @@ impl Session {
 
     /// The turn's audio for Smart Turn and STT: from a little before its
     /// first onset to `to`.
-    fn turn_audio(&self, turn_start: u64, to: u64) -> Vec<f32> {
-        let from = turn_start.saturating_sub((PRE_SPEECH_SECS * MODEL_RATE as f64) as u64);
+    fn turn_audio(&self, turn_start: u64, to: u64, pre_secs: f64) -> Vec<f32> {
+        let from = turn_start.saturating_sub((pre_secs * MODEL_RATE as f64) as u64);
         self.audio_between(from, to)
     }
 
@@ -578,7 +582,7 @@ impl Session {
         let Some(turn_start) = self.turn_start else {
             return;
         };
-        let audio = self.turn_audio(turn_start, to);
+        let audio = self.turn_audio(turn_start, to, STT_PRE_SPEECH_SECS);
         let id = self.next_turn_id;
         self.next_turn_id += 1;
         self.discard_pending();
