@@ -10,7 +10,7 @@
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -30,10 +30,13 @@ use crate::error::{Error, Result};
 pub struct LlamaOptions {
     /// Context length per call, in tokens.
     pub n_ctx: u32,
-    /// Threads for generating tokens. Every core: a reply's first clause
-    /// is written with nothing else running (the reply pauses the LLM while
-    /// Piper synthesises it), and on 2 cores one thread decodes at half the
-    /// speed of two (35 against 68 tokens/s for SmolLM2-135M).
+    /// Threads for generating tokens, for a call that has the machine to
+    /// itself: every core, as a reply's first clause is written with
+    /// nothing else running (the reply pauses the LLM while Piper
+    /// synthesises it), and on 2 cores one thread decodes at half the speed
+    /// of two (35 against 68 tokens/s for SmolLM2-135M). A session opened
+    /// while others are live decodes on one thread: OpenMP teams of several
+    /// calls spinning at their barriers on a small CPU starve one another.
     pub threads: i32,
     /// Threads for evaluating prompts (no TTS runs during a prefill).
     pub threads_batch: i32,
@@ -82,6 +85,8 @@ struct Inner {
     template: LlamaChatTemplate,
     options: LlamaOptions,
     path: PathBuf,
+    /// Sessions alive now.
+    live: AtomicUsize,
 }
 
 impl LlamaEngine {
@@ -114,6 +119,7 @@ impl LlamaEngine {
             template,
             options,
             path: path.to_path_buf(),
+            live: AtomicUsize::new(0),
         })))
     }
 }
@@ -139,15 +145,22 @@ impl Inner {
 impl Llm for LlamaEngine {
     fn session(&self) -> Result<Box<dyn LlmSession>> {
         let engine = &self.0;
+        let others = engine.live.load(Ordering::Relaxed);
+        let threads = if others == 0 {
+            engine.options.threads
+        } else {
+            1
+        };
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(engine.options.n_ctx))
             .with_n_batch(512)
-            .with_n_threads(engine.options.threads)
+            .with_n_threads(threads)
             .with_n_threads_batch(engine.options.threads_batch);
         let ctx = engine
             .model
             .new_context(backend()?, params)
             .map_err(|e| Error::engine("llama", e))?;
+        engine.live.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(LlamaSession {
             engine: engine.clone(),
             ctx,
@@ -170,6 +183,12 @@ pub struct LlamaSession {
     ctx: LlamaContext<'static>,
     /// Tokens whose keys and values are in the context, in order.
     cached: Vec<LlamaToken>,
+}
+
+impl Drop for LlamaSession {
+    fn drop(&mut self) {
+        self.engine.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LlamaSession {
