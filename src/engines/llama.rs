@@ -145,8 +145,7 @@ impl Inner {
 impl Llm for LlamaEngine {
     fn session(&self) -> Result<Box<dyn LlmSession>> {
         let engine = &self.0;
-        let others = engine.live.load(Ordering::Relaxed);
-        let threads = if others == 0 {
+        let threads = if engine.live.load(Ordering::Relaxed) == 0 {
             engine.options.threads
         } else {
             1

@@ -176,8 +176,12 @@ impl Metrics {
         }
     }
 
+    /// A Twilio REST operation's outcome; a failed one is also an error.
     pub fn twilio_request(&self, op: &str, outcome: &str) {
         self.twilio_requests.with_label_values(&[op, outcome]).inc();
+        if outcome == "failed" {
+            self.errors.with_label_values(&["twilio"]).inc();
+        }
     }
 
     /// The exposition text.

@@ -10,7 +10,6 @@ use crate::twilio::rest::{HangUp, RestError};
 
 fn failed(app: &AppState, op: &str, call_sid: &str, e: &RestError) {
     app.metrics.twilio_request(op, "failed");
-    app.metrics.errors.with_label_values(&["twilio"]).inc();
     tracing::error!(call = call_sid, op, "Twilio call control failed: {e}");
 }
 

@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::config::Config;
+use crate::session::Direction;
 use crate::twilio::rest::{is_e164, RestError, TwilioRest};
 
 #[derive(Debug, Deserialize)]
@@ -149,11 +150,7 @@ pub(super) async fn dialout(
             )
         }
     };
-    if app.calls.available_permits() == 0 {
-        app.metrics
-            .calls
-            .with_label_values(&["outbound", "rejected"])
-            .inc();
+    if app.turn_away_if_busy(Direction::Outbound) {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "all lines are busy; try again later",
@@ -173,7 +170,6 @@ pub(super) async fn dialout(
         }
         Err(e @ DialError::Twilio(_)) => {
             app.metrics.twilio_request("create_call", "failed");
-            app.metrics.errors.with_label_values(&["twilio"]).inc();
             tracing::error!("dial-out: {e}");
             error(StatusCode::BAD_GATEWAY, e.to_string())
         }

@@ -23,7 +23,7 @@ use crate::observe::log::LogObserver;
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::TraceObserver;
 use crate::observe::{Bus, Observer};
-use crate::session::CallSummary;
+use crate::session::{CallSummary, Direction};
 use crate::stack::Engines;
 use crate::twilio::rest::TwilioRest;
 
@@ -124,6 +124,23 @@ impl AppState {
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         t.remove(token)
             .is_some_and(|issued| issued.elapsed() < TOKEN_TTL)
+    }
+
+    /// Whether every line is taken; a call turned away for it is counted
+    /// and logged.
+    pub fn turn_away_if_busy(&self, direction: Direction) -> bool {
+        let busy = self.calls.available_permits() == 0;
+        if busy {
+            self.metrics
+                .calls
+                .with_label_values(&[direction.as_str(), "rejected"])
+                .inc();
+            tracing::warn!(
+                direction = direction.as_str(),
+                "call turned away: all lines busy"
+            );
+        }
+        busy
     }
 
     pub fn record(&self, s: CallSummary) {

@@ -163,15 +163,7 @@ fn connect(
     direction: Direction,
     params: &[(&str, &str)],
 ) -> Response {
-    let xml = if app.calls.available_permits() == 0 {
-        app.metrics
-            .calls
-            .with_label_values(&[direction.as_str(), "rejected"])
-            .inc();
-        tracing::warn!(
-            direction = direction.as_str(),
-            "call turned away: all lines busy"
-        );
+    let xml = if app.turn_away_if_busy(direction) {
         twiml::say_and_hang_up("Sorry, all our lines are busy. Please call again in a few minutes.")
     } else {
         // The token travels back in `start.customParameters`: the websocket

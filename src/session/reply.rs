@@ -170,9 +170,9 @@ pub fn spawn(
     let cancel = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(Gate::new(!draft));
     let (piece_tx, piece_rx) = std_mpsc::channel::<String>();
-    // Signalled (or dropped) by the TTS thread once the first piece is
-    // synthesised.
-    let (spoken_tx, spoken_rx) = std_mpsc::sync_channel::<()>(1);
+    // Dropped by the TTS thread once the first piece is synthesised (or when
+    // it ends), which wakes the paused LLM.
+    let (spoken_tx, spoken_rx) = std_mpsc::sync_channel::<()>(0);
 
     match source {
         Source::Text(text) => {
@@ -274,9 +274,7 @@ pub fn spawn(
                     !tts_gate.is_open() || send(&mut held)
                 });
                 // The LLM may write on.
-                if let Some(tx) = spoken_tx.take() {
-                    let _ = tx.try_send(());
-                }
+                drop(spoken_tx.take());
                 if let Err(e) = r {
                     let _ = events.blocking_send(ReplyEvent::Failed {
                         epoch,

@@ -90,17 +90,15 @@ impl SimOptions {
     /// signed `POST /` next to the websocket, then the stream with the
     /// token the TwiML issued.
     pub fn signed(mut self, auth_token: &str) -> Self {
-        let rest = self
-            .url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, r)| r);
-        let host = rest.split('/').next().unwrap_or(rest);
-        let scheme = if self.url.starts_with("wss://") {
-            "https"
-        } else {
-            "http"
-        };
-        self.webhook = Some(format!("{scheme}://{host}/"));
+        // An unparsable URL stays as it is, for the POST to report.
+        let webhook = reqwest::Url::parse(&self.url).ok().and_then(|mut u| {
+            let scheme = if u.scheme() == "wss" { "https" } else { "http" };
+            u.set_scheme(scheme).ok()?;
+            u.set_path("/");
+            u.set_query(None);
+            Some(u.to_string())
+        });
+        self.webhook = Some(webhook.unwrap_or_else(|| self.url.clone()));
         self.auth_token = Some(auth_token.to_string());
         self
     }
@@ -147,6 +145,24 @@ enum Phase {
     Linger(Instant),
 }
 
+/// POSTs `form` to `to` with the signature Twilio gives it for
+/// `signed_url`, the public URL it was told (behind a TLS-terminating proxy
+/// the two differ).
+pub async fn post_signed(
+    auth_token: &str,
+    signed_url: &str,
+    to: &str,
+    form: &[(String, String)],
+) -> anyhow::Result<reqwest::Response> {
+    let signature = crate::twilio::signature::sign(auth_token, signed_url, form);
+    Ok(reqwest::Client::new()
+        .post(to)
+        .header("X-Twilio-Signature", signature)
+        .form(form)
+        .send()
+        .await?)
+}
+
 /// Twilio's side of a webhook: POST `form` to `url`, signed with
 /// `auth_token`, and read the stream the TwiML answer connects.
 pub async fn webhook(
@@ -154,13 +170,7 @@ pub async fn webhook(
     auth_token: &str,
     form: &[(String, String)],
 ) -> anyhow::Result<StreamTarget> {
-    let signature = crate::twilio::signature::sign(auth_token, url, form);
-    let resp = reqwest::Client::new()
-        .post(url)
-        .header("X-Twilio-Signature", signature)
-        .form(form)
-        .send()
-        .await?;
+    let resp = post_signed(auth_token, url, url, form).await?;
     let status = resp.status();
     let twiml = resp.text().await?;
     anyhow::ensure!(status.is_success(), "webhook answered {status}: {twiml}");

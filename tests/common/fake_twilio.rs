@@ -255,13 +255,7 @@ async fn answer(
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     // Signed over the URL Twilio was given, sent through the proxy.
-    let signature = callbox::twilio::signature::sign(&auth_token, &twiml_url, &form);
-    let resp = reqwest::Client::new()
-        .post(via_proxy(&twiml_url))
-        .header("X-Twilio-Signature", signature)
-        .form(&form)
-        .send()
-        .await?;
+    let resp = sim::post_signed(&auth_token, &twiml_url, &via_proxy(&twiml_url), &form).await?;
     anyhow::ensure!(
         resp.status().is_success(),
         "/twiml answered {}",
@@ -285,12 +279,7 @@ async fn answer(
         .field("StatusCallback")
         .unwrap_or_default()
         .to_string();
-    let signature = callbox::twilio::signature::sign(&auth_token, &callback, &done);
-    let status_callback = reqwest::Client::new()
-        .post(via_proxy(&callback))
-        .header("X-Twilio-Signature", signature)
-        .form(&done)
-        .send()
+    let status_callback = sim::post_signed(&auth_token, &callback, &via_proxy(&callback), &done)
         .await?
         .status()
         .as_u16();
