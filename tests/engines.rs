@@ -227,6 +227,111 @@ fn llm_second_turn_prefills_only_new_tokens() {
     );
 }
 
+/// A conversation longer than the context still gets answers: the oldest
+/// exchanges are forgotten in one step, and the following turns reuse the
+/// cache of the shortened conversation.
+#[test]
+fn llm_long_call_outgrows_its_context() {
+    use callbox::engines::llama::{LlamaEngine, LlamaOptions};
+    use callbox::engines::Llm;
+    let n_ctx = 512;
+    let engine = LlamaEngine::load(
+        &paths().llm,
+        LlamaOptions {
+            n_ctx,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut s = engine.session().unwrap();
+    let opts = GenerationOptions {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let no = AtomicBool::new(false);
+    let mut h = vec![ChatMessage::new(Role::System, callbox::persona::TEACHER)];
+    for i in 0..30 {
+        h.push(ChatMessage::new(
+            Role::User,
+            format!("Tell me about the number {i}."),
+        ));
+        h.push(ChatMessage::new(
+            Role::Assistant,
+            format!("The number {i} comes after {} and before {}, and you can count to it on your fingers and toes.", i as i64 - 1, i + 1),
+        ));
+    }
+    h.push(ChatMessage::new(Role::User, "What comes after seven?"));
+    let g1 = s.generate(&h, &opts, &no, &mut |_| true).unwrap();
+    assert!(!g1.text.trim().is_empty(), "{g1:?}");
+    assert!(g1.prompt_tokens <= n_ctx as usize / 2, "{g1:?}");
+    // The persona survives the cut: the window is longer than the exchanges kept.
+    assert!(g1.prompt_tokens > 100, "{g1:?}");
+
+    h.push(ChatMessage::new(Role::Assistant, g1.text.trim()));
+    h.push(ChatMessage::new(Role::User, "And after eight?"));
+    let g2 = s.generate(&h, &opts, &no, &mut |_| true).unwrap();
+    assert!(!g2.text.trim().is_empty(), "{g2:?}");
+    assert!(g2.cached_tokens >= g1.prompt_tokens, "{g1:?}\n{g2:?}");
+    assert!(g2.prefilled_tokens < 40, "{g2:?}");
+}
+
+/// A small model answers a new question with its previous answer when the
+/// history invites it (seen in the demo before the penalty covered the
+/// previous reply).
+#[test]
+fn llm_does_not_repeat_its_previous_answer() {
+    let mut s = llm().session().unwrap();
+    // The demo's conversation, as the session kept it, up to the first copy.
+    let mut h = vec![
+        ChatMessage::new(Role::System, callbox::persona::TEACHER),
+        ChatMessage::new(
+            Role::Assistant,
+            "Hello, this is Miss Harper. What would you like to learn about today?",
+        ),
+        ChatMessage::new(Role::User, "I'm Miss Harper."),
+    ];
+    let exchanges = [
+        (
+            "Why is the sky blue?",
+            "The sky is blue because of a process called scattering.",
+        ),
+        (
+            "What makes a rainbow?",
+            "A rainbow is made of water and light.",
+        ),
+        ("How do birds fly?", "Birds fly by flapping their wings."),
+        ("Why do you cats per?", "Cats per are a type of bird."),
+        ("How far away is the month?", "The month is 12 months."),
+        ("What do you plan see?", "The month is 12 months."),
+        (
+            "Why is the ocean salty?",
+            "The ocean is salty because it contains salt.",
+        ),
+    ];
+    for (q, a) in exchanges {
+        h.push(ChatMessage::new(Role::User, q));
+        h.push(ChatMessage::new(Role::Assistant, a));
+    }
+    h.push(ChatMessage::new(Role::User, "How do these make honey?"));
+    let g = s
+        .generate(
+            &h,
+            &GenerationOptions {
+                max_tokens: 30,
+                ..Default::default()
+            },
+            &AtomicBool::new(false),
+            &mut |_| true,
+        )
+        .unwrap();
+    let reply = g.text.trim();
+    assert!(!reply.is_empty());
+    assert!(
+        !reply.starts_with("The ocean is salty"),
+        "the previous answer again: {reply:?}"
+    );
+}
+
 #[test]
 fn llm_cancellation_stops_within_one_token() {
     let mut s = llm().session().unwrap();

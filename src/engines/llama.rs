@@ -164,6 +164,7 @@ impl Llm for LlamaEngine {
             engine: engine.clone(),
             ctx,
             cached: Vec::new(),
+            dropped: 0,
         }))
     }
 
@@ -182,6 +183,9 @@ pub struct LlamaSession {
     ctx: LlamaContext<'static>,
     /// Tokens whose keys and values are in the context, in order.
     cached: Vec<LlamaToken>,
+    /// Conversation messages (after the leading system prompt) no longer
+    /// shown to the model; see [`LlamaSession::fit`].
+    dropped: usize,
 }
 
 impl Drop for LlamaSession {
@@ -191,6 +195,59 @@ impl Drop for LlamaSession {
 }
 
 impl LlamaSession {
+    /// Tokenizes the conversation as `render` lays it out, keeping it inside
+    /// the context. A call can outlast any context, so once the prompt would
+    /// leave less than an eighth of the context for the caller's words and
+    /// the reply, the oldest exchanges are forgotten (the system prompt
+    /// never is) until it fills half of it: the re-evaluation this costs
+    /// comes once in many turns rather than at every turn. The count is kept
+    /// so that prefills and generations see the same window and share the
+    /// cache.
+    fn fit(
+        &mut self,
+        messages: &[ChatMessage],
+        render: impl Fn(&Inner, &[ChatMessage]) -> Result<String>,
+    ) -> Result<Vec<LlamaToken>> {
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let head = messages
+            .iter()
+            .take_while(|m| m.role == super::Role::System)
+            .count();
+        let window = |dropped: usize| -> Vec<ChatMessage> {
+            let from = (head + dropped).min(messages.len());
+            messages[..head]
+                .iter()
+                .chain(&messages[from..])
+                .cloned()
+                .collect()
+        };
+        let engine = self.engine.clone();
+        let tokenize = |dropped: usize| -> Result<Vec<LlamaToken>> {
+            Ok(engine.tokenize(&render(&engine, &window(dropped))?))
+        };
+        let mut tokens = tokenize(self.dropped)?;
+        if tokens.len() <= n_ctx - n_ctx / 8 {
+            return Ok(tokens);
+        }
+        let conversation = messages.len() - head;
+        // Always keep the newest message; start the window at a user turn.
+        while tokens.len() > n_ctx / 2 && self.dropped + 1 < conversation {
+            self.dropped += 1;
+            while self.dropped + 1 < conversation
+                && messages[head + self.dropped].role != super::Role::User
+            {
+                self.dropped += 1;
+            }
+            tokens = tokenize(self.dropped)?;
+        }
+        tracing::info!(
+            forgotten = self.dropped,
+            prompt_tokens = tokens.len(),
+            "conversation outgrew the LLM context: the oldest exchanges are forgotten"
+        );
+        Ok(tokens)
+    }
+
     /// Brings the KV cache to `prompt`, evaluating only what is new; returns
     /// (tokens evaluated, tokens reused) and leaves the logits of the last
     /// prompt token ready for sampling.
@@ -248,12 +305,13 @@ impl LlmSession for LlamaSession {
         const SLOT: &str = "\u{E000}";
         let mut next = messages.to_vec();
         next.push(ChatMessage::new(super::Role::User, SLOT));
-        let rendered = self.engine.render(&next, false)?;
-        let text = match rendered.find(SLOT) {
-            Some(at) => &rendered[..at],
-            None => rendered.as_str(),
-        };
-        let tokens = self.engine.tokenize(text);
+        let tokens = self.fit(&next, |engine, window| {
+            let mut rendered = engine.render(window, false)?;
+            if let Some(at) = rendered.find(SLOT) {
+                rendered.truncate(at);
+            }
+            Ok(rendered)
+        })?;
         Ok(self.sync(&tokens)?.0)
     }
 
@@ -265,11 +323,11 @@ impl LlmSession for LlamaSession {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let t0 = Instant::now();
-        let prompt = self.engine.tokenize(&self.engine.render(messages, true)?);
+        let prompt = self.fit(messages, |engine, window| engine.render(window, true))?;
         let (prefilled, cached) = self.sync(&prompt)?;
         let penalties = LlamaSampler::penalties(
             self.engine.model.n_vocab(),
-            64,
+            PENALTY_WINDOW,
             options.repeat_penalty,
             0.0,
             0.0,
@@ -285,6 +343,20 @@ impl LlmSession for LlamaSession {
                 LlamaSampler::dist(options.seed),
             ])
         };
+        // A small model readily answers a new question with its previous
+        // answer, copied from the history; the penalty counts the previous
+        // reply's tokens as if just generated, so a verbatim copy is
+        // discouraged while the question's own words stay free to reuse.
+        if let Some(previous) = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == super::Role::Assistant)
+        {
+            let vocab = self.engine.model.vocab();
+            for t in vocab.tokenize(previous.content.as_bytes(), false, false) {
+                sampler.accept(t);
+            }
+        }
         let vocab = self.engine.model.vocab();
         let mut gen = Generation {
             prefilled_tokens: prefilled,
@@ -336,6 +408,9 @@ impl LlmSession for LlamaSession {
         Ok(gen)
     }
 }
+
+/// Tokens the repetition penalty looks back on: a reply and the one before.
+const PENALTY_WINDOW: i32 = 64;
 
 /// Removes and returns the longest valid UTF-8 prefix of `buf`: a token may
 /// end in the middle of a multi-byte character.

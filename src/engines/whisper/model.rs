@@ -33,21 +33,72 @@ pub struct Config {
     pub begin_suppress_tokens: Vec<u32>,
 }
 
+/// A linear layer that the decoder runs one token at a time. The gemm crate
+/// packs the whole weight matrix on every call, which for a single row of
+/// input costs more than the product itself (a tiny.en decoder step took
+/// ~8.5 ms in its four blocks). An 8-bit GEMV reads the weights as they lie,
+/// a quarter of the bytes, and takes the step to a few ms; the encoder, whose
+/// inputs have hundreds of rows, keeps dense f32 weights.
+enum Proj {
+    Dense(Linear),
+    Quantized { w: QMatMul, b: Option<Tensor> },
+}
+
+impl Proj {
+    fn load(d_in: usize, d_out: usize, bias: bool, quantize: bool, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get((d_out, d_in), "weight")?;
+        let b = bias.then(|| vb.get(d_out, "bias")).transpose()?;
+        if quantize && w.device().is_cpu() && d_in % 32 == 0 {
+            let q = QTensor::quantize(&w.to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
+            Ok(Self::Quantized {
+                w: QMatMul::from_qtensor(q)?,
+                b: b.map(|b| b.to_dtype(DType::F32)).transpose()?,
+            })
+        } else {
+            Ok(Self::Dense(Linear::new(w, b)))
+        }
+    }
+}
+
+impl Module for Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(l) => l.forward(x),
+            Self::Quantized { w, b } => {
+                let y = w.forward(x)?;
+                match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    out: Proj,
     n_head: usize,
 }
 
 impl Attention {
-    fn load(d: usize, n_head: usize, vb: VarBuilder) -> Result<Self> {
+    /// `per_token`: the queries are one decoded token at a time (8-bit);
+    /// `per_token_kv`: so are the keys and values (self-attention; the
+    /// cross-attention's are projected once from hundreds of encoder rows).
+    fn load(
+        d: usize,
+        n_head: usize,
+        per_token: bool,
+        per_token_kv: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            q: candle_nn::linear(d, d, vb.pp("q_proj"))?,
-            k: candle_nn::linear_no_bias(d, d, vb.pp("k_proj"))?,
-            v: candle_nn::linear(d, d, vb.pp("v_proj"))?,
-            out: candle_nn::linear(d, d, vb.pp("out_proj"))?,
+            q: Proj::load(d, d, true, per_token, vb.pp("q_proj"))?,
+            k: Proj::load(d, d, false, per_token_kv, vb.pp("k_proj"))?,
+            v: Proj::load(d, d, true, per_token_kv, vb.pp("v_proj"))?,
+            out: Proj::load(d, d, true, per_token, vb.pp("out_proj"))?,
             n_head,
         })
     }
@@ -67,11 +118,12 @@ impl Attention {
         ))
     }
 
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `kt`: the keys transposed to `[b, heads, d/heads, t]`.
+    fn attend(&self, x: &Tensor, kt: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let q = self.heads(&self.q.forward(x)?)?;
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
-        let mut w = (q.matmul(&k.t()?)? * scale)?;
+        let mut w = (q.matmul(kt)? * scale)?;
         if let Some(m) = mask {
             w = w.broadcast_add(m)?;
         }
@@ -82,16 +134,16 @@ impl Attention {
 }
 
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
     ln: LayerNorm,
 }
 
 impl Mlp {
-    fn load(d: usize, vb: &VarBuilder) -> Result<Self> {
+    fn load(d: usize, quantize: bool, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: candle_nn::linear(d, 4 * d, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(4 * d, d, vb.pp("fc2"))?,
+            fc1: Proj::load(d, 4 * d, true, quantize, vb.pp("fc1"))?,
+            fc2: Proj::load(4 * d, d, true, quantize, vb.pp("fc2"))?,
             ln: candle_nn::layer_norm(d, 1e-5, vb.pp("final_layer_norm"))?,
         })
     }
@@ -133,9 +185,15 @@ impl Encoder {
             .map(|i| {
                 let vb = vb.pp(format!("layers.{i}"));
                 Ok(EncoderBlock {
-                    attn: Attention::load(d, cfg.encoder_attention_heads, vb.pp("self_attn"))?,
+                    attn: Attention::load(
+                        d,
+                        cfg.encoder_attention_heads,
+                        false,
+                        false,
+                        vb.pp("self_attn"),
+                    )?,
                     ln: candle_nn::layer_norm(d, 1e-5, vb.pp("self_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, &vb)?,
+                    mlp: Mlp::load(d, false, &vb)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -157,7 +215,7 @@ impl Encoder {
         for b in &self.blocks {
             let h = b.ln.forward(&x)?;
             let (k, v) = b.attn.keys_values(&h)?;
-            x = (&x + b.attn.attend(&h, &k, &v, None)?)?;
+            x = (&x + b.attn.attend(&h, &k.t()?, &v, None)?)?;
             x = b.mlp.residual(&x)?;
         }
         self.ln_post.forward(&x)
@@ -213,6 +271,7 @@ pub struct Decoder {
 /// Per-transcription decoder caches.
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// (keys transposed, values) per layer.
     cross_kv: Vec<(Tensor, Tensor)>,
     pub len: usize,
 }
@@ -225,11 +284,23 @@ impl Decoder {
             .map(|i| {
                 let vb = vb.pp(format!("layers.{i}"));
                 Ok(DecoderBlock {
-                    attn: Attention::load(d, cfg.decoder_attention_heads, vb.pp("self_attn"))?,
+                    attn: Attention::load(
+                        d,
+                        cfg.decoder_attention_heads,
+                        true,
+                        true,
+                        vb.pp("self_attn"),
+                    )?,
                     attn_ln: candle_nn::layer_norm(d, 1e-5, vb.pp("self_attn_layer_norm"))?,
-                    cross: Attention::load(d, cfg.decoder_attention_heads, vb.pp("encoder_attn"))?,
+                    cross: Attention::load(
+                        d,
+                        cfg.decoder_attention_heads,
+                        true,
+                        false,
+                        vb.pp("encoder_attn"),
+                    )?,
                     cross_ln: candle_nn::layer_norm(d, 1e-5, vb.pp("encoder_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, &vb)?,
+                    mlp: Mlp::load(d, true, &vb)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -253,12 +324,17 @@ impl Decoder {
     }
 
     /// Projects the encoder output into every layer's cross-attention keys
-    /// and values, once per utterance.
+    /// and values, once per utterance. The keys are stored transposed and
+    /// contiguous: every decoder step multiplies by them, and a strided
+    /// transpose there cost half a millisecond per layer and step.
     pub fn start(&self, audio_features: &Tensor) -> Result<DecoderState> {
         let cross_kv = self
             .blocks
             .iter()
-            .map(|b| b.cross.keys_values(audio_features))
+            .map(|b| {
+                let (k, v) = b.cross.keys_values(audio_features)?;
+                Ok((k.t()?.contiguous()?, v))
+            })
             .collect::<Result<_>>()?;
         Ok(DecoderState {
             self_kv: vec![None; self.blocks.len()],
@@ -287,11 +363,11 @@ impl Decoder {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
             };
-            x = (&x + b.attn.attend(&h, &k, &v, mask.as_ref())?)?;
+            x = (&x + b.attn.attend(&h, &k.t()?, &v, mask.as_ref())?)?;
             state.self_kv[i] = Some((k, v));
             let h = b.cross_ln.forward(&x)?;
-            let (ck, cv) = &state.cross_kv[i];
-            x = (&x + b.cross.attend(&h, ck, cv, None)?)?;
+            let (ckt, cv) = &state.cross_kv[i];
+            x = (&x + b.cross.attend(&h, ckt, cv, None)?)?;
             x = b.mlp.residual(&x)?;
         }
         state.len += t;
