@@ -156,6 +156,9 @@ pub struct ServerConfig {
     /// Largest websocket message or request body accepted (Twilio's are
     /// under a kilobyte).
     pub max_message_bytes: usize,
+    /// On SIGTERM or SIGINT, how long calls in progress may go on while no
+    /// new call is taken; those still running then are ended.
+    pub drain_secs: u64,
 }
 
 /// A credential: serialised as itself, printed as `***`.
@@ -244,6 +247,7 @@ impl Default for ServerConfig {
             validate_signatures: true,
             api_token: None,
             max_message_bytes: 64 * 1024,
+            drain_secs: 30,
         }
     }
 }

@@ -29,7 +29,13 @@ pub async fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<()> {
     let engines = load_engines(cli, &cfg).await?;
     let bind = cfg.server.bind.clone();
     eprintln!("callbox listening on {bind}: point your Twilio number's voice webhook at POST /");
-    server::serve(AppState::new(cfg, engines), &bind, None).await
+    server::serve_until(
+        AppState::new(cfg, engines),
+        &bind,
+        None,
+        server::shutdown_signal(),
+    )
+    .await
 }
 
 #[derive(Debug, Args)]

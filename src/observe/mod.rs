@@ -27,9 +27,9 @@ pub mod metrics;
 pub mod otel;
 pub mod trace;
 
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -139,9 +139,15 @@ impl Observer for Box<dyn Observer> {
     }
 }
 
+enum Queued {
+    Event(Arc<Event>),
+    /// Answered once everything queued before it was observed.
+    Flush(Sender<()>),
+}
+
 struct Subscriber {
     name: String,
-    tx: SyncSender<Arc<Event>>,
+    tx: SyncSender<Queued>,
 }
 
 /// The fan-out from calls to observers, built once at startup.
@@ -161,12 +167,17 @@ impl Bus {
 
     /// Runs `observer` on a thread of its own with room for `queue` events.
     pub fn subscribe(&mut self, name: &str, queue: usize, mut observer: impl Observer) {
-        let (tx, rx) = sync_channel::<Arc<Event>>(queue);
+        let (tx, rx) = sync_channel::<Queued>(queue);
         std::thread::Builder::new()
             .name(format!("callbox-observer-{name}"))
             .spawn(move || {
-                while let Ok(e) = rx.recv() {
-                    observer.on_event(&e);
+                while let Ok(q) = rx.recv() {
+                    match q {
+                        Queued::Event(e) => observer.on_event(&e),
+                        Queued::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
                 }
             })
             .expect("spawning an observer thread");
@@ -179,13 +190,33 @@ impl Bus {
     pub fn publish(&self, event: Event) {
         let event = Arc::new(event);
         for s in &self.subscribers {
-            match s.tx.try_send(event.clone()) {
+            match s.tx.try_send(Queued::Event(event.clone())) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.dropped.with_label_values(&[s.name.as_str()]).inc();
                 }
             }
         }
+    }
+}
+
+impl Bus {
+    /// Blocks until every observer has handled the events published so far
+    /// (a process that exits must not lose the last calls' traces), or
+    /// `limit` has passed; returns whether all of them caught up.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let (done_tx, done_rx) = channel();
+        let mut waiting = 0;
+        for s in &self.subscribers {
+            if s.tx.send(Queued::Flush(done_tx.clone())).is_ok() {
+                waiting += 1;
+            }
+        }
+        (0..waiting).all(|_| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            done_rx.recv_timeout(left).is_ok()
+        })
     }
 }
 

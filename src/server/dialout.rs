@@ -151,10 +151,12 @@ pub(super) async fn dialout(
         }
     };
     if app.turn_away_if_busy(Direction::Outbound) {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "all lines are busy; try again later",
-        );
+        let why = if app.draining() {
+            "the server is shutting down; try another instance or later"
+        } else {
+            "all lines are busy; try again later"
+        };
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
     }
     let base = super::webhooks::public_base(&app.cfg, &headers);
     match dial(&app.cfg, app.twilio.as_ref(), &req, &base).await {

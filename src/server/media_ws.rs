@@ -130,7 +130,17 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     });
 
     let mut malformed = 0usize;
-    while let Some(msg) = stream.next().await {
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+            _ = app.calls_ended() => {
+                let _ = in_tx.send(CallInput::End("server shutdown".into())).await;
+                break;
+            }
+        };
         let input = match msg {
             Ok(Message::Text(t)) => match protocol::parse(&t) {
                 Ok(Inbound::Media { media }) => match media.audio() {

@@ -8,15 +8,17 @@ pub mod webhooks;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::observe::log::LogObserver;
@@ -45,6 +47,10 @@ pub struct AppState {
     pub twilio: Option<TwilioRest>,
     /// Stream tokens issued in TwiML and not yet used.
     tokens: Mutex<HashMap<String, Instant>>,
+    /// Shutting down: no new calls, the ones in progress may finish.
+    draining: AtomicBool,
+    /// Cancelled when the calls still in progress must end.
+    end_calls: CancellationToken,
 }
 
 impl AppState {
@@ -106,7 +112,73 @@ impl AppState {
             metrics,
             bus: Arc::new(bus),
             tokens: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            end_calls: CancellationToken::new(),
         })
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the server ends the calls in progress.
+    pub fn calls_ended(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.end_calls.cancelled()
+    }
+
+    fn active_calls(&self) -> usize {
+        self.cfg.server.max_calls - self.calls.available_permits()
+    }
+
+    /// Resolves when no call is in progress.
+    async fn idle(&self) {
+        let all = self.cfg.server.max_calls as u32;
+        if let Ok(p) = self.calls.acquire_many(all).await {
+            drop(p);
+        }
+    }
+
+    /// Stops taking calls, lets those in progress go on for
+    /// `server.drain_secs`, then ends the rest and waits for them to close
+    /// their recordings and traces.
+    pub async fn drain(&self) {
+        self.drain_calls().await;
+        let bus = self.bus.clone();
+        let flushed = tokio::task::spawn_blocking(move || bus.flush(Duration::from_secs(10)))
+            .await
+            .unwrap_or(false);
+        if !flushed {
+            tracing::error!("observers did not catch up before exit: traces may be missing");
+        }
+    }
+
+    async fn drain_calls(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let limit = Duration::from_secs(self.cfg.server.drain_secs);
+        tracing::info!(
+            active_calls = self.active_calls(),
+            drain_secs = limit.as_secs(),
+            "shutting down: no new calls; waiting for the calls in progress"
+        );
+        if tokio::time::timeout(limit, self.idle()).await.is_ok() {
+            tracing::info!("every call finished");
+            return;
+        }
+        tracing::warn!(
+            active_calls = self.active_calls(),
+            "drain timeout: ending the calls still in progress"
+        );
+        self.end_calls.cancel();
+        // A call ends once its engines' threads have let go (see Session::run).
+        if tokio::time::timeout(Duration::from_secs(15), self.idle())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                active_calls = self.active_calls(),
+                "calls did not end in time after the drain; exiting anyway"
+            );
+        }
     }
 
     /// A fresh one-time token for the websocket of the call being answered.
@@ -126,9 +198,20 @@ impl AppState {
             .is_some_and(|issued| issued.elapsed() < TOKEN_TTL)
     }
 
-    /// Whether every line is taken; a call turned away for it is counted
-    /// and logged.
+    /// Whether every line is taken or the server is shutting down; a call
+    /// turned away for it is counted and logged.
     pub fn turn_away_if_busy(&self, direction: Direction) -> bool {
+        if self.draining() {
+            self.metrics
+                .calls
+                .with_label_values(&[direction.as_str(), "rejected"])
+                .inc();
+            tracing::warn!(
+                direction = direction.as_str(),
+                "call turned away: shutting down"
+            );
+            return true;
+        }
         let busy = self.calls.available_permits() == 0;
         if busy {
             self.metrics
@@ -174,6 +257,18 @@ pub async fn serve(
     bind: &str,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
+    serve_until(state, bind, bound, std::future::pending()).await
+}
+
+/// Serves until `stop` resolves, then drains (see [`AppState::drain`]):
+/// health and webhooks keep answering meanwhile, so Twilio hears a polite
+/// refusal and a load balancer sees "draining" rather than a dead port.
+pub async fn serve_until(
+    state: Arc<AppState>,
+    bind: &str,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     if !state.cfg.server.validate_signatures {
         tracing::warn!(
             "!!! server.validate_signatures is OFF: anyone who can reach this server can open calls \
@@ -200,13 +295,43 @@ pub async fn serve(
     if let Some(b) = bound {
         let _ = b.send(addr);
     }
-    axum::serve(listener, router(state)).await?;
+    let app = state.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            stop.await;
+            app.drain().await;
+        })
+        .await?;
     Ok(())
 }
 
-async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    let active = app.cfg.server.max_calls - app.calls.available_permits();
-    Json(serde_json::json!({"status": "ok", "active_calls": active}))
+/// Resolves on the first SIGTERM (what Docker, Kubernetes and Modal send)
+/// or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let active = app.active_calls();
+    if app.draining() {
+        let body = Json(serde_json::json!({"status": "draining", "active_calls": active}));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    Json(serde_json::json!({"status": "ok", "active_calls": active})).into_response()
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {

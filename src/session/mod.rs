@@ -78,6 +78,8 @@ pub enum CallInput {
     Mark(String),
     Dtmf(String),
     Stop,
+    /// The server ends the call (shutting down); the reason is recorded.
+    End(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -385,6 +387,7 @@ impl Session {
                 msg = inputs.recv() => match msg {
                     None => break "transport closed".to_string(),
                     Some(CallInput::Stop) => break "stop".to_string(),
+                    Some(CallInput::End(reason)) => break reason,
                     Some(CallInput::Audio(bytes)) => {
                         let pcm = ulaw::decode(&bytes);
                         s.caller_track.extend_from_slice(&pcm);
