@@ -813,3 +813,50 @@ async fn beyond_the_line_limit_callers_are_turned_away_politely_and_huge_message
     assert_eq!(health["status"], "ok");
     settle(&state).await;
 }
+
+/// Recordings and traces that cannot be written (a full disk, a folder that
+/// is not one): the call is answered as usual, and the failures are
+/// recorded in the call's summary and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_recordings_and_traces_do_not_disturb_the_call() {
+    let blocker = std::env::temp_dir().join(format!("callbox-not-a-dir-{}", std::process::id()));
+    std::fs::write(&blocker, b"a file where folders should go").unwrap();
+    let (rec, traces) = (blocker.join("recordings"), blocker.join("traces"));
+    let (state, addr) = start(|c| {
+        c.call.recordings_dir = Some(rec);
+        c.observe.traces_dir = Some(traces);
+    })
+    .await;
+    let opts = signed(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("What do cows eat?")],
+    );
+    let sid = opts.call_sid.clone();
+    let r = sim::run(opts).await.unwrap();
+    assert!(r.greeting_ms.is_some(), "no greeting");
+    assert!(r.turns[0].latency_ms.is_some(), "the question got no reply");
+
+    let s = summary(&state, &sid).await;
+    assert!(s.recording.is_none());
+    assert!(
+        s.errors.iter().any(|e| e.contains("recording not written")),
+        "{:?}",
+        s.errors
+    );
+    // The trace is written by its observer after the call ends.
+    let mut counted = (0.0, 0.0);
+    for _ in 0..100 {
+        let m = scrape(addr).await;
+        counted = (
+            sample(&m, "callbox_errors_total", &[("kind", "recording")]),
+            sample(&m, "callbox_errors_total", &[("kind", "trace")]),
+        );
+        if counted.0 >= 1.0 && counted.1 >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, (1.0, 1.0), "errors counted (recording, trace)");
+    settle(&state).await;
+    let _ = std::fs::remove_file(&blocker);
+}

@@ -101,14 +101,22 @@ pub struct TraceObserver {
     dir: PathBuf,
     models: Arc<Vec<ModelInfo>>,
     calls: HashMap<Arc<str>, (Option<Persona>, Vec<Event>)>,
+    /// `callbox_errors_total`: a trace that cannot be written (full disk,
+    /// unwritable folder) is counted as `kind="trace"`; the calls go on.
+    errors: prometheus::IntCounterVec,
 }
 
 impl TraceObserver {
-    pub fn new(dir: PathBuf, models: Arc<Vec<ModelInfo>>) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        models: Arc<Vec<ModelInfo>>,
+        errors: prometheus::IntCounterVec,
+    ) -> Self {
         Self {
             dir,
             models,
             calls: HashMap::new(),
+            errors,
         }
     }
 
@@ -124,7 +132,10 @@ impl TraceObserver {
             .and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
         match r {
             Ok(()) => tracing::debug!(path = %path.display(), "trace written"),
-            Err(e) => tracing::error!(path = %path.display(), "trace not written: {e}"),
+            Err(e) => {
+                self.errors.with_label_values(&["trace"]).inc();
+                tracing::error!(path = %path.display(), "trace not written: {e}")
+            }
         }
     }
 }

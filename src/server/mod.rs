@@ -92,7 +92,11 @@ impl AppState {
         bus.subscribe("metrics", queue, metrics.clone());
         if let Some(dir) = &cfg.observe.traces_dir {
             let models = Arc::new(engines.models.clone());
-            bus.subscribe("trace", queue, TraceObserver::new(dir.clone(), models));
+            bus.subscribe(
+                "trace",
+                queue,
+                TraceObserver::new(dir.clone(), models, metrics.errors.clone()),
+            );
         }
         if crate::observe::otel::wanted(&cfg.observe) {
             match crate::observe::otel::OtelObserver::new(&cfg.observe) {
