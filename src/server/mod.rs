@@ -205,29 +205,19 @@ impl AppState {
     /// Whether every line is taken or the server is shutting down; a call
     /// turned away for it is counted and logged.
     pub fn turn_away_if_busy(&self, direction: Direction) -> bool {
-        if self.draining() {
-            self.metrics
-                .calls
-                .with_label_values(&[direction.as_str(), "rejected"])
-                .inc();
-            tracing::warn!(
-                direction = direction.as_str(),
-                "call turned away: shutting down"
-            );
-            return true;
-        }
-        let busy = self.calls.available_permits() == 0;
-        if busy {
-            self.metrics
-                .calls
-                .with_label_values(&[direction.as_str(), "rejected"])
-                .inc();
-            tracing::warn!(
-                direction = direction.as_str(),
-                "call turned away: all lines busy"
-            );
-        }
-        busy
+        let why = if self.draining() {
+            "shutting down"
+        } else if self.calls.available_permits() == 0 {
+            "all lines busy"
+        } else {
+            return false;
+        };
+        self.metrics
+            .calls
+            .with_label_values(&[direction.as_str(), "rejected"])
+            .inc();
+        tracing::warn!(direction = direction.as_str(), "call turned away: {why}");
+        true
     }
 
     pub fn record(&self, s: CallSummary) {
