@@ -347,17 +347,16 @@ impl LlmSession for LlamaSession {
         // answer, copied from the history; the penalty counts the previous
         // reply's tokens as if just generated, so a verbatim copy is
         // discouraged while the question's own words stay free to reuse.
+        let vocab = self.engine.model.vocab();
         if let Some(previous) = messages
             .iter()
             .rev()
             .find(|m| m.role == super::Role::Assistant)
         {
-            let vocab = self.engine.model.vocab();
             for t in vocab.tokenize(previous.content.as_bytes(), false, false) {
                 sampler.accept(t);
             }
         }
-        let vocab = self.engine.model.vocab();
         let mut gen = Generation {
             prefilled_tokens: prefilled,
             cached_tokens: cached,

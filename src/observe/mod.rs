@@ -198,25 +198,36 @@ impl Bus {
             }
         }
     }
-}
 
-impl Bus {
     /// Blocks until every observer has handled the events published so far
     /// (a process that exits must not lose the last calls' traces), or
     /// `limit` has passed; returns whether all of them caught up.
     pub fn flush(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let (done_tx, done_rx) = channel();
-        let mut waiting = 0;
-        for s in &self.subscribers {
-            if s.tx.send(Queued::Flush(done_tx.clone())).is_ok() {
-                waiting += 1;
-            }
-        }
-        (0..waiting).all(|_| {
+        // A full queue is waited on, but not past the deadline.
+        let queued = self
+            .subscribers
+            .iter()
+            .filter(|s| {
+                let mut marker = Queued::Flush(done_tx.clone());
+                loop {
+                    match s.tx.try_send(marker) {
+                        Ok(()) => return true,
+                        Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                            marker = m;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => return false,
+                    }
+                }
+            })
+            .count();
+        let answered = (0..queued).all(|_| {
             let left = deadline.saturating_duration_since(Instant::now());
             done_rx.recv_timeout(left).is_ok()
-        })
+        });
+        answered && queued == self.subscribers.len()
     }
 }
 
@@ -243,5 +254,59 @@ impl Publisher {
             at_ms: self.start.elapsed().as_secs_f64() * 1e3,
             kind,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Slow(Arc<AtomicUsize>, Duration);
+
+    impl Observer for Slow {
+        fn on_event(&mut self, _: &Event) {
+            std::thread::sleep(self.1);
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn bus(seen: &Arc<AtomicUsize>, each: Duration) -> Bus {
+        let dropped = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("dropped", "events dropped"),
+            &["observer"],
+        )
+        .unwrap();
+        let mut bus = Bus::new(dropped);
+        bus.subscribe("slow", 16, Slow(seen.clone(), each));
+        bus
+    }
+
+    fn dtmf() -> Event {
+        Event {
+            call_sid: "CA1".into(),
+            at_ms: 0.0,
+            kind: EventKind::Dtmf { digit: "1".into() },
+        }
+    }
+
+    #[test]
+    fn flush_returns_once_every_event_is_observed() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let bus = bus(&seen, Duration::from_millis(20));
+        for _ in 0..5 {
+            bus.publish(dtmf());
+        }
+        assert!(bus.flush(Duration::from_secs(10)));
+        assert_eq!(seen.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn flush_gives_up_at_its_limit() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let bus = bus(&seen, Duration::from_millis(500));
+        bus.publish(dtmf());
+        bus.publish(dtmf());
+        assert!(!bus.flush(Duration::from_millis(100)));
     }
 }

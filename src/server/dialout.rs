@@ -150,13 +150,8 @@ pub(super) async fn dialout(
             )
         }
     };
-    if app.turn_away_if_busy(Direction::Outbound) {
-        let why = if app.draining() {
-            "the server is shutting down; try another instance or later"
-        } else {
-            "all lines are busy; try again later"
-        };
-        return error(StatusCode::SERVICE_UNAVAILABLE, why);
+    if let Some(refusal) = app.turn_away(Direction::Outbound) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, refusal.reason());
     }
     let base = super::webhooks::public_base(&app.cfg, &headers);
     match dial(&app.cfg, app.twilio.as_ref(), &req, &base).await {

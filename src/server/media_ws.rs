@@ -130,13 +130,16 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     });
 
     let mut malformed = 0usize;
+    // Made once, not per 20 ms frame.
+    let ended = app.calls_ended();
+    tokio::pin!(ended);
     loop {
         let msg = tokio::select! {
             msg = stream.next() => match msg {
                 Some(msg) => msg,
                 None => break,
             },
-            _ = app.calls_ended() => {
+            _ = &mut ended => {
                 let _ = in_tx.send(CallInput::End("server shutdown".into())).await;
                 break;
             }

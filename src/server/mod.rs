@@ -202,22 +202,26 @@ impl AppState {
             .is_some_and(|issued| issued.elapsed() < TOKEN_TTL)
     }
 
-    /// Whether every line is taken or the server is shutting down; a call
-    /// turned away for it is counted and logged.
-    pub fn turn_away_if_busy(&self, direction: Direction) -> bool {
-        let why = if self.draining() {
-            "shutting down"
+    /// Why a new call cannot be taken now, if it cannot; a call turned
+    /// away is counted and logged.
+    pub fn turn_away(&self, direction: Direction) -> Option<Refusal> {
+        let refusal = if self.draining() {
+            Refusal::Draining
         } else if self.calls.available_permits() == 0 {
-            "all lines busy"
+            Refusal::Busy
         } else {
-            return false;
+            return None;
         };
         self.metrics
             .calls
             .with_label_values(&[direction.as_str(), "rejected"])
             .inc();
-        tracing::warn!(direction = direction.as_str(), "call turned away: {why}");
-        true
+        tracing::warn!(
+            direction = direction.as_str(),
+            "call turned away: {}",
+            refusal.reason()
+        );
+        Some(refusal)
     }
 
     pub fn record(&self, s: CallSummary) {
@@ -226,6 +230,35 @@ impl AppState {
             f.pop_front();
         }
         f.push_back(s);
+    }
+}
+
+/// Why a new call is turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every line is taken (`server.max_calls`).
+    Busy,
+    /// The server is shutting down.
+    Draining,
+}
+
+impl Refusal {
+    /// For logs and the dial-out API.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Busy => "all lines are busy; try again later",
+            Refusal::Draining => "the server is shutting down; try another instance or later",
+        }
+    }
+
+    /// What a caller hears before the line hangs up.
+    pub fn spoken(self) -> &'static str {
+        match self {
+            Refusal::Busy => "Sorry, all our lines are busy. Please call again in a few minutes.",
+            Refusal::Draining => {
+                "Sorry, this line is being restarted. Please call again in a minute."
+            }
+        }
     }
 }
 

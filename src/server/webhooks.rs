@@ -163,12 +163,8 @@ fn connect(
     direction: Direction,
     params: &[(&str, &str)],
 ) -> Response {
-    let xml = if app.turn_away_if_busy(direction) {
-        twiml::say_and_hang_up(if app.draining() {
-            "Sorry, this line is being restarted. Please call again in a minute."
-        } else {
-            "Sorry, all our lines are busy. Please call again in a few minutes."
-        })
+    let xml = if let Some(refusal) = app.turn_away(direction) {
+        twiml::say_and_hang_up(refusal.spoken())
     } else {
         // The token travels back in `start.customParameters`: the websocket
         // serves only streams that our TwiML started.

@@ -33,12 +33,15 @@ pub struct Config {
     pub begin_suppress_tokens: Vec<u32>,
 }
 
-/// A linear layer that the decoder runs one token at a time. The gemm crate
-/// packs the whole weight matrix on every call, which for a single row of
-/// input costs more than the product itself (a tiny.en decoder step took
-/// ~8.5 ms in its four blocks). An 8-bit GEMV reads the weights as they lie,
-/// a quarter of the bytes, and takes the step to a few ms; the encoder, whose
-/// inputs have hundreds of rows, keeps dense f32 weights.
+/// A linear layer, in 8 bits on the CPU where the decoder runs it one token
+/// at a time. The gemm crate packs the whole weight matrix on every call,
+/// which for a single row of input costs more than the product itself (a
+/// tiny.en decoder step took ~8.5 ms in its four blocks, and the 384 × 51,864
+/// output projection more still); an 8-bit GEMV reads the weights as they
+/// lie, a quarter of the bytes. Only the argmax of the logits is used, which
+/// 8-bit weights do not move in practice (the WER tests hold it to the
+/// reference implementation's). The encoder, whose inputs have hundreds of
+/// rows, keeps dense f32 weights.
 enum Proj {
     Dense(Linear),
     Quantized { w: QMatMul, b: Option<Tensor> },
@@ -48,7 +51,12 @@ impl Proj {
     fn load(d_in: usize, d_out: usize, bias: bool, quantize: bool, vb: VarBuilder) -> Result<Self> {
         let w = vb.get((d_out, d_in), "weight")?;
         let b = bias.then(|| vb.get(d_out, "bias")).transpose()?;
-        if quantize && w.device().is_cpu() && d_in % 32 == 0 {
+        Self::new(w, b, quantize)
+    }
+
+    /// `w`: `[d_out, d_in]`.
+    fn new(w: Tensor, b: Option<Tensor>, quantize: bool) -> Result<Self> {
+        if quantize && w.device().is_cpu() && w.dim(1)? % 32 == 0 {
             let q = QTensor::quantize(&w.to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
             Ok(Self::Quantized {
                 w: QMatMul::from_qtensor(q)?,
@@ -249,20 +257,9 @@ struct DecoderBlock {
     mlp: Mlp,
 }
 
-/// The output projection (tied to the token embeddings). It is the single
-/// largest matmul of a decoder step — 384 × 51,864 for tiny — and took more
-/// than half of each step in f32, so on the CPU it runs as an 8-bit GEMV.
-/// Only the argmax of its result is used, which 8-bit weights do not move in
-/// practice (the WER tests hold it to the reference implementation's).
-enum Projection {
-    Quantized(QMatMul),
-    /// `[d, vocab]`, contiguous.
-    Dense(Tensor),
-}
-
 pub struct Decoder {
     embeddings: Tensor,
-    projection: Projection,
+    projection: Proj,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
     ln: LayerNorm,
@@ -304,12 +301,8 @@ impl Decoder {
                 })
             })
             .collect::<Result<_>>()?;
-        let projection = if embeddings.device().is_cpu() && d % 32 == 0 {
-            let q = QTensor::quantize(&embeddings.to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
-            Projection::Quantized(QMatMul::from_qtensor(q)?)
-        } else {
-            Projection::Dense(embeddings.t()?.contiguous()?)
-        };
+        // The output projection is tied to the token embeddings.
+        let projection = Proj::new(embeddings.clone(), None, true)?;
         Ok(Self {
             projection,
             embeddings,
@@ -372,10 +365,7 @@ impl Decoder {
         }
         state.len += t;
         let last = self.ln.forward(&x.narrow(1, t - 1, 1)?.squeeze(1)?)?;
-        let logits = match &self.projection {
-            Projection::Quantized(q) => q.forward(&last)?,
-            Projection::Dense(w) => last.matmul(w)?,
-        };
+        let logits = self.projection.forward(&last)?;
         logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()
     }
 }
