@@ -308,6 +308,10 @@ impl Default for Personas {
     }
 }
 
+/// The longest duration a setting may name: longer is a typo, and far
+/// longer would overflow the clock.
+const MAX_SECS: f32 = 86_400.0;
+
 impl Config {
     /// Defaults ← `file` (if any) ← `CALLBOX_*` environment.
     pub fn load(file: Option<&Path>) -> Result<Self> {
@@ -328,6 +332,18 @@ impl Config {
                 .filter(|k| k.as_str().contains("__"))
                 .split("__"),
         );
+        Self::extract(fig)
+    }
+
+    /// Defaults ← a TOML document, without the environment: what a
+    /// configuration file alone means.
+    pub fn from_toml_str(toml: &str) -> Result<Self> {
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    fn extract(fig: Figment) -> Result<Self> {
         let mut cfg: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
         // An empty folder means "off".
         for dir in [&mut cfg.call.recordings_dir, &mut cfg.observe.traces_dir] {
@@ -348,11 +364,38 @@ impl Config {
                 self.vad.confidence
             ));
         }
-        if self.vad.start_secs <= 0.0 || self.vad.stop_secs <= 0.0 {
-            return bad("vad.start_secs and vad.stop_secs must be positive".into());
+        // Every duration becomes a `Duration` somewhere, which refuses NaN,
+        // infinities and negatives by panicking: they stop here instead.
+        let durations = [
+            ("vad.start_secs", self.vad.start_secs, false),
+            ("vad.stop_secs", self.vad.stop_secs, false),
+            ("call.idle_secs", c.idle_secs, true),
+            ("call.turn_timeout_secs", c.turn_timeout_secs, false),
+            ("call.barge_in_min_secs", c.barge_in_min_secs, true),
+            ("twilio.timeout_secs", self.twilio.timeout_secs, false),
+            ("server.drain_secs", self.server.drain_secs as f32, true),
+            ("call.max_call_secs", c.max_call_secs as f32, false),
+        ];
+        for (name, v, zero_ok) in durations {
+            let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+            if !(low_ok && v <= MAX_SECS) {
+                let low = if zero_ok { "0" } else { "above 0" };
+                return bad(format!(
+                    "{name} must be {low} and at most {MAX_SECS} s (one day), not {v}"
+                ));
+            }
         }
-        if c.idle_secs < 0.0 || c.turn_timeout_secs <= 0.0 || c.barge_in_min_secs < 0.0 {
-            return bad("call.idle_secs, call.turn_timeout_secs and call.barge_in_min_secs must not be negative".into());
+        let ranges = [
+            ("vad.min_volume", self.vad.min_volume, 0.0, 1.0),
+            ("call.echo_margin_db", c.echo_margin_db, -60.0, 60.0),
+            ("llm.temperature", self.llm.temperature, 0.0, 2.0),
+            ("llm.repeat_penalty", self.llm.repeat_penalty, 0.5, 10.0),
+        ];
+        for (name, v, low, high) in ranges {
+            // `contains` is false for NaN.
+            if !(low..=high).contains(&v) {
+                return bad(format!("{name} must be in [{low}, {high}], not {v}"));
+            }
         }
         if !(0.0..=1.0).contains(&c.turn_threshold) {
             return bad(format!(
@@ -378,9 +421,6 @@ impl Config {
                 "twilio.api_base must start with https:// or http://, not {:?}",
                 t.api_base
             ));
-        }
-        if t.timeout_secs.is_nan() || t.timeout_secs <= 0.0 {
-            return bad("twilio.timeout_secs must be positive".into());
         }
         if let Some(n) = &t.from_number {
             if !crate::twilio::rest::is_e164(n) {

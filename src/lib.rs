@@ -11,12 +11,16 @@
 //! - [`server`]: Twilio's webhook and media websocket, health, metrics.
 //! - [`text`]: text utilities shared by tools and tests (word error rate).
 //! - [`cli`]: the command-line tools.
+//!
+//! `fuzzing` holds the checks the fuzz targets in `fuzz/` run.
 
 pub mod audio;
 pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod models;
 pub mod observe;
 pub mod persona;

@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use callbox::sim::{self, SimTurn};
-use common::server::{signed, turn_of, AUTH_TOKEN};
+use common::server::{check_recording, signed, trace, turn_of, AUTH_TOKEN};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -14,26 +13,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn trace(dir: &Path, call_sid: &str) -> serde_json::Value {
-    let path = dir.join(format!("{call_sid}.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("trace {} missing: {e}", path.display()));
-    serde_json::from_str(&text).expect("a complete JSON trace")
-}
-
-/// The call's recording exists, has both channels and lasts as long as the call.
-fn check_recording(t: &serde_json::Value) {
-    let path = PathBuf::from(t["call"]["recording"].as_str().expect("a recording"));
-    let w = hound::WavReader::open(&path).expect("a readable recording");
-    assert_eq!(w.spec().channels, 2);
-    let secs = w.duration() as f64 / w.spec().sample_rate as f64;
-    let call = t["call"]["duration_secs"].as_f64().unwrap();
-    assert!(
-        (secs - call).abs() < 1.5,
-        "recording {secs} s, call {call} s"
-    );
 }
 
 /// One call ends by itself during the drain, the other is ended when the
@@ -148,10 +127,10 @@ async fn sigterm_drains_calls_then_exits_cleanly() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
 
-    let ta = trace(&traces, &short_sid);
+    let ta = trace(&traces, &short_sid).await;
     assert_eq!(ta["call"]["ended_by"], "stop", "{}", ta["call"]);
     check_recording(&ta);
-    let tb = trace(&traces, &long_sid);
+    let tb = trace(&traces, &long_sid).await;
     assert_eq!(tb["call"]["ended_by"], "server shutdown", "{}", tb["call"]);
     check_recording(&tb);
     assert!(tb["turns"].as_array().unwrap().len() >= 2);

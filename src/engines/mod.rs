@@ -229,6 +229,24 @@ pub fn speak(tts: &dyn Tts, text: &str) -> Result<Audio> {
     Ok(out)
 }
 
+/// Runs one engine call of one phone call so that a panic inside it (a bug
+/// in a model's code, an assertion in a native library's bindings) becomes
+/// an error of that call — its caller hears an apology, no other call
+/// notices, and the thread that ran it lives on. The engines keep no state
+/// across calls that a half-finished call could leave broken: what is
+/// per-call (a stream, an LLM session) is checked again on its next use.
+pub fn contained<T>(engine: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        tracing::error!(engine, "engine panicked: {message}");
+        Err(crate::Error::engine(engine, format!("panicked: {message}")))
+    })
+}
+
 /// Background-noise suppression.
 pub trait Denoiser: Send + Sync {
     fn stream(&self) -> Box<dyn DenoiseStream>;

@@ -56,6 +56,28 @@ pub async fn dial(
     req: &DialRequest,
     base_url: &str,
 ) -> Result<Dialed, DialError> {
+    let (to, from) = numbers(cfg, req)?;
+    let to = to.as_str();
+    let rest = rest.ok_or(DialError::NoCredentials)?;
+    let base = base_url.trim_end_matches('/');
+    let call = rest
+        .create_call(
+            to,
+            &from,
+            &format!("{base}/twiml"),
+            &format!("{base}/status"),
+        )
+        .await?;
+    Ok(Dialed {
+        call_sid: call.sid,
+        status: "call_initiated".into(),
+        to_number: to.to_string(),
+    })
+}
+
+/// The numbers to dial to and from, checked: a malformed request is refused
+/// before Twilio is asked (and charged) anything.
+pub fn numbers(cfg: &Config, req: &DialRequest) -> Result<(String, String), DialError> {
     let to = req
         .to_number
         .as_deref()
@@ -82,21 +104,7 @@ pub async fn dial(
             )));
         }
     }
-    let rest = rest.ok_or(DialError::NoCredentials)?;
-    let base = base_url.trim_end_matches('/');
-    let call = rest
-        .create_call(
-            to,
-            &from,
-            &format!("{base}/twiml"),
-            &format!("{base}/status"),
-        )
-        .await?;
-    Ok(Dialed {
-        call_sid: call.sid,
-        status: "call_initiated".into(),
-        to_number: to.to_string(),
-    })
+    Ok((to.to_string(), from))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

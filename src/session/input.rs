@@ -114,7 +114,7 @@ pub fn spawn(
         .spawn(move || {
             let mut p = InputProcessor::new(vad.as_ref(), denoiser.as_deref());
             while let Ok(frame) = rx.recv() {
-                match p.push(&frame) {
+                match crate::engines::contained("vad", || p.push(&frame)) {
                     Ok((samples, vad_events)) => {
                         let end = p.position();
                         if events

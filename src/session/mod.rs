@@ -36,7 +36,8 @@ use tokio::sync::mpsc;
 use crate::audio::{ulaw, wav, Audio};
 use crate::config::{Config, Persona};
 use crate::engines::{
-    ChatMessage, GenerationOptions, LlmSession, Role, Transcript, TurnVerdict, VadEvent, MODEL_RATE,
+    contained, ChatMessage, GenerationOptions, LlmSession, Role, Transcript, TurnVerdict, VadEvent,
+    MODEL_RATE,
 };
 use crate::observe::{EventKind, Publisher};
 use crate::stack::Engines;
@@ -224,6 +225,9 @@ enum Internal {
     Prefilled(crate::Result<usize>),
 }
 
+/// How far the caller's audio may run ahead of the call's clock: Twilio
+/// delivers in real time, give or take a burst after a network hiccup.
+const AHEAD_SLACK_SECS: f64 = 2.0;
 /// Seconds of 16 kHz audio kept for turn detection and STT.
 const TURN_BUFFER_SECS: usize = 30;
 /// How long an ended call waits for its threads (a cancelled reply stops
@@ -248,6 +252,9 @@ pub struct Session {
     llm: Arc<Mutex<Box<dyn LlmSession>>>,
     history: Vec<ChatMessage>,
     epoch: u64,
+    /// The epoch of the last apology for a failed turn: if that fails too,
+    /// the call does not apologise for its apology, round and round.
+    apology_epoch: u64,
     active: Option<Active>,
     records: Vec<TurnRecord>,
     interruptions: Vec<Interruption>,
@@ -269,6 +276,8 @@ pub struct Session {
     echo_ignored: usize,
     drafts_discarded: usize,
     frames_dropped: usize,
+    /// Of those, frames that came too far ahead of real time.
+    frames_ahead: usize,
     errors: Vec<String>,
     internal_tx: mpsc::Sender<Internal>,
     reply_tx: mpsc::Sender<ReplyEvent>,
@@ -333,6 +342,7 @@ impl Session {
             llm: Arc::new(Mutex::new(llm)),
             history,
             epoch: 0,
+            apology_epoch: 0,
             active: None,
             records: Vec::new(),
             interruptions: Vec::new(),
@@ -352,6 +362,7 @@ impl Session {
             echo_ignored: 0,
             drafts_discarded: 0,
             frames_dropped: 0,
+            frames_ahead: 0,
             errors: Vec::new(),
             internal_tx,
             reply_tx,
@@ -389,6 +400,18 @@ impl Session {
                     Some(CallInput::Stop) => break "stop".to_string(),
                     Some(CallInput::End(reason)) => break reason,
                     Some(CallInput::Audio(bytes)) => {
+                        // Twilio sends in real time. Audio far ahead of the
+                        // clock comes from a broken or hostile client; it is
+                        // dropped, not kept without bound.
+                        let allowed = (s.start.elapsed().as_secs_f64() + AHEAD_SLACK_SECS) * 8000.0;
+                        if (s.caller_track.len() + bytes.len()) as f64 > allowed {
+                            if s.frames_ahead == 0 {
+                                tracing::warn!(call = %s.info.call_sid, "caller audio arrives faster than real time: the excess is dropped");
+                            }
+                            s.frames_ahead += 1;
+                            s.frames_dropped += 1;
+                            continue;
+                        }
                         let pcm = ulaw::decode(&bytes);
                         s.caller_track.extend_from_slice(&pcm);
                         if frames.try_send(pcm).is_err() {
@@ -443,10 +466,11 @@ impl Session {
     fn prefill(&self, messages: Vec<ChatMessage>) {
         let (llm, tx) = (self.llm.clone(), self.internal_tx.clone());
         std::thread::spawn(move || {
-            let r = llm
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .prefill(&messages);
+            let r = contained("llm", || {
+                llm.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .prefill(&messages)
+            });
             let _ = tx.blocking_send(Internal::Prefilled(r));
         });
     }
@@ -565,7 +589,8 @@ impl Session {
                 let audio = self.turn_audio(turn_start, at, PRE_SPEECH_SECS);
                 let (turn, tx) = (self.engines.turn.clone(), self.internal_tx.clone());
                 tokio::task::spawn_blocking(move || {
-                    let _ = tx.blocking_send(Internal::Verdict(id, turn.predict(&audio)));
+                    let v = contained("turn", || turn.predict(&audio));
+                    let _ = tx.blocking_send(Internal::Verdict(id, v));
                 });
                 self.maybe_complete_turn();
             }
@@ -592,7 +617,7 @@ impl Session {
         self.pending = Some(Pending::new(id, end, self.now_pos_time(end)));
         let (stt, tx) = (self.engines.stt.clone(), self.internal_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let t = stt.transcribe(&Audio::new(audio, MODEL_RATE));
+            let t = contained("stt", || stt.transcribe(&Audio::new(audio, MODEL_RATE)));
             let _ = tx.blocking_send(Internal::Transcript(id, t));
         });
     }
@@ -666,6 +691,11 @@ impl Session {
                     self.error("stt", format!("stt: {e}"));
                     self.discard_pending();
                     self.turn_start = None;
+                    // The caller said something and would otherwise wait for
+                    // an answer that never comes.
+                    if self.active.is_none() {
+                        self.apologise("Sorry, I didn't catch that. Could you say it again?");
+                    }
                 }
                 _ => {}
             },
@@ -755,6 +785,18 @@ impl Session {
         let index = self.adopt(reply, kind, user_text, vad_stop_at, end_of_speech_at);
         self.records[index].bot_text = bot_text;
         index
+    }
+
+    /// Speaks `text` in place of a turn that failed.
+    fn apologise(&mut self, text: &str) {
+        self.start_reply(
+            TurnKind::Turn,
+            Source::Text(text.to_string()),
+            String::new(),
+            None,
+            None,
+        );
+        self.apology_epoch = self.epoch;
     }
 
     fn spawn_reply(&mut self, source: Source, draft: bool) -> Reply {
@@ -880,18 +922,14 @@ impl Session {
                 self.events.emit(EventKind::TtsUsage { turn, characters });
             }
             ReplyEvent::Failed { error, .. } => {
-                // Say something rather than go silent.
                 a.reply.cancel();
+                let failed = a.reply.epoch;
                 self.active = None;
                 self.error("reply", format!("reply failed: {error}"));
-                let sorry = "Sorry, I had a problem there. Could you say that again?".to_string();
-                self.start_reply(
-                    TurnKind::Turn,
-                    Source::Text(sorry),
-                    String::new(),
-                    None,
-                    None,
-                );
+                if failed != self.apology_epoch {
+                    // Say something rather than go silent.
+                    self.apologise("Sorry, I had a problem there. Could you say that again?");
+                }
                 return;
             }
         }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::output::OutCmd;
 use crate::audio::Audio;
-use crate::engines::{ChatMessage, Generation, GenerationOptions, LlmSession, Tts};
+use crate::engines::{contained, ChatMessage, Generation, GenerationOptions, LlmSession, Tts};
 use crate::text::sentence::SentenceAggregator;
 
 pub enum Source {
@@ -193,24 +193,26 @@ pub fn spawn(
                     let mut first = true;
                     let mut pieces = 0;
                     let t0 = Instant::now();
-                    let result = session.generate(&history, &options, &cancel, &mut |text| {
-                        if first {
-                            first = false;
-                            let _ = events.blocking_send(ReplyEvent::FirstToken {
-                                epoch,
-                                ms: t0.elapsed().as_secs_f64() * 1e3,
-                            });
-                        }
-                        for p in agg.push(text) {
-                            pieces += 1;
-                            if piece_tx.send(p).is_err() {
-                                return false;
+                    let result = contained("llm", || {
+                        session.generate(&history, &options, &cancel, &mut |text| {
+                            if first {
+                                first = false;
+                                let _ = events.blocking_send(ReplyEvent::FirstToken {
+                                    epoch,
+                                    ms: t0.elapsed().as_secs_f64() * 1e3,
+                                });
                             }
-                            if pieces == 1 {
-                                let _ = spoken_rx.recv_timeout(FIRST_PIECE_PAUSE);
+                            for p in agg.push(text) {
+                                pieces += 1;
+                                if piece_tx.send(p).is_err() {
+                                    return false;
+                                }
+                                if pieces == 1 {
+                                    let _ = spoken_rx.recv_timeout(FIRST_PIECE_PAUSE);
+                                }
                             }
-                        }
-                        true
+                            true
+                        })
                     });
                     // A sentence cut off by the token limit is not spoken
                     // unless it is all there is.
@@ -256,22 +258,24 @@ pub fn spawn(
                 }
                 let t0 = Instant::now();
                 let mut secs = 0.0;
-                let r = tts.synthesize(&text, &mut |audio: Audio| {
-                    if tts_cancel.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    if first_audio {
-                        first_audio = false;
-                        let _ = events.blocking_send(ReplyEvent::FirstAudio {
-                            epoch,
-                            ms: t0.elapsed().as_secs_f64() * 1e3,
-                            at: Instant::now(),
-                        });
-                    }
-                    let narrow = audio.resampled(8000);
-                    secs += narrow.duration_secs() as f64;
-                    held.push(narrow.to_i16());
-                    !tts_gate.is_open() || send(&mut held)
+                let r = contained("tts", || {
+                    tts.synthesize(&text, &mut |audio: Audio| {
+                        if tts_cancel.load(Ordering::Relaxed) {
+                            return false;
+                        }
+                        if first_audio {
+                            first_audio = false;
+                            let _ = events.blocking_send(ReplyEvent::FirstAudio {
+                                epoch,
+                                ms: t0.elapsed().as_secs_f64() * 1e3,
+                                at: Instant::now(),
+                            });
+                        }
+                        let narrow = audio.resampled(8000);
+                        secs += narrow.duration_secs() as f64;
+                        held.push(narrow.to_i16());
+                        !tts_gate.is_open() || send(&mut held)
+                    })
                 });
                 // The LLM may write on.
                 drop(spoken_tx.take());

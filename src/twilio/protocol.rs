@@ -98,6 +98,13 @@ pub struct DtmfInfo {
     pub digit: String,
 }
 
+/// A key of a phone's keypad, as Twilio reports DTMF: `0`–`9`, `*`, `#`, and
+/// the rarely seen `A`–`D`.
+pub fn is_keypad_digit(digit: &str) -> bool {
+    let mut chars = digit.chars();
+    matches!((chars.next(), chars.next()), (Some(c), None) if c.is_ascii_digit() || "*#ABCDabcd".contains(c))
+}
+
 pub fn parse(text: &str) -> Result<Inbound, serde_json::Error> {
     serde_json::from_str(text)
 }

@@ -47,6 +47,15 @@ pub async fn start_with(
     tweak: impl FnOnce(&mut Config),
     observers: Vec<(String, Box<dyn Observer>)>,
 ) -> (Arc<AppState>, SocketAddr) {
+    start_on(engines(), tweak, observers).await
+}
+
+/// The same, on `engines` (the shared ones, some wrapped by a test).
+pub async fn start_on(
+    engines: Engines,
+    tweak: impl FnOnce(&mut Config),
+    observers: Vec<(String, Box<dyn Observer>)>,
+) -> (Arc<AppState>, SocketAddr) {
     let mut cfg = Config::default();
     let tmp = std::env::temp_dir();
     cfg.call.recordings_dir = Some(tmp.join(format!("callbox-rec-{}", std::process::id())));
@@ -55,7 +64,7 @@ pub async fn start_with(
     cfg.server.validate_signatures = true;
     cfg.twilio.auth_token = Some(callbox::config::Secret(AUTH_TOKEN.into()));
     tweak(&mut cfg);
-    let state = AppState::with_observers(cfg, engines(), observers);
+    let state = AppState::with_observers(cfg, engines, observers);
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(server::serve(state.clone(), "127.0.0.1:0", Some(tx)));
     (state.clone(), rx.await.unwrap())
@@ -119,4 +128,32 @@ pub async fn settle(state: &AppState) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("calls still in progress after 20 s");
+}
+
+/// A call's trace, as its observer wrote it after the call (waited for).
+pub async fn trace(dir: &std::path::Path, call_sid: &str) -> serde_json::Value {
+    let path = dir.join(format!("{call_sid}.json"));
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(v) = serde_json::from_str(&text) {
+                return v;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no complete JSON trace at {}", path.display());
+}
+
+/// The call's recording exists, has both channels and lasts as long as the
+/// call.
+pub fn check_recording(trace: &serde_json::Value) {
+    let path = trace["call"]["recording"].as_str().expect("a recording");
+    let w = hound::WavReader::open(path).expect("a readable recording");
+    assert_eq!(w.spec().channels, 2);
+    let secs = w.duration() as f64 / w.spec().sample_rate as f64;
+    let call = trace["call"]["duration_secs"].as_f64().unwrap();
+    assert!(
+        (secs - call).abs() < 1.5,
+        "recording {secs} s, call {call} s"
+    );
 }
