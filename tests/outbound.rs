@@ -214,6 +214,21 @@ async fn dialout_needs_the_owner_and_says_what_is_wrong() {
     assert!(body["error"].as_str().unwrap().contains("500"), "{body}");
     assert_eq!(fake.requests_for("create_call").len(), 3);
 
+    // Twilio not answering at all: given up on after the timeout, and not
+    // retried — the call may have been placed, and a retry would ring twice.
+    let silent = FakeTwilio::start(
+        AUTH_TOKEN,
+        Behaviour {
+            stalling: vec!["create_call"],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_s, to_silent) = start_against(&silent, |c| c.twilio.timeout_secs = 1.0).await;
+    let (status, body) = dialout(to_silent, Some(API_TOKEN), ok_body.clone()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(silent.requests_for("create_call").len(), 1);
+
     // No Twilio credentials: a clear 500. No API token: dial-out is off.
     let (_s, bare) = start(|c| c.server.api_token = Some(Secret(API_TOKEN.into()))).await;
     let (status, body) = dialout(bare, Some(API_TOKEN), ok_body.clone()).await;
@@ -242,12 +257,17 @@ async fn the_call_goes_on_when_twilio_rest_fails() {
     let fake = FakeTwilio::start(
         AUTH_TOKEN,
         Behaviour {
-            failing: vec!["record", "hang_up"],
+            failing: vec!["record"],
+            stalling: vec!["hang_up"],
             callee: Some(vec![turn_of("What time is it?")]),
         },
     )
     .await;
-    let (state, addr) = start_against(&fake, |c| c.twilio.retries = 1).await;
+    let (state, addr) = start_against(&fake, |c| {
+        c.twilio.retries = 1;
+        c.twilio.timeout_secs = 1.0;
+    })
+    .await;
     let (status, body) = dialout(addr, Some(API_TOKEN), numbers()).await;
     assert_eq!(status, 200, "{body}");
     let call_sid = body["call_sid"].as_str().unwrap().to_string();
@@ -263,11 +283,26 @@ async fn the_call_goes_on_when_twilio_rest_fails() {
         .iter()
         .any(|t| t.kind == TurnKind::Turn && t.total_ms.is_some()));
     wait_for(&fake, "hang_up", 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // One try and one retry each, then given up on.
+    // The retried hang-up is given up on when its own timeout passes.
+    let failed = |m: &prometheus_parse::Scrape| {
+        sample(
+            m,
+            "callbox_twilio_requests_total",
+            &[("op", "hang_up"), ("outcome", "failed")],
+        )
+    };
+    let mut m = scrape(addr).await;
+    for _ in 0..100 {
+        if failed(&m) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = scrape(addr).await;
+    }
+    // One try and one retry each (a hang-up may be retried after a
+    // timeout: ending a call twice is harmless), then given up on.
     assert_eq!(fake.requests_for("record").len(), 2);
     assert_eq!(fake.requests_for("hang_up").len(), 2);
-    let m = scrape(addr).await;
     for op in ["record", "hang_up"] {
         assert_eq!(
             sample(

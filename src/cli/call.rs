@@ -102,7 +102,7 @@ pub struct SimArgs {
     pub auth_token: Option<String>,
 }
 
-fn synth(tts: &dyn Tts, text: &str) -> anyhow::Result<Audio> {
+pub(super) fn synth(tts: &dyn Tts, text: &str) -> anyhow::Result<Audio> {
     Ok(crate::engines::speak(tts, text)?.resampled(8000))
 }
 
@@ -175,7 +175,7 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
-const SCRIPT: [&str; 12] = [
+pub(super) const SCRIPT: [&str; 12] = [
     "Hi Miss Harper! Why is the sky blue?",
     "What makes a rainbow?",
     "How do birds fly?",
@@ -190,7 +190,7 @@ const SCRIPT: [&str; 12] = [
     "Thank you, goodbye!",
 ];
 
-fn percentile(v: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

@@ -4,6 +4,7 @@
 mod bench_engines;
 mod call;
 mod models;
+mod soak;
 mod tools;
 
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ pub enum Command {
     Sim(call::SimArgs),
     /// Start a server and call it with a scripted caller: the latency table, offline.
     Demo(call::DemoArgs),
+    /// Many simulated calls for a long time against a server process: leaks, lost calls, latency over time.
+    Soak(soak::SoakArgs),
 }
 
 impl Cli {
@@ -90,5 +93,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dial(a) => call::dial(a).await,
         Command::Sim(a) => call::sim(&cli, a).await,
         Command::Demo(a) => call::demo(&cli, a).await,
+        Command::Soak(a) => soak::run(&cli, a).await,
     }
 }

@@ -132,6 +132,10 @@ pub struct SimReport {
     pub invalid_media: usize,
     /// Largest amount of bot audio buffered ahead of playback.
     pub max_lead_ms: f64,
+    /// 20 ms ticks when the phone's buffer ran dry in the middle of a
+    /// sentence (between two of its frames, before its mark): audio that
+    /// came late, heard as a gap.
+    pub late_frames: usize,
     pub caller_track: Vec<i16>,
     pub bot_track: Vec<i16>,
 }
@@ -229,6 +233,9 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
     let mut played = 0usize;
     let mut marks: VecDeque<(String, usize)> = VecDeque::new();
     let mut last_media = t0;
+    // Within a sentence (media since its last mark), and for how many ticks
+    // the phone has had nothing to play.
+    let (mut in_piece, mut dry) = (false, 0usize);
     let mut seq = 1u64;
     let mut phase = if opts.expect_greeting {
         Phase::Greeting
@@ -256,6 +263,9 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         match base64::engine::general_purpose::STANDARD.decode(payload) {
                             Ok(b) if !b.is_empty() && b.len() % FRAME == 0 => {
                                 let pcm = ulaw::decode(&b);
+                                // The sentence went on after a dry spell.
+                                report.late_frames += std::mem::take(&mut dry);
+                                in_piece = true;
                                 received += pcm.len();
                                 buffer.extend(pcm.iter().copied());
                                 last_media = Instant::now();
@@ -285,10 +295,13 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         }
                     }
                     Some("mark") => {
+                        // A sentence ended: silence after it is no gap in it.
+                        (in_piece, dry) = (false, 0);
                         let name = v["mark"]["name"].as_str().unwrap_or("").to_string();
                         marks.push_back((name, received));
                     }
                     Some("clear") => {
+                        (in_piece, dry) = (false, 0);
                         report.clears.push(t0.elapsed());
                         played += buffer.len();
                         received = played;
@@ -313,6 +326,9 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         *s = v;
                         played += 1;
                     }
+                }
+                if buffer.is_empty() && in_piece {
+                    dry += 1;
                 }
                 report.bot_track.extend_from_slice(&out);
                 while marks.front().is_some_and(|(_, at)| *at <= played) {

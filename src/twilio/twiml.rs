@@ -1,5 +1,9 @@
 //! TwiML that connects a call to our media websocket.
 
+use std::sync::LazyLock;
+
+use regex::Regex;
+
 /// Escapes text for an XML attribute.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -29,14 +33,16 @@ pub struct StreamTarget {
 /// The stream of TwiML as [`connect_stream`] writes it, or `None` when it
 /// starts no stream (a refusal).
 pub fn parse_stream(xml: &str) -> Option<StreamTarget> {
-    let url = regex::Regex::new(r#"<Stream url="([^"]*)""#)
-        .expect("a valid pattern")
-        .captures(xml)?;
-    let re = regex::Regex::new(r#"<Parameter name="([^"]*)" value="([^"]*)"/>"#)
-        .expect("a valid pattern");
+    // Compiled once: a simulated caller parses TwiML on every call.
+    static STREAM: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r#"<Stream url="([^"]*)""#).expect("a valid pattern"));
+    static PARAMETER: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"<Parameter name="([^"]*)" value="([^"]*)"/>"#).expect("a valid pattern")
+    });
+    let url = STREAM.captures(xml)?;
     Some(StreamTarget {
         url: unescape(&url[1]),
-        params: re
+        params: PARAMETER
             .captures_iter(xml)
             .map(|c| (unescape(&c[1]), unescape(&c[2])))
             .collect(),

@@ -66,6 +66,8 @@ pub struct Played {
 pub struct Behaviour {
     /// Operations answered with a 500.
     pub failing: Vec<&'static str>,
+    /// Operations never answered (the request hangs until the client gives up).
+    pub stalling: Vec<&'static str>,
     /// The callee's turns once the call is answered; `None`: nobody answers.
     pub callee: Option<Vec<SimTurn>>,
 }
@@ -173,6 +175,9 @@ impl FakeTwilio {
         }
         if !authorised {
             return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+        }
+        if self.behaviour.lock().unwrap().stalling.contains(&op) {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
         if self.behaviour.lock().unwrap().failing.contains(&op) {
             return error(

@@ -1,0 +1,716 @@
+//! `callbox soak`: many simulated calls for a long time against a real
+//! server process, to find what only time and concurrency show — leaks of
+//! memory or file descriptors, lost calls, incomplete recordings, latency
+//! that creeps up, panics.
+//!
+//! The server runs as a child process (`callbox serve`), so its memory and
+//! descriptors are its own, and it is stopped with SIGTERM at the end, as a
+//! deployment would stop it. Callers join and leave continuously; each call
+//! is a few turns drawn at random, some talking over the bot, some pressing
+//! keys, some going quiet long enough for the bot to check on them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde::Serialize;
+
+use super::call::{percentile, synth, SCRIPT};
+use super::Cli;
+use crate::sim::{self, SimOptions, SimTurn};
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Simulated calls at a time.
+    #[arg(long, default_value_t = 8)]
+    pub calls: usize,
+    /// How long callers keep calling (calls in progress then finish).
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// Memory and descriptors are compared with their values this long
+    /// after the start, once every model and buffer has been touched.
+    #[arg(long, default_value_t = 90.0)]
+    pub warmup_secs: f64,
+    /// Folder for the report, the server's log, traces and recordings.
+    #[arg(long, default_value = "out/soak")]
+    pub out: PathBuf,
+    /// The server's configuration file (the soak sets its own folders,
+    /// line limit and Twilio token on top).
+    #[arg(long, short, env = "CALLBOX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// What one simulated call did and saw.
+#[derive(Debug, Clone, Serialize)]
+struct CallOutcome {
+    call_sid: String,
+    started_secs: f64,
+    ended_secs: f64,
+    error: Option<String>,
+    turns: usize,
+    answered: usize,
+    barge_ins: usize,
+    dtmf: usize,
+    long_pause: bool,
+    /// Caller side: end of a turn's speech → first bot audio.
+    latencies_ms: Vec<f64>,
+    /// 20 ms ticks when the phone's buffer ran dry in the middle of a
+    /// sentence (a mark still pending): audio that came late.
+    late_frames: usize,
+    invalid_media: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Sample {
+    secs: f64,
+    rss_kib: u64,
+    fds: usize,
+}
+
+/// What the server wrote about one call.
+#[derive(Debug, Default, Serialize)]
+struct ServerCall {
+    ended_by: String,
+    recording_ok: bool,
+    frames_dropped: u64,
+    errors: usize,
+    /// (seconds into the call, Total ms) per answered turn.
+    totals: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    calls_at_once: usize,
+    minutes: f64,
+    wall_secs: f64,
+    calls_started: usize,
+    /// Refused politely as busy: a caller redialled before the server had
+    /// released the line of its previous call.
+    calls_turned_away: usize,
+    calls_failed_client_side: usize,
+    calls_lost: Vec<String>,
+    recordings_incomplete: Vec<String>,
+    turns: usize,
+    turns_answered: usize,
+    barge_ins: usize,
+    dtmf_presses: usize,
+    long_pauses: usize,
+    late_frames: usize,
+    invalid_media: usize,
+    frames_dropped_server: u64,
+    server_errors: usize,
+    panics: usize,
+    exit_status: Option<i32>,
+    /// Under load: the median of the minute after the warm-up, and of the
+    /// last minute of calls.
+    rss_after_warmup_kib: u64,
+    rss_end_kib: u64,
+    rss_max_kib: u64,
+    /// Idle (no call in progress): after the warm-up, and after the last call.
+    rss_idle_start_kib: u64,
+    rss_idle_end_kib: u64,
+    fds_after_warmup: usize,
+    fds_end: usize,
+    fds_idle_start: usize,
+    fds_idle_end: usize,
+    /// Per minute: (minute, turns, Total p50, Total p95, caller p50, caller p95).
+    per_minute: Vec<(usize, usize, f64, f64, f64, f64)>,
+    samples: Vec<Sample>,
+    calls: Vec<CallOutcome>,
+}
+
+pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.calls >= 1 && a.minutes > 0.0,
+        "--calls and --minutes must be positive"
+    );
+    let out = std::path::absolute(&a.out)?;
+    let (traces, recordings) = (out.join("traces"), out.join("recordings"));
+    for d in [&traces, &recordings] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d)?;
+    }
+
+    // The callers' voices, made once.
+    let paths = cli.paths()?;
+    let tts = crate::stack::tts(&paths, &mut Default::default())?;
+    let phrases: Vec<SimTurn> = SCRIPT
+        .iter()
+        .map(|s| Ok(SimTurn::new(synth(tts.as_ref(), s)?, Some(s.to_string()))))
+        .collect::<anyhow::Result<_>>()?;
+    drop(tts);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let token = format!("{:032x}", rand::random::<u128>());
+    let mut server = spawn_server(cli, a, port, &token, &traces, &recordings, &out)?;
+    let pid = server.id().context("the server exited at once")?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base, &mut server, &out).await?;
+    eprintln!(
+        "soak: server pid {pid} on port {port}; {} callers for {} min (report in {})",
+        a.calls,
+        a.minutes,
+        out.display()
+    );
+
+    let t0 = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let sampler = {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(s) = sample(pid, t0) {
+                    samples.lock().unwrap().push(s);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+
+    let progress = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            eprintln!("soak: {:.0} s", t0.elapsed().as_secs_f64());
+        }
+    });
+    let phrases = Arc::new(phrases);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    // Warm-up, then a pause with no call at all for the baseline of memory
+    // and descriptors; then the rest, and the same measurement idle again.
+    // Idle against idle compares like with like: under load the numbers
+    // swing with how many calls are in which stage at that instant.
+    let warm_end = t0 + Duration::from_secs_f64(a.warmup_secs.min(a.minutes * 60.0));
+    let mut calls = callers(a.calls, &url, &token, &phrases, t0, warm_end).await?;
+    let idle_start = idle_sample(&base, pid, t0).await;
+    eprintln!(
+        "soak: warm and idle: RSS {} MiB, {} descriptors",
+        idle_start.rss_kib / 1024,
+        idle_start.fds
+    );
+    let deadline = t0 + Duration::from_secs_f64(a.minutes * 60.0);
+    calls.extend(callers(a.calls, &url, &token, &phrases, t0, deadline).await?);
+    progress.abort();
+    let idle_end = idle_sample(&base, pid, t0).await;
+    for s in [idle_start, idle_end] {
+        samples.lock().unwrap().push(s);
+    }
+    sampler.abort();
+    let wall_secs = t0.elapsed().as_secs_f64();
+
+    // A deployment's stop: SIGTERM, then the server drains and exits.
+    // SAFETY: kill(2) on our own child's pid, which it still holds.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(90), server.wait())
+        .await
+        .context("the server did not exit within 90 s of SIGTERM")??;
+
+    let server_calls = read_traces(&traces);
+    let log = std::fs::read_to_string(out.join("server.log")).unwrap_or_default();
+    let samples = samples.lock().unwrap().clone();
+    let report = summarise(
+        a,
+        calls,
+        server_calls,
+        (samples, idle_start, idle_end),
+        &log,
+        status.code(),
+        wall_secs,
+    );
+    std::fs::write(
+        out.join("soak.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let md = markdown(&report);
+    std::fs::write(out.join("soak.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// `n` callers, staggered, each calling again and again until `until`;
+/// the calls in progress then finish.
+async fn callers(
+    n: usize,
+    url: &str,
+    token: &str,
+    phrases: &Arc<Vec<SimTurn>>,
+    t0: Instant,
+    until: Instant,
+) -> anyhow::Result<Vec<CallOutcome>> {
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let (phrases, token, url) = (phrases.clone(), token.to_string(), url.to_string());
+        // Staggered, so that calls begin and end at all times.
+        let delay = Duration::from_secs_f64(k as f64 * 4.0);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut outcomes = Vec::new();
+            while Instant::now() < until {
+                outcomes.push(one_call(&url, &token, &phrases, t0).await);
+                let gap = rand::rng().random_range(0.0..2.0);
+                tokio::time::sleep(Duration::from_secs_f64(gap)).await;
+            }
+            outcomes
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(t.await?);
+    }
+    Ok(out)
+}
+
+/// Once the server reports no call in progress (and a few seconds more,
+/// for its observers), the median of three samples.
+async fn idle_sample(base: &str, pid: u32, t0: Instant) -> Sample {
+    for _ in 0..120 {
+        let active = match reqwest::get(format!("{base}/health")).await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        }
+        .and_then(|v| v["active_calls"].as_u64());
+        if active == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.extend(sample(pid, t0));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    v.sort_by_key(|s| s.rss_kib);
+    v.get(v.len() / 2).copied().unwrap_or(Sample {
+        secs: t0.elapsed().as_secs_f64(),
+        rss_kib: 0,
+        fds: 0,
+    })
+}
+
+fn spawn_server(
+    cli: &Cli,
+    a: &SoakArgs,
+    port: u16,
+    token: &str,
+    traces: &Path,
+    recordings: &Path,
+    out: &Path,
+) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::File::create(out.join("server.log"))?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    if let Some(m) = &cli.models {
+        cmd.arg("--models").arg(m);
+    }
+    if let Some(m) = &cli.manifest {
+        cmd.arg("--manifest").arg(m);
+    }
+    cmd.arg("--set").arg(&cli.set).arg("-v").arg("serve");
+    cmd.arg("--bind").arg(format!("127.0.0.1:{port}"));
+    if let Some(c) = &a.config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.env("CALLBOX_OBSERVE__TRACES_DIR", traces)
+        .env("CALLBOX_CALL__RECORDINGS_DIR", recordings)
+        // Room for calls still closing when their caller redials: the soak
+        // is about `calls` callers, not about the line limit.
+        .env("CALLBOX_SERVER__MAX_CALLS", (a.calls + 2).to_string())
+        .env("CALLBOX_SERVER__VALIDATE_SIGNATURES", "true")
+        .env("CALLBOX_TWILIO__AUTH_TOKEN", token)
+        .env("CALLBOX_LLM__MAX_TOKENS", "40")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    Ok(cmd.spawn()?)
+}
+
+async fn wait_healthy(
+    base: &str,
+    server: &mut tokio::process::Child,
+    out: &Path,
+) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if let Some(status) = server.try_wait()? {
+            let log = std::fs::read_to_string(out.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            anyhow::bail!(
+                "the server exited ({status}) before it was ready:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if let Ok(r) = reqwest::get(format!("{base}/health")).await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("the server was not healthy after 300 s")
+}
+
+/// The server's resident memory and open descriptors, from /proc.
+fn sample(pid: u32, t0: Instant) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some(Sample {
+        secs: t0.elapsed().as_secs_f64(),
+        rss_kib,
+        fds,
+    })
+}
+
+/// One call of two to four turns drawn from the script.
+async fn one_call(url: &str, token: &str, phrases: &[SimTurn], t0: Instant) -> CallOutcome {
+    let (mut opts, long_pause) = {
+        let mut rng = rand::rng();
+        let n = rng.random_range(2..=4);
+        let mut turns: Vec<SimTurn> = Vec::new();
+        for i in 0..n {
+            let mut t = phrases.choose(&mut rng).expect("phrases").clone();
+            if i > 0 && rng.random_bool(0.25) {
+                t.barge_in_after_ms = Some(rng.random_range(600..1500));
+            }
+            if rng.random_bool(0.15) {
+                t.dtmf = Some(rng.random_range(0..10).to_string());
+            }
+            turns.push(t);
+        }
+        let mut opts = SimOptions::new(url, turns).signed(token);
+        // Now and then a caller goes quiet for longer than call.idle_secs.
+        let long_pause = rng.random_bool(0.15);
+        opts.pause_secs = if long_pause {
+            rng.random_range(6.0..8.0)
+        } else {
+            rng.random_range(0.5..1.5)
+        };
+        opts.linger_secs = 1.0;
+        opts.reply_timeout_secs = 30.0;
+        (opts, long_pause)
+    };
+    opts.call_sid = format!("CAsoak{:012x}", rand::random::<u64>() >> 16);
+    let mut outcome = CallOutcome {
+        call_sid: opts.call_sid.clone(),
+        started_secs: t0.elapsed().as_secs_f64(),
+        ended_secs: 0.0,
+        error: None,
+        turns: opts.turns.len(),
+        answered: 0,
+        barge_ins: opts
+            .turns
+            .iter()
+            .filter(|t| t.barge_in_after_ms.is_some())
+            .count(),
+        dtmf: opts.turns.iter().filter(|t| t.dtmf.is_some()).count(),
+        long_pause,
+        latencies_ms: Vec::new(),
+        late_frames: 0,
+        invalid_media: 0,
+    };
+    match sim::run(opts).await {
+        Ok(r) => {
+            outcome.latencies_ms = r.turns.iter().filter_map(|t| t.latency_ms).collect();
+            outcome.answered = outcome.latencies_ms.len();
+            outcome.late_frames = r.late_frames;
+            outcome.invalid_media = r.invalid_media;
+        }
+        Err(e) => outcome.error = Some(format!("{e:#}")),
+    }
+    outcome.ended_secs = t0.elapsed().as_secs_f64();
+    outcome
+}
+
+/// Every trace the server wrote, by call.
+fn read_traces(dir: &Path) -> HashMap<String, ServerCall> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(t) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let call = &t["call"];
+        let duration = call["duration_secs"].as_f64().unwrap_or(0.0);
+        let recording_ok = call["recording"].as_str().is_some_and(|p| {
+            hound::WavReader::open(p).is_ok_and(|w| {
+                let secs = w.duration() as f64 / w.spec().sample_rate as f64;
+                w.spec().channels == 2 && (secs - duration).abs() < 1.5
+            })
+        });
+        let totals = t["turns"]
+            .as_array()
+            .map(|turns| {
+                turns
+                    .iter()
+                    .filter(|x| x["kind"] == "turn")
+                    .filter_map(|x| {
+                        Some((
+                            x["first_audio_at_ms"].as_f64()? / 1e3,
+                            x["total_ms"].as_f64()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(
+            call["call_sid"].as_str().unwrap_or_default().to_string(),
+            ServerCall {
+                ended_by: call["ended_by"].as_str().unwrap_or_default().to_string(),
+                recording_ok,
+                frames_dropped: t["counters"]["frames_dropped"].as_u64().unwrap_or(0),
+                errors: t["errors"].as_array().map_or(0, Vec::len),
+                totals,
+            },
+        );
+    }
+    out
+}
+
+fn summarise(
+    a: &SoakArgs,
+    calls: Vec<CallOutcome>,
+    server: HashMap<String, ServerCall>,
+    (mut samples, idle_start, idle_end): (Vec<Sample>, Sample, Sample),
+    log: &str,
+    exit_status: Option<i32>,
+    wall_secs: f64,
+) -> Report {
+    samples.sort_by(|x, y| x.secs.total_cmp(&y.secs));
+    // A call is lost when the server kept no complete record of it, or it
+    // ended other than by the caller's hang-up.
+    let mut lost = Vec::new();
+    let mut incomplete = Vec::new();
+    let busy = |c: &CallOutcome| {
+        c.error
+            .as_deref()
+            .is_some_and(|e| e.contains("lines are busy"))
+    };
+    for c in calls.iter().filter(|c| !busy(c)) {
+        match server.get(&c.call_sid) {
+            Some(s) if s.ended_by == "stop" => {
+                if !s.recording_ok {
+                    incomplete.push(c.call_sid.clone());
+                }
+            }
+            Some(s) => lost.push(format!("{} (ended by {})", c.call_sid, s.ended_by)),
+            None => lost.push(format!("{} (no trace)", c.call_sid)),
+        }
+    }
+    // Latency over time: each turn in the minute its reply began.
+    let minutes = (wall_secs / 60.0).ceil().max(1.0) as usize;
+    let mut totals = vec![Vec::new(); minutes];
+    let mut callers = vec![Vec::new(); minutes];
+    for c in &calls {
+        if let Some(s) = server.get(&c.call_sid) {
+            for &(at, ms) in &s.totals {
+                let m = (((c.started_secs + at) / 60.0) as usize).min(minutes - 1);
+                totals[m].push(ms);
+            }
+        }
+        let m = ((c.ended_secs / 60.0) as usize).min(minutes - 1);
+        callers[m].extend(&c.latencies_ms);
+    }
+    let per_minute = (0..minutes)
+        .map(|m| {
+            (
+                m + 1,
+                totals[m].len(),
+                percentile(&totals[m], 0.5),
+                percentile(&totals[m], 0.95),
+                percentile(&callers[m], 0.5),
+                percentile(&callers[m], 0.95),
+            )
+        })
+        .collect();
+    // Memory under the same load at both ends: the median of the minute
+    // after warm-up against that of the last minute of calls (single
+    // samples swing with whatever the engines hold at that instant).
+    let load_end = a.minutes * 60.0;
+    let window = |from: f64, to: f64| -> Vec<Sample> {
+        samples
+            .iter()
+            .filter(|s| s.secs >= from && s.secs <= to)
+            .copied()
+            .collect()
+    };
+    let median_rss = |w: &[Sample]| -> u64 {
+        let v: Vec<f64> = w.iter().map(|s| s.rss_kib as f64).collect();
+        percentile(&v, 0.5) as u64
+    };
+    let max_fds = |w: &[Sample]| w.iter().map(|s| s.fds).max().unwrap_or(0);
+    let resumed = idle_start.secs + 10.0;
+    let first = window(resumed + 30.0, resumed + 90.0);
+    let last = window((load_end - 60.0).max(a.warmup_secs), load_end);
+    Report {
+        machine: machine(),
+        calls_at_once: a.calls,
+        minutes: a.minutes,
+        wall_secs,
+        calls_started: calls.len(),
+        calls_turned_away: calls.iter().filter(|c| busy(c)).count(),
+        calls_failed_client_side: calls
+            .iter()
+            .filter(|c| c.error.is_some() && !busy(c))
+            .count(),
+        calls_lost: lost,
+        recordings_incomplete: incomplete,
+        turns: calls.iter().map(|c| c.turns).sum(),
+        turns_answered: calls.iter().map(|c| c.answered).sum(),
+        barge_ins: calls.iter().map(|c| c.barge_ins).sum(),
+        dtmf_presses: calls.iter().map(|c| c.dtmf).sum(),
+        long_pauses: calls.iter().filter(|c| c.long_pause).count(),
+        late_frames: calls.iter().map(|c| c.late_frames).sum(),
+        invalid_media: calls.iter().map(|c| c.invalid_media).sum(),
+        frames_dropped_server: server.values().map(|s| s.frames_dropped).sum(),
+        server_errors: server.values().map(|s| s.errors).sum(),
+        panics: log.matches("panicked at").count(),
+        exit_status,
+        rss_after_warmup_kib: median_rss(&first),
+        rss_end_kib: median_rss(&last),
+        rss_max_kib: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+        rss_idle_start_kib: idle_start.rss_kib,
+        rss_idle_end_kib: idle_end.rss_kib,
+        fds_after_warmup: max_fds(&first),
+        fds_end: max_fds(&last),
+        fds_idle_start: idle_start.fds,
+        fds_idle_end: idle_end.fds,
+        per_minute,
+        samples,
+        calls,
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores ({model}), no GPU in use")
+}
+
+fn markdown(r: &Report) -> String {
+    let change = |from: u64, to: u64| 100.0 * (to as f64 - from as f64) / from.max(1) as f64;
+    let idle_change = change(r.rss_idle_start_kib, r.rss_idle_end_kib);
+    let mib = |k: u64| k as f64 / 1024.0;
+    let ok = |b: bool| if b { "pass" } else { "FAIL" };
+    let mut s = format!(
+        "# Soak: {} calls at a time for {} min\n\n\
+         Machine: {}. Wall time {:.0} s.\n\n\
+         | | |\n|---|---|\n\
+         | calls started | {} |\n\
+         | calls turned away as busy (redialled before the last call's line was free) | {} |\n\
+         | calls failed on the caller's side | {} |\n\
+         | calls lost (no complete trace, or not ended by the caller) | {} |\n\
+         | recordings incomplete | {} |\n\
+         | turns answered | {} of {} |\n\
+         | barge-ins, DTMF presses, long pauses | {}, {}, {} |\n\
+         | late bot frames (phone buffer dry mid-sentence, 20 ms each) | {} |\n\
+         | caller frames dropped by the server | {} |\n\
+         | malformed media received by the caller | {} |\n\
+         | errors in the server's call records | {} |\n\
+         | panics in the server's log | {} |\n\
+         | exit status after SIGTERM | {} |\n\
+         | RSS idle, after warm-up → after the last call | {:.0} → {:.0} MiB ({:+.1} %) |\n\
+         | RSS under load, minute after warm-up → last minute; most | {:.0} → {:.0} MiB ({:+.1} %); {:.0} MiB |\n\
+         | open descriptors idle, after warm-up → after the last call | {} → {} |\n\
+         | open descriptors under load, most in the minute after warm-up → in the last minute | {} → {} |\n\n",
+        r.calls_at_once,
+        r.minutes,
+        r.machine,
+        r.wall_secs,
+        r.calls_started,
+        r.calls_turned_away,
+        r.calls_failed_client_side,
+        r.calls_lost.len(),
+        r.recordings_incomplete.len(),
+        r.turns_answered,
+        r.turns,
+        r.barge_ins,
+        r.dtmf_presses,
+        r.long_pauses,
+        r.late_frames,
+        r.frames_dropped_server,
+        r.invalid_media,
+        r.server_errors,
+        r.panics,
+        r.exit_status.map_or("killed".into(), |c| c.to_string()),
+        mib(r.rss_idle_start_kib),
+        mib(r.rss_idle_end_kib),
+        idle_change,
+        mib(r.rss_after_warmup_kib),
+        mib(r.rss_end_kib),
+        change(r.rss_after_warmup_kib, r.rss_end_kib),
+        mib(r.rss_max_kib),
+        r.fds_idle_start,
+        r.fds_idle_end,
+        r.fds_after_warmup,
+        r.fds_end,
+    );
+    s.push_str("## Latency over time (ms)\n\n| minute | turns | Total p50 | Total p95 | caller-side p50 | caller-side p95 |\n|---|---|---|---|---|---|\n");
+    let ms = |v: f64| {
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    for &(m, n, p50, p95, c50, c95) in &r.per_minute {
+        s.push_str(&format!(
+            "| {m} | {n} | {} | {} | {} | {} |\n",
+            ms(p50),
+            ms(p95),
+            ms(c50),
+            ms(c95)
+        ));
+    }
+    s.push_str(&format!(
+        "\n## Checks\n\n\
+         - 0 panics: {}\n\
+         - 0 calls lost: {}\n\
+         - every recording and trace complete: {}\n\
+         - RSS idle at the end within 5 % of idle after warm-up: {}\n\
+         - no growth in file descriptors (idle against idle): {}\n\
+         - clean exit after SIGTERM: {}\n",
+        ok(r.panics == 0),
+        ok(r.calls_lost.is_empty()),
+        ok(r.recordings_incomplete.is_empty()),
+        ok(idle_change.abs() <= 5.0),
+        ok(r.fds_idle_end <= r.fds_idle_start),
+        ok(r.exit_status == Some(0)),
+    ));
+    for c in r.calls.iter().filter(|c| c.error.is_some()) {
+        s.push_str(&format!(
+            "\n- {} failed: {}",
+            c.call_sid,
+            c.error.as_deref().unwrap_or("")
+        ));
+    }
+    for l in &r.calls_lost {
+        s.push_str(&format!("\n- lost: {l}"));
+    }
+    s.push('\n');
+    s
+}
