@@ -223,25 +223,13 @@ async fn the_bot_carries_on_after_five_silent_seconds_but_not_before_first_activ
 /// A client that breaks every rule, then vanishes.
 async fn misbehave(addr: SocketAddr) {
     // A stream our TwiML started, so that its bad input reaches a session.
-    let params = sim::webhook(
-        &format!("http://{addr}/"),
-        AUTH_TOKEN,
-        &sim::incoming_form("CAbad"),
-    )
-    .await
-    .unwrap()
-    .params;
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
+    let (ws, start) = twilio_socket(addr, "CAbad").await;
     let (mut tx, _rx) = ws.split();
     let media = r#"{"event":"media","streamSid":"MZx","media":{"payload":"//8="}}"#;
     tx.send(Message::text(media)).await.unwrap(); // media before start
     tx.send(Message::text("this is not json")).await.unwrap();
     tx.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    let start = serde_json::json!({"event": "start", "streamSid": "MZx",
-        "start": {"callSid": "CAbad", "customParameters": params}});
-    tx.send(Message::text(start.to_string())).await.unwrap();
+    tx.send(start).await.unwrap();
     for _ in 0..20 {
         tx.send(Message::text(
             r#"{"event":"media","streamSid":"MZx","media":{"payload":"%%%not base64"}}"#,

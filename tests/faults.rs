@@ -169,21 +169,9 @@ enum Vanish {
 /// a `stop` or a close frame, as a dropped mobile call does. Returns the
 /// seconds of audio it sent.
 async fn call_then_vanish(addr: SocketAddr, call_sid: &str, text: &str, when: Vanish) -> f64 {
-    let params = sim::webhook(
-        &format!("http://{addr}/"),
-        AUTH_TOKEN,
-        &sim::incoming_form(call_sid),
-    )
-    .await
-    .unwrap()
-    .params;
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
+    let (ws, start) = twilio_socket(addr, call_sid).await;
     let (mut tx, mut rx) = ws.split();
-    let start = serde_json::json!({"event": "start", "streamSid": format!("MZ{call_sid}"),
-        "start": {"callSid": call_sid, "customParameters": params}});
-    tx.send(Message::text(start.to_string())).await.unwrap();
+    tx.send(start).await.unwrap();
     let speech = ulaw::encode(&speech(text).resampled(8000).to_i16());
     let frames: Vec<&[u8]> = speech.chunks(160).collect();
     let limit = match when {
@@ -299,20 +287,8 @@ async fn a_caller_who_vanishes_mid_sentence_or_mid_reply_leaves_a_clean_call() {
 async fn a_client_faster_than_real_time_is_held_to_the_clock() {
     let (state, addr) = start(|c| c.call.greet = false).await;
     let call_sid = "CAflood";
-    let params = sim::webhook(
-        &format!("http://{addr}/"),
-        AUTH_TOKEN,
-        &sim::incoming_form(call_sid),
-    )
-    .await
-    .unwrap()
-    .params;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
-    let start = serde_json::json!({"event": "start", "streamSid": "MZflood",
-        "start": {"callSid": call_sid, "customParameters": params}});
-    ws.send(Message::text(start.to_string())).await.unwrap();
+    let (mut ws, start) = twilio_socket(addr, call_sid).await;
+    ws.send(start).await.unwrap();
     // Sixty seconds of audio as fast as the socket takes it.
     let noise = ulaw::encode(&white_noise(60.0, -30.0, 8000, 7).to_i16());
     for frame in noise.chunks(160) {

@@ -327,9 +327,17 @@ mod tests {
         (Box::pin(sink), taken)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_peer_that_stops_reading_ends_the_call_not_the_memory() {
-        let (sink, taken) = stalling_peer(3);
+    /// A writer over a queue of four to a peer that takes `accepted`
+    /// messages: the queue, the stall signal, the task, the count taken.
+    fn writer_to(
+        accepted: usize,
+    ) -> (
+        mpsc::Sender<Wire>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let (sink, taken) = stalling_peer(accepted);
         let (tx, rx) = mpsc::channel(4);
         let stalled = CancellationToken::new();
         let writer = tokio::spawn(write_wire(
@@ -339,6 +347,12 @@ mod tests {
             WRITE_STALL,
             stalled.clone(),
         ));
+        (tx, stalled, writer, taken)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_ends_the_call_not_the_memory() {
+        let (tx, stalled, writer, taken) = writer_to(3);
         // The session keeps producing; the bounded queue makes it wait
         // instead of piling frames up.
         let producer = tokio::spawn(async move {
@@ -360,16 +374,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_keeps_reading_is_never_cut_off() {
-        let (sink, taken) = stalling_peer(usize::MAX);
-        let (tx, rx) = mpsc::channel(4);
-        let stalled = CancellationToken::new();
-        let writer = tokio::spawn(write_wire(
-            sink,
-            rx,
-            "MZ1".into(),
-            WRITE_STALL,
-            stalled.clone(),
-        ));
+        let (tx, stalled, writer, taken) = writer_to(usize::MAX);
         for _ in 0..100 {
             tx.send(Wire::Media(vec![0xFF; 160])).await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;

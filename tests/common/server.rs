@@ -157,3 +157,33 @@ pub fn check_recording(trace: &serde_json::Value) {
         "recording {secs} s, call {call} s"
     );
 }
+
+pub type TwilioSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Twilio's side up to the stream, for tests that play the socket by hand:
+/// the signed webhook for `call_sid`, then the websocket its TwiML points
+/// at. Returns the socket and the `start` message with the TwiML's
+/// parameters (its one-time token included), to send when the test likes.
+pub async fn twilio_socket(
+    addr: SocketAddr,
+    call_sid: &str,
+) -> (TwilioSocket, tokio_tungstenite::tungstenite::Message) {
+    let params = callbox::sim::webhook(
+        &format!("http://{addr}/"),
+        AUTH_TOKEN,
+        &callbox::sim::incoming_form(call_sid),
+    )
+    .await
+    .unwrap()
+    .params;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    let start = serde_json::json!({"event": "start", "streamSid": format!("MZ{call_sid}"),
+        "start": {"callSid": call_sid, "customParameters": params}});
+    (
+        ws,
+        tokio_tungstenite::tungstenite::Message::text(start.to_string()),
+    )
+}
