@@ -20,11 +20,6 @@ pub fn twilio_frame(data: &[u8]) {
         // Not a text frame: the websocket layer refuses it before us.
         return;
     };
-    if let Ok(protocol::Inbound::Start { start, .. }) = protocol::parse(text) {
-        // What the call's setup reads from `start`.
-        let _ = start.custom_parameters.get("stream_token");
-        let _ = start.custom_parameters.get("direction");
-    }
     match call_input(text) {
         Ok(Some(CallInput::Audio(bytes))) => {
             assert!(!bytes.is_empty(), "an empty media payload reached the call");

@@ -16,6 +16,7 @@ use callbox::engines::{
 };
 use callbox::session::TurnKind;
 use callbox::sim;
+use callbox::twilio::protocol;
 use common::server::*;
 use common::*;
 use futures::{SinkExt, StreamExt};
@@ -184,7 +185,7 @@ async fn call_then_vanish(addr: SocketAddr, call_sid: &str, text: &str, when: Va
     for i in 0..limit {
         tick.tick().await;
         let payload = frames.get(i).copied().unwrap_or(&silence);
-        let media = sim_media(payload);
+        let media = protocol::media(&format!("MZ{call_sid}"), payload);
         tx.send(Message::text(media)).await.unwrap();
         // Whatever the bot sent meanwhile (no greeting: any media is the reply).
         while let Some(Some(Ok(m))) = futures::FutureExt::now_or_never(rx.next()) {
@@ -204,12 +205,6 @@ async fn call_then_vanish(addr: SocketAddr, call_sid: &str, text: &str, when: Va
         "no reply came within 20 s of silence"
     );
     limit as f64 * 0.02
-}
-
-fn sim_media(ulaw: &[u8]) -> String {
-    use base64::Engine;
-    let payload = base64::engine::general_purpose::STANDARD.encode(ulaw);
-    serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,10 +232,7 @@ async fn a_caller_who_vanishes_mid_sentence_or_mid_reply_leaves_a_clean_call() {
         // All the caller's audio is in the recording, which ends with the
         // call (the caller's frames may have come slower than real time on
         // a busy machine, so the call can be the longer).
-        let w = hound::WavReader::open(t["call"]["recording"].as_str().unwrap()).unwrap();
-        assert_eq!(w.spec().channels, 2);
-        let secs = w.duration() as f64 / w.spec().sample_rate as f64;
-        let call = t["call"]["duration_secs"].as_f64().unwrap();
+        let (secs, call) = recording_and_call_secs(&t);
         assert!(
             secs >= sent - 0.05 && secs <= call + 1.0,
             "recording {secs} s, caller sent {sent} s, call {call} s"
@@ -292,7 +284,9 @@ async fn a_client_faster_than_real_time_is_held_to_the_clock() {
     // Sixty seconds of audio as fast as the socket takes it.
     let noise = ulaw::encode(&white_noise(60.0, -30.0, 8000, 7).to_i16());
     for frame in noise.chunks(160) {
-        ws.send(Message::text(sim_media(frame))).await.unwrap();
+        ws.send(Message::text(protocol::media("MZflood", frame)))
+            .await
+            .unwrap();
     }
     ws.send(Message::text(r#"{"event":"stop"}"#)).await.unwrap();
     let s = summary(&state, call_sid).await;

@@ -500,7 +500,7 @@ fn summarise(
     let busy = |c: &CallOutcome| {
         c.error
             .as_deref()
-            .is_some_and(|e| e.contains("lines are busy"))
+            .is_some_and(|e| e.contains(crate::server::Refusal::Busy.spoken()))
     };
     for c in calls.iter().filter(|c| !busy(c)) {
         match server.get(&c.call_sid) {

@@ -57,12 +57,11 @@ pub async fn dial(
     base_url: &str,
 ) -> Result<Dialed, DialError> {
     let (to, from) = numbers(cfg, req)?;
-    let to = to.as_str();
     let rest = rest.ok_or(DialError::NoCredentials)?;
     let base = base_url.trim_end_matches('/');
     let call = rest
         .create_call(
-            to,
+            &to,
             &from,
             &format!("{base}/twiml"),
             &format!("{base}/status"),
@@ -71,7 +70,7 @@ pub async fn dial(
     Ok(Dialed {
         call_sid: call.sid,
         status: "call_initiated".into(),
-        to_number: to.to_string(),
+        to_number: to,
     })
 }
 

@@ -13,17 +13,14 @@
 //! hanging.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
 use tokio::sync::mpsc;
-
-use std::time::{Duration, Instant};
-
-use futures::Sink;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
@@ -34,6 +31,23 @@ use crate::twilio::protocol::{self, Inbound};
 
 /// Malformed messages logged one by one per call; the rest are only counted.
 const MALFORMED_LOGGED: usize = 5;
+
+const BINARY: &str = "binary frame (Twilio sends JSON text)";
+
+/// The messages a connection ignored as malformed or out of place. The first
+/// few are logged with what was wrong, the rest only counted: a broken or
+/// hostile client must not flood the log. The total is logged at the end.
+#[derive(Default)]
+struct Malformed(usize);
+
+impl Malformed {
+    fn ignore(&mut self, stream: &str, what: impl std::fmt::Display) {
+        self.0 += 1;
+        if self.0 <= MALFORMED_LOGGED {
+            tracing::warn!(stream, "message ignored: {what}");
+        }
+    }
+}
 
 /// How long one send to the caller may wait. Twilio reads continuously; a
 /// peer that has not taken a frame for this long is gone or broken.
@@ -57,18 +71,17 @@ pub async fn upgrade(
 
 async fn handle(socket: WebSocket, app: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
+    let mut malformed = Malformed::default();
     // Wait for `start`; `connected` comes first, anything else is premature.
     let (stream_sid, start) = loop {
         match stream.next().await {
             Some(Ok(Message::Text(t))) => match protocol::parse(&t) {
                 Ok(Inbound::Start { stream_sid, start }) => break (stream_sid, start),
                 Ok(Inbound::Connected { .. }) => {}
-                Ok(other) => tracing::warn!("message before start ignored: {other:?}"),
-                Err(e) => tracing::warn!("malformed message before start ignored: {e}"),
+                Ok(other) => malformed.ignore("-", format!("{other:?} before start")),
+                Err(e) => malformed.ignore("-", e),
             },
-            Some(Ok(Message::Binary(_))) => {
-                tracing::warn!("binary frame ignored (Twilio sends JSON text)")
-            }
+            Some(Ok(Message::Binary(_))) => malformed.ignore("-", BINARY),
             Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => {}
             Some(Err(e)) => {
@@ -140,7 +153,6 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         tokio::spawn(async move { super::call_control::record(&app, &sid).await })
     });
 
-    let mut malformed = 0usize;
     // Made once, not per 20 ms frame.
     let ended = app.calls_ended();
     tokio::pin!(ended);
@@ -160,32 +172,21 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             }
         };
         let input = match msg {
-            Ok(Message::Text(t)) => match call_input(&t) {
-                Ok(Some(input)) => input,
-                Ok(None) => continue,
-                Err(e) => {
-                    malformed += 1;
-                    // A broken or hostile client must not flood the log:
-                    // the first few say what was wrong, the total comes at
-                    // the end of the call.
-                    if malformed <= MALFORMED_LOGGED {
-                        tracing::warn!(stream = %stream_sid, "malformed message ignored: {e}");
-                    }
-                    continue;
-                }
-            },
-            Ok(Message::Binary(_)) => {
-                malformed += 1;
-                if malformed <= MALFORMED_LOGGED {
-                    tracing::warn!(stream = %stream_sid, "binary frame ignored (Twilio sends JSON text)");
-                }
-                continue;
-            }
+            Ok(Message::Text(t)) => call_input(&t),
+            Ok(Message::Binary(_)) => Err(BINARY.to_string()),
             Ok(Message::Close(_)) => break,
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(stream = %stream_sid, "websocket error: {e}");
                 break;
+            }
+        };
+        let input = match input {
+            Ok(Some(input)) => input,
+            Ok(None) => continue,
+            Err(e) => {
+                malformed.ignore(&stream_sid, e);
+                continue;
             }
         };
         let stop = matches!(input, CallInput::Stop);
@@ -196,8 +197,8 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     drop(in_tx);
     match session.await {
         Ok(summary) => {
-            if malformed > 0 {
-                tracing::warn!(stream = %stream_sid, malformed, "malformed messages during the call");
+            if malformed.0 > 0 {
+                tracing::warn!(stream = %stream_sid, malformed = malformed.0, "malformed messages during the call");
             }
             app.metrics
                 .calls
@@ -216,7 +217,6 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     app.metrics.active_calls.dec();
     writer.abort();
     drop(permit);
-    tokio::task::spawn_blocking(release_freed_memory);
     if let Some(sid) = twilio_call {
         // A recording request still in flight would start on a call we are
         // about to end.
@@ -224,20 +224,6 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             r.abort();
         }
         super::call_control::hang_up(&app, &sid).await;
-    }
-}
-
-/// Hands the heap pages a finished call freed back to the system. A call
-/// frees tens of megabytes of short-lived buffers (audio, activations,
-/// prompts) across many threads; glibc keeps such pages in its per-thread
-/// arenas, and over hours of calls the resident size creeps up as if it
-/// leaked.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no
-    // pointers of ours.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -276,8 +276,8 @@ pub struct Session {
     echo_ignored: usize,
     drafts_discarded: usize,
     frames_dropped: usize,
-    /// Of those, frames that came too far ahead of real time.
-    frames_ahead: usize,
+    /// Audio ahead of real time has been logged (once a call).
+    ahead_logged: bool,
     errors: Vec<String>,
     internal_tx: mpsc::Sender<Internal>,
     reply_tx: mpsc::Sender<ReplyEvent>,
@@ -362,7 +362,7 @@ impl Session {
             echo_ignored: 0,
             drafts_discarded: 0,
             frames_dropped: 0,
-            frames_ahead: 0,
+            ahead_logged: false,
             errors: Vec::new(),
             internal_tx,
             reply_tx,
@@ -405,10 +405,9 @@ impl Session {
                         // dropped, not kept without bound.
                         let allowed = (s.start.elapsed().as_secs_f64() + AHEAD_SLACK_SECS) * 8000.0;
                         if (s.caller_track.len() + bytes.len()) as f64 > allowed {
-                            if s.frames_ahead == 0 {
+                            if !std::mem::replace(&mut s.ahead_logged, true) {
                                 tracing::warn!(call = %s.info.call_sid, "caller audio arrives faster than real time: the excess is dropped");
                             }
-                            s.frames_ahead += 1;
                             s.frames_dropped += 1;
                             continue;
                         }

@@ -144,14 +144,19 @@ pub async fn trace(dir: &std::path::Path, call_sid: &str) -> serde_json::Value {
     panic!("no complete JSON trace at {}", path.display());
 }
 
-/// The call's recording exists, has both channels and lasts as long as the
-/// call.
-pub fn check_recording(trace: &serde_json::Value) {
+/// The seconds of the call's two-channel recording, and of the call.
+pub fn recording_and_call_secs(trace: &serde_json::Value) -> (f64, f64) {
     let path = trace["call"]["recording"].as_str().expect("a recording");
     let w = hound::WavReader::open(path).expect("a readable recording");
     assert_eq!(w.spec().channels, 2);
     let secs = w.duration() as f64 / w.spec().sample_rate as f64;
-    let call = trace["call"]["duration_secs"].as_f64().unwrap();
+    (secs, trace["call"]["duration_secs"].as_f64().unwrap())
+}
+
+/// The call's recording exists, has both channels and lasts as long as the
+/// call.
+pub fn check_recording(trace: &serde_json::Value) {
+    let (secs, call) = recording_and_call_secs(trace);
     assert!(
         (secs - call).abs() < 1.5,
         "recording {secs} s, call {call} s"
