@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
     }
+    cap_malloc_arenas();
     let cli = callbox::cli::Cli::parse();
     let default = match cli.verbose {
         0 => "warn",
@@ -38,3 +39,28 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+/// glibc gives threads that allocate at the same time heaps of their own
+/// ("arenas"), up to eight per core, and each arena keeps the free memory of
+/// its busiest moment. The engines' large buffers (a sentence's tensors in
+/// Piper, Whisper's activations) are allocated on whichever thread runs
+/// them, so every arena ends up holding a peak of its own. Two per core
+/// keeps allocation uncontended and that retention bounded. Set before any
+/// thread exists; `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` set by the
+/// operator wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn cap_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var_os("GLIBC_TUNABLES").is_some()
+    {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arenas = i32::try_from(2 * cores).unwrap_or(i32::MAX);
+    // SAFETY: mallopt only sets an allocator parameter; no thread but this
+    // one exists yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cap_malloc_arenas() {}

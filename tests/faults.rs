@@ -14,7 +14,7 @@ use callbox::audio::{ulaw, Audio};
 use callbox::engines::{
     ChatMessage, Generation, GenerationOptions, Llm, LlmSession, Role, Stt, Transcript,
 };
-use callbox::session::TurnKind;
+use callbox::session::{TurnKind, AHEAD_SLACK_SECS};
 use callbox::sim;
 use callbox::twilio::protocol;
 use common::server::*;
@@ -291,16 +291,16 @@ async fn a_client_faster_than_real_time_is_held_to_the_clock() {
     ws.send(Message::text(r#"{"event":"stop"}"#)).await.unwrap();
     let s = summary(&state, call_sid).await;
     assert_eq!(s.ended_by, "stop");
-    // Kept: what the clock allows (the call's seconds plus two of slack);
+    // Kept: what the clock allows (the call's seconds plus the slack);
     // the rest dropped and counted.
     let kept = 3000 - s.frames_dropped;
     assert!(
-        (kept as f64) * 0.02 <= s.duration_secs + 2.0 + 0.02,
+        (kept as f64) * 0.02 <= s.duration_secs + AHEAD_SLACK_SECS + 0.02,
         "{kept} frames kept in a call of {} s",
         s.duration_secs
     );
     assert!(s.frames_dropped > 1500, "{} dropped", s.frames_dropped);
     let w = hound::WavReader::open(s.recording.as_ref().unwrap()).unwrap();
-    assert!(w.duration() as f64 / 8000.0 <= s.duration_secs + 2.1);
+    assert!(w.duration() as f64 / 8000.0 <= s.duration_secs + AHEAD_SLACK_SECS + 0.1);
     settle(&state).await;
 }

@@ -36,6 +36,11 @@ pub struct SoakArgs {
     /// after the start, once every model and buffer has been touched.
     #[arg(long, default_value_t = 90.0)]
     pub warmup_secs: f64,
+    /// Times the callers all hang up between the warm-up and the end, so
+    /// that idle memory is measured along the way: growth that levels off
+    /// (caches filling) tells apart from growth with every call (a leak).
+    #[arg(long, default_value_t = 2)]
+    pub pauses: usize,
     /// Folder for the report, the server's log, traces and recordings.
     #[arg(long, default_value = "out/soak")]
     pub out: PathBuf,
@@ -115,6 +120,8 @@ struct Report {
     /// Idle (no call in progress): after the warm-up, and after the last call.
     rss_idle_start_kib: u64,
     rss_idle_end_kib: u64,
+    /// Idle at every pause, from after the warm-up to after the last call.
+    rss_idle_pauses_kib: Vec<u64>,
     fds_after_warmup: usize,
     fds_end: usize,
     fds_idle_start: usize,
@@ -184,24 +191,34 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
     let phrases = Arc::new(phrases);
     let url = format!("ws://127.0.0.1:{port}/ws");
     // Warm-up, then a pause with no call at all for the baseline of memory
-    // and descriptors; then the rest, and the same measurement idle again.
+    // and descriptors; then the rest in stretches, each ending with the
+    // same measurement idle again.
     // Idle against idle compares like with like: under load the numbers
     // swing with how many calls are in which stage at that instant.
     let warm_end = t0 + Duration::from_secs_f64(a.warmup_secs.min(a.minutes * 60.0));
     let mut calls = callers(a.calls, &url, &token, &phrases, t0, warm_end).await?;
-    let idle_start = idle_sample(&base, pid, t0).await;
+    let mut idle = vec![idle_sample(&base, pid, t0).await];
     eprintln!(
         "soak: warm and idle: RSS {} MiB, {} descriptors",
-        idle_start.rss_kib / 1024,
-        idle_start.fds
+        idle[0].rss_kib / 1024,
+        idle[0].fds
     );
     let deadline = t0 + Duration::from_secs_f64(a.minutes * 60.0);
-    calls.extend(callers(a.calls, &url, &token, &phrases, t0, deadline).await?);
-    progress.abort();
-    let idle_end = idle_sample(&base, pid, t0).await;
-    for s in [idle_start, idle_end] {
-        samples.lock().unwrap().push(s);
+    let stretches = a.pauses + 1;
+    for k in 1..=stretches {
+        let until =
+            warm_end + deadline.saturating_duration_since(warm_end) * k as u32 / stretches as u32;
+        calls.extend(callers(a.calls, &url, &token, &phrases, t0, until).await?);
+        let s = idle_sample(&base, pid, t0).await;
+        eprintln!(
+            "soak: idle: RSS {} MiB, {} descriptors",
+            s.rss_kib / 1024,
+            s.fds
+        );
+        idle.push(s);
     }
+    progress.abort();
+    samples.lock().unwrap().extend(idle.iter().copied());
     sampler.abort();
     let wall_secs = t0.elapsed().as_secs_f64();
 
@@ -219,7 +236,7 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
         a,
         calls,
         server_calls,
-        (samples, idle_start, idle_end),
+        (samples, idle),
         &log,
         status.code(),
         wall_secs,
@@ -487,7 +504,7 @@ fn summarise(
     a: &SoakArgs,
     calls: Vec<CallOutcome>,
     server: HashMap<String, ServerCall>,
-    (mut samples, idle_start, idle_end): (Vec<Sample>, Sample, Sample),
+    (mut samples, idle): (Vec<Sample>, Vec<Sample>),
     log: &str,
     exit_status: Option<i32>,
     wall_secs: f64,
@@ -555,6 +572,7 @@ fn summarise(
         percentile(&v, 0.5) as u64
     };
     let max_fds = |w: &[Sample]| w.iter().map(|s| s.fds).max().unwrap_or(0);
+    let (idle_start, idle_end) = (idle[0], idle[idle.len() - 1]);
     let resumed = idle_start.secs + 10.0;
     let first = window(resumed + 30.0, resumed + 90.0);
     let last = window((load_end - 60.0).max(a.warmup_secs), load_end);
@@ -587,6 +605,7 @@ fn summarise(
         rss_max_kib: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0),
         rss_idle_start_kib: idle_start.rss_kib,
         rss_idle_end_kib: idle_end.rss_kib,
+        rss_idle_pauses_kib: idle.iter().map(|s| s.rss_kib).collect(),
         fds_after_warmup: max_fds(&first),
         fds_end: max_fds(&last),
         fds_idle_start: idle_start.fds,
@@ -634,6 +653,7 @@ fn markdown(r: &Report) -> String {
          | panics in the server's log | {} |\n\
          | exit status after SIGTERM | {} |\n\
          | RSS idle, after warm-up → after the last call | {:.0} → {:.0} MiB ({:+.1} %) |\n\
+         | RSS idle at each pause | {} MiB |\n\
          | RSS under load, minute after warm-up → last minute; most | {:.0} → {:.0} MiB ({:+.1} %); {:.0} MiB |\n\
          | open descriptors idle, after warm-up → after the last call | {} → {} |\n\
          | open descriptors under load, most in the minute after warm-up → in the last minute | {} → {} |\n\n",
@@ -660,6 +680,11 @@ fn markdown(r: &Report) -> String {
         mib(r.rss_idle_start_kib),
         mib(r.rss_idle_end_kib),
         idle_change,
+        r.rss_idle_pauses_kib
+            .iter()
+            .map(|&k| format!("{:.0}", mib(k)))
+            .collect::<Vec<_>>()
+            .join(" → "),
         mib(r.rss_after_warmup_kib),
         mib(r.rss_end_kib),
         change(r.rss_after_warmup_kib, r.rss_end_kib),

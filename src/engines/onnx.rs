@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
+use ort::AsPointer;
 
 use crate::error::{Error, Result};
 
@@ -108,15 +109,49 @@ pub fn environment(path: &Path) -> Result<&'static Environment> {
     }
 }
 
+/// How the shapes of a model's tensors change from one run to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shapes {
+    /// The same every run (a VAD window, a fixed-length audio clip): ONNX
+    /// Runtime's memory arena and memory patterns pay off.
+    Fixed,
+    /// They follow the input (a sentence to speak). The arena keeps the
+    /// largest run's memory for the life of the process and fragments
+    /// across sizes: Piper alone went from 190 MiB to over 1 GiB in ten
+    /// sentences of one to eight clauses. Without it every run's buffers
+    /// are freed when it ends, and what the allocator keeps of them goes
+    /// back to the system once no call is in progress.
+    Varying,
+}
+
 /// Opens an ONNX model on the CPU with `threads` intra-op threads.
-pub fn session(ort_lib: &Path, model: &Path, what: &str, threads: usize) -> Result<Session> {
+pub fn session(
+    ort_lib: &Path,
+    model: &Path,
+    what: &str,
+    threads: usize,
+    shapes: Shapes,
+) -> Result<Session> {
     if !model.is_file() {
         return Err(Error::missing(what, model));
     }
     let env = environment(ort_lib)?;
     let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(what, model, e.to_string());
-    Session::builder(env)
-        .map_err(|e| corrupt(&e))?
+    let mut builder = Session::builder(env).map_err(|e| corrupt(&e))?;
+    if shapes == Shapes::Varying {
+        // ort has no wrapper for this option; the C API call is the same
+        // one every language binding makes.
+        // SAFETY: the builder's pointer is a live OrtSessionOptions, and the
+        // status returned is consumed by `result_from_status`.
+        unsafe {
+            ort::Error::result_from_status((ort::api().DisableCpuMemArena)(builder.ptr_mut()))
+        }
+        .map_err(|e| corrupt(&e))?;
+        builder = builder
+            .with_memory_pattern(false)
+            .map_err(|e| corrupt(&e))?;
+    }
+    builder
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| corrupt(&e))?
         .with_intra_threads(threads)

@@ -15,6 +15,7 @@ use ebur128::{EbuR128, Mode};
 use ort::session::Session;
 use ort::value::Tensor;
 
+use super::onnx::{self, Shapes};
 use super::{Vad, VadEvent, VadStream, MODEL_RATE};
 use crate::error::{Error, Result};
 
@@ -56,7 +57,7 @@ pub struct SileroVad {
 
 impl SileroVad {
     pub fn load(ort_lib: &Path, model: &Path, params: VadParams) -> Result<Self> {
-        let session = super::onnx::session(ort_lib, model, "Silero VAD model", 1)?;
+        let session = onnx::session(ort_lib, model, "Silero VAD model", 1, Shapes::Fixed)?;
         Ok(Self {
             session: Arc::new(Mutex::new(session)),
             params,

@@ -217,6 +217,9 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     app.metrics.active_calls.dec();
     writer.abort();
     drop(permit);
+    if app.active_calls() == 0 {
+        tokio::task::spawn_blocking(super::release_idle_memory);
+    }
     if let Some(sid) = twilio_call {
         // A recording request still in flight would start on a call we are
         // about to end.

@@ -233,6 +233,29 @@ impl AppState {
     }
 }
 
+/// Hands the memory the engines freed back to the system once no call is
+/// in progress. glibc keeps freed heap pages for reuse, in each of its
+/// arenas, so a server's resident size after a busy hour reflects that
+/// hour's peak, not what it holds. Trimming while calls run would make
+/// them fault those pages back in (Piper's short sentence took 100–150 ms
+/// longer when glibc handed every buffer over 1 MiB straight back); with
+/// no call in progress nobody waits. In the 10-minute soak, idle RSS at
+/// its four pauses went 517 → 518 → 508 → 506 MiB with this, 667 → 736 →
+/// 712 → 742 MiB without.
+pub(crate) fn release_idle_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let t0 = Instant::now();
+        // SAFETY: malloc_trim only walks glibc's own arenas and takes no
+        // pointer of ours.
+        unsafe { libc::malloc_trim(0) };
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "no call in progress: freed memory returned to the system"
+        );
+    }
+}
+
 /// Why a new call is turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -14,6 +14,7 @@ use ort::value::Tensor;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 
+use super::onnx::{self, Shapes};
 use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
 use crate::error::{Error, Result};
@@ -107,7 +108,13 @@ impl Piper {
                 "only espeak phonemes are supported",
             ));
         }
-        let session = super::onnx::session(ort_lib, model, "Piper voice", options.threads)?;
+        let session = onnx::session(
+            ort_lib,
+            model,
+            "Piper voice",
+            options.threads,
+            Shapes::Varying,
+        )?;
         let speaker = (config.num_speakers > 1).then_some(0);
         Ok(Self {
             session: Mutex::new(session),
