@@ -220,6 +220,44 @@ pub struct LlmConfig {
     pub max_tokens: usize,
     pub temperature: f32,
     pub repeat_penalty: f32,
+    /// Who writes the replies: the model set's GGUF in-process, or an
+    /// OpenAI-compatible API (`[llm.api]`), e.g. to A/B against Groq.
+    pub backend: LlmBackend,
+    pub api: LlmApiConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmBackend {
+    /// llama.cpp in this process.
+    #[default]
+    Local,
+    /// Any OpenAI-compatible chat API (Groq, OpenAI, vLLM, llama.cpp's server).
+    OpenAi,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmApiConfig {
+    /// Up to and including the API version.
+    pub base_url: String,
+    pub model: String,
+    /// The environment variable holding the key (kept out of config files);
+    /// empty for a server that wants none.
+    pub api_key_env: String,
+    /// For connecting, the first byte, and each later read of the stream.
+    pub timeout_secs: f32,
+}
+
+impl Default for LlmApiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.groq.com/openai/v1".into(),
+            model: "llama-3.3-70b-versatile".into(),
+            api_key_env: "GROQ_API_KEY".into(),
+            timeout_secs: 10.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -283,6 +321,8 @@ impl Default for LlmConfig {
             max_tokens: 80,
             temperature: 0.0,
             repeat_penalty: 1.15,
+            backend: LlmBackend::Local,
+            api: LlmApiConfig::default(),
         }
     }
 }
@@ -373,6 +413,7 @@ impl Config {
             ("call.turn_timeout_secs", c.turn_timeout_secs, false),
             ("call.barge_in_min_secs", c.barge_in_min_secs, true),
             ("twilio.timeout_secs", self.twilio.timeout_secs, false),
+            ("llm.api.timeout_secs", self.llm.api.timeout_secs, false),
             ("server.drain_secs", self.server.drain_secs as f32, true),
             ("call.max_call_secs", c.max_call_secs as f32, false),
         ];
@@ -414,6 +455,16 @@ impl Config {
         }
         if self.server.max_message_bytes < 1024 {
             return bad("server.max_message_bytes must be at least 1024".into());
+        }
+        let api = &self.llm.api;
+        if !(api.base_url.starts_with("https://") || api.base_url.starts_with("http://")) {
+            return bad(format!(
+                "llm.api.base_url must start with https:// or http://, not {:?}",
+                api.base_url
+            ));
+        }
+        if self.llm.backend == LlmBackend::OpenAi && api.model.trim().is_empty() {
+            return bad("llm.api.model must name a model when llm.backend is \"openai\"".into());
         }
         let t = &self.twilio;
         if !(t.api_base.starts_with("https://") || t.api_base.starts_with("http://")) {

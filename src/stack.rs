@@ -1,16 +1,18 @@
 //! Loads the engines of one model set, once, and times each load.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::config::{Config, LlmBackend, LlmConfig};
 use crate::engines::denoise::Rnnoise;
 use crate::engines::llama::{LlamaEngine, LlamaOptions};
+use crate::engines::openai::{OpenAiChat, OpenAiOptions};
 use crate::engines::piper::{Piper, PiperOptions};
 use crate::engines::silero::{SileroVad, VadParams};
 use crate::engines::smart_turn::SmartTurn;
 use crate::engines::whisper::{Whisper, WhisperOptions};
 use crate::engines::{Denoiser, Llm, Stt, Tts, TurnDetector, Vad};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::ModelPaths;
 
 /// Seconds each engine took to load, for logs and metrics.
@@ -53,6 +55,32 @@ pub fn llm(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
     timed(times, "llm", || {
         Ok(Arc::new(LlamaEngine::load(&paths.llm, LlamaOptions::default())?) as Arc<dyn Llm>)
     })
+}
+
+/// The LLM `cfg` chooses: the model set's GGUF, or an OpenAI-compatible
+/// API whose key is read from the environment now, so that a missing key
+/// stops the server at start rather than failing the first call.
+pub fn llm_for(cfg: &LlmConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
+    match cfg.backend {
+        LlmBackend::Local => llm(paths, times),
+        LlmBackend::OpenAi => {
+            let api = &cfg.api;
+            let api_key = match api.api_key_env.trim() {
+                "" => None,
+                var => Some(std::env::var(var).map_err(|_| {
+                    Error::Config(format!(
+                        "llm.backend is \"openai\" but {var} (llm.api.api_key_env) is not set"
+                    ))
+                })?),
+            };
+            Ok(Arc::new(OpenAiChat::new(OpenAiOptions {
+                base_url: api.base_url.clone(),
+                model: api.model.clone(),
+                api_key,
+                timeout: Duration::from_secs_f32(api.timeout_secs),
+            })) as Arc<dyn Llm>)
+        }
+    }
 }
 
 pub fn tts(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
@@ -130,13 +158,13 @@ pub struct Engines {
 }
 
 impl Engines {
-    pub fn load(paths: &ModelPaths, vad_params: VadParams) -> Result<Self> {
+    pub fn load(paths: &ModelPaths, cfg: &Config) -> Result<Self> {
         let mut t = LoadTimes::default();
         Ok(Self {
-            vad: vad(paths, vad_params, &mut t)?,
+            vad: vad(paths, cfg.vad, &mut t)?,
             turn: turn(paths, &mut t)?,
             stt: stt(paths, &mut t)?,
-            llm: llm(paths, &mut t)?,
+            llm: llm_for(&cfg.llm, paths, &mut t)?,
             tts: tts(paths, &mut t)?,
             denoiser: denoiser(),
             load_times: t,

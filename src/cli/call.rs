@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::Cli;
 use crate::audio::{wav, Audio};
-use crate::config::Config;
+use crate::config::{Config, LlmBackend};
 use crate::engines::{Stt, Tts};
 use crate::server::{self, AppState};
 use crate::sim::{self, SimOptions, SimReport, SimTurn};
@@ -75,9 +75,19 @@ pub async fn dial(a: &DialArgs) -> anyhow::Result<()> {
 async fn load_engines(cli: &Cli, cfg: &Config) -> anyhow::Result<Engines> {
     let store = cli.store()?;
     let paths = store.paths(&cli.set)?;
-    let models = stack::describe(&store.manifest, &cli.set);
-    let vad = cfg.vad;
-    let mut engines = tokio::task::spawn_blocking(move || Engines::load(&paths, vad)).await??;
+    let mut models = stack::describe(&store.manifest, &cli.set);
+    if cfg.llm.backend == LlmBackend::OpenAi {
+        // The traces name what wrote the replies: the API's model, not the
+        // model set's GGUF.
+        models.retain(|m| m.engine != "llm");
+        models.push(stack::ModelInfo {
+            engine: "llm".into(),
+            file: cfg.llm.api.model.clone(),
+            source: Some(cfg.llm.api.base_url.clone()),
+        });
+    }
+    let cfg = cfg.clone();
+    let mut engines = tokio::task::spawn_blocking(move || Engines::load(&paths, &cfg)).await??;
     engines.models = models;
     Ok(engines)
 }
@@ -173,6 +183,10 @@ pub struct DemoArgs {
     /// Folder for the recording.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    /// A configuration file, e.g. one with `[llm] backend = "openai"` to
+    /// run the same call against Groq.
+    #[arg(long, short, env = "CALLBOX_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 pub(super) const SCRIPT: [&str; 12] = [
@@ -200,7 +214,7 @@ pub(super) fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
-    let mut cfg = Config::load(None)?;
+    let mut cfg = Config::load(a.config.as_deref())?;
     cfg.call.recordings_dir = Some(a.out.join("recordings"));
     cfg.observe.traces_dir = Some(a.out.join("traces"));
     // Short answers keep the demo brisk; a phone caller wants them too.

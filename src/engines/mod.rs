@@ -11,6 +11,7 @@
 pub mod denoise;
 pub mod llama;
 pub mod onnx;
+pub mod openai;
 pub mod piper;
 pub mod silero;
 pub mod smart_turn;

@@ -4,6 +4,7 @@
 //! test — as the server shares them between calls.
 #![allow(dead_code)]
 
+pub mod fake_openai;
 pub mod fake_twilio;
 pub mod server;
 

@@ -1,0 +1,360 @@
+//! An OpenAI-compatible chat API as the LLM: Groq, the API stack callbox is
+//! measured against, or any server that speaks the same protocol (OpenAI,
+//! vLLM, llama.cpp's server). The reply streams as server-sent events, so
+//! the first sentence is spoken while the rest is still being written; the
+//! session, the observers and the latency table are the ones the local
+//! model uses.
+
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
+use crate::error::{Error, Result};
+
+/// Where the API is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct OpenAiOptions {
+    /// Up to and including the version, e.g. `https://api.groq.com/openai/v1`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    /// For the connection, the response's headers, and each read of its
+    /// body: a provider that stops sending mid-reply fails the turn after
+    /// this long instead of holding the call.
+    pub timeout: Duration,
+}
+
+pub struct OpenAiChat(Arc<Inner>);
+
+struct Inner {
+    options: OpenAiOptions,
+    /// Built on first use, on the reply's own thread: the blocking client
+    /// runs a runtime of its own, which must not start on an async worker.
+    client: OnceLock<std::result::Result<reqwest::blocking::Client, String>>,
+}
+
+impl OpenAiChat {
+    pub fn new(options: OpenAiOptions) -> Self {
+        Self(Arc::new(Inner {
+            options,
+            client: OnceLock::new(),
+        }))
+    }
+}
+
+impl Inner {
+    fn client(&self) -> Result<&reqwest::blocking::Client> {
+        self.client
+            .get_or_init(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(self.options.timeout)
+                    .connect_timeout(self.options.timeout)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::engine("openai", e))
+    }
+}
+
+impl Llm for OpenAiChat {
+    fn session(&self) -> Result<Box<dyn LlmSession>> {
+        Ok(Box::new(OpenAiSession(self.0.clone())))
+    }
+
+    fn name(&self) -> String {
+        let o = &self.0.options;
+        format!("{} at {}", o.model, o.base_url)
+    }
+}
+
+/// The API keeps nothing between requests (a provider's prompt cache is
+/// its own affair), so a session is only a handle on the engine.
+pub struct OpenAiSession(Arc<Inner>);
+
+impl LlmSession for OpenAiSession {
+    fn prefill(&mut self, _messages: &[ChatMessage]) -> Result<usize> {
+        Ok(0)
+    }
+
+    fn generate(
+        &mut self,
+        messages: &[ChatMessage],
+        options: &GenerationOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let t0 = Instant::now();
+        let inner = &self.0;
+        let err = |e: &dyn std::fmt::Display| Error::engine("openai", e);
+        let url = format!(
+            "{}/chat/completions",
+            inner.options.base_url.trim_end_matches('/')
+        );
+        let mut request =
+            inner
+                .client()?
+                .post(&url)
+                .json(&request_body(&inner.options.model, messages, options));
+        if let Some(key) = &inner.options.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().map_err(|e| err(&describe(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().unwrap_or_default();
+            return Err(err(&format!("{url}: HTTP {status}: {}", api_error(&body))));
+        }
+
+        let mut gen = Generation::default();
+        let mut finish_seen = false;
+        let mut events = SseReader::new(BufReader::new(response));
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                // Dropping the response closes the connection: the provider
+                // stops generating what nobody will hear.
+                gen.cancelled = true;
+                break;
+            }
+            let data = match events.next_data() {
+                Ok(Some(d)) => d,
+                // Some servers close without `[DONE]` once the reply is over.
+                Ok(None) if finish_seen => break,
+                Ok(None) => {
+                    return Err(err(
+                        &"the stream ended before the reply did (connection dropped)",
+                    ))
+                }
+                Err(e) => return Err(err(&format!("reading the stream: {}", describe_io(&e)))),
+            };
+            if data.trim() == "[DONE]" {
+                break;
+            }
+            let chunk = parse_chunk(&data).map_err(|e| err(&e))?;
+            if let Some((prompt, completion)) = chunk.usage {
+                gen.prompt_tokens = prompt;
+                gen.prefilled_tokens = prompt;
+                gen.completion_tokens = completion;
+            }
+            if !chunk.text.is_empty() {
+                if gen.first_token_ms.is_none() {
+                    gen.first_token_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                }
+                gen.text.push_str(&chunk.text);
+                if !on_text(&chunk.text) {
+                    gen.cancelled = true;
+                    break;
+                }
+            }
+            if let Some(reason) = chunk.finish.as_deref() {
+                finish_seen = true;
+                gen.finished = reason != "length";
+            }
+        }
+        gen.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(gen)
+    }
+}
+
+fn request_body(model: &str, messages: &[ChatMessage], options: &GenerationOptions) -> Value {
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+        .collect();
+    // No repeat penalty: the API's frequency and presence penalties are
+    // other measures, and the large hosted models do not loop the way a
+    // small local one does.
+    json!({
+        "model": model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "max_tokens": options.max_tokens,
+        "temperature": options.temperature,
+        "seed": options.seed,
+    })
+}
+
+/// What one streamed chunk adds to the reply.
+#[derive(Debug, Default, PartialEq)]
+pub struct Chunk {
+    pub text: String,
+    pub finish: Option<String>,
+    /// (prompt, completion) tokens: OpenAI sends them in a last chunk of
+    /// their own when asked, Groq under `x_groq` in its final chunk.
+    pub usage: Option<(usize, usize)>,
+}
+
+/// Reads one `data:` payload of the stream. A provider that fails after
+/// the response has begun says so in the stream, as an `error` object.
+pub fn parse_chunk(data: &str) -> std::result::Result<Chunk, String> {
+    let v: Value = serde_json::from_str(data)
+        .map_err(|e| format!("a stream event that is not JSON ({e}): {data:.200}"))?;
+    if let Some(e) = v.get("error") {
+        return Err(format!(
+            "the provider failed mid-reply: {}",
+            error_message(e)
+        ));
+    }
+    let choice = v["choices"].get(0);
+    let text = choice
+        .and_then(|c| c["delta"]["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let finish = choice
+        .and_then(|c| c["finish_reason"].as_str())
+        .map(str::to_string);
+    let usage = [&v["usage"], &v["x_groq"]["usage"]]
+        .into_iter()
+        .find_map(|u| {
+            Some((
+                u["prompt_tokens"].as_u64()? as usize,
+                u["completion_tokens"].as_u64()? as usize,
+            ))
+        });
+    Ok(Chunk {
+        text,
+        finish,
+        usage,
+    })
+}
+
+/// The message of an API error body (`{"error": {"message": …}}`), or the
+/// start of the body when it is something else (a proxy's HTML page).
+fn api_error(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) if v.get("error").is_some() => error_message(&v["error"]),
+        _ => format!("{:.300}", body.trim()),
+    }
+}
+
+fn error_message(e: &Value) -> String {
+    e["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        format!("no answer in time: {e}")
+    } else if e.is_connect() {
+        format!("cannot connect: {e}")
+    } else {
+        e.to_string()
+    }
+}
+
+/// A read of the body fails with an I/O error wrapping reqwest's own, whose
+/// message ("error decoding response body") hides a timeout.
+fn describe_io(e: &std::io::Error) -> String {
+    let mut timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
+    while let Some(s) = source {
+        timed_out |= s
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        source = s.source();
+    }
+    if timed_out {
+        format!("nothing sent in time ({e})")
+    } else {
+        e.to_string()
+    }
+}
+
+/// The `data` of each event of a server-sent event stream, per the HTML
+/// standard's rules: `data:` lines joined by newlines, a blank line ending
+/// the event, comments and other fields skipped.
+pub struct SseReader<R> {
+    lines: R,
+}
+
+impl<R: BufRead> SseReader<R> {
+    pub fn new(lines: R) -> Self {
+        Self { lines }
+    }
+
+    /// The next event's data, or `None` when the stream ends (an event cut
+    /// off without its blank line is dropped, as a browser would).
+    pub fn next_data(&mut self) -> std::io::Result<Option<String>> {
+        let mut data: Option<String> = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.lines.read_line(&mut line)? == 0 {
+                return Ok(None);
+            }
+            let l = line.trim_end_matches(['\n', '\r']);
+            if l.is_empty() {
+                match data.take() {
+                    Some(d) => return Ok(Some(d)),
+                    None => continue,
+                }
+            }
+            let (field, value) = match l.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (l, ""),
+            };
+            if field == "data" {
+                let d = data.get_or_insert_with(String::new);
+                if !d.is_empty() {
+                    d.push('\n');
+                }
+                d.push_str(value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_split_joined_and_comments_skipped() {
+        let stream = ": keep-alive\n\ndata: {\"a\":1}\n\ndata: one\ndata:two\r\n\r\nevent: x\ndata: [DONE]\n\ndata: cut";
+        let mut r = SseReader::new(stream.as_bytes());
+        assert_eq!(r.next_data().unwrap().as_deref(), Some("{\"a\":1}"));
+        assert_eq!(r.next_data().unwrap().as_deref(), Some("one\ntwo"));
+        assert_eq!(r.next_data().unwrap().as_deref(), Some("[DONE]"));
+        assert_eq!(r.next_data().unwrap(), None);
+    }
+
+    #[test]
+    fn chunks_give_text_finish_and_usage_in_either_place() {
+        let c = parse_chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#).unwrap();
+        assert_eq!((c.text.as_str(), c.finish, c.usage), ("Hi", None, None));
+        let c = parse_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"x_groq":{"usage":{"prompt_tokens":31,"completion_tokens":9}}}"#).unwrap();
+        assert_eq!(
+            (c.finish.as_deref(), c.usage),
+            (Some("stop"), Some((31, 9)))
+        );
+        let c = parse_chunk(
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.usage, Some((5, 2)));
+        let e = parse_chunk(r#"{"error":{"message":"over capacity"}}"#).unwrap_err();
+        assert!(e.contains("over capacity"), "{e}");
+        assert!(parse_chunk("<html>").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn error_bodies_are_read_for_their_message() {
+        assert_eq!(
+            api_error(r#"{"error":{"message":"Invalid API Key","type":"invalid_request_error"}}"#),
+            "Invalid API Key"
+        );
+        assert_eq!(
+            api_error("  <html>bad gateway</html> "),
+            "<html>bad gateway</html>"
+        );
+    }
+}

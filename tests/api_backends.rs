@@ -1,0 +1,281 @@
+//! The API backends against local fakes of the providers' wire protocols:
+//! streamed tokens, usage, server errors, dropped and stalled connections,
+//! and a whole call answered through the same pipeline as the local model.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use callbox::config::{LlmBackend, LlmConfig};
+use callbox::engines::openai::{OpenAiChat, OpenAiOptions};
+use callbox::engines::{ChatMessage, Generation, GenerationOptions, Llm, Role};
+use callbox::sim;
+use callbox::stack::{self, Engines, LoadTimes};
+use common::fake_openai::{Behaviour, FakeOpenAi, Mode, API_KEY};
+use common::server::*;
+
+fn chat(fake: &FakeOpenAi, timeout: Duration) -> OpenAiChat {
+    chat_at(fake.base_url(), Some(API_KEY), timeout)
+}
+
+fn chat_at(base_url: String, api_key: Option<&str>, timeout: Duration) -> OpenAiChat {
+    OpenAiChat::new(OpenAiOptions {
+        base_url,
+        model: "llama-3.3-70b-versatile".into(),
+        api_key: api_key.map(str::to_string),
+        timeout,
+    })
+}
+
+fn conversation() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new(Role::System, "You are a helpful phone agent."),
+        ChatMessage::new(Role::User, "What is rain?"),
+    ]
+}
+
+/// Runs one reply on a thread of its own, as the session does, collecting
+/// each piece of text as it arrives; `stop_after` pieces sets the cancel flag.
+async fn generate(
+    llm: Arc<OpenAiChat>,
+    stop_after: Option<usize>,
+) -> (callbox::Result<Generation>, Vec<String>) {
+    tokio::task::spawn_blocking(move || {
+        let mut session = llm.session().unwrap();
+        let cancel = AtomicBool::new(false);
+        let mut pieces = Vec::new();
+        let r = session.generate(
+            &conversation(),
+            &GenerationOptions::default(),
+            &cancel,
+            &mut |t| {
+                pieces.push(t.to_string());
+                if stop_after == Some(pieces.len()) {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                true
+            },
+        );
+        (r, pieces)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_stream_in_order_with_usage_and_the_request_is_groqs() {
+    let fake = FakeOpenAi::start(Behaviour::default()).await;
+    let (r, pieces) = generate(Arc::new(chat(&fake, Duration::from_secs(10))), None).await;
+    let g = r.unwrap();
+    assert_eq!(g.text, "Rain is water falling from clouds.");
+    assert_eq!(pieces.len(), 6, "{pieces:?}");
+    assert_eq!(pieces.concat(), g.text);
+    assert!(g.finished && !g.cancelled);
+    assert_eq!(g.completion_tokens, 6);
+    assert!(g.prompt_tokens > 0 && g.prefilled_tokens == g.prompt_tokens);
+    let first = g.first_token_ms.unwrap();
+    assert!(first <= g.total_ms, "{first} > {}", g.total_ms);
+
+    let (body, authorised) = fake.requests().pop().unwrap();
+    assert!(authorised);
+    assert_eq!(body["model"], "llama-3.3-70b-versatile");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["messages"][0]["role"], "system");
+    assert_eq!(body["messages"][1]["content"], "What is rain?");
+    assert_eq!(body["max_tokens"], GenerationOptions::default().max_tokens);
+}
+
+#[tokio::test]
+async fn server_errors_and_a_wrong_key_fail_the_reply_with_the_providers_words() {
+    let fake = FakeOpenAi::start(Behaviour {
+        mode: Mode::Status(503, "Service Unavailable: over capacity"),
+        ..Behaviour::default()
+    })
+    .await;
+    let (r, pieces) = generate(Arc::new(chat(&fake, Duration::from_secs(10))), None).await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("503") && e.contains("over capacity"), "{e}");
+    assert!(pieces.is_empty());
+
+    fake.set(Behaviour::default());
+    let wrong = chat_at(fake.base_url(), Some("gsk_wrong"), Duration::from_secs(10));
+    let (r, _) = generate(Arc::new(wrong), None).await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("401") && e.contains("Invalid API Key"), "{e}");
+}
+
+#[tokio::test]
+async fn a_dropped_stalled_or_failing_stream_is_an_error_never_a_hang() {
+    let fake = FakeOpenAi::start(Behaviour {
+        mode: Mode::DropAfter(2),
+        ..Behaviour::default()
+    })
+    .await;
+    let llm = Arc::new(chat(&fake, Duration::from_secs(2)));
+    let (r, pieces) = generate(llm.clone(), None).await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("stream"), "{e}");
+    // Words in flight when the connection is reset may be lost with it.
+    let got = pieces.concat();
+    assert!(
+        pieces.len() <= 2 && "Rain is water falling from clouds.".starts_with(&got),
+        "{pieces:?}"
+    );
+
+    fake.set(Behaviour {
+        mode: Mode::StallAfter(3),
+        ..Behaviour::default()
+    });
+    let (r, pieces) = generate(llm.clone(), None).await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("in time"), "{e}");
+    assert_eq!(pieces.len(), 3);
+
+    fake.set(Behaviour {
+        mode: Mode::ErrorAfter(1),
+        ..Behaviour::default()
+    });
+    let (r, _) = generate(llm.clone(), None).await;
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.contains("mid-reply") && e.contains("over capacity"),
+        "{e}"
+    );
+
+    // A provider nobody listens on.
+    let nowhere = chat_at(
+        "http://127.0.0.1:9/openai/v1".into(),
+        None,
+        Duration::from_secs(2),
+    );
+    let (r, _) = generate(Arc::new(nowhere), None).await;
+    assert!(r.is_err());
+}
+
+#[tokio::test]
+async fn a_cancelled_reply_stops_reading() {
+    let fake = FakeOpenAi::start(Behaviour {
+        per_token: Duration::from_millis(50),
+        ..Behaviour::default()
+    })
+    .await;
+    let (r, pieces) = generate(Arc::new(chat(&fake, Duration::from_secs(10))), Some(2)).await;
+    let g = r.unwrap();
+    assert!(g.cancelled && !g.finished);
+    assert_eq!(pieces.len(), 2);
+    assert_eq!(g.text, "Rain is ");
+}
+
+#[test]
+fn the_configuration_chooses_the_backend_and_a_missing_key_stops_the_start() {
+    let mut cfg = LlmConfig {
+        backend: LlmBackend::OpenAi,
+        ..LlmConfig::default()
+    };
+    cfg.api.api_key_env = "CALLBOX_TEST_MISSING_KEY".into();
+    let e = stack::llm_for(&cfg, &common::paths(), &mut LoadTimes::default())
+        .err()
+        .expect("a missing key must be refused")
+        .to_string();
+    assert!(e.contains("CALLBOX_TEST_MISSING_KEY"), "{e}");
+
+    cfg.api.api_key_env = String::new();
+    cfg.api.model = "llama-3.3-70b-versatile".into();
+    let llm = stack::llm_for(&cfg, &common::paths(), &mut LoadTimes::default()).unwrap();
+    assert!(
+        llm.name().contains("llama-3.3-70b-versatile"),
+        "{}",
+        llm.name()
+    );
+
+    let toml = "[llm]\nbackend = \"openai\"\n[llm.api]\nmodel = \"llama-3.1-8b-instant\"\n";
+    let c = callbox::config::Config::from_toml_str(toml).unwrap();
+    assert_eq!(c.llm.backend, LlmBackend::OpenAi);
+    assert_eq!(c.llm.api.base_url, "https://api.groq.com/openai/v1");
+    assert!(callbox::config::Config::from_toml_str("[llm]\nbackend = \"magic\"\n").is_err());
+    assert!(
+        callbox::config::Config::from_toml_str("[llm.api]\nbase_url = \"groq.com\"\n").is_err()
+    );
+}
+
+/// A whole call with the API as its LLM: the caller is answered with the
+/// provider's words, spoken by the local TTS, through the same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_answered_through_the_api() {
+    let fake = FakeOpenAi::start(Behaviour {
+        reply: "Rain is water falling from the clouds.".into(),
+        ..Behaviour::default()
+    })
+    .await;
+    let engines = Engines {
+        llm: Arc::new(chat(&fake, Duration::from_secs(10))),
+        ..engines()
+    };
+    let (state, addr) = start_on(engines, |_| {}, Vec::new()).await;
+    let mut opts = signed(format!("ws://{addr}/ws"), vec![turn_of("What is rain?")]);
+    opts.reply_timeout_secs = 120.0;
+    let sid = opts.call_sid.clone();
+    let r = sim::run(opts).await.unwrap();
+    assert!(r.turns[0].latency_ms.is_some(), "no reply");
+    let s = summary(&state, &sid).await;
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let replies: Vec<&str> = s
+        .history
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert!(
+        replies.contains(&"Rain is water falling from the clouds."),
+        "{replies:?}"
+    );
+    // The provider saw the caller's words, transcribed by the local STT.
+    let (body, _) = fake.requests().pop().unwrap();
+    let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "user");
+    assert!(
+        last["content"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("rain"),
+        "{last}"
+    );
+    // And the caller heard them.
+    let heard = common::stt()
+        .transcribe(&callbox::audio::Audio::from_i16(
+            &r.turns[0].bot_audio,
+            8000,
+        ))
+        .unwrap()
+        .text
+        .to_lowercase();
+    assert!(
+        heard.contains("water") && heard.contains("cloud"),
+        "{heard}"
+    );
+
+    // The provider failing: that turn is apologised for, the call goes on.
+    fake.set(Behaviour {
+        mode: Mode::Status(503, "Service Unavailable: over capacity"),
+        ..Behaviour::default()
+    });
+    let mut opts = signed(format!("ws://{addr}/ws"), vec![turn_of("What is snow?")]);
+    opts.reply_timeout_secs = 120.0;
+    let sid = opts.call_sid.clone();
+    let r = sim::run(opts).await.unwrap();
+    assert!(r.turns[0].latency_ms.is_some(), "no apology");
+    let s = summary(&state, &sid).await;
+    assert_eq!(s.ended_by, "stop");
+    assert!(
+        s.errors
+            .iter()
+            .any(|e| e.contains("503") && e.contains("over capacity")),
+        "{:?}",
+        s.errors
+    );
+    let spoken = &s.turns.last().unwrap().bot_text;
+    assert!(spoken.starts_with("Sorry"), "{spoken:?}");
+}
