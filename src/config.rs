@@ -18,6 +18,7 @@ pub struct Config {
     pub call: CallConfig,
     pub vad: VadParams,
     pub llm: LlmConfig,
+    pub tts: TtsConfig,
     pub personas: Personas,
     pub observe: ObserveConfig,
     pub twilio: TwilioConfig,
@@ -249,6 +250,49 @@ pub struct LlmApiConfig {
     pub timeout_secs: f32,
 }
 
+/// Who speaks the replies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtsConfig {
+    /// The model set's Piper voice in-process, or Deepgram's Aura over its
+    /// REST API (`[tts.deepgram]`), e.g. to A/B against the API stack.
+    pub backend: TtsBackend,
+    pub deepgram: DeepgramTtsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TtsBackend {
+    /// Piper in this process.
+    #[default]
+    Local,
+    Deepgram,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeepgramTtsConfig {
+    /// Scheme and host.
+    pub base_url: String,
+    /// An Aura voice.
+    pub model: String,
+    /// The environment variable holding the key; empty for none.
+    pub api_key_env: String,
+    /// For connecting, the first byte, and each later read of the audio.
+    pub timeout_secs: f32,
+}
+
+impl Default for DeepgramTtsConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.deepgram.com".into(),
+            model: "aura-2-thalia-en".into(),
+            api_key_env: "DEEPGRAM_API_KEY".into(),
+            timeout_secs: 10.0,
+        }
+    }
+}
+
 impl Default for LlmApiConfig {
     fn default() -> Self {
         Self {
@@ -414,6 +458,11 @@ impl Config {
             ("call.barge_in_min_secs", c.barge_in_min_secs, true),
             ("twilio.timeout_secs", self.twilio.timeout_secs, false),
             ("llm.api.timeout_secs", self.llm.api.timeout_secs, false),
+            (
+                "tts.deepgram.timeout_secs",
+                self.tts.deepgram.timeout_secs,
+                false,
+            ),
             ("server.drain_secs", self.server.drain_secs as f32, true),
             ("call.max_call_secs", c.max_call_secs as f32, false),
         ];
@@ -456,23 +505,23 @@ impl Config {
         if self.server.max_message_bytes < 1024 {
             return bad("server.max_message_bytes must be at least 1024".into());
         }
-        let api = &self.llm.api;
-        if !(api.base_url.starts_with("https://") || api.base_url.starts_with("http://")) {
-            return bad(format!(
-                "llm.api.base_url must start with https:// or http://, not {:?}",
-                api.base_url
-            ));
+        let urls = [
+            ("llm.api.base_url", &self.llm.api.base_url),
+            ("tts.deepgram.base_url", &self.tts.deepgram.base_url),
+            ("twilio.api_base", &self.twilio.api_base),
+        ];
+        for (name, url) in urls {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return bad(format!(
+                    "{name} must start with https:// or http://, not {url:?}"
+                ));
+            }
         }
+        let api = &self.llm.api;
         if self.llm.backend == LlmBackend::OpenAi && api.model.trim().is_empty() {
             return bad("llm.api.model must name a model when llm.backend is \"openai\"".into());
         }
         let t = &self.twilio;
-        if !(t.api_base.starts_with("https://") || t.api_base.starts_with("http://")) {
-            return bad(format!(
-                "twilio.api_base must start with https:// or http://, not {:?}",
-                t.api_base
-            ));
-        }
         if let Some(n) = &t.from_number {
             if !crate::twilio::rest::is_e164(n) {
                 return bad(format!(

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, LlmBackend, LlmConfig};
+use crate::config::{Config, LlmBackend, LlmConfig, TtsBackend, TtsConfig};
+use crate::engines::deepgram::{DeepgramTts, DeepgramTtsOptions};
 use crate::engines::denoise::Rnnoise;
 use crate::engines::llama::{LlamaEngine, LlamaOptions};
 use crate::engines::openai::{OpenAiChat, OpenAiOptions};
@@ -65,22 +66,65 @@ pub fn llm_for(cfg: &LlmConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Re
         LlmBackend::Local => llm(paths, times),
         LlmBackend::OpenAi => {
             let api = &cfg.api;
-            let api_key = match api.api_key_env.trim() {
-                "" => None,
-                var => Some(std::env::var(var).map_err(|_| {
-                    Error::Config(format!(
-                        "llm.backend is \"openai\" but {var} (llm.api.api_key_env) is not set"
-                    ))
-                })?),
-            };
             Ok(Arc::new(OpenAiChat::new(OpenAiOptions {
                 base_url: api.base_url.clone(),
                 model: api.model.clone(),
-                api_key,
+                api_key: api_key("llm", "llm.api.api_key_env", &api.api_key_env)?,
                 timeout: Duration::from_secs_f32(api.timeout_secs),
             })) as Arc<dyn Llm>)
         }
     }
+}
+
+/// The TTS `cfg` chooses: the model set's Piper voice, or Deepgram's.
+pub fn tts_for(cfg: &TtsConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
+    match cfg.backend {
+        TtsBackend::Local => tts(paths, times),
+        TtsBackend::Deepgram => {
+            let d = &cfg.deepgram;
+            Ok(Arc::new(DeepgramTts::new(DeepgramTtsOptions {
+                base_url: d.base_url.clone(),
+                model: d.model.clone(),
+                api_key: api_key("tts", "tts.deepgram.api_key_env", &d.api_key_env)?,
+                timeout: Duration::from_secs_f32(d.timeout_secs),
+            })) as Arc<dyn Tts>)
+        }
+    }
+}
+
+/// An API backend's key, read from the variable named at `setting` now, so
+/// that a missing key stops the server at start rather than failing the
+/// first call. An empty name: a server that wants no key.
+fn api_key(stage: &str, setting: &str, var: &str) -> Result<Option<String>> {
+    match var.trim() {
+        "" => Ok(None),
+        var => std::env::var(var).map(Some).map_err(|_| {
+            Error::Config(format!(
+                "the {stage} backend needs a key in {var} ({setting}), which is not set"
+            ))
+        }),
+    }
+}
+
+/// `models` (the model set's, from [`describe`]) with the API backends `cfg`
+/// chooses in place of the local models they replace, so traces name what
+/// really wrote and spoke the replies.
+pub fn with_apis(mut models: Vec<ModelInfo>, cfg: &Config) -> Vec<ModelInfo> {
+    let mut replace = |engine: &str, file: &str, source: &str| {
+        models.retain(|m| m.engine != engine);
+        models.push(ModelInfo {
+            engine: engine.into(),
+            file: file.into(),
+            source: Some(source.into()),
+        });
+    };
+    if cfg.llm.backend == LlmBackend::OpenAi {
+        replace("llm", &cfg.llm.api.model, &cfg.llm.api.base_url);
+    }
+    if cfg.tts.backend == TtsBackend::Deepgram {
+        replace("tts", &cfg.tts.deepgram.model, &cfg.tts.deepgram.base_url);
+    }
+    models
 }
 
 pub fn tts(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
@@ -165,7 +209,7 @@ impl Engines {
             turn: turn(paths, &mut t)?,
             stt: stt(paths, &mut t)?,
             llm: llm_for(&cfg.llm, paths, &mut t)?,
-            tts: tts(paths, &mut t)?,
+            tts: tts_for(&cfg.tts, paths, &mut t)?,
             denoiser: denoiser(),
             load_times: t,
             models: Vec::new(),

@@ -8,11 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use callbox::config::{LlmBackend, LlmConfig};
+use callbox::audio::Audio;
+use callbox::config::{LlmBackend, LlmConfig, TtsBackend, TtsConfig};
+use callbox::engines::deepgram::{DeepgramTts, DeepgramTtsOptions};
 use callbox::engines::openai::{OpenAiChat, OpenAiOptions};
-use callbox::engines::{ChatMessage, Generation, GenerationOptions, Llm, Role};
+use callbox::engines::{
+    ChatMessage, Generation, GenerationOptions, Llm, Role, SynthesisStats, Tts,
+};
 use callbox::sim;
 use callbox::stack::{self, Engines, LoadTimes};
+use common::fake_deepgram::{self as dg, FakeDeepgram};
 use common::fake_openai::{Behaviour, FakeOpenAi, Mode, API_KEY};
 use common::server::*;
 
@@ -200,21 +205,27 @@ fn the_configuration_chooses_the_backend_and_a_missing_key_stops_the_start() {
     );
 }
 
-/// A whole call with the API as its LLM: the caller is answered with the
-/// provider's words, spoken by the local TTS, through the same session.
+/// A whole call with the API stack's LLM and TTS: the caller is answered
+/// with the LLM provider's words in the TTS provider's audio, through the
+/// same session as the local engines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_is_answered_through_the_api() {
     let fake = FakeOpenAi::start(Behaviour {
-        reply: "Rain is water falling from the clouds.".into(),
+        reply: "The sky looks blue because air scatters blue light.".into(),
         ..Behaviour::default()
     })
     .await;
+    let voice = FakeDeepgram::start(dg::Behaviour::default()).await;
     let engines = Engines {
         llm: Arc::new(chat(&fake, Duration::from_secs(10))),
+        tts: Arc::new(deepgram(&voice, Some(dg::API_KEY), Duration::from_secs(10))),
         ..engines()
     };
     let (state, addr) = start_on(engines, |_| {}, Vec::new()).await;
-    let mut opts = signed(format!("ws://{addr}/ws"), vec![turn_of("What is rain?")]);
+    let mut opts = signed(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("Why is the sky blue?")],
+    );
     opts.reply_timeout_secs = 120.0;
     let sid = opts.call_sid.clone();
     let r = sim::run(opts).await.unwrap();
@@ -228,7 +239,7 @@ async fn a_call_is_answered_through_the_api() {
         .map(|m| m.content.as_str())
         .collect();
     assert!(
-        replies.contains(&"Rain is water falling from the clouds."),
+        replies.contains(&"The sky looks blue because air scatters blue light."),
         "{replies:?}"
     );
     // The provider saw the caller's words, transcribed by the local STT.
@@ -240,8 +251,18 @@ async fn a_call_is_answered_through_the_api() {
             .as_str()
             .unwrap()
             .to_lowercase()
-            .contains("rain"),
+            .contains("sky"),
         "{last}"
+    );
+    // Each sentence went to Deepgram as it was written.
+    let spoken: Vec<String> = voice
+        .requests()
+        .iter()
+        .filter_map(|r| r.body["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        spoken.iter().any(|t| t.contains("air scatters blue light")),
+        "{spoken:?}"
     );
     // And the caller heard them.
     let heard = common::stt()
@@ -252,10 +273,7 @@ async fn a_call_is_answered_through_the_api() {
         .unwrap()
         .text
         .to_lowercase();
-    assert!(
-        heard.contains("water") && heard.contains("cloud"),
-        "{heard}"
-    );
+    assert!(heard.contains("blue") && heard.contains("light"), "{heard}");
 
     // The provider failing: that turn is apologised for, the call goes on.
     fake.set(Behaviour {
@@ -278,4 +296,127 @@ async fn a_call_is_answered_through_the_api() {
     );
     let spoken = &s.turns.last().unwrap().bot_text;
     assert!(spoken.starts_with("Sorry"), "{spoken:?}");
+}
+
+fn deepgram(fake: &FakeDeepgram, key: Option<&str>, timeout: Duration) -> DeepgramTts {
+    DeepgramTts::new(DeepgramTtsOptions {
+        base_url: fake.base_url(),
+        model: "aura-2-thalia-en".into(),
+        api_key: key.map(str::to_string),
+        timeout,
+    })
+}
+
+/// Speaks `text` on a thread of its own, as the reply does, keeping each
+/// piece of audio as it arrives.
+async fn synthesize(
+    tts: Arc<DeepgramTts>,
+    text: &'static str,
+) -> (callbox::Result<SynthesisStats>, Vec<Audio>) {
+    tokio::task::spawn_blocking(move || {
+        let mut pieces = Vec::new();
+        let r = tts.synthesize(text, &mut |a| {
+            pieces.push(a);
+            true
+        });
+        (r, pieces)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn deepgram_audio_streams_in_pieces_at_the_phones_rate() {
+    let fake = FakeDeepgram::start(dg::Behaviour::default()).await;
+    let tts = Arc::new(deepgram(&fake, Some(dg::API_KEY), Duration::from_secs(10)));
+    assert_eq!(tts.sample_rate(), 8000);
+    let (r, pieces) = synthesize(tts, "The sky is blue because air scatters blue light.").await;
+    let stats = r.unwrap();
+    assert!(pieces.len() > 10, "{} pieces", pieces.len());
+    assert!(pieces.iter().all(|p| p.rate == 8000));
+    // Every sample arrives intact, though the pieces split samples in two.
+    let got: Vec<i16> = pieces.iter().flat_map(|p| p.to_i16()).collect();
+    assert_eq!(got, *fake.last_audio.lock().unwrap());
+    assert!((stats.audio_secs - got.len() as f64 / 8000.0).abs() < 1e-9);
+    assert!(stats.first_audio_ms.unwrap() <= stats.total_ms);
+    let req = fake.requests().pop().unwrap();
+    assert!(req.authorised);
+    assert_eq!(req.query["model"], "aura-2-thalia-en");
+    assert_eq!(req.query["encoding"], "linear16");
+    assert_eq!(req.query["container"], "none");
+    assert_eq!(req.query["sample_rate"], "8000");
+    assert_eq!(
+        req.body["text"],
+        "The sky is blue because air scatters blue light."
+    );
+}
+
+#[tokio::test]
+async fn deepgram_errors_cuts_and_stalls_fail_the_sentence_never_hang() {
+    let fake = FakeDeepgram::start(dg::Behaviour::default()).await;
+    let wrong = Arc::new(deepgram(&fake, Some("dg_wrong"), Duration::from_secs(10)));
+    let e = synthesize(wrong, "Hello there.")
+        .await
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("401") && e.contains("Invalid credentials."),
+        "{e}"
+    );
+
+    let tts = Arc::new(deepgram(&fake, Some(dg::API_KEY), Duration::from_secs(2)));
+    fake.set(dg::Behaviour {
+        mode: dg::Mode::Status(429, "TOO_MANY_REQUESTS", "Too many requests."),
+        ..dg::Behaviour::default()
+    });
+    let e = synthesize(tts.clone(), "Hello there.")
+        .await
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("429") && e.contains("TOO_MANY_REQUESTS"), "{e}");
+
+    fake.set(dg::Behaviour {
+        mode: dg::Mode::DropAfter(4000),
+        ..dg::Behaviour::default()
+    });
+    let (r, pieces) = synthesize(tts.clone(), "Hello there, how are you today?").await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("reading the audio"), "{e}");
+    assert!(!pieces.is_empty(), "the audio before the cut was handed on");
+
+    fake.set(dg::Behaviour {
+        mode: dg::Mode::StallAfter(4000),
+        ..dg::Behaviour::default()
+    });
+    let e = synthesize(tts.clone(), "Hello there, how are you today?")
+        .await
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in time"), "{e}");
+}
+
+#[test]
+fn the_configuration_chooses_deepgram_for_speech() {
+    let mut cfg = TtsConfig {
+        backend: TtsBackend::Deepgram,
+        ..TtsConfig::default()
+    };
+    cfg.deepgram.api_key_env = "CALLBOX_TEST_MISSING_DEEPGRAM_KEY".into();
+    let e = stack::tts_for(&cfg, &common::paths(), &mut LoadTimes::default())
+        .err()
+        .expect("a missing key must be refused")
+        .to_string();
+    assert!(e.contains("CALLBOX_TEST_MISSING_DEEPGRAM_KEY"), "{e}");
+    cfg.deepgram.api_key_env = String::new();
+    let tts = stack::tts_for(&cfg, &common::paths(), &mut LoadTimes::default()).unwrap();
+    assert_eq!(tts.sample_rate(), 8000);
+    let c = callbox::config::Config::from_toml_str("[tts]\nbackend = \"deepgram\"\n").unwrap();
+    assert_eq!(c.tts.backend, TtsBackend::Deepgram);
+    assert_eq!(c.tts.deepgram.model, "aura-2-thalia-en");
+    let models = stack::with_apis(stack::describe(&common::store().manifest, "default"), &c);
+    let tts_model = models.iter().find(|m| m.engine == "tts").unwrap();
+    assert_eq!(tts_model.file, "aura-2-thalia-en");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::Cli;
 use crate::audio::{wav, Audio};
-use crate::config::{Config, LlmBackend};
+use crate::config::Config;
 use crate::engines::{Stt, Tts};
 use crate::server::{self, AppState};
 use crate::sim::{self, SimOptions, SimReport, SimTurn};
@@ -75,17 +75,7 @@ pub async fn dial(a: &DialArgs) -> anyhow::Result<()> {
 async fn load_engines(cli: &Cli, cfg: &Config) -> anyhow::Result<Engines> {
     let store = cli.store()?;
     let paths = store.paths(&cli.set)?;
-    let mut models = stack::describe(&store.manifest, &cli.set);
-    if cfg.llm.backend == LlmBackend::OpenAi {
-        // The traces name what wrote the replies: the API's model, not the
-        // model set's GGUF.
-        models.retain(|m| m.engine != "llm");
-        models.push(stack::ModelInfo {
-            engine: "llm".into(),
-            file: cfg.llm.api.model.clone(),
-            source: Some(cfg.llm.api.base_url.clone()),
-        });
-    }
+    let models = stack::with_apis(stack::describe(&store.manifest, &cli.set), cfg);
     let cfg = cfg.clone();
     let mut engines = tokio::task::spawn_blocking(move || Engines::load(&paths, &cfg)).await??;
     engines.models = models;

@@ -8,7 +8,9 @@
 //! denoiser's filters, the LLM's KV cache — lives in a per-call stream or
 //! session object that the engine hands out.
 
+pub mod deepgram;
 pub mod denoise;
+pub mod http;
 pub mod llama;
 pub mod onnx;
 pub mod openai;

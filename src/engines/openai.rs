@@ -7,11 +7,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::http::{describe, describe_io, LazyClient};
 use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
 
@@ -22,9 +23,7 @@ pub struct OpenAiOptions {
     pub base_url: String,
     pub model: String,
     pub api_key: Option<String>,
-    /// For the connection, the response's headers, and each read of its
-    /// body: a provider that stops sending mid-reply fails the turn after
-    /// this long instead of holding the call.
+    /// See [`LazyClient::new`].
     pub timeout: Duration,
 }
 
@@ -32,32 +31,13 @@ pub struct OpenAiChat(Arc<Inner>);
 
 struct Inner {
     options: OpenAiOptions,
-    /// Built on first use, on the reply's own thread: the blocking client
-    /// runs a runtime of its own, which must not start on an async worker.
-    client: OnceLock<std::result::Result<reqwest::blocking::Client, String>>,
+    client: LazyClient,
 }
 
 impl OpenAiChat {
     pub fn new(options: OpenAiOptions) -> Self {
-        Self(Arc::new(Inner {
-            options,
-            client: OnceLock::new(),
-        }))
-    }
-}
-
-impl Inner {
-    fn client(&self) -> Result<&reqwest::blocking::Client> {
-        self.client
-            .get_or_init(|| {
-                reqwest::blocking::Client::builder()
-                    .timeout(self.options.timeout)
-                    .connect_timeout(self.options.timeout)
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| Error::engine("openai", e))
+        let client = LazyClient::new(options.timeout);
+        Self(Arc::new(Inner { options, client }))
     }
 }
 
@@ -95,11 +75,11 @@ impl LlmSession for OpenAiSession {
             "{}/chat/completions",
             inner.options.base_url.trim_end_matches('/')
         );
-        let mut request =
-            inner
-                .client()?
-                .post(&url)
-                .json(&request_body(&inner.options.model, messages, options));
+        let mut request = inner.client.get("openai")?.post(&url).json(&request_body(
+            &inner.options.model,
+            messages,
+            options,
+        ));
         if let Some(key) = &inner.options.api_key {
             request = request.bearer_auth(key);
         }
@@ -237,36 +217,6 @@ fn error_message(e: &Value) -> String {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| e.to_string())
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        format!("no answer in time: {e}")
-    } else if e.is_connect() {
-        format!("cannot connect: {e}")
-    } else {
-        e.to_string()
-    }
-}
-
-/// A read of the body fails with an I/O error wrapping reqwest's own, whose
-/// message ("error decoding response body") hides a timeout.
-fn describe_io(e: &std::io::Error) -> String {
-    let mut timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
-    while let Some(s) = source {
-        timed_out |= s
-            .downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_timeout)
-            || s.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-        source = s.source();
-    }
-    if timed_out {
-        format!("nothing sent in time ({e})")
-    } else {
-        e.to_string()
-    }
 }
 
 /// The `data` of each event of a server-sent event stream, per the HTML

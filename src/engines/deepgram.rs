@@ -1,0 +1,154 @@
+//! Deepgram's Aura text to speech, the TTS of the API stack callbox is
+//! measured against, over its REST endpoint: the text of a reply's sentence
+//! goes up, raw 16-bit audio streams back at the phone's own rate, and each
+//! piece is handed on as it arrives so the caller hears the first words
+//! before the rest exists.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::http::{describe, describe_io, LazyClient};
+use super::{SynthesisStats, Tts};
+use crate::audio::Audio;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct DeepgramTtsOptions {
+    /// Scheme and host, e.g. `https://api.deepgram.com`.
+    pub base_url: String,
+    /// An Aura voice, e.g. `aura-2-thalia-en`.
+    pub model: String,
+    pub api_key: Option<String>,
+    /// See [`LazyClient::new`].
+    pub timeout: Duration,
+}
+
+pub struct DeepgramTts {
+    options: DeepgramTtsOptions,
+    client: LazyClient,
+}
+
+impl DeepgramTts {
+    pub fn new(options: DeepgramTtsOptions) -> Self {
+        let client = LazyClient::new(options.timeout);
+        Self { options, client }
+    }
+}
+
+/// Audio is asked for at the phone's own rate: nothing is resampled (which,
+/// done piece by piece as the audio streams in, would click at every seam)
+/// and the least is sent.
+const RATE: u32 = 8000;
+
+/// Bytes read from the stream at a time: 20 ms of 8 kHz audio, so the
+/// first words go on as soon as Deepgram sends them.
+const READ_BYTES: usize = 320;
+
+impl Tts for DeepgramTts {
+    fn sample_rate(&self) -> u32 {
+        RATE
+    }
+
+    fn synthesize(
+        &self,
+        text: &str,
+        on_audio: &mut dyn FnMut(Audio) -> bool,
+    ) -> Result<SynthesisStats> {
+        let t0 = Instant::now();
+        let o = &self.options;
+        let err = |e: &dyn std::fmt::Display| Error::engine("deepgram", e);
+        let mut stats = SynthesisStats {
+            characters: text.chars().count(),
+            sentences: 1,
+            ..SynthesisStats::default()
+        };
+        if text.trim().is_empty() {
+            return Ok(stats);
+        }
+        let url = format!("{}/v1/speak", o.base_url.trim_end_matches('/'));
+        let mut request = self
+            .client
+            .get("deepgram")?
+            .post(&url)
+            .query(&[
+                ("model", o.model.as_str()),
+                ("encoding", "linear16"),
+                ("container", "none"),
+                ("sample_rate", &RATE.to_string()),
+            ])
+            .json(&json!({ "text": text }));
+        if let Some(key) = &o.api_key {
+            request = request.header("authorization", format!("Token {key}"));
+        }
+        let mut response = request.send().map_err(|e| err(&describe(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().unwrap_or_default();
+            return Err(err(&format!("{url}: HTTP {status}: {}", api_error(&body))));
+        }
+        let mut buf = [0u8; READ_BYTES];
+        // A sample split between two reads waits for its other byte.
+        let mut odd: Option<u8> = None;
+        let mut samples = 0usize;
+        loop {
+            let n = response
+                .read(&mut buf)
+                .map_err(|e| err(&format!("reading the audio: {}", describe_io(&e))))?;
+            if n == 0 {
+                break;
+            }
+            let mut bytes: Vec<u8> = odd.take().into_iter().collect();
+            bytes.extend_from_slice(&buf[..n]);
+            if bytes.len() % 2 == 1 {
+                odd = bytes.pop();
+            }
+            let pcm: Vec<i16> = bytes
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            if pcm.is_empty() {
+                continue;
+            }
+            if stats.first_audio_ms.is_none() {
+                stats.first_audio_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            samples += pcm.len();
+            if !on_audio(Audio::from_i16(&pcm, RATE)) {
+                break;
+            }
+        }
+        stats.audio_secs = samples as f64 / RATE as f64;
+        stats.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(stats)
+    }
+}
+
+/// Deepgram's error body is `{"err_code", "err_msg", "request_id"}`.
+fn api_error(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) if v["err_msg"].is_string() => format!(
+            "{} ({})",
+            v["err_msg"].as_str().unwrap_or_default(),
+            v["err_code"].as_str().unwrap_or("no code")
+        ),
+        _ => format!("{:.300}", body.trim()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_read_for_their_message() {
+        assert_eq!(
+            api_error(
+                r#"{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials.","request_id":"x"}"#
+            ),
+            "Invalid credentials. (INVALID_AUTH)"
+        );
+        assert_eq!(api_error("upstream timeout"), "upstream timeout");
+    }
+}

@@ -1,0 +1,71 @@
+//! What the API backends share: a blocking HTTP client built on the thread
+//! that first uses it, and error messages that say what went wrong on the
+//! wire rather than reqwest's generic words.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// A blocking client, built lazily: the engines run on their own threads,
+/// and the blocking client starts a runtime of its own, which must not
+/// happen on an async worker (where engines are constructed).
+pub struct LazyClient {
+    timeout: Duration,
+    cell: OnceLock<std::result::Result<reqwest::blocking::Client, String>>,
+}
+
+impl LazyClient {
+    /// `timeout` bounds connecting, the response's headers and each read
+    /// of its body: a provider that stops sending fails the request after
+    /// that long instead of holding the call.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            cell: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self, engine: &'static str) -> Result<&reqwest::blocking::Client> {
+        self.cell
+            .get_or_init(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(self.timeout)
+                    .connect_timeout(self.timeout)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::engine(engine, e))
+    }
+}
+
+pub fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        format!("no answer in time: {e}")
+    } else if e.is_connect() {
+        format!("cannot connect: {e}")
+    } else {
+        e.to_string()
+    }
+}
+
+/// A read of the body fails with an I/O error wrapping reqwest's own, whose
+/// message ("error decoding response body") hides a timeout.
+pub fn describe_io(e: &std::io::Error) -> String {
+    let mut timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
+    while let Some(s) = source {
+        timed_out |= s
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        source = s.source();
+    }
+    if timed_out {
+        format!("nothing sent in time ({e})")
+    } else {
+        e.to_string()
+    }
+}
