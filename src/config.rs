@@ -224,7 +224,7 @@ pub struct LlmConfig {
     /// Who writes the replies: the model set's GGUF in-process, or an
     /// OpenAI-compatible API (`[llm.api]`), e.g. to A/B against Groq.
     pub backend: LlmBackend,
-    pub api: LlmApiConfig,
+    pub api: ApiConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -237,10 +237,13 @@ pub enum LlmBackend {
     OpenAi,
 }
 
+/// An API backend's endpoint. Its defaults depend on which backend it
+/// serves (see `Config::default`): a partial table in a file is merged over
+/// them, so `[tts.deepgram] model = "…"` keeps Deepgram's URL.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LlmApiConfig {
-    /// Up to and including the API version.
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Scheme, host and any leading path (up to the API's version).
     pub base_url: String,
     pub model: String,
     /// The environment variable holding the key (kept out of config files);
@@ -250,40 +253,19 @@ pub struct LlmApiConfig {
     pub timeout_secs: f32,
 }
 
-/// Who speaks the replies.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct TtsConfig {
-    /// The model set's Piper voice in-process, or Deepgram's Aura over its
-    /// REST API (`[tts.deepgram]`), e.g. to A/B against the API stack.
-    pub backend: TtsBackend,
-    pub deepgram: DeepgramTtsConfig,
-}
+impl ApiConfig {
+    /// Groq's OpenAI-compatible chat API with the API stack's model.
+    pub fn groq() -> Self {
+        Self {
+            base_url: "https://api.groq.com/openai/v1".into(),
+            model: "llama-3.3-70b-versatile".into(),
+            api_key_env: "GROQ_API_KEY".into(),
+            timeout_secs: 10.0,
+        }
+    }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TtsBackend {
-    /// Piper in this process.
-    #[default]
-    Local,
-    Deepgram,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeepgramTtsConfig {
-    /// Scheme and host.
-    pub base_url: String,
-    /// An Aura voice.
-    pub model: String,
-    /// The environment variable holding the key; empty for none.
-    pub api_key_env: String,
-    /// For connecting, the first byte, and each later read of the audio.
-    pub timeout_secs: f32,
-}
-
-impl Default for DeepgramTtsConfig {
-    fn default() -> Self {
+    /// Deepgram's speak API with the API stack's voice.
+    pub fn deepgram() -> Self {
         Self {
             base_url: "https://api.deepgram.com".into(),
             model: "aura-2-thalia-en".into(),
@@ -293,15 +275,32 @@ impl Default for DeepgramTtsConfig {
     }
 }
 
-impl Default for LlmApiConfig {
+/// Who speaks the replies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtsConfig {
+    /// The model set's Piper voice in-process, or Deepgram's Aura over its
+    /// REST API (`[tts.deepgram]`), e.g. to A/B against the API stack.
+    pub backend: TtsBackend,
+    pub deepgram: ApiConfig,
+}
+
+impl Default for TtsConfig {
     fn default() -> Self {
         Self {
-            base_url: "https://api.groq.com/openai/v1".into(),
-            model: "llama-3.3-70b-versatile".into(),
-            api_key_env: "GROQ_API_KEY".into(),
-            timeout_secs: 10.0,
+            backend: TtsBackend::Local,
+            deepgram: ApiConfig::deepgram(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TtsBackend {
+    /// Piper in this process.
+    #[default]
+    Local,
+    Deepgram,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -366,7 +365,7 @@ impl Default for LlmConfig {
             temperature: 0.0,
             repeat_penalty: 1.15,
             backend: LlmBackend::Local,
-            api: LlmApiConfig::default(),
+            api: ApiConfig::groq(),
         }
     }
 }

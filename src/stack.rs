@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, LlmBackend, LlmConfig, TtsBackend, TtsConfig};
-use crate::engines::deepgram::{DeepgramTts, DeepgramTtsOptions};
+use crate::config::{ApiConfig, Config, LlmBackend, LlmConfig, TtsBackend, TtsConfig};
+use crate::engines::deepgram::DeepgramTts;
 use crate::engines::denoise::Rnnoise;
+use crate::engines::http::Endpoint;
 use crate::engines::llama::{LlamaEngine, LlamaOptions};
-use crate::engines::openai::{OpenAiChat, OpenAiOptions};
+use crate::engines::openai::OpenAiChat;
 use crate::engines::piper::{Piper, PiperOptions};
 use crate::engines::silero::{SileroVad, VadParams};
 use crate::engines::smart_turn::SmartTurn;
@@ -58,52 +59,42 @@ pub fn llm(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
     })
 }
 
-/// The LLM `cfg` chooses: the model set's GGUF, or an OpenAI-compatible
-/// API whose key is read from the environment now, so that a missing key
-/// stops the server at start rather than failing the first call.
+/// The LLM `cfg` chooses: the model set's GGUF, or an OpenAI-compatible API.
 pub fn llm_for(cfg: &LlmConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
-    match cfg.backend {
-        LlmBackend::Local => llm(paths, times),
-        LlmBackend::OpenAi => {
-            let api = &cfg.api;
-            Ok(Arc::new(OpenAiChat::new(OpenAiOptions {
-                base_url: api.base_url.clone(),
-                model: api.model.clone(),
-                api_key: api_key("llm", "llm.api.api_key_env", &api.api_key_env)?,
-                timeout: Duration::from_secs_f32(api.timeout_secs),
-            })) as Arc<dyn Llm>)
-        }
-    }
+    Ok(match cfg.backend {
+        LlmBackend::Local => llm(paths, times)?,
+        LlmBackend::OpenAi => Arc::new(OpenAiChat::new(endpoint(&cfg.api, "llm.api")?)),
+    })
 }
 
 /// The TTS `cfg` chooses: the model set's Piper voice, or Deepgram's.
 pub fn tts_for(cfg: &TtsConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
-    match cfg.backend {
-        TtsBackend::Local => tts(paths, times),
+    Ok(match cfg.backend {
+        TtsBackend::Local => tts(paths, times)?,
         TtsBackend::Deepgram => {
-            let d = &cfg.deepgram;
-            Ok(Arc::new(DeepgramTts::new(DeepgramTtsOptions {
-                base_url: d.base_url.clone(),
-                model: d.model.clone(),
-                api_key: api_key("tts", "tts.deepgram.api_key_env", &d.api_key_env)?,
-                timeout: Duration::from_secs_f32(d.timeout_secs),
-            })) as Arc<dyn Tts>)
+            Arc::new(DeepgramTts::new(endpoint(&cfg.deepgram, "tts.deepgram")?))
         }
-    }
+    })
 }
 
-/// An API backend's key, read from the variable named at `setting` now, so
-/// that a missing key stops the server at start rather than failing the
-/// first call. An empty name: a server that wants no key.
-fn api_key(stage: &str, setting: &str, var: &str) -> Result<Option<String>> {
-    match var.trim() {
-        "" => Ok(None),
-        var => std::env::var(var).map(Some).map_err(|_| {
+/// The endpoint configured at `table`, its key read from the environment
+/// now, so that a missing key stops the server at start rather than failing
+/// the first call. An empty variable name: a server that wants no key.
+fn endpoint(api: &ApiConfig, table: &str) -> Result<Endpoint> {
+    let api_key = match api.api_key_env.trim() {
+        "" => None,
+        var => Some(std::env::var(var).map_err(|_| {
             Error::Config(format!(
-                "the {stage} backend needs a key in {var} ({setting}), which is not set"
+                "{table} needs a key in {var} ({table}.api_key_env), which is not set"
             ))
-        }),
-    }
+        })?),
+    };
+    Ok(Endpoint {
+        base_url: api.base_url.clone(),
+        model: api.model.clone(),
+        api_key,
+        timeout: Duration::from_secs_f32(api.timeout_secs),
+    })
 }
 
 /// `models` (the model set's, from [`describe`]) with the API backends `cfg`

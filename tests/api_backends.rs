@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use callbox::audio::Audio;
 use callbox::config::{LlmBackend, LlmConfig, TtsBackend, TtsConfig};
-use callbox::engines::deepgram::{DeepgramTts, DeepgramTtsOptions};
-use callbox::engines::openai::{OpenAiChat, OpenAiOptions};
+use callbox::engines::deepgram::DeepgramTts;
+use callbox::engines::http::Endpoint;
+use callbox::engines::openai::OpenAiChat;
 use callbox::engines::{
     ChatMessage, Generation, GenerationOptions, Llm, Role, SynthesisStats, Tts,
 };
@@ -26,7 +27,7 @@ fn chat(fake: &FakeOpenAi, timeout: Duration) -> OpenAiChat {
 }
 
 fn chat_at(base_url: String, api_key: Option<&str>, timeout: Duration) -> OpenAiChat {
-    OpenAiChat::new(OpenAiOptions {
+    OpenAiChat::new(Endpoint {
         base_url,
         model: "llama-3.3-70b-versatile".into(),
         api_key: api_key.map(str::to_string),
@@ -299,7 +300,7 @@ async fn a_call_is_answered_through_the_api() {
 }
 
 fn deepgram(fake: &FakeDeepgram, key: Option<&str>, timeout: Duration) -> DeepgramTts {
-    DeepgramTts::new(DeepgramTtsOptions {
+    DeepgramTts::new(Endpoint {
         base_url: fake.base_url(),
         model: "aura-2-thalia-en".into(),
         api_key: key.map(str::to_string),
@@ -416,6 +417,13 @@ fn the_configuration_chooses_deepgram_for_speech() {
     let c = callbox::config::Config::from_toml_str("[tts]\nbackend = \"deepgram\"\n").unwrap();
     assert_eq!(c.tts.backend, TtsBackend::Deepgram);
     assert_eq!(c.tts.deepgram.model, "aura-2-thalia-en");
+    // A partial table keeps the rest of Deepgram's defaults, not Groq's.
+    let partial =
+        callbox::config::Config::from_toml_str("[tts.deepgram]\nmodel = \"aura-2-orion-en\"\n")
+            .unwrap();
+    assert_eq!(partial.tts.deepgram.model, "aura-2-orion-en");
+    assert_eq!(partial.tts.deepgram.base_url, "https://api.deepgram.com");
+    assert_eq!(partial.tts.deepgram.api_key_env, "DEEPGRAM_API_KEY");
     let models = stack::with_apis(stack::describe(&common::store().manifest, "default"), &c);
     let tts_model = models.iter().find(|m| m.engine == "tts").unwrap();
     assert_eq!(tts_model.file, "aura-2-thalia-en");

@@ -117,15 +117,11 @@ struct Report {
     rss_after_warmup_kib: u64,
     rss_end_kib: u64,
     rss_max_kib: u64,
-    /// Idle (no call in progress): after the warm-up, and after the last call.
-    rss_idle_start_kib: u64,
-    rss_idle_end_kib: u64,
-    /// Idle at every pause, from after the warm-up to after the last call.
-    rss_idle_pauses_kib: Vec<u64>,
+    /// Idle (no call in progress) at every pause: after the warm-up first,
+    /// after the last call last.
+    idle: Vec<Sample>,
     fds_after_warmup: usize,
     fds_end: usize,
-    fds_idle_start: usize,
-    fds_idle_end: usize,
     /// Per minute: (minute, turns, Total p50, Total p95, caller p50, caller p95).
     per_minute: Vec<(usize, usize, f64, f64, f64, f64)>,
     samples: Vec<Sample>,
@@ -572,8 +568,7 @@ fn summarise(
         percentile(&v, 0.5) as u64
     };
     let max_fds = |w: &[Sample]| w.iter().map(|s| s.fds).max().unwrap_or(0);
-    let (idle_start, idle_end) = (idle[0], idle[idle.len() - 1]);
-    let resumed = idle_start.secs + 10.0;
+    let resumed = idle[0].secs + 10.0;
     let first = window(resumed + 30.0, resumed + 90.0);
     let last = window((load_end - 60.0).max(a.warmup_secs), load_end);
     Report {
@@ -603,13 +598,9 @@ fn summarise(
         rss_after_warmup_kib: median_rss(&first),
         rss_end_kib: median_rss(&last),
         rss_max_kib: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0),
-        rss_idle_start_kib: idle_start.rss_kib,
-        rss_idle_end_kib: idle_end.rss_kib,
-        rss_idle_pauses_kib: idle.iter().map(|s| s.rss_kib).collect(),
+        idle,
         fds_after_warmup: max_fds(&first),
         fds_end: max_fds(&last),
-        fds_idle_start: idle_start.fds,
-        fds_idle_end: idle_end.fds,
         per_minute,
         samples,
         calls,
@@ -632,7 +623,9 @@ fn machine() -> String {
 
 fn markdown(r: &Report) -> String {
     let change = |from: u64, to: u64| 100.0 * (to as f64 - from as f64) / from.max(1) as f64;
-    let idle_change = change(r.rss_idle_start_kib, r.rss_idle_end_kib);
+    // `summarise` always has the sample after the warm-up and the last one.
+    let (idle_start, idle_end) = (r.idle[0], r.idle[r.idle.len() - 1]);
+    let idle_change = change(idle_start.rss_kib, idle_end.rss_kib);
     let mib = |k: u64| k as f64 / 1024.0;
     let ok = |b: bool| if b { "pass" } else { "FAIL" };
     let mut s = format!(
@@ -677,20 +670,20 @@ fn markdown(r: &Report) -> String {
         r.server_errors,
         r.panics,
         r.exit_status.map_or("killed".into(), |c| c.to_string()),
-        mib(r.rss_idle_start_kib),
-        mib(r.rss_idle_end_kib),
+        mib(idle_start.rss_kib),
+        mib(idle_end.rss_kib),
         idle_change,
-        r.rss_idle_pauses_kib
+        r.idle
             .iter()
-            .map(|&k| format!("{:.0}", mib(k)))
+            .map(|s| format!("{:.0}", mib(s.rss_kib)))
             .collect::<Vec<_>>()
             .join(" → "),
         mib(r.rss_after_warmup_kib),
         mib(r.rss_end_kib),
         change(r.rss_after_warmup_kib, r.rss_end_kib),
         mib(r.rss_max_kib),
-        r.fds_idle_start,
-        r.fds_idle_end,
+        idle_start.fds,
+        idle_end.fds,
         r.fds_after_warmup,
         r.fds_end,
     );
@@ -723,7 +716,7 @@ fn markdown(r: &Report) -> String {
         ok(r.calls_lost.is_empty()),
         ok(r.recordings_incomplete.is_empty()),
         ok(idle_change.abs() <= 5.0),
-        ok(r.fds_idle_end <= r.fds_idle_start),
+        ok(idle_end.fds <= idle_start.fds),
         ok(r.exit_status == Some(0)),
     ));
     for c in r.calls.iter().filter(|c| c.error.is_some()) {

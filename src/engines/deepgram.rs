@@ -5,35 +5,26 @@
 //! before the rest exists.
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::http::{describe, describe_io, LazyClient};
+use super::http::{describe_io, send, Endpoint, LazyClient};
 use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone)]
-pub struct DeepgramTtsOptions {
-    /// Scheme and host, e.g. `https://api.deepgram.com`.
-    pub base_url: String,
-    /// An Aura voice, e.g. `aura-2-thalia-en`.
-    pub model: String,
-    pub api_key: Option<String>,
-    /// See [`LazyClient::new`].
-    pub timeout: Duration,
-}
-
 pub struct DeepgramTts {
-    options: DeepgramTtsOptions,
+    /// An Aura voice as the model, e.g. `aura-2-thalia-en`; the base URL is
+    /// scheme and host, e.g. `https://api.deepgram.com`.
+    endpoint: Endpoint,
     client: LazyClient,
 }
 
 impl DeepgramTts {
-    pub fn new(options: DeepgramTtsOptions) -> Self {
-        let client = LazyClient::new(options.timeout);
-        Self { options, client }
+    pub fn new(endpoint: Endpoint) -> Self {
+        let client = LazyClient::new(endpoint.timeout);
+        Self { endpoint, client }
     }
 }
 
@@ -57,7 +48,7 @@ impl Tts for DeepgramTts {
         on_audio: &mut dyn FnMut(Audio) -> bool,
     ) -> Result<SynthesisStats> {
         let t0 = Instant::now();
-        let o = &self.options;
+        let o = &self.endpoint;
         let err = |e: &dyn std::fmt::Display| Error::engine("deepgram", e);
         let mut stats = SynthesisStats {
             characters: text.chars().count(),
@@ -67,7 +58,7 @@ impl Tts for DeepgramTts {
         if text.trim().is_empty() {
             return Ok(stats);
         }
-        let url = format!("{}/v1/speak", o.base_url.trim_end_matches('/'));
+        let url = o.url("/v1/speak");
         let mut request = self
             .client
             .get("deepgram")?
@@ -82,12 +73,7 @@ impl Tts for DeepgramTts {
         if let Some(key) = &o.api_key {
             request = request.header("authorization", format!("Token {key}"));
         }
-        let mut response = request.send().map_err(|e| err(&describe(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().unwrap_or_default();
-            return Err(err(&format!("{url}: HTTP {status}: {}", api_error(&body))));
-        }
+        let mut response = send("deepgram", &url, request, api_error)?;
         let mut buf = [0u8; READ_BYTES];
         // A sample split between two reads waits for its other byte.
         let mut odd: Option<u8> = None;

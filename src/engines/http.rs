@@ -7,6 +7,46 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Where an API is, which of its models to use, and how long to wait.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Scheme, host and any leading path (e.g. `https://api.groq.com/openai/v1`).
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    /// See [`LazyClient::new`].
+    pub timeout: Duration,
+}
+
+impl Endpoint {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url.trim_end_matches('/'))
+    }
+}
+
+/// Sends `request` to `url`; an answer other than 2xx becomes an error with
+/// its status and the provider's own words (`api_error` reads them from the
+/// body).
+pub fn send(
+    engine: &'static str,
+    url: &str,
+    request: reqwest::blocking::RequestBuilder,
+    api_error: fn(&str) -> String,
+) -> Result<reqwest::blocking::Response> {
+    let response = request
+        .send()
+        .map_err(|e| Error::engine(engine, describe(&e)))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().unwrap_or_default();
+    Err(Error::engine(
+        engine,
+        format!("{url}: HTTP {status}: {}", api_error(&body)),
+    ))
+}
+
 /// A blocking client, built lazily: the engines run on their own threads,
 /// and the blocking client starts a runtime of its own, which must not
 /// happen on an async worker (where engines are constructed).
@@ -40,7 +80,7 @@ impl LazyClient {
     }
 }
 
-pub fn describe(e: &reqwest::Error) -> String {
+fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         format!("no answer in time: {e}")
     } else if e.is_connect() {

@@ -5,39 +5,29 @@
 //! session, the observers and the latency table are the ones the local
 //! model uses.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use eventsource_stream::{EventStreamError, Eventsource};
 use serde_json::{json, Value};
 
-use super::http::{describe, describe_io, LazyClient};
+use super::http::{describe_io, send, Endpoint, LazyClient};
 use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
-
-/// Where the API is and how long to wait for it.
-#[derive(Debug, Clone)]
-pub struct OpenAiOptions {
-    /// Up to and including the version, e.g. `https://api.groq.com/openai/v1`.
-    pub base_url: String,
-    pub model: String,
-    pub api_key: Option<String>,
-    /// See [`LazyClient::new`].
-    pub timeout: Duration,
-}
 
 pub struct OpenAiChat(Arc<Inner>);
 
 struct Inner {
-    options: OpenAiOptions,
+    endpoint: Endpoint,
     client: LazyClient,
 }
 
 impl OpenAiChat {
-    pub fn new(options: OpenAiOptions) -> Self {
-        let client = LazyClient::new(options.timeout);
-        Self(Arc::new(Inner { options, client }))
+    pub fn new(endpoint: Endpoint) -> Self {
+        let client = LazyClient::new(endpoint.timeout);
+        Self(Arc::new(Inner { endpoint, client }))
     }
 }
 
@@ -47,8 +37,8 @@ impl Llm for OpenAiChat {
     }
 
     fn name(&self) -> String {
-        let o = &self.0.options;
-        format!("{} at {}", o.model, o.base_url)
+        let e = &self.0.endpoint;
+        format!("{} at {}", e.model, e.base_url)
     }
 }
 
@@ -71,28 +61,35 @@ impl LlmSession for OpenAiSession {
         let t0 = Instant::now();
         let inner = &self.0;
         let err = |e: &dyn std::fmt::Display| Error::engine("openai", e);
-        let url = format!(
-            "{}/chat/completions",
-            inner.options.base_url.trim_end_matches('/')
-        );
+        let endpoint = &inner.endpoint;
+        let url = endpoint.url("/chat/completions");
         let mut request = inner.client.get("openai")?.post(&url).json(&request_body(
-            &inner.options.model,
+            &endpoint.model,
             messages,
             options,
         ));
-        if let Some(key) = &inner.options.api_key {
+        if let Some(key) = &endpoint.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().map_err(|e| err(&describe(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().unwrap_or_default();
-            return Err(err(&format!("{url}: HTTP {status}: {}", api_error(&body))));
-        }
+        let mut response = send("openai", &url, request, api_error)?;
 
         let mut gen = Generation::default();
         let mut finish_seen = false;
-        let mut events = SseReader::new(BufReader::new(response));
+        // The body as the byte stream an SSE parser takes, read on this
+        // thread as it arrives.
+        let body = std::iter::from_fn(move || {
+            let mut buf = vec![0u8; 4096];
+            match response.read(&mut buf) {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some(Ok(buf))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        });
+        let mut events =
+            futures::executor::block_on_stream(futures::stream::iter(body).eventsource());
         loop {
             if cancel.load(Ordering::Relaxed) {
                 // Dropping the response closes the connection: the provider
@@ -100,16 +97,19 @@ impl LlmSession for OpenAiSession {
                 gen.cancelled = true;
                 break;
             }
-            let data = match events.next_data() {
-                Ok(Some(d)) => d,
+            let data = match events.next() {
+                Some(Ok(event)) => event.data,
                 // Some servers close without `[DONE]` once the reply is over.
-                Ok(None) if finish_seen => break,
-                Ok(None) => {
+                None if finish_seen => break,
+                None => {
                     return Err(err(
                         &"the stream ended before the reply did (connection dropped)",
                     ))
                 }
-                Err(e) => return Err(err(&format!("reading the stream: {}", describe_io(&e)))),
+                Some(Err(EventStreamError::Transport(e))) => {
+                    return Err(err(&format!("reading the stream: {}", describe_io(&e))))
+                }
+                Some(Err(e)) => return Err(err(&format!("a malformed event stream: {e}"))),
             };
             if data.trim() == "[DONE]" {
                 break;
@@ -219,63 +219,9 @@ fn error_message(e: &Value) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-/// The `data` of each event of a server-sent event stream, per the HTML
-/// standard's rules: `data:` lines joined by newlines, a blank line ending
-/// the event, comments and other fields skipped.
-pub struct SseReader<R> {
-    lines: R,
-}
-
-impl<R: BufRead> SseReader<R> {
-    pub fn new(lines: R) -> Self {
-        Self { lines }
-    }
-
-    /// The next event's data, or `None` when the stream ends (an event cut
-    /// off without its blank line is dropped, as a browser would).
-    pub fn next_data(&mut self) -> std::io::Result<Option<String>> {
-        let mut data: Option<String> = None;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if self.lines.read_line(&mut line)? == 0 {
-                return Ok(None);
-            }
-            let l = line.trim_end_matches(['\n', '\r']);
-            if l.is_empty() {
-                match data.take() {
-                    Some(d) => return Ok(Some(d)),
-                    None => continue,
-                }
-            }
-            let (field, value) = match l.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (l, ""),
-            };
-            if field == "data" {
-                let d = data.get_or_insert_with(String::new);
-                if !d.is_empty() {
-                    d.push('\n');
-                }
-                d.push_str(value);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn events_are_split_joined_and_comments_skipped() {
-        let stream = ": keep-alive\n\ndata: {\"a\":1}\n\ndata: one\ndata:two\r\n\r\nevent: x\ndata: [DONE]\n\ndata: cut";
-        let mut r = SseReader::new(stream.as_bytes());
-        assert_eq!(r.next_data().unwrap().as_deref(), Some("{\"a\":1}"));
-        assert_eq!(r.next_data().unwrap().as_deref(), Some("one\ntwo"));
-        assert_eq!(r.next_data().unwrap().as_deref(), Some("[DONE]"));
-        assert_eq!(r.next_data().unwrap(), None);
-    }
 
     #[test]
     fn chunks_give_text_finish_and_usage_in_either_place() {
