@@ -17,6 +17,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub call: CallConfig,
     pub vad: VadParams,
+    pub stt: SttConfig,
     pub llm: LlmConfig,
     pub tts: TtsConfig,
     pub personas: Personas,
@@ -264,6 +265,15 @@ impl ApiConfig {
         }
     }
 
+    /// Deepgram's streaming listen API with the API stack's model.
+    pub fn deepgram_listen() -> Self {
+        Self {
+            base_url: "wss://api.deepgram.com".into(),
+            model: "nova-3".into(),
+            ..Self::deepgram()
+        }
+    }
+
     /// Deepgram's speak API with the API stack's voice.
     pub fn deepgram() -> Self {
         Self {
@@ -273,6 +283,35 @@ impl ApiConfig {
             timeout_secs: 10.0,
         }
     }
+}
+
+/// Who hears the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SttConfig {
+    /// The model set's Whisper in-process (each turn once it ends), or
+    /// Deepgram's streaming API (`[stt.deepgram]`), which hears the caller
+    /// as they speak.
+    pub backend: SttBackend,
+    pub deepgram: ApiConfig,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        Self {
+            backend: SttBackend::Local,
+            deepgram: ApiConfig::deepgram_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SttBackend {
+    /// Whisper in this process.
+    #[default]
+    Local,
+    Deepgram,
 }
 
 /// Who speaks the replies.
@@ -509,6 +548,12 @@ impl Config {
             ("tts.deepgram.base_url", &self.tts.deepgram.base_url),
             ("twilio.api_base", &self.twilio.api_base),
         ];
+        let listen = &self.stt.deepgram.base_url;
+        if !(listen.starts_with("wss://") || listen.starts_with("ws://")) {
+            return bad(format!(
+                "stt.deepgram.base_url must start with wss:// or ws://, not {listen:?}"
+            ));
+        }
         for (name, url) in urls {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return bad(format!(

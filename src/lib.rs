@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod error;
+pub mod fakes;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod models;

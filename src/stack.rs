@@ -3,8 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ApiConfig, Config, LlmBackend, LlmConfig, TtsBackend, TtsConfig};
+use crate::config::{
+    ApiConfig, Config, LlmBackend, LlmConfig, SttBackend, SttConfig, TtsBackend, TtsConfig,
+};
 use crate::engines::deepgram::DeepgramTts;
+use crate::engines::deepgram_listen::DeepgramStt;
 use crate::engines::denoise::Rnnoise;
 use crate::engines::http::Endpoint;
 use crate::engines::llama::{LlamaEngine, LlamaOptions};
@@ -56,6 +59,16 @@ pub fn stt(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Stt>> {
 pub fn llm(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
     timed(times, "llm", || {
         Ok(Arc::new(LlamaEngine::load(&paths.llm, LlamaOptions::default())?) as Arc<dyn Llm>)
+    })
+}
+
+/// The STT `cfg` chooses: the model set's Whisper, or Deepgram's streaming API.
+pub fn stt_for(cfg: &SttConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Stt>> {
+    Ok(match cfg.backend {
+        SttBackend::Local => stt(paths, times)?,
+        SttBackend::Deepgram => {
+            Arc::new(DeepgramStt::new(endpoint(&cfg.deepgram, "stt.deepgram")?))
+        }
     })
 }
 
@@ -111,6 +124,9 @@ pub fn with_apis(mut models: Vec<ModelInfo>, cfg: &Config) -> Vec<ModelInfo> {
     };
     if cfg.llm.backend == LlmBackend::OpenAi {
         replace("llm", &cfg.llm.api.model, &cfg.llm.api.base_url);
+    }
+    if cfg.stt.backend == SttBackend::Deepgram {
+        replace("stt", &cfg.stt.deepgram.model, &cfg.stt.deepgram.base_url);
     }
     if cfg.tts.backend == TtsBackend::Deepgram {
         replace("tts", &cfg.tts.deepgram.model, &cfg.tts.deepgram.base_url);
@@ -198,7 +214,7 @@ impl Engines {
         Ok(Self {
             vad: vad(paths, cfg.vad, &mut t)?,
             turn: turn(paths, &mut t)?,
-            stt: stt(paths, &mut t)?,
+            stt: stt_for(&cfg.stt, paths, &mut t)?,
             llm: llm_for(&cfg.llm, paths, &mut t)?,
             tts: tts_for(&cfg.tts, paths, &mut t)?,
             denoiser: denoiser(),

@@ -11,16 +11,26 @@ use std::time::Duration;
 use callbox::audio::Audio;
 use callbox::config::{LlmBackend, LlmConfig, TtsBackend, TtsConfig};
 use callbox::engines::deepgram::DeepgramTts;
+use callbox::engines::deepgram_listen::DeepgramStt;
 use callbox::engines::http::Endpoint;
 use callbox::engines::openai::OpenAiChat;
 use callbox::engines::{
-    ChatMessage, Generation, GenerationOptions, Llm, Role, SynthesisStats, Tts,
+    ChatMessage, Generation, GenerationOptions, Llm, Role, Stt, SttStream, SynthesisStats, Tts,
 };
+use callbox::fakes::deepgram::{self as dg, FakeDeepgram};
+use callbox::fakes::openai::{Behaviour, FakeOpenAi, Mode, API_KEY};
 use callbox::sim;
 use callbox::stack::{self, Engines, LoadTimes};
-use common::fake_deepgram::{self as dg, FakeDeepgram};
-use common::fake_openai::{Behaviour, FakeOpenAi, Mode, API_KEY};
 use common::server::*;
+
+/// Deepgram's fake with our own voice and ears, so what it says and hears
+/// is real speech.
+async fn voice_fake() -> Arc<FakeDeepgram> {
+    let (voice, ears) = (dg::Voice::Tts(common::tts()), Some(common::stt()));
+    FakeDeepgram::start(dg::Behaviour::default(), voice, ears)
+        .await
+        .unwrap()
+}
 
 fn chat(fake: &FakeOpenAi, timeout: Duration) -> OpenAiChat {
     chat_at(fake.base_url(), Some(API_KEY), timeout)
@@ -72,7 +82,7 @@ async fn generate(
 
 #[tokio::test]
 async fn tokens_stream_in_order_with_usage_and_the_request_is_groqs() {
-    let fake = FakeOpenAi::start(Behaviour::default()).await;
+    let fake = FakeOpenAi::start(Behaviour::default()).await.unwrap();
     let (r, pieces) = generate(Arc::new(chat(&fake, Duration::from_secs(10))), None).await;
     let g = r.unwrap();
     assert_eq!(g.text, "Rain is water falling from clouds.");
@@ -99,7 +109,8 @@ async fn server_errors_and_a_wrong_key_fail_the_reply_with_the_providers_words()
         mode: Mode::Status(503, "Service Unavailable: over capacity"),
         ..Behaviour::default()
     })
-    .await;
+    .await
+    .unwrap();
     let (r, pieces) = generate(Arc::new(chat(&fake, Duration::from_secs(10))), None).await;
     let e = r.unwrap_err().to_string();
     assert!(e.contains("503") && e.contains("over capacity"), "{e}");
@@ -118,7 +129,8 @@ async fn a_dropped_stalled_or_failing_stream_is_an_error_never_a_hang() {
         mode: Mode::DropAfter(2),
         ..Behaviour::default()
     })
-    .await;
+    .await
+    .unwrap();
     let llm = Arc::new(chat(&fake, Duration::from_secs(2)));
     let (r, pieces) = generate(llm.clone(), None).await;
     let e = r.unwrap_err().to_string();
@@ -166,7 +178,8 @@ async fn a_cancelled_reply_stops_reading() {
         per_token: Duration::from_millis(50),
         ..Behaviour::default()
     })
-    .await;
+    .await
+    .unwrap();
     let (r, pieces) = generate(Arc::new(chat(&fake, Duration::from_secs(10))), Some(2)).await;
     let g = r.unwrap();
     assert!(g.cancelled && !g.finished);
@@ -206,18 +219,21 @@ fn the_configuration_chooses_the_backend_and_a_missing_key_stops_the_start() {
     );
 }
 
-/// A whole call with the API stack's LLM and TTS: the caller is answered
-/// with the LLM provider's words in the TTS provider's audio, through the
-/// same session as the local engines.
+/// A whole call with the API stack's STT, LLM and TTS: the caller is heard
+/// by the STT provider as they speak and answered with the LLM provider's
+/// words in the TTS provider's audio, through the same session as the
+/// local engines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_is_answered_through_the_api() {
     let fake = FakeOpenAi::start(Behaviour {
         reply: "The sky looks blue because air scatters blue light.".into(),
         ..Behaviour::default()
     })
-    .await;
-    let voice = FakeDeepgram::start(dg::Behaviour::default()).await;
+    .await
+    .unwrap();
+    let voice = voice_fake().await;
     let engines = Engines {
+        stt: Arc::new(listener(&voice, Some(dg::API_KEY), Duration::from_secs(10))),
         llm: Arc::new(chat(&fake, Duration::from_secs(10))),
         tts: Arc::new(deepgram(&voice, Some(dg::API_KEY), Duration::from_secs(10))),
         ..engines()
@@ -243,7 +259,15 @@ async fn a_call_is_answered_through_the_api() {
         replies.contains(&"The sky looks blue because air scatters blue light."),
         "{replies:?}"
     );
-    // The provider saw the caller's words, transcribed by the local STT.
+    // The STT provider heard the call as it went, and was asked to finalise
+    // at the end of the turn.
+    let heard = voice.connections();
+    assert_eq!(heard.len(), 1, "one stream for the call");
+    assert!(
+        heard[0].audio_secs > 2.0 && heard[0].finalizes >= 1,
+        "{heard:?}"
+    );
+    // The LLM provider saw the caller's words, as the STT provider gave them.
     let (body, _) = fake.requests().pop().unwrap();
     let last = body["messages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["role"], "user");
@@ -299,6 +323,153 @@ async fn a_call_is_answered_through_the_api() {
     assert!(spoken.starts_with("Sorry"), "{spoken:?}");
 }
 
+fn listener(fake: &FakeDeepgram, key: Option<&str>, timeout: Duration) -> DeepgramStt {
+    DeepgramStt::new(Endpoint {
+        base_url: fake.ws_url(),
+        model: "nova-3".into(),
+        api_key: key.map(str::to_string),
+        timeout,
+    })
+}
+
+/// `text` spoken by our voice at 16 kHz, then `silence` seconds of quiet.
+fn spoken(text: &str, silence: f32) -> Vec<f32> {
+    let mut a = common::speech(text).samples;
+    a.resize(a.len() + (silence * 16_000.0) as usize, 0.0);
+    a
+}
+
+/// Pushes `audio` in 20 ms pieces, as a call does (faster than real time:
+/// the provider does not care).
+fn push(stream: &dyn SttStream, audio: &[f32]) {
+    for piece in audio.chunks(320) {
+        stream.push(piece);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deepgram_streaming_hears_each_turn_once_and_ignores_interims() {
+    let fake = voice_fake().await;
+    fake.set_listen(dg::ListenBehaviour {
+        interim_every: Some(Duration::from_millis(700)),
+        ..dg::ListenBehaviour::default()
+    });
+    let stt = listener(&fake, Some(dg::API_KEY), Duration::from_secs(20));
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let stream = stt.listen().unwrap().expect("a streaming engine");
+        let one = spoken("What makes a rainbow?", 1.0);
+        push(stream.as_ref(), &one);
+        let first = stream.transcript(0, one.len() as u64).unwrap();
+        let two = spoken("How do bees make honey?", 1.0);
+        push(stream.as_ref(), &two);
+        let (from, to) = (one.len() as u64, (one.len() + two.len()) as u64);
+        let second = stream.transcript(from, to).unwrap();
+        (first, second)
+    })
+    .await
+    .unwrap();
+    let (a, b) = (first.text.to_lowercase(), second.text.to_lowercase());
+    assert!(a.contains("rainbow"), "{a}");
+    assert!(b.contains("honey") && !b.contains("rainbow"), "{b}");
+    assert!(first.timings.total_ms > 0.0);
+    // One connection, asked as Deepgram wants, with interims along the way
+    // that never doubled the final words.
+    let c = fake.connections();
+    assert_eq!(c.len(), 1, "{c:?}");
+    let c = &c[0];
+    assert!(c.authorised);
+    assert_eq!(c.query["model"], "nova-3");
+    assert_eq!(c.query["encoding"], "linear16");
+    assert_eq!(c.query["sample_rate"], "16000");
+    assert_eq!(c.query["interim_results"], "true");
+    assert_eq!(c.finalizes, 2);
+    assert!(!c.interims.is_empty(), "{c:?}");
+    assert_eq!(a.matches("rainbow").count(), 1, "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deepgram_streaming_failures_are_clear_and_the_stream_reconnects() {
+    let fake = voice_fake().await;
+    let turn = spoken("What makes a rainbow?", 0.5);
+
+    // A wrong key: refused at the upgrade, with Deepgram's reason.
+    let wrong = listener(&fake, Some("dg_wrong"), Duration::from_secs(5));
+    let audio = turn.clone();
+    let e = tokio::task::spawn_blocking(move || {
+        let s = wrong.listen().unwrap().unwrap();
+        push(s.as_ref(), &audio);
+        s.transcript(0, audio.len() as u64)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("401") && e.contains("Invalid credentials"),
+        "{e}"
+    );
+
+    // The service closes the stream with an error, then cuts one: the turn
+    // waiting fails with the reason; the audio after it opens a new
+    // connection that works.
+    for mode in [
+        dg::ListenMode::CloseAfter(0.5),
+        dg::ListenMode::DropAfter(0.5),
+    ] {
+        fake.set_listen(dg::ListenBehaviour {
+            mode,
+            ..dg::ListenBehaviour::default()
+        });
+        let stt = listener(&fake, Some(dg::API_KEY), Duration::from_secs(10));
+        let (audio, f) = (turn.clone(), fake.clone());
+        let (failed, recovered) = tokio::task::spawn_blocking(move || {
+            let s = stt.listen().unwrap().unwrap();
+            push(s.as_ref(), &audio);
+            std::thread::sleep(Duration::from_millis(300));
+            let failed = s.transcript(0, audio.len() as u64);
+            f.set_listen(dg::ListenBehaviour::default());
+            // The reconnection waits out a short back-off.
+            std::thread::sleep(Duration::from_millis(600));
+            let n = audio.len() as u64;
+            push(s.as_ref(), &audio);
+            (failed, s.transcript(n, 2 * n))
+        })
+        .await
+        .unwrap();
+        let e = failed.unwrap_err().to_string();
+        match mode {
+            dg::ListenMode::CloseAfter(_) => {
+                assert!(e.contains("1011") && e.contains("DATA-0000"), "{e}")
+            }
+            // A cut says what the socket saw: reset, broken pipe, closed.
+            _ => assert!(e.contains("lost, reconnecting"), "{e}"),
+        }
+        let text = recovered.unwrap().text.to_lowercase();
+        assert!(text.contains("rainbow"), "{mode:?}: {text}");
+    }
+
+    // A service that never answers Finalize: the turn fails after the
+    // endpoint's timeout, never hangs.
+    fake.set_listen(dg::ListenBehaviour {
+        mode: dg::ListenMode::IgnoreFinalize,
+        ..dg::ListenBehaviour::default()
+    });
+    let stt = listener(&fake, Some(dg::API_KEY), Duration::from_secs(2));
+    let audio = turn.clone();
+    let t0 = std::time::Instant::now();
+    let e = tokio::task::spawn_blocking(move || {
+        let s = stt.listen().unwrap().unwrap();
+        push(s.as_ref(), &audio);
+        s.transcript(0, audio.len() as u64)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no final transcript"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+}
+
 fn deepgram(fake: &FakeDeepgram, key: Option<&str>, timeout: Duration) -> DeepgramTts {
     DeepgramTts::new(Endpoint {
         base_url: fake.base_url(),
@@ -328,7 +499,7 @@ async fn synthesize(
 
 #[tokio::test]
 async fn deepgram_audio_streams_in_pieces_at_the_phones_rate() {
-    let fake = FakeDeepgram::start(dg::Behaviour::default()).await;
+    let fake = voice_fake().await;
     let tts = Arc::new(deepgram(&fake, Some(dg::API_KEY), Duration::from_secs(10)));
     assert_eq!(tts.sample_rate(), 8000);
     let (r, pieces) = synthesize(tts, "The sky is blue because air scatters blue light.").await;
@@ -354,7 +525,7 @@ async fn deepgram_audio_streams_in_pieces_at_the_phones_rate() {
 
 #[tokio::test]
 async fn deepgram_errors_cuts_and_stalls_fail_the_sentence_never_hang() {
-    let fake = FakeDeepgram::start(dg::Behaviour::default()).await;
+    let fake = voice_fake().await;
     let wrong = Arc::new(deepgram(&fake, Some("dg_wrong"), Duration::from_secs(10)));
     let e = synthesize(wrong, "Hello there.")
         .await

@@ -112,7 +112,7 @@ impl Tts for DeepgramTts {
 }
 
 /// Deepgram's error body is `{"err_code", "err_msg", "request_id"}`.
-fn api_error(body: &str) -> String {
+pub(super) fn api_error(body: &str) -> String {
     match serde_json::from_str::<Value>(body) {
         Ok(v) if v["err_msg"].is_string() => format!(
             "{} ({})",

@@ -9,6 +9,7 @@
 //! session object that the engine hands out.
 
 pub mod deepgram;
+pub mod deepgram_listen;
 pub mod denoise;
 pub mod http;
 pub mod llama;
@@ -20,6 +21,7 @@ pub mod smart_turn;
 pub mod whisper;
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use crate::audio::Audio;
 use crate::error::Result;
@@ -100,6 +102,27 @@ pub struct Transcript {
 /// Speech to text for one finished utterance.
 pub trait Stt: Send + Sync {
     fn transcribe(&self, audio: &Audio) -> Result<Transcript>;
+
+    /// A per-call stream for an engine that listens while the caller speaks
+    /// (a streaming API), so that at the end of a turn only the last words
+    /// remain to be recognised. `None`: the engine only transcribes whole
+    /// utterances, and calls use [`Stt::transcribe`].
+    fn listen(&self) -> Result<Option<Arc<dyn SttStream>>> {
+        Ok(None)
+    }
+}
+
+/// One call's audio, as it arrives, to a streaming recogniser. Positions
+/// are 16 kHz samples counted from the first one pushed, the same clock as
+/// the call's VAD.
+pub trait SttStream: Send + Sync {
+    /// Queues the next samples of the call. Never blocks: it runs on the
+    /// call's event loop, and a slow connection costs audio, not the call.
+    fn push(&self, samples: &[f32]);
+
+    /// Asks for every word pushed so far to be finalised, waits for that,
+    /// and returns what was said between positions `from` and `to`.
+    fn transcript(&self, from: u64, to: u64) -> Result<Transcript>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

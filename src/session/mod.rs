@@ -36,8 +36,8 @@ use tokio::sync::mpsc;
 use crate::audio::{ulaw, wav, Audio};
 use crate::config::{Config, Persona};
 use crate::engines::{
-    contained, ChatMessage, GenerationOptions, LlmSession, Role, Transcript, TurnVerdict, VadEvent,
-    MODEL_RATE,
+    contained, ChatMessage, GenerationOptions, LlmSession, Role, SttStream, Transcript,
+    TurnVerdict, VadEvent, MODEL_RATE,
 };
 use crate::observe::{EventKind, Publisher};
 use crate::stack::Engines;
@@ -283,6 +283,9 @@ pub struct Session {
     /// Audio ahead of real time has been logged (once a call).
     ahead_logged: bool,
     errors: Vec<String>,
+    /// The STT engine's stream of this call, when it listens as the caller
+    /// speaks; otherwise each turn's audio is transcribed when it ends.
+    listener: Option<Arc<dyn SttStream>>,
     internal_tx: mpsc::Sender<Internal>,
     reply_tx: mpsc::Sender<ReplyEvent>,
     events: Publisher,
@@ -334,6 +337,10 @@ impl Session {
             }
         };
         let history = vec![ChatMessage::new(Role::System, persona.system.clone())];
+        let listener = engines.stt.listen().unwrap_or_else(|e| {
+            tracing::warn!(call = %info.call_sid, "the STT cannot stream ({e}); each turn is sent whole");
+            None
+        });
         let mut s = Session {
             cfg: cfg.clone(),
             engines,
@@ -368,6 +375,7 @@ impl Session {
             frames_dropped: 0,
             ahead_logged: false,
             errors: Vec::new(),
+            listener,
             internal_tx,
             reply_tx,
             events,
@@ -485,6 +493,9 @@ impl Session {
     }
 
     fn on_audio(&mut self, samples: Vec<f32>, end: u64) {
+        if let Some(l) = &self.listener {
+            l.push(&samples);
+        }
         self.buffer.extend_from_slice(&samples);
         self.position = end;
         self.buffer_start = end - self.buffer.len() as u64;
@@ -613,16 +624,27 @@ impl Session {
         let Some(turn_start) = self.turn_start else {
             return;
         };
-        let audio = self.turn_audio(turn_start, to, STT_PRE_SPEECH_SECS);
+        let from = turn_start.saturating_sub((STT_PRE_SPEECH_SECS * MODEL_RATE as f64) as u64);
         let id = self.next_turn_id;
         self.next_turn_id += 1;
         self.discard_pending();
         self.pending = Some(Pending::new(id, end, self.now_pos_time(end)));
-        let (stt, tx) = (self.engines.stt.clone(), self.internal_tx.clone());
-        tokio::task::spawn_blocking(move || {
-            let t = contained("stt", || stt.transcribe(&Audio::new(audio, MODEL_RATE)));
-            let _ = tx.blocking_send(Internal::Transcript(id, t));
-        });
+        let tx = self.internal_tx.clone();
+        match self.listener.clone() {
+            // The recogniser has heard it all already: only the last words
+            // are left to finalise.
+            Some(listener) => tokio::task::spawn_blocking(move || {
+                let t = contained("stt", || listener.transcript(from, to));
+                let _ = tx.blocking_send(Internal::Transcript(id, t));
+            }),
+            None => {
+                let (stt, audio) = (self.engines.stt.clone(), self.audio_between(from, to));
+                tokio::task::spawn_blocking(move || {
+                    let t = contained("stt", || stt.transcribe(&Audio::new(audio, MODEL_RATE)));
+                    let _ = tx.blocking_send(Internal::Transcript(id, t));
+                })
+            }
+        };
     }
 
     /// The caller went on (or the turn failed): the candidate turn and any

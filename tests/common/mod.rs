@@ -4,8 +4,6 @@
 //! test — as the server shares them between calls.
 #![allow(dead_code)]
 
-pub mod fake_deepgram;
-pub mod fake_openai;
 pub mod fake_twilio;
 pub mod server;
 
@@ -133,20 +131,4 @@ pub fn librivox() -> Vec<(Audio, String)> {
             )
         })
         .collect()
-}
-
-/// What a fake provider sends, piece by piece; an `Err` cuts the connection.
-pub type Pieces = tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>;
-
-/// A response whose body streams `pieces` as a provider does, so that a
-/// client reading it sees each piece when it is sent.
-pub fn streamed(content_type: &str, pieces: Pieces) -> axum::response::Response {
-    let stream = futures::stream::unfold(pieces, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    axum::response::Response::builder()
-        .header("content-type", content_type)
-        .header("cache-control", "no-cache")
-        .body(axum::body::Body::from_stream(stream))
-        .unwrap()
 }

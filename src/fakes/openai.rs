@@ -16,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::streamed;
+
 pub const API_KEY: &str = "gsk_test_key";
 
 /// How the fake answers.
@@ -62,10 +64,15 @@ pub struct FakeOpenAi {
 }
 
 impl FakeOpenAi {
-    pub async fn start(behaviour: Behaviour) -> Arc<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// Serves on a free local port.
+    pub async fn start(behaviour: Behaviour) -> std::io::Result<Arc<Self>> {
+        Self::bind("127.0.0.1:0", behaviour).await
+    }
+
+    pub async fn bind(addr: &str, behaviour: Behaviour) -> std::io::Result<Arc<Self>> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let fake = Arc::new(Self {
-            addr: listener.local_addr().unwrap(),
+            addr: listener.local_addr()?,
             behaviour: Mutex::new(behaviour),
             requests: Mutex::new(Vec::new()),
         });
@@ -76,7 +83,7 @@ impl FakeOpenAi {
             )
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        fake
+        Ok(fake)
     }
 
     pub fn base_url(&self) -> String {
@@ -129,7 +136,7 @@ async fn completions(
     let b = fake.behaviour.lock().unwrap().clone();
     if let Mode::Status(code, message) = b.mode {
         return (
-            StatusCode::from_u16(code).unwrap(),
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Json(json!({"error": {"message": message, "type": "server_error"}})),
         )
             .into_response();
@@ -196,5 +203,5 @@ async fn completions(
         send(chunk(json!({}), Some("stop"), Some(("x_groq", usage)))).await;
         send("data: [DONE]\n\n".to_string()).await;
     });
-    super::streamed("text/event-stream", rx)
+    streamed("text/event-stream", rx)
 }
