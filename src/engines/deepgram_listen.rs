@@ -256,7 +256,6 @@ async fn connection_loop(
         };
         let why = match tokio::time::timeout(endpoint.timeout, connect(&endpoint)).await {
             Ok(Ok(ws)) => {
-                down = None;
                 backoff = Duration::from_millis(250);
                 match run_connection(ws, first.0, first.1, &mut rx, &shared, &mut asked).await {
                     None => return,
