@@ -1,8 +1,11 @@
 //! The `callbox` command line. Each subcommand is glue over the library:
 //! parse arguments, load what it needs, print results.
 
+mod bench;
 mod bench_engines;
 mod call;
+mod child;
+mod fake_apis;
 mod models;
 mod soak;
 mod tools;
@@ -54,6 +57,11 @@ pub enum Command {
     Chat(tools::ChatArgs),
     /// Speech segments of a WAV file and the turn detector's verdict at each pause.
     Vad(tools::VadArgs),
+    /// Simulated callers against a server, every turn's latency per stage;
+    /// --compare A.toml B.toml for an A/B.
+    Bench(bench::BenchArgs),
+    /// Serve local fakes of the API stack's providers (Deepgram, Groq).
+    FakeApis(fake_apis::FakeApisArgs),
     /// Measure each engine's cost on this machine.
     BenchEngines(bench_engines::BenchArgs),
     /// Answer Twilio calls: POST / (TwiML) and WS /ws (Media Streams).
@@ -88,6 +96,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Say(a) => tools::say(&cli, a),
         Command::Chat(a) => tools::chat(&cli, a),
         Command::Vad(a) => tools::vad(&cli, a),
+        Command::Bench(a) => bench::run(&cli, a).await,
+        Command::FakeApis(a) => fake_apis::run(&cli, a).await,
         Command::BenchEngines(a) => bench_engines::run(&cli, a),
         Command::Serve(a) => call::serve(&cli, a).await,
         Command::Dial(a) => call::dial(a).await,

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use serde::Serialize;
 
 use super::call::{percentile, synth, SCRIPT};
+use super::child::{machine, sample, Sample, Server};
 use super::Cli;
 use crate::sim::{self, SimOptions, SimTurn};
 
@@ -68,13 +68,6 @@ struct CallOutcome {
     /// sentence (a mark still pending): audio that came late.
     late_frames: usize,
     invalid_media: usize,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Sample {
-    secs: f64,
-    rss_kib: u64,
-    fds: usize,
 }
 
 /// What the server wrote about one call.
@@ -149,16 +142,25 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     drop(tts);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let token = format!("{:032x}", rand::random::<u128>());
-    let mut server = spawn_server(cli, a, port, &token, &traces, &recordings, &out)?;
-    let pid = server.id().context("the server exited at once")?;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base, &mut server, &out).await?;
+    let env: Vec<(String, String)> = [
+        ("CALLBOX_OBSERVE__TRACES_DIR", traces.display().to_string()),
+        (
+            "CALLBOX_CALL__RECORDINGS_DIR",
+            recordings.display().to_string(),
+        ),
+        // Room for calls still closing when their caller redials: the soak
+        // is about `calls` callers, not about the line limit.
+        ("CALLBOX_SERVER__MAX_CALLS", (a.calls + 2).to_string()),
+        ("CALLBOX_LLM__MAX_TOKENS", "40".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let server = Server::start(cli, a.config.as_deref(), &env, &out.join("server.log")).await?;
+    let (pid, token, base) = (server.pid, server.token.clone(), server.base.clone());
+    let url = server.ws_url();
     eprintln!(
-        "soak: server pid {pid} on port {port}; {} callers for {} min (report in {})",
+        "soak: server pid {pid} at {base}; {} callers for {} min (report in {})",
         a.calls,
         a.minutes,
         out.display()
@@ -185,7 +187,6 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
         }
     });
     let phrases = Arc::new(phrases);
-    let url = format!("ws://127.0.0.1:{port}/ws");
     // Warm-up, then a pause with no call at all for the baseline of memory
     // and descriptors; then the rest in stretches, each ending with the
     // same measurement idle again.
@@ -219,11 +220,7 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
     let wall_secs = t0.elapsed().as_secs_f64();
 
     // A deployment's stop: SIGTERM, then the server drains and exits.
-    // SAFETY: kill(2) on our own child's pid, which it still holds.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(90), server.wait())
-        .await
-        .context("the server did not exit within 90 s of SIGTERM")??;
+    let status = server.stop().await?;
 
     let server_calls = read_traces(&traces);
     let log = std::fs::read_to_string(out.join("server.log")).unwrap_or_default();
@@ -234,7 +231,7 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
         server_calls,
         (samples, idle),
         &log,
-        status.code(),
+        status,
         wall_secs,
     );
     std::fs::write(
@@ -305,84 +302,7 @@ async fn idle_sample(base: &str, pid: u32, t0: Instant) -> Sample {
         secs: t0.elapsed().as_secs_f64(),
         rss_kib: 0,
         fds: 0,
-    })
-}
-
-fn spawn_server(
-    cli: &Cli,
-    a: &SoakArgs,
-    port: u16,
-    token: &str,
-    traces: &Path,
-    recordings: &Path,
-    out: &Path,
-) -> anyhow::Result<tokio::process::Child> {
-    let log = std::fs::File::create(out.join("server.log"))?;
-    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-    if let Some(m) = &cli.models {
-        cmd.arg("--models").arg(m);
-    }
-    if let Some(m) = &cli.manifest {
-        cmd.arg("--manifest").arg(m);
-    }
-    cmd.arg("--set").arg(&cli.set).arg("-v").arg("serve");
-    cmd.arg("--bind").arg(format!("127.0.0.1:{port}"));
-    if let Some(c) = &a.config {
-        cmd.arg("--config").arg(c);
-    }
-    cmd.env("CALLBOX_OBSERVE__TRACES_DIR", traces)
-        .env("CALLBOX_CALL__RECORDINGS_DIR", recordings)
-        // Room for calls still closing when their caller redials: the soak
-        // is about `calls` callers, not about the line limit.
-        .env("CALLBOX_SERVER__MAX_CALLS", (a.calls + 2).to_string())
-        .env("CALLBOX_SERVER__VALIDATE_SIGNATURES", "true")
-        .env("CALLBOX_TWILIO__AUTH_TOKEN", token)
-        .env("CALLBOX_LLM__MAX_TOKENS", "40")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    Ok(cmd.spawn()?)
-}
-
-async fn wait_healthy(
-    base: &str,
-    server: &mut tokio::process::Child,
-    out: &Path,
-) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if let Some(status) = server.try_wait()? {
-            let log = std::fs::read_to_string(out.join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            anyhow::bail!(
-                "the server exited ({status}) before it was ready:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        if let Ok(r) = reqwest::get(format!("{base}/health")).await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    anyhow::bail!("the server was not healthy after 300 s")
-}
-
-/// The server's resident memory and open descriptors, from /proc.
-fn sample(pid: u32, t0: Instant) -> Option<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
-    Some(Sample {
-        secs: t0.elapsed().as_secs_f64(),
-        rss_kib,
-        fds,
+        cpu_secs: 0.0,
     })
 }
 
@@ -605,20 +525,6 @@ fn summarise(
         samples,
         calls,
     }
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} cores ({model}), no GPU in use")
 }
 
 fn markdown(r: &Report) -> String {

@@ -12,7 +12,6 @@ pub mod openai;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, LlmBackend, SttBackend, TtsBackend};
 use crate::engines::Stt;
 
 /// What a fake provider sends, piece by piece; an `Err` cuts the connection.
@@ -39,7 +38,7 @@ pub fn streamed(content_type: &str, pieces: Pieces) -> axum::response::Response 
 
 /// The providers' answer times, each from the request to its first result,
 /// and the network's round trip on top.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     /// `Finalize` → final transcript.
     pub stt_ms: u64,
@@ -126,18 +125,19 @@ impl ApiStack {
         })
     }
 
-    /// `cfg` with every engine that has an API backend pointed at these
-    /// fakes, keys included (set in this process's environment, as a
-    /// deployment would).
-    pub fn configure(&self, cfg: &mut Config) {
-        std::env::set_var("GROQ_API_KEY", openai::API_KEY);
-        std::env::set_var("DEEPGRAM_API_KEY", deepgram::API_KEY);
-        cfg.stt.backend = SttBackend::Deepgram;
-        cfg.stt.deepgram.base_url = self.deepgram.ws_url();
-        cfg.llm.backend = LlmBackend::OpenAi;
-        cfg.llm.api.base_url = self.llm.base_url();
-        cfg.tts.backend = TtsBackend::Deepgram;
-        cfg.tts.deepgram.base_url = self.deepgram.base_url();
+    /// The environment that points a server's API backends at these fakes
+    /// (whichever backends its configuration chooses), keys included.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("GROQ_API_KEY", openai::API_KEY.to_string()),
+            ("DEEPGRAM_API_KEY", deepgram::API_KEY.to_string()),
+            ("CALLBOX_STT__DEEPGRAM__BASE_URL", self.deepgram.ws_url()),
+            ("CALLBOX_LLM__API__BASE_URL", self.llm.base_url()),
+            ("CALLBOX_TTS__DEEPGRAM__BASE_URL", self.deepgram.base_url()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     /// The configuration a server needs to use these fakes, as TOML.

@@ -83,7 +83,7 @@ pub enum CallInput {
     End(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TurnKind {
     Greeting,
@@ -105,7 +105,7 @@ impl TurnKind {
 }
 
 /// Everything measured about one bot reply. Times are milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TurnRecord {
     pub index: usize,
     pub kind: TurnKind,

@@ -67,6 +67,9 @@ pub struct SimOptions {
     /// with the parameters of the TwiML it answers (its one-time token
     /// included). Without it the stream starts with `params` alone.
     pub webhook: Option<String>,
+    /// Told the index of each turn when it is over (answered or given up
+    /// on): a benchmark's progress.
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
 }
 
 impl SimOptions {
@@ -83,6 +86,7 @@ impl SimOptions {
             expect_greeting: true,
             auth_token: None,
             webhook: None,
+            progress: None,
         }
     }
 
@@ -118,6 +122,11 @@ pub struct SimTurnReport {
     /// samples): the rest of the previous reply when talking over it,
     /// otherwise a bot that did not wait for the caller to finish.
     pub audio_while_speaking: usize,
+    /// When the caller's speech ended and the bot's first audio arrived,
+    /// in ms from the stream's start (the server's clock for the call
+    /// starts with it, give or take the network).
+    pub speech_end_at_ms: Option<f64>,
+    pub first_audio_at_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -282,6 +291,7 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                                         if r.latency_ms.is_none() {
                                             if let Some(end) = speech_end {
                                                 r.latency_ms = Some(ms(end.elapsed()));
+                                                r.first_audio_at_ms = Some(ms(t0.elapsed()));
                                                 reply_started = Some(Instant::now());
                                             }
                                         }
@@ -365,6 +375,7 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         }
                         if off + FRAME >= a.len() {
                             speech_end = Some(now + Duration::from_millis(20));
+                            report.turns[i].speech_end_at_ms = Some(ms(now.duration_since(t0)) + 20.0);
                             reply_started = None;
                             Phase::Waiting(i, now)
                         } else {
@@ -377,6 +388,11 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                             .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
                         let replied = report.turns[i].latency_ms.is_some() && idle;
                         let timeout = now.duration_since(since) > Duration::from_secs_f32(opts.reply_timeout_secs);
+                        if barge || replied || timeout {
+                            if let Some(p) = &opts.progress {
+                                let _ = p.send(i);
+                            }
+                        }
                         if barge {
                             start_turn(&opts, i + 1, &mut report, &mut tx, &stream_sid, &mut current).await?;
                             speech_end = None;

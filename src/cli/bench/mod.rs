@@ -1,0 +1,558 @@
+//! `callbox bench`: simulated callers at once against a server, each
+//! speaking a scripted conversation in real time, and the latency of every
+//! turn per stage — server side from the call traces, caller side from what
+//! the callers heard — with conversation quality (word error rate, cut-offs,
+//! unanswered turns) and the server's CPU and memory. `--compare A.toml
+//! B.toml` runs the same callers against two configurations (e.g. the local
+//! engines and the API stack) and reports them side by side.
+//!
+//! The server is a `callbox serve` child process, so its CPU time and
+//! memory are its own; `--url` measures a server that is already running
+//! (caller-side figures, and server-side ones when `--traces` names the
+//! folder it writes its traces to).
+
+mod chart;
+mod report;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::call::{synth, SCRIPT};
+use super::child::{machine, Sample, Server};
+use super::Cli;
+use crate::audio::wav;
+use crate::fakes::{ApiStack, Latency, REPLY};
+use crate::session::TurnRecord;
+use crate::sim::{self, SimOptions, SimReport, SimTurn};
+use report::{BenchReport, CallRow, Quality, ServerCost, StackReport, StageStats, STAGES};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Simulated callers at once.
+    #[arg(long, default_value_t = 1)]
+    pub callers: usize,
+    /// Calls each caller makes, one after another.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// The callers join evenly over this many seconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp_up_secs: f64,
+    /// How many turns of the built-in script each call plays (up to 12),
+    /// when no --script is given.
+    #[arg(long, default_value_t = 4)]
+    pub turns: usize,
+    /// A script: one caller turn a line, either text to speak (synthesised
+    /// with the local voice) or `@file.wav | what it says`; `#` starts a
+    /// comment.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// The server's configuration file (default: built-in).
+    #[arg(long, short, env = "CALLBOX_CONFIG", conflicts_with = "compare")]
+    pub config: Option<PathBuf>,
+    /// Two configuration files: the same callers against each, one report.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    pub compare: Vec<PathBuf>,
+    /// Start local fakes of Deepgram and Groq (the API stack) and point
+    /// every API backend of the configuration(s) at them.
+    #[arg(long)]
+    pub fake_apis: bool,
+    /// The fakes' latencies in ms: STT after Finalize, LLM to the first
+    /// token, TTS to the first byte, network round trip.
+    #[arg(long, default_value = "195,268,23,40", value_parser = parse_latency)]
+    pub fake_latency: Latency,
+    /// Reply length for the server (llm.max_tokens): a phone answer.
+    #[arg(long, default_value_t = 40)]
+    pub max_tokens: usize,
+    /// A running server's media websocket instead of starting one.
+    #[arg(long, conflicts_with = "compare")]
+    pub url: Option<String>,
+    /// The auth token of the server at --url, if it checks signatures.
+    #[arg(
+        long,
+        env = "TWILIO_AUTH_TOKEN",
+        hide_env_values = true,
+        requires = "url"
+    )]
+    pub auth_token: Option<String>,
+    /// The folder the server at --url writes its traces to.
+    #[arg(long, requires = "url")]
+    pub traces: Option<PathBuf>,
+    /// Longest wait for a reply before the turn counts as unanswered.
+    #[arg(long, default_value_t = 30.0)]
+    pub reply_timeout_secs: f32,
+    /// Folder for report.json, report.md, chart.svg and the servers' logs,
+    /// traces and recordings.
+    #[arg(long, default_value = "out/bench")]
+    pub out: PathBuf,
+}
+
+pub(super) fn parse_latency(s: &str) -> Result<Latency, String> {
+    let v: Vec<u64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    let [stt_ms, llm_ms, tts_ms, network_ms] = v[..] else {
+        return Err(format!("{s:?}: four numbers, stt,llm,tts,network"));
+    };
+    Ok(Latency {
+        stt_ms,
+        llm_ms,
+        tts_ms,
+        network_ms,
+        ..Latency::api_stack()
+    })
+}
+
+/// One caller turn of the script: its audio and what it says.
+fn load_script(cli: &Cli, a: &BenchArgs) -> anyhow::Result<Vec<SimTurn>> {
+    let lines: Vec<String> = match &a.script {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the script {}", p.display()))?
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        None => SCRIPT
+            .iter()
+            .take(a.turns.clamp(1, SCRIPT.len()))
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    anyhow::ensure!(!lines.is_empty(), "the script has no turns");
+    let base = a
+        .script
+        .as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let mut tts = None;
+    let mut turns = Vec::new();
+    for line in lines {
+        if let Some(rest) = line.strip_prefix('@') {
+            let (file, text) = rest.split_once('|').unwrap_or((rest, ""));
+            let path = base.join(file.trim());
+            let audio = wav::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = text.trim();
+            turns.push(SimTurn::new(
+                audio,
+                (!text.is_empty()).then(|| text.to_string()),
+            ));
+        } else {
+            if tts.is_none() {
+                tts = Some(crate::stack::tts(&cli.paths()?, &mut Default::default())?);
+            }
+            let voice = tts.as_ref().expect("loaded");
+            turns.push(SimTurn::new(synth(voice.as_ref(), &line)?, Some(line)));
+        }
+    }
+    Ok(turns)
+}
+
+pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.callers >= 1 && a.rounds >= 1,
+        "--callers and --rounds must be at least 1"
+    );
+    let out = std::path::absolute(&a.out)?;
+    std::fs::create_dir_all(&out)?;
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!("bench: preparing the callers' voices…");
+    let turns = Arc::new(load_script(cli, a)?);
+    let fakes = match a.fake_apis {
+        true => {
+            eprintln!("bench: starting the fake API stack (its STT hears with the local Whisper)…");
+            let ears = crate::stack::stt(&cli.paths()?, &mut Default::default())?;
+            Some(ApiStack::start("127.0.0.1", (0, 0), a.fake_latency, ears, REPLY).await?)
+        }
+        false => None,
+    };
+
+    let configs: Vec<Option<PathBuf>> = if a.compare.is_empty() {
+        vec![a.config.clone()]
+    } else {
+        a.compare.iter().cloned().map(Some).collect()
+    };
+    let mut stacks = Vec::new();
+    for (i, config) in configs.iter().enumerate() {
+        let label = label(config.as_deref(), i, &stacks);
+        let dir = out.join(&label);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let stack = match &a.url {
+            Some(url) => external(a, url, &label, &turns).await?,
+            None => {
+                own_server(
+                    cli,
+                    a,
+                    config.as_deref(),
+                    &label,
+                    &dir,
+                    &turns,
+                    fakes.as_ref(),
+                )
+                .await?
+            }
+        };
+        stacks.push(stack);
+    }
+
+    let report = BenchReport {
+        machine: machine(),
+        started_unix,
+        callers: a.callers,
+        rounds: a.rounds,
+        ramp_up_secs: a.ramp_up_secs,
+        script: turns
+            .iter()
+            .map(|t| t.text.clone().unwrap_or_else(|| "(audio)".into()))
+            .collect(),
+        fake_apis: fakes.as_ref().map(|f| f.latency),
+        stacks,
+    };
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let md = report::markdown(&report);
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(out.join("chart.svg"), chart::svg(&report.stacks))?;
+    println!("{md}");
+    eprintln!(
+        "bench: {} (all figures), {} and {} written",
+        out.join("report.json").display(),
+        out.join("report.md").display(),
+        out.join("chart.svg").display()
+    );
+    Ok(())
+}
+
+/// A stack's name: its configuration file's stem (made unique), else "local".
+fn label(config: Option<&Path>, i: usize, before: &[StackReport]) -> String {
+    let base = config
+        .and_then(|c| c.file_stem())
+        .map_or("local".to_string(), |s| s.to_string_lossy().to_string());
+    if before.iter().any(|s| s.label == base) {
+        format!("{base}-{}", i + 1)
+    } else {
+        base
+    }
+}
+
+/// What the callers did in one run.
+struct CallerRun {
+    caller: usize,
+    round: usize,
+    call_sid: String,
+    result: anyhow::Result<SimReport>,
+}
+
+async fn own_server(
+    cli: &Cli,
+    a: &BenchArgs,
+    config: Option<&Path>,
+    label: &str,
+    dir: &Path,
+    turns: &Arc<Vec<SimTurn>>,
+    fakes: Option<&ApiStack>,
+) -> anyhow::Result<StackReport> {
+    let traces = dir.join("traces");
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "CALLBOX_OBSERVE__TRACES_DIR".into(),
+            traces.display().to_string(),
+        ),
+        (
+            "CALLBOX_CALL__RECORDINGS_DIR".into(),
+            dir.join("recordings").display().to_string(),
+        ),
+        (
+            "CALLBOX_SERVER__MAX_CALLS".into(),
+            (a.callers + 2).to_string(),
+        ),
+        ("CALLBOX_LLM__MAX_TOKENS".into(), a.max_tokens.to_string()),
+    ];
+    if let Some(f) = fakes {
+        env.extend(f.env());
+    }
+    eprintln!("bench: {label}: starting the server (loading its models)…");
+    let server = Server::start(cli, config, &env, &dir.join("server.log")).await?;
+    let t0 = Instant::now();
+    let idle = server.sample(t0);
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));
+    let sampler = {
+        let (samples, pid) = (samples.clone(), server.pid);
+        tokio::spawn(async move {
+            loop {
+                if let Some(s) = super::child::sample(pid, t0) {
+                    samples.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let runs = callers(a, &server.ws_url(), Some(&server.token), turns, label).await;
+    let wall_secs = t0.elapsed().as_secs_f64();
+    sampler.abort();
+    let exit_status = server.stop().await?;
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let cost = cost(idle, &samples, exit_status);
+    let traces = read_traces(&traces);
+    Ok(build(
+        label,
+        config,
+        turns,
+        runs,
+        &traces,
+        Some(cost),
+        wall_secs,
+    ))
+}
+
+async fn external(
+    a: &BenchArgs,
+    url: &str,
+    label: &str,
+    turns: &Arc<Vec<SimTurn>>,
+) -> anyhow::Result<StackReport> {
+    let t0 = Instant::now();
+    let runs = callers(a, url, a.auth_token.as_deref(), turns, label).await;
+    let wall_secs = t0.elapsed().as_secs_f64();
+    // The server writes a call's trace as the call ends: a moment's grace.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let traces = a.traces.as_deref().map(read_traces).unwrap_or_default();
+    Ok(build(label, None, turns, runs, &traces, None, wall_secs))
+}
+
+/// `a.callers` callers, joining over the ramp-up, each calling `a.rounds`
+/// times; a progress bar counts the turns.
+async fn callers(
+    a: &BenchArgs,
+    url: &str,
+    token: Option<&str>,
+    turns: &Arc<Vec<SimTurn>>,
+    label: &str,
+) -> Vec<CallerRun> {
+    let total = (a.callers * a.rounds * turns.len()) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} turns")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(label.to_string());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                bar.inc(1);
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for caller in 0..a.callers {
+        let delay = Duration::from_secs_f64(a.ramp_up_secs * caller as f64 / a.callers as f64);
+        let (turns, url, token, tx) = (
+            turns.clone(),
+            url.to_string(),
+            token.map(str::to_string),
+            tx.clone(),
+        );
+        let (rounds, timeout) = (a.rounds, a.reply_timeout_secs);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut runs = Vec::new();
+            for round in 0..rounds {
+                let mut opts = SimOptions::new(&url, turns.to_vec());
+                if let Some(t) = &token {
+                    opts = opts.signed(t);
+                }
+                opts.call_sid =
+                    format!("CAbench{caller:03}r{round:03}{:08x}", rand::random::<u32>());
+                opts.reply_timeout_secs = timeout;
+                opts.linger_secs = 1.0;
+                opts.progress = Some(tx.clone());
+                let call_sid = opts.call_sid.clone();
+                let result = sim::run(opts).await;
+                runs.push(CallerRun {
+                    caller,
+                    round,
+                    call_sid,
+                    result,
+                });
+            }
+            runs
+        }));
+    }
+    drop(tx);
+    let mut runs = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(r) => runs.extend(r),
+            Err(e) => tracing::error!("a simulated caller failed: {e}"),
+        }
+    }
+    let _ = ticker.await;
+    bar.finish_and_clear();
+    runs
+}
+
+/// What the server's traces say: every call's turn records by call SID,
+/// and the models that served them.
+#[derive(Default)]
+struct Traces {
+    calls: HashMap<String, Vec<TurnRecord>>,
+    models: Vec<crate::stack::ModelInfo>,
+}
+
+fn read_traces(dir: &Path) -> Traces {
+    let mut out = Traces::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(mut t) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let sid = t["call"]["call_sid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if out.models.is_empty() {
+            out.models = serde_json::from_value(t["models"].take()).unwrap_or_default();
+        }
+        match serde_json::from_value::<Vec<TurnRecord>>(t["turns"].take()) {
+            Ok(turns) => {
+                out.calls.insert(sid, turns);
+            }
+            Err(err) => tracing::warn!("{}: turns unreadable: {err}", e.path().display()),
+        }
+    }
+    out
+}
+
+fn cost(idle: Option<Sample>, samples: &[Sample], exit_status: Option<i32>) -> ServerCost {
+    let (first, last) = (samples.first(), samples.last());
+    let cores = |a: &Sample, b: &Sample| (b.cpu_secs - a.cpu_secs) / (b.secs - a.secs).max(1e-3);
+    ServerCost {
+        cpu_cores_mean: first.zip(last).map_or(0.0, |(a, b)| cores(a, b)),
+        cpu_cores_max: samples
+            .windows(2)
+            .map(|w| cores(&w[0], &w[1]))
+            .fold(0.0, f64::max),
+        rss_mib_idle: idle.map_or(0.0, |s| s.rss_kib as f64 / 1024.0),
+        rss_mib_max: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+        exit_status,
+    }
+}
+
+fn build(
+    label: &str,
+    config: Option<&Path>,
+    turns: &[SimTurn],
+    runs: Vec<CallerRun>,
+    traces: &Traces,
+    server: Option<ServerCost>,
+    wall_secs: f64,
+) -> StackReport {
+    let records = &traces.calls;
+    let mut calls = Vec::new();
+    let mut rows = Vec::new();
+    let mut wer_pairs: Vec<(String, String)> = Vec::new();
+    for run in runs {
+        let empty = Vec::new();
+        let recs = records.get(&run.call_sid).unwrap_or(&empty);
+        let replies: Vec<&TurnRecord> = recs
+            .iter()
+            .filter(|r| r.kind == crate::session::TurnKind::Turn && !r.user_text.is_empty())
+            .collect();
+        let heard = replies
+            .iter()
+            .map(|r| r.user_text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut row = CallRow {
+            caller: run.caller,
+            round: run.round,
+            call_sid: run.call_sid.clone(),
+            error: None,
+            greeting_ms: None,
+            late_frames: 0,
+            replies: replies.len(),
+            heard: heard.clone(),
+        };
+        match &run.result {
+            Ok(r) => {
+                row.greeting_ms = r.greeting_ms;
+                row.late_frames = r.late_frames;
+                for (i, turn) in turns.iter().enumerate() {
+                    let said = turn.text.clone().unwrap_or_default();
+                    match r.turns.get(i) {
+                        Some(t) => rows.push(report::turn_row(
+                            (run.caller, run.round, i),
+                            &said,
+                            t,
+                            report::match_reply(recs, t.first_audio_at_ms),
+                        )),
+                        // The call ended before this turn was spoken.
+                        None => rows.push(report::TurnRow {
+                            caller: run.caller,
+                            round: run.round,
+                            turn: i,
+                            said,
+                            ..Default::default()
+                        }),
+                    }
+                }
+                let reference: Vec<&str> = turns.iter().filter_map(|t| t.text.as_deref()).collect();
+                if reference.len() == turns.len() && !records.is_empty() {
+                    wer_pairs.push((reference.join(" "), heard));
+                }
+            }
+            Err(e) => row.error = Some(format!("{e:#}")),
+        }
+        calls.push(row);
+    }
+    let stages = STAGES
+        .iter()
+        .map(|(name, get)| StageStats::of(name, rows.iter().filter_map(get).collect()))
+        .collect();
+    let greeting = StageStats::of(
+        "First greeting",
+        calls.iter().filter_map(|c| c.greeting_ms).collect(),
+    );
+    let answered = rows.iter().filter(|t| t.answered).count();
+    let quality = Quality {
+        caller_turns: rows.len(),
+        answered,
+        unanswered: rows.len() - answered,
+        cut_offs: rows.iter().filter(|t| t.cut_off).count(),
+        wer: (!wer_pairs.is_empty()).then(|| {
+            crate::text::wer::corpus_wer(wer_pairs.iter().map(|(r, h)| (r.as_str(), h.as_str())))
+        }),
+        late_frames: calls.iter().map(|c| c.late_frames).sum(),
+        calls_failed: calls.iter().filter(|c| c.error.is_some()).count(),
+    };
+    StackReport {
+        label: label.to_string(),
+        config: config.map(|c| c.display().to_string()),
+        models: traces.models.clone(),
+        wall_secs,
+        calls,
+        turns: rows,
+        stages,
+        greeting,
+        quality,
+        server,
+    }
+}

@@ -1,0 +1,38 @@
+//! `callbox fake-apis`: the API stack's providers faked on this machine
+//! (see [`crate::fakes`]), for A/B runs and for trying the API backends
+//! with no account.
+
+use clap::Args;
+
+use super::Cli;
+use crate::fakes::{ApiStack, Latency, REPLY};
+
+#[derive(Debug, Args)]
+pub struct FakeApisArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of the OpenAI-compatible chat API (Groq's).
+    #[arg(long, default_value_t = 8790)]
+    pub llm_port: u16,
+    /// Port of Deepgram's listen websocket and speak API.
+    #[arg(long, default_value_t = 8791)]
+    pub deepgram_port: u16,
+    /// STT after Finalize, LLM to the first token, TTS to the first byte,
+    /// network round trip, ms.
+    #[arg(long, default_value = "195,268,23,40", value_parser = super::bench::parse_latency)]
+    pub latency: Latency,
+    /// The LLM's reply to every request.
+    #[arg(long, default_value = REPLY)]
+    pub reply: String,
+}
+
+pub async fn run(cli: &Cli, a: &FakeApisArgs) -> anyhow::Result<()> {
+    let ears = crate::stack::stt(&cli.paths()?, &mut Default::default())?;
+    let ports = (a.llm_port, a.deepgram_port);
+    let stack = ApiStack::start(&a.host, ports, a.latency, ears, &a.reply).await?;
+    eprintln!("the API stack, faked: point a server at it with this configuration (and the keys in its environment)\n");
+    println!("{}", stack.toml());
+    crate::server::shutdown_signal().await;
+    Ok(())
+}
