@@ -85,8 +85,11 @@ pub struct TurnRow {
     pub tts_audio_ms: Option<f64>,
 }
 
-/// The stages in table order, each with how to read it from a row.
-pub const STAGES: [(&str, fn(&TurnRow) -> Option<f64>); 8] = [
+/// How to read a stage's figure from a row.
+pub type Stage = (&'static str, fn(&TurnRow) -> Option<f64>);
+
+/// The stages in table order.
+pub const STAGES: [Stage; 8] = [
     ("Total", |t| t.total_ms),
     ("End-of-speech", |t| t.end_of_speech_ms),
     ("Caller-side", |t| t.caller_ms),
@@ -210,10 +213,7 @@ pub fn turn_row(
 
 /// The server's reply to a caller turn: the record whose first frame left
 /// the server closest to when the caller received the first audio.
-pub fn match_reply<'a>(
-    records: &'a [TurnRecord],
-    first_audio_at_ms: Option<f64>,
-) -> Option<&'a TurnRecord> {
+pub fn match_reply(records: &[TurnRecord], first_audio_at_ms: Option<f64>) -> Option<&TurnRecord> {
     let at = first_audio_at_ms?;
     records
         .iter()
