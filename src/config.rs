@@ -545,9 +545,17 @@ impl Config {
         }
         let urls = [
             ("llm.api.base_url", &self.llm.api.base_url),
-            ("tts.deepgram.base_url", &self.tts.deepgram.base_url),
             ("twilio.api_base", &self.twilio.api_base),
         ];
+        let speak = &self.tts.deepgram.base_url;
+        if !["https://", "http://", "wss://", "ws://"]
+            .iter()
+            .any(|s| speak.starts_with(s))
+        {
+            return bad(format!(
+                "tts.deepgram.base_url must start with https:// or http:// (the REST API) or wss:// or ws:// (the websocket), not {speak:?}"
+            ));
+        }
         let listen = &self.stt.deepgram.base_url;
         if !(listen.starts_with("wss://") || listen.starts_with("ws://")) {
             return bad(format!(

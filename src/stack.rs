@@ -8,6 +8,7 @@ use crate::config::{
 };
 use crate::engines::deepgram::DeepgramTts;
 use crate::engines::deepgram_listen::DeepgramStt;
+use crate::engines::deepgram_speak_ws::DeepgramSpeakWs;
 use crate::engines::denoise::Rnnoise;
 use crate::engines::http::Endpoint;
 use crate::engines::llama::{LlamaEngine, LlamaOptions};
@@ -84,6 +85,10 @@ pub fn llm_for(cfg: &LlmConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Re
 pub fn tts_for(cfg: &TtsConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
     Ok(match cfg.backend {
         TtsBackend::Local => tts(paths, times)?,
+        // The base URL's scheme picks the transport.
+        TtsBackend::Deepgram if cfg.deepgram.base_url.starts_with("ws") => Arc::new(
+            DeepgramSpeakWs::new(endpoint(&cfg.deepgram, "tts.deepgram")?),
+        ),
         TtsBackend::Deepgram => {
             Arc::new(DeepgramTts::new(endpoint(&cfg.deepgram, "tts.deepgram")?))
         }

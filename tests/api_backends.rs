@@ -12,6 +12,7 @@ use callbox::audio::Audio;
 use callbox::config::{LlmBackend, LlmConfig, TtsBackend, TtsConfig};
 use callbox::engines::deepgram::DeepgramTts;
 use callbox::engines::deepgram_listen::DeepgramStt;
+use callbox::engines::deepgram_speak_ws::DeepgramSpeakWs;
 use callbox::engines::http::Endpoint;
 use callbox::engines::openai::OpenAiChat;
 use callbox::engines::{
@@ -347,6 +348,18 @@ fn push(stream: &dyn SttStream, audio: &[f32]) {
     }
 }
 
+/// `audio` through a new stream of `stt`, on a thread of its own as the
+/// session does: its transcript.
+async fn hear(stt: DeepgramStt, audio: Vec<f32>) -> callbox::Result<callbox::engines::Transcript> {
+    tokio::task::spawn_blocking(move || {
+        let s = stt.listen().unwrap().expect("a streaming engine");
+        push(s.as_ref(), &audio);
+        s.transcript(0, audio.len() as u64)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deepgram_streaming_hears_each_turn_once_and_ignores_interims() {
     let fake = voice_fake().await;
@@ -394,16 +407,7 @@ async fn deepgram_streaming_failures_are_clear_and_the_stream_reconnects() {
 
     // A wrong key: refused at the upgrade, with Deepgram's reason.
     let wrong = listener(&fake, Some("dg_wrong"), Duration::from_secs(5));
-    let audio = turn.clone();
-    let e = tokio::task::spawn_blocking(move || {
-        let s = wrong.listen().unwrap().unwrap();
-        push(s.as_ref(), &audio);
-        s.transcript(0, audio.len() as u64)
-    })
-    .await
-    .unwrap()
-    .unwrap_err()
-    .to_string();
+    let e = hear(wrong, turn.clone()).await.unwrap_err().to_string();
     assert!(
         e.contains("401") && e.contains("Invalid credentials"),
         "{e}"
@@ -455,17 +459,8 @@ async fn deepgram_streaming_failures_are_clear_and_the_stream_reconnects() {
         ..dg::ListenBehaviour::default()
     });
     let stt = listener(&fake, Some(dg::API_KEY), Duration::from_secs(2));
-    let audio = turn.clone();
     let t0 = std::time::Instant::now();
-    let e = tokio::task::spawn_blocking(move || {
-        let s = stt.listen().unwrap().unwrap();
-        push(s.as_ref(), &audio);
-        s.transcript(0, audio.len() as u64)
-    })
-    .await
-    .unwrap()
-    .unwrap_err()
-    .to_string();
+    let e = hear(stt, turn).await.unwrap_err().to_string();
     assert!(e.contains("no final transcript"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(30));
 }
@@ -568,6 +563,126 @@ async fn deepgram_errors_cuts_and_stalls_fail_the_sentence_never_hang() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("in time"), "{e}");
+}
+
+fn speak_ws(fake: &FakeDeepgram, key: Option<&str>, timeout: Duration) -> DeepgramSpeakWs {
+    DeepgramSpeakWs::new(Endpoint {
+        base_url: fake.ws_url(),
+        model: "aura-2-thalia-en".into(),
+        api_key: key.map(str::to_string),
+        timeout,
+    })
+}
+
+/// `text` spoken through `tts` on a thread of its own, stopping after
+/// `keep` pieces when given (a caller talking over the bot).
+async fn speak_pieces(
+    tts: Arc<dyn Tts>,
+    text: &'static str,
+    keep: Option<usize>,
+) -> (callbox::Result<SynthesisStats>, Vec<Audio>) {
+    tokio::task::spawn_blocking(move || {
+        let mut pieces = Vec::new();
+        let r = tts.synthesize(text, &mut |a| {
+            pieces.push(a);
+            keep.is_none_or(|k| pieces.len() < k)
+        });
+        (r, pieces)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deepgram_websocket_speaks_sentence_after_sentence_on_one_connection() {
+    let fake = voice_fake().await;
+    let tts: Arc<dyn Tts> = Arc::new(speak_ws(&fake, Some(dg::API_KEY), Duration::from_secs(10)));
+    assert_eq!(tts.sample_rate(), 8000);
+    for text in ["The sky is blue.", "Rainbows need sunlight and rain."] {
+        let (r, pieces) = speak_pieces(tts.clone(), text, None).await;
+        let stats = r.unwrap();
+        let got: Vec<i16> = pieces.iter().flat_map(|p| p.to_i16()).collect();
+        assert_eq!(got, *fake.last_audio.lock().unwrap(), "{text}");
+        assert!(pieces.len() > 5 && stats.first_audio_ms.unwrap() <= stats.total_ms);
+        assert_eq!(fake.requests().last().unwrap().body["text"], text);
+    }
+    // Stopped after two pieces (barge-in): Clear, and the same connection
+    // speaks the next sentence whole.
+    let (r, pieces) = speak_pieces(
+        tts.clone(),
+        "This sentence is cut short by the caller.",
+        Some(2),
+    )
+    .await;
+    r.unwrap();
+    assert_eq!(pieces.len(), 2);
+    let (r, pieces) = speak_pieces(tts.clone(), "And this one is heard.", None).await;
+    r.unwrap();
+    let got: Vec<i16> = pieces.iter().flat_map(|p| p.to_i16()).collect();
+    assert_eq!(got, *fake.last_audio.lock().unwrap());
+    assert_eq!(
+        fake.speak_sockets.load(Ordering::Relaxed),
+        1,
+        "one connection, reused"
+    );
+    let q = fake.requests().pop().unwrap().query;
+    assert_eq!(
+        (
+            q["model"].as_str(),
+            q["encoding"].as_str(),
+            q["sample_rate"].as_str()
+        ),
+        ("aura-2-thalia-en", "linear16", "8000")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deepgram_websocket_failures_fail_the_sentence_never_hang() {
+    let fake = voice_fake().await;
+    let wrong: Arc<dyn Tts> = Arc::new(speak_ws(&fake, Some("dg_wrong"), Duration::from_secs(5)));
+    let e = speak_pieces(wrong, "Hello there.", None)
+        .await
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("401") && e.contains("Invalid credentials"),
+        "{e}"
+    );
+
+    fake.set(dg::Behaviour {
+        mode: dg::Mode::Status(429, "TOO_MANY_REQUESTS", "Too many requests."),
+        ..dg::Behaviour::default()
+    });
+    let tts: Arc<dyn Tts> = Arc::new(speak_ws(&fake, Some(dg::API_KEY), Duration::from_secs(2)));
+    let e = speak_pieces(tts, "Hello there.", None)
+        .await
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("429") && e.contains("Too many requests"), "{e}");
+
+    fake.set(dg::Behaviour {
+        mode: dg::Mode::DropAfter(4000),
+        ..dg::Behaviour::default()
+    });
+    let tts: Arc<dyn Tts> = Arc::new(speak_ws(&fake, Some(dg::API_KEY), Duration::from_secs(2)));
+    let (r, pieces) = speak_pieces(tts, "Hello there, how are you today?", None).await;
+    assert!(r.is_err() && !pieces.is_empty(), "{r:?}");
+
+    fake.set(dg::Behaviour {
+        mode: dg::Mode::StallAfter(4000),
+        ..dg::Behaviour::default()
+    });
+    let tts: Arc<dyn Tts> = Arc::new(speak_ws(&fake, Some(dg::API_KEY), Duration::from_secs(2)));
+    let t0 = std::time::Instant::now();
+    let e = speak_pieces(tts, "Hello there, how are you today?", None)
+        .await
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in time"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
 }
 
 #[test]

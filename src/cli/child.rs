@@ -145,6 +145,21 @@ pub fn sample(pid: u32, t0: Instant) -> Option<Sample> {
     })
 }
 
+/// The call traces a server wrote into `dir` (see `observe::trace`), each
+/// parsed; unreadable files are skipped, as a trace still being written is.
+pub fn traces(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            Some((e.path(), serde_json::from_str(&text).ok()?))
+        })
+        .collect()
+}
+
 /// This machine in a line, for reports.
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -369,16 +369,7 @@ async fn one_call(url: &str, token: &str, phrases: &[SimTurn], t0: Instant) -> C
 /// Every trace the server wrote, by call.
 fn read_traces(dir: &Path) -> HashMap<String, ServerCall> {
     let mut out = HashMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let Ok(t) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
+    for (_, t) in super::child::traces(dir) {
         let call = &t["call"];
         let duration = call["duration_secs"].as_f64().unwrap_or(0.0);
         let recording_ok = call["recording"].as_str().is_some_and(|p| {

@@ -10,6 +10,7 @@
 
 pub mod deepgram;
 pub mod deepgram_listen;
+pub mod deepgram_speak_ws;
 pub mod denoise;
 pub mod http;
 pub mod llama;

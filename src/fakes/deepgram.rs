@@ -146,6 +146,8 @@ pub struct FakeDeepgram {
     ears: Option<Arc<dyn Stt>>,
     requests: Mutex<Vec<Request>>,
     connections: Mutex<Vec<Arc<Mutex<ListenLog>>>>,
+    /// Speak websockets opened.
+    pub speak_sockets: std::sync::atomic::AtomicUsize,
     /// The audio last sent, whole, at the requested rate.
     pub last_audio: Mutex<Vec<i16>>,
 }
@@ -176,10 +178,11 @@ impl FakeDeepgram {
             ears,
             requests: Mutex::new(Vec::new()),
             connections: Mutex::new(Vec::new()),
+            speak_sockets: Default::default(),
             last_audio: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
-            .route("/v1/speak", axum::routing::post(speak))
+            .route("/v1/speak", axum::routing::post(speak).get(speak_ws))
             .route("/v1/listen", axum::routing::get(listen))
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -191,7 +194,7 @@ impl FakeDeepgram {
         format!("http://{}", self.addr)
     }
 
-    /// The listen API's base URL.
+    /// The listen API's base URL, and the speak websocket's.
     pub fn ws_url(&self) -> String {
         format!("ws://{}", self.addr)
     }
@@ -202,6 +205,21 @@ impl FakeDeepgram {
 
     pub fn set_listen(&self, behaviour: ListenBehaviour) {
         *self.listen.lock().unwrap() = behaviour;
+    }
+
+    /// `text` in the fake's voice at `rate`, kept as the last audio sent.
+    async fn say(&self, text: &str, rate: u32) -> Result<Vec<i16>, String> {
+        let (text, voice) = (text.to_string(), self.voice.clone());
+        let pcm = tokio::task::spawn_blocking(move || match voice {
+            Voice::Tts(tts) => crate::engines::speak(tts.as_ref(), &text)
+                .map(|a| a.resampled(rate).to_i16())
+                .map_err(|e| e.to_string()),
+            Voice::Tones => Ok(tones(&text, rate)),
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        *self.last_audio.lock().unwrap() = pcm.clone();
+        Ok(pcm)
     }
 
     /// Every listen connection so far, oldest first.
@@ -267,26 +285,10 @@ async fn speak(
         );
     }
     let t0 = Instant::now();
-    let (text, voice) = (text.to_string(), fake.voice.clone());
-    let spoken = tokio::task::spawn_blocking(move || match voice {
-        Voice::Tts(tts) => crate::engines::speak(tts.as_ref(), &text)
-            .map(|a| a.resampled(rate).to_i16())
-            .map_err(|e| e.to_string()),
-        Voice::Tones => Ok(tones(&text, rate)),
-    })
-    .await;
-    let pcm = match spoken {
-        Ok(Ok(pcm)) => pcm,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "FAKE_VOICE", &e),
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "FAKE_VOICE",
-                &e.to_string(),
-            )
-        }
+    let pcm = match fake.say(text, rate).await {
+        Ok(pcm) => pcm,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "FAKE_VOICE", &e),
     };
-    *fake.last_audio.lock().unwrap() = pcm.clone();
     let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
@@ -311,6 +313,142 @@ async fn speak(
         }
     });
     streamed("audio/l16", rx)
+}
+
+/// The speak websocket: `Speak` texts gather until `Flush`, whose audio
+/// goes out in binary pieces followed by `Flushed`; `Clear` drops what is
+/// still to be sent and answers `Cleared`; `Close` ends it. The behaviour's
+/// modes apply as on the REST endpoint, counting the connection's bytes.
+async fn speak_ws(
+    State(fake): State<Arc<FakeDeepgram>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !authorised(&headers) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTH",
+            "Invalid credentials.",
+        );
+    }
+    let b = *fake.behaviour.lock().unwrap();
+    if let Mode::Status(code, err_code, msg) = b.mode {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return refuse(code, err_code, msg);
+    }
+    let rate = query.get("sample_rate").and_then(|r| r.parse::<u32>().ok());
+    let (Some(rate), Some("linear16")) = (rate, query.get("encoding").map(String::as_str)) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            "this fake speaks linear16 with a sample_rate only",
+        );
+    };
+    fake.speak_sockets
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ws.on_upgrade(move |socket| speak_session(fake, socket, query, rate, b))
+}
+
+enum Out {
+    Audio(Bytes),
+    Flushed(u64),
+}
+
+async fn speak_session(
+    fake: Arc<FakeDeepgram>,
+    socket: WebSocket,
+    query: HashMap<String, String>,
+    rate: u32,
+    b: Behaviour,
+) {
+    use futures::{SinkExt, StreamExt};
+    let (mut tx, mut rx) = socket.split();
+    let mut text = String::new();
+    let mut queue: std::collections::VecDeque<Out> = Default::default();
+    let mut next_at = tokio::time::Instant::now();
+    let (mut flushes, mut sent) = (0u64, 0usize);
+    let mut stalled = false;
+    loop {
+        let sending = !queue.is_empty() && !stalled;
+        tokio::select! {
+            m = rx.next() => {
+                let Some(Ok(m)) = m else { return };
+                let t = match m {
+                    Message::Text(t) => t,
+                    Message::Close(_) => return,
+                    _ => continue,
+                };
+                let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                let answer = match v["type"].as_str() {
+                    Some("Speak") => {
+                        let piece = v["text"].as_str().unwrap_or_default();
+                        text.push_str(piece);
+                        fake.requests.lock().unwrap().push(Request {
+                            query: query.clone(),
+                            body: json!({"text": piece}),
+                            authorised: true,
+                        });
+                        None
+                    }
+                    Some("Flush") => {
+                        let asked = tokio::time::Instant::now();
+                        let Ok(pcm) = fake.say(&std::mem::take(&mut text), rate).await else {
+                            return;
+                        };
+                        let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+                        if queue.is_empty() {
+                            next_at = asked + b.first_byte;
+                        }
+                        let pieces = bytes.chunks(b.piece).map(|c| Out::Audio(Bytes::copy_from_slice(c)));
+                        queue.extend(pieces);
+                        queue.push_back(Out::Flushed(flushes));
+                        flushes += 1;
+                        None
+                    }
+                    Some("Clear") => {
+                        queue.clear();
+                        text.clear();
+                        Some(json!({"type": "Cleared", "sequence_id": flushes}))
+                    }
+                    Some("Close") => {
+                        let _ = tx.send(Message::Close(None)).await;
+                        return;
+                    }
+                    _ => Some(json!({"type": "Warning", "description": "unknown message type", "code": "UNKNOWN_MESSAGE_TYPE"})),
+                };
+                if let Some(a) = answer {
+                    if tx.send(Message::text(a.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_at), if sending => {
+                let m = match queue.pop_front() {
+                    Some(Out::Audio(piece)) => {
+                        match b.mode {
+                            Mode::DropAfter(n) if sent >= n => return,
+                            Mode::StallAfter(n) if sent >= n => {
+                                stalled = true;
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        sent += piece.len();
+                        Message::Binary(piece)
+                    }
+                    Some(Out::Flushed(id)) => {
+                        Message::text(json!({"type": "Flushed", "sequence_id": id}).to_string())
+                    }
+                    None => continue,
+                };
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+                next_at = tokio::time::Instant::now() + b.per_piece;
+            }
+        }
+    }
 }
 
 /// Voiced syllables at `rate`: about one per three letters of each word,

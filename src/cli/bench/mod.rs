@@ -414,16 +414,7 @@ struct Traces {
 
 fn read_traces(dir: &Path) -> Traces {
     let mut out = Traces::default();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let Ok(mut t) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
+    for (path, mut t) in super::child::traces(dir) {
         let sid = t["call"]["call_sid"]
             .as_str()
             .unwrap_or_default()
@@ -435,7 +426,7 @@ fn read_traces(dir: &Path) -> Traces {
             Ok(turns) => {
                 out.calls.insert(sid, turns);
             }
-            Err(err) => tracing::warn!("{}: turns unreadable: {err}", e.path().display()),
+            Err(err) => tracing::warn!("{}: turns unreadable: {err}", path.display()),
         }
     }
     out
