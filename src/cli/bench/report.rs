@@ -167,7 +167,9 @@ impl StackReport {
                 .unwrap_or(0.0)
                 .total_cmp(&b.total_ms.unwrap_or(0.0))
         });
-        rows.get(rows.len().saturating_sub(1) / 2).copied()
+        // The same rank as the p50 of the tables.
+        let at = (rows.len().saturating_sub(1) as f64 * 0.5).round() as usize;
+        rows.get(at).copied()
     }
 }
 
