@@ -50,11 +50,7 @@ impl Tts for DeepgramTts {
         let t0 = Instant::now();
         let o = &self.endpoint;
         let err = |e: &dyn std::fmt::Display| Error::engine("deepgram", e);
-        let mut stats = SynthesisStats {
-            characters: text.chars().count(),
-            sentences: 1,
-            ..SynthesisStats::default()
-        };
+        let mut stats = sentence_stats(text);
         if text.trim().is_empty() {
             return Ok(stats);
         }
@@ -75,39 +71,66 @@ impl Tts for DeepgramTts {
         }
         let mut response = send("deepgram", &url, request, api_error)?;
         let mut buf = [0u8; READ_BYTES];
-        // A sample split between two reads waits for its other byte.
-        let mut odd: Option<u8> = None;
-        let mut samples = 0usize;
+        let mut pcm = Pcm16::default();
         loop {
             let n = response
                 .read(&mut buf)
                 .map_err(|e| err(&format!("reading the audio: {}", describe_io(&e))))?;
-            if n == 0 {
-                break;
-            }
-            let mut bytes: Vec<u8> = odd.take().into_iter().collect();
-            bytes.extend_from_slice(&buf[..n]);
-            if bytes.len() % 2 == 1 {
-                odd = bytes.pop();
-            }
-            let pcm: Vec<i16> = bytes
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            if pcm.is_empty() {
-                continue;
-            }
-            if stats.first_audio_ms.is_none() {
-                stats.first_audio_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-            }
-            samples += pcm.len();
-            if !on_audio(Audio::from_i16(&pcm, RATE)) {
+            if n == 0 || !pcm.hand_on(&buf[..n], &mut stats, t0, on_audio) {
                 break;
             }
         }
-        stats.audio_secs = samples as f64 / RATE as f64;
         stats.total_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(stats)
+    }
+}
+
+/// The stats of one sentence before any audio.
+pub(super) fn sentence_stats(text: &str) -> SynthesisStats {
+    SynthesisStats {
+        characters: text.chars().count(),
+        sentences: 1,
+        ..SynthesisStats::default()
+    }
+}
+
+/// Raw 16-bit little-endian audio at [`RATE`] as it streams in, in pieces
+/// that may split a sample: a split sample waits for its other byte.
+#[derive(Default)]
+pub(super) struct Pcm16 {
+    odd: Option<u8>,
+    samples: usize,
+}
+
+impl Pcm16 {
+    /// Hands the whole samples of `bytes` to `on_audio`, keeping `stats`
+    /// (first audio after `t0`, seconds of audio); `false` when `on_audio`
+    /// wants no more.
+    pub(super) fn hand_on(
+        &mut self,
+        bytes: &[u8],
+        stats: &mut SynthesisStats,
+        t0: Instant,
+        on_audio: &mut dyn FnMut(Audio) -> bool,
+    ) -> bool {
+        let mut all: Vec<u8> = self.odd.take().into_iter().collect();
+        all.extend_from_slice(bytes);
+        if all.len() % 2 == 1 {
+            self.odd = all.pop();
+        }
+        let pcm: Vec<i16> = all
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        if pcm.is_empty() {
+            return true;
+        }
+        stats
+            .first_audio_ms
+            .get_or_insert(t0.elapsed().as_secs_f64() * 1e3);
+        self.samples += pcm.len();
+        stats.audio_secs = self.samples as f64 / RATE as f64;
+        on_audio(Audio::from_i16(&pcm, RATE))
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 
+use super::deepgram::{sentence_stats, Pcm16};
 use super::http::Endpoint;
 use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
@@ -123,8 +124,7 @@ impl DeepgramSpeakWs {
             Err(x) => return Err(err(format!("sending the text: {x}"))),
             Ok(()) => {}
         }
-        let mut odd: Option<u8> = None;
-        let mut samples = 0usize;
+        let mut pcm = Pcm16::default();
         let mut heard_any = false;
         let mut clearing = false;
         loop {
@@ -147,24 +147,8 @@ impl DeepgramSpeakWs {
             heard_any = true;
             match msg {
                 Message::Binary(b) if !clearing => {
-                    let mut bytes: Vec<u8> = odd.take().into_iter().collect();
-                    bytes.extend_from_slice(&b);
-                    if bytes.len() % 2 == 1 {
-                        odd = bytes.pop();
-                    }
-                    let pcm: Vec<i16> = bytes
-                        .chunks_exact(2)
-                        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                        .collect();
-                    if pcm.is_empty() {
-                        continue;
-                    }
-                    stats
-                        .first_audio_ms
-                        .get_or_insert(t0.elapsed().as_secs_f64() * 1e3);
-                    samples += pcm.len();
-                    stats.audio_secs = samples as f64 / RATE as f64;
-                    if !on_audio(Audio::from_i16(&pcm, RATE)) {
+                    let more = pcm.hand_on(&b, stats, t0, on_audio);
+                    if !more {
                         // Stop the rest of the sentence; the connection stays.
                         clearing = true;
                         socket
@@ -205,11 +189,7 @@ impl Tts for DeepgramSpeakWs {
         on_audio: &mut dyn FnMut(Audio) -> bool,
     ) -> Result<SynthesisStats> {
         let t0 = Instant::now();
-        let mut stats = SynthesisStats {
-            characters: text.chars().count(),
-            sentences: 1,
-            ..SynthesisStats::default()
-        };
+        let mut stats = sentence_stats(text);
         if text.trim().is_empty() {
             return Ok(stats);
         }

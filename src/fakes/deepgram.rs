@@ -253,17 +253,9 @@ async fn speak(
         body: body.clone(),
         authorised,
     });
-    if !authorised {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_AUTH",
-            "Invalid credentials.",
-        );
-    }
     let b = *fake.behaviour.lock().unwrap();
-    if let Mode::Status(code, err_code, msg) = b.mode {
-        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return error(code, err_code, msg);
+    if let Some(refused) = refusal(&headers, &b, error) {
+        return refused;
     }
     let (Some(text), Some(rate)) = (
         body["text"].as_str(),
@@ -325,17 +317,9 @@ async fn speak_ws(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !authorised(&headers) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_AUTH",
-            "Invalid credentials.",
-        );
-    }
     let b = *fake.behaviour.lock().unwrap();
-    if let Mode::Status(code, err_code, msg) = b.mode {
-        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return refuse(code, err_code, msg);
+    if let Some(refused) = refusal(&headers, &b, refuse) {
+        return refused;
     }
     let rate = query.get("sample_rate").and_then(|r| r.parse::<u32>().ok());
     let (Some(rate), Some("linear16")) = (rate, query.get("encoding").map(String::as_str)) else {
@@ -487,6 +471,27 @@ fn authorised(headers: &HeaderMap) -> bool {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == format!("Token {API_KEY}"))
+}
+
+/// Our key, then the behaviour's status mode, as Deepgram checks them;
+/// `answer` shapes a refusal (see [`error`] and [`refuse`]).
+fn refusal(
+    headers: &HeaderMap,
+    b: &Behaviour,
+    answer: fn(StatusCode, &str, &str) -> Response,
+) -> Option<Response> {
+    if !authorised(headers) {
+        return Some(answer(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTH",
+            "Invalid credentials.",
+        ));
+    }
+    if let Mode::Status(code, err_code, msg) = b.mode {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Some(answer(code, err_code, msg));
+    }
+    None
 }
 
 /// The upgrade, refused as Deepgram refuses it: a status, `dg-error`, and
