@@ -216,3 +216,52 @@ fn an_ab_run_against_the_fake_api_stack_reports_both_side_by_side() {
     assert_ne!(engine(&stacks[0], "stt").as_deref(), Some("nova-3"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Against a server that is already running (here one in the test's own
+/// process): the caller side from the callers, the stages from the traces
+/// folder it writes, no server cost (it is not the bench's child).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_is_measured_through_its_url_and_traces() {
+    let traces = std::env::temp_dir().join(format!("callbox-bench-url-{}", std::process::id()));
+    let dir = traces.clone();
+    let (_state, addr) = common::server::start(move |c| c.observe.traces_dir = Some(dir)).await;
+    let out = std::env::temp_dir().join(format!("callbox-bench-url-out-{}", std::process::id()));
+    let (url, t, o) = (format!("ws://{addr}/ws"), traces.clone(), out.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        bench(
+            &o,
+            &[
+                "--url",
+                &url,
+                "--auth-token",
+                common::server::AUTH_TOKEN,
+                "--traces",
+                t.to_str().unwrap(),
+                "--turns",
+                "1",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let s = &r["stacks"][0];
+    assert!(
+        s["server"].is_null(),
+        "no cost for a server it did not start"
+    );
+    let rows = s["turns"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["answered"], true, "{s}");
+    for key in [
+        "caller_ms",
+        "total_ms",
+        "stt_ms",
+        "llm_ttfb_ms",
+        "tts_ttfb_ms",
+    ] {
+        assert!(rows[0][key].is_number(), "{key}: {}", rows[0]);
+    }
+    let sid = s["calls"][0]["call_sid"].as_str().unwrap();
+    assert!(traces.join(format!("{sid}.json")).exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
