@@ -714,3 +714,17 @@ fn the_configuration_chooses_deepgram_for_speech() {
     let tts_model = models.iter().find(|m| m.engine == "tts").unwrap();
     assert_eq!(tts_model.file, "aura-2-thalia-en");
 }
+
+/// A whole utterance through Deepgram's streaming API, asked for from an
+/// async task (as `callbox demo`'s report does): no panic, the words back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deepgram_transcribes_a_whole_utterance_from_any_thread() {
+    let fake = voice_fake().await;
+    let stt = listener(&fake, Some(dg::API_KEY), Duration::from_secs(20));
+    // Longer than a 20 ms piece queue would hold: 12 s of speech and quiet.
+    let mut audio = spoken("How do bees make honey?", 10.0);
+    audio.extend(spoken("What makes a rainbow?", 0.5));
+    let t = stt.transcribe(&Audio::new(audio, 16_000)).unwrap();
+    let text = t.text.to_lowercase();
+    assert!(text.contains("honey") && text.contains("rainbow"), "{text}");
+}

@@ -247,7 +247,9 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     };
     server.abort();
     println!();
-    let caller_side = print_report(&report, stt.as_ref())?;
+    // The STT may be an API's, which waits for its answer: off the
+    // runtime's worker.
+    let caller_side = tokio::task::block_in_place(|| print_report(&report, stt.as_ref()))?;
     println!(
         "\nLATENCY BREAKDOWN (server side, ms)\n{}",
         summary.latency_table()

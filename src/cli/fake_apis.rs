@@ -5,6 +5,7 @@
 use clap::Args;
 
 use super::Cli;
+use crate::fakes::deepgram::Voice;
 use crate::fakes::{ApiStack, Latency, REPLY};
 
 #[derive(Debug, Args)]
@@ -22,15 +23,24 @@ pub struct FakeApisArgs {
     /// network round trip, ms.
     #[arg(long, default_value = "195,268,23,40", value_parser = super::bench::parse_latency)]
     pub latency: Latency,
+    /// Speak with the local Piper voice instead of tones (the replies can
+    /// then be heard and transcribed, at Piper's cost on this machine).
+    #[arg(long)]
+    pub piper: bool,
     /// The LLM's reply to every request.
     #[arg(long, default_value = REPLY)]
     pub reply: String,
 }
 
 pub async fn run(cli: &Cli, a: &FakeApisArgs) -> anyhow::Result<()> {
-    let ears = crate::stack::stt(&cli.paths()?, &mut Default::default())?;
+    let paths = cli.paths()?;
+    let ears = crate::stack::stt(&paths, &mut Default::default())?;
+    let voice = match a.piper {
+        true => Voice::Tts(crate::stack::tts(&paths, &mut Default::default())?),
+        false => Voice::Tones,
+    };
     let ports = (a.llm_port, a.deepgram_port);
-    let stack = ApiStack::start(&a.host, ports, a.latency, ears, &a.reply).await?;
+    let stack = ApiStack::start(&a.host, ports, a.latency, (ears, voice), &a.reply).await?;
     eprintln!("the API stack, faked: point a server at it with this configuration (and the keys in its environment)\n");
     println!("{}", stack.toml());
     crate::server::shutdown_signal().await;

@@ -16,7 +16,7 @@
 //! nothing waits longer than the endpoint's timeout.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,9 @@ use crate::error::{Error, Result};
 
 const ENGINE: &str = "deepgram-stt";
 
-/// Audio queued for a connection that is not up yet, at most (in 20 ms
-/// pieces): ten seconds, after which the oldest is dropped and counted.
-const BACKLOG: usize = 500;
+/// Audio queued for a connection that is not up (or not keeping up), at
+/// most, in samples: 30 s (960 kB); what comes beyond it is dropped.
+const BACKLOG: usize = 30 * MODEL_RATE as usize;
 
 /// Deepgram closes a stream that hears nothing for ten seconds.
 const KEEPALIVE: Duration = Duration::from_secs(4);
@@ -103,8 +103,26 @@ struct State {
     interims: u64,
 }
 
+/// The connection's side of the queue: samples waiting are counted, so the call can drop audio past [`BACKLOG`] while a
+/// finalisation is always accepted at once, even from an async context.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Command>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    async fn recv(&mut self) -> Option<Command> {
+        let c = self.rx.recv().await;
+        if let Some(Command::Audio(_, bytes)) = &c {
+            self.queued.fetch_sub(bytes.len() / 2, Ordering::Relaxed);
+        }
+        c
+    }
+}
+
 struct Stream {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::UnboundedSender<Command>,
+    queued: Arc<AtomicUsize>,
     shared: Arc<(Mutex<State>, Condvar)>,
     pushed: AtomicU64,
     asked: AtomicU64,
@@ -114,10 +132,16 @@ struct Stream {
 
 impl Stream {
     fn open(endpoint: Endpoint) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(BACKLOG);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let inbox = Inbox {
+            rx,
+            queued: queued.clone(),
+        };
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let stream = Arc::new(Self {
             tx,
+            queued,
             shared: shared.clone(),
             pushed: AtomicU64::new(0),
             asked: AtomicU64::new(0),
@@ -131,7 +155,7 @@ impl Stream {
                     .enable_all()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(connection_loop(endpoint, rx, shared)),
+                    Ok(rt) => rt.block_on(connection_loop(endpoint, inbox, shared)),
                     Err(e) => fail_all(&shared, u64::MAX, format!("no runtime: {e}")),
                 }
             });
@@ -151,9 +175,14 @@ impl SttStream for Stream {
             .iter()
             .flat_map(|&s| f32_to_i16(s).to_le_bytes())
             .collect();
-        if self.tx.try_send(Command::Audio(at, bytes)).is_err()
-            && !self.dropped_logged.swap(true, Ordering::Relaxed)
-        {
+        // Counted before it is sent, so the connection never counts it
+        // down first.
+        let queued = self.queued.fetch_add(samples.len(), Ordering::Relaxed);
+        if queued < BACKLOG && self.tx.send(Command::Audio(at, bytes)).is_ok() {
+            return;
+        }
+        self.queued.fetch_sub(samples.len(), Ordering::Relaxed);
+        if !self.dropped_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!("deepgram: the connection is not taking audio; some is lost");
         }
     }
@@ -162,7 +191,7 @@ impl SttStream for Stream {
         let t0 = Instant::now();
         let n = self.asked.fetch_add(1, Ordering::Relaxed) + 1;
         self.tx
-            .blocking_send(Command::Finalize(n))
+            .send(Command::Finalize(n))
             .map_err(|_| Error::engine(ENGINE, "the stream has ended"))?;
         let (lock, ready) = &*self.shared;
         let deadline = t0 + self.timeout;
@@ -223,11 +252,7 @@ fn fail_all(shared: &(Mutex<State>, Condvar), through: u64, why: String) {
 
 /// Connects, streams, and reconnects when the audio goes on after a
 /// failure, until the call drops its stream.
-async fn connection_loop(
-    endpoint: Endpoint,
-    mut rx: mpsc::Receiver<Command>,
-    shared: Arc<(Mutex<State>, Condvar)>,
-) {
+async fn connection_loop(endpoint: Endpoint, mut rx: Inbox, shared: Arc<(Mutex<State>, Condvar)>) {
     let mut backoff = Duration::from_millis(250);
     // Finalisations asked for so far (answered or not).
     let mut asked = 0u64;
@@ -341,7 +366,7 @@ async fn run_connection(
     ws: Ws,
     base: u64,
     first: Vec<u8>,
-    rx: &mut mpsc::Receiver<Command>,
+    rx: &mut Inbox,
     shared: &Arc<(Mutex<State>, Condvar)>,
     asked: &mut u64,
 ) -> Option<String> {

@@ -82,12 +82,12 @@ pub struct ApiStack {
 impl ApiStack {
     /// Both fakes on `host` (ports chosen by the system when 0). `ears`
     /// recognises the caller on the listen socket; replies are `reply`,
-    /// spoken as [`deepgram::Voice::Tones`].
+    /// spoken by `voice`.
     pub async fn start(
         host: &str,
         ports: (u16, u16),
         latency: Latency,
-        ears: Arc<dyn Stt>,
+        (ears, voice): (Arc<dyn Stt>, deepgram::Voice),
         reply: &str,
     ) -> std::io::Result<Self> {
         let ms = |v: u64| Duration::from_millis(v + latency.network_ms);
@@ -110,7 +110,7 @@ impl ApiStack {
                 per_piece: Duration::from_millis(2),
                 ..deepgram::Behaviour::default()
             },
-            deepgram::Voice::Tones,
+            voice,
             Some(ears),
         )
         .await?;

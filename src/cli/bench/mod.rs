@@ -170,7 +170,9 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
         true => {
             eprintln!("bench: starting the fake API stack (its STT hears with the local Whisper)…");
             let ears = crate::stack::stt(&cli.paths()?, &mut Default::default())?;
-            Some(ApiStack::start("127.0.0.1", (0, 0), a.fake_latency, ears, REPLY).await?)
+            // Tones, not a second Piper competing with the server under test.
+            let parts = (ears, crate::fakes::deepgram::Voice::Tones);
+            Some(ApiStack::start("127.0.0.1", (0, 0), a.fake_latency, parts, REPLY).await?)
         }
         false => None,
     };
