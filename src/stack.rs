@@ -140,8 +140,22 @@ pub fn with_apis(mut models: Vec<ModelInfo>, cfg: &Config) -> Vec<ModelInfo> {
 }
 
 pub fn tts(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
+    piper(paths, times, PiperOptions::default())
+}
+
+/// The voice of simulated callers (demo, bench, soak, tests): the bot's
+/// voice without its random variation, so every run asks the same audio.
+pub fn caller_voice(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
+    let options = PiperOptions {
+        variation: false,
+        ..PiperOptions::default()
+    };
+    piper(paths, times, options)
+}
+
+fn piper(paths: &ModelPaths, times: &mut LoadTimes, options: PiperOptions) -> Result<Arc<dyn Tts>> {
     timed(times, "tts", || {
-        let p = Piper::load(&paths.ort, &paths.tts, PiperOptions::default())?;
+        let p = Piper::load(&paths.ort, &paths.tts, options)?;
         // The first run initialises ONNX Runtime's kernels for this graph.
         p.synthesize("Hi.", &mut |_| true)?;
         Ok(Arc::new(p) as Arc<dyn Tts>)

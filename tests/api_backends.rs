@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callbox::audio::Audio;
-use callbox::config::{LlmBackend, LlmConfig, TtsBackend, TtsConfig};
+use callbox::config::{LlmBackend, LlmConfig, SttBackend, TtsBackend, TtsConfig};
 use callbox::engines::deepgram::DeepgramTts;
 use callbox::engines::deepgram_listen::DeepgramStt;
 use callbox::engines::deepgram_speak_ws::DeepgramSpeakWs;
@@ -22,6 +22,7 @@ use callbox::fakes::deepgram::{self as dg, FakeDeepgram};
 use callbox::fakes::openai::{Behaviour, FakeOpenAi, Mode, API_KEY};
 use callbox::sim;
 use callbox::stack::{self, Engines, LoadTimes};
+use callbox::text::wer::wer;
 use common::server::*;
 
 /// Deepgram's fake with our own voice and ears, so what it says and hears
@@ -272,14 +273,14 @@ async fn a_call_is_answered_through_the_api() {
     let (body, _) = fake.requests().pop().unwrap();
     let last = body["messages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["role"], "user");
-    assert!(
-        last["content"]
-            .as_str()
-            .unwrap()
-            .to_lowercase()
-            .contains("sky"),
-        "{last}"
+    let said = last["content"].as_str().unwrap();
+    let finals = heard[0].finals.join(" ");
+    assert_eq!(
+        wer(&finals, said),
+        0.0,
+        "{said:?} vs the provider's {finals:?}"
     );
+    assert!(wer("Why is the sky blue?", said) <= 0.4, "{said:?}");
     // Each sentence went to Deepgram as it was written.
     let spoken: Vec<String> = voice
         .requests()
@@ -474,17 +475,18 @@ fn deepgram(fake: &FakeDeepgram, key: Option<&str>, timeout: Duration) -> Deepgr
     })
 }
 
-/// Speaks `text` on a thread of its own, as the reply does, keeping each
-/// piece of audio as it arrives.
-async fn synthesize(
-    tts: Arc<DeepgramTts>,
+/// `text` spoken through `tts` on a thread of its own, stopping after
+/// `keep` pieces when given (a caller talking over the bot).
+async fn speak_pieces(
+    tts: Arc<dyn Tts>,
     text: &'static str,
+    keep: Option<usize>,
 ) -> (callbox::Result<SynthesisStats>, Vec<Audio>) {
     tokio::task::spawn_blocking(move || {
         let mut pieces = Vec::new();
         let r = tts.synthesize(text, &mut |a| {
             pieces.push(a);
-            true
+            keep.is_none_or(|k| pieces.len() < k)
         });
         (r, pieces)
     })
@@ -495,9 +497,14 @@ async fn synthesize(
 #[tokio::test]
 async fn deepgram_audio_streams_in_pieces_at_the_phones_rate() {
     let fake = voice_fake().await;
-    let tts = Arc::new(deepgram(&fake, Some(dg::API_KEY), Duration::from_secs(10)));
+    let tts: Arc<dyn Tts> = Arc::new(deepgram(&fake, Some(dg::API_KEY), Duration::from_secs(10)));
     assert_eq!(tts.sample_rate(), 8000);
-    let (r, pieces) = synthesize(tts, "The sky is blue because air scatters blue light.").await;
+    let (r, pieces) = speak_pieces(
+        tts,
+        "The sky is blue because air scatters blue light.",
+        None,
+    )
+    .await;
     let stats = r.unwrap();
     assert!(pieces.len() > 10, "{} pieces", pieces.len());
     assert!(pieces.iter().all(|p| p.rate == 8000));
@@ -521,8 +528,8 @@ async fn deepgram_audio_streams_in_pieces_at_the_phones_rate() {
 #[tokio::test]
 async fn deepgram_errors_cuts_and_stalls_fail_the_sentence_never_hang() {
     let fake = voice_fake().await;
-    let wrong = Arc::new(deepgram(&fake, Some("dg_wrong"), Duration::from_secs(10)));
-    let e = synthesize(wrong, "Hello there.")
+    let wrong: Arc<dyn Tts> = Arc::new(deepgram(&fake, Some("dg_wrong"), Duration::from_secs(10)));
+    let e = speak_pieces(wrong, "Hello there.", None)
         .await
         .0
         .unwrap_err()
@@ -532,12 +539,12 @@ async fn deepgram_errors_cuts_and_stalls_fail_the_sentence_never_hang() {
         "{e}"
     );
 
-    let tts = Arc::new(deepgram(&fake, Some(dg::API_KEY), Duration::from_secs(2)));
+    let tts: Arc<dyn Tts> = Arc::new(deepgram(&fake, Some(dg::API_KEY), Duration::from_secs(2)));
     fake.set(dg::Behaviour {
         mode: dg::Mode::Status(429, "TOO_MANY_REQUESTS", "Too many requests."),
         ..dg::Behaviour::default()
     });
-    let e = synthesize(tts.clone(), "Hello there.")
+    let e = speak_pieces(tts.clone(), "Hello there.", None)
         .await
         .0
         .unwrap_err()
@@ -548,7 +555,7 @@ async fn deepgram_errors_cuts_and_stalls_fail_the_sentence_never_hang() {
         mode: dg::Mode::DropAfter(4000),
         ..dg::Behaviour::default()
     });
-    let (r, pieces) = synthesize(tts.clone(), "Hello there, how are you today?").await;
+    let (r, pieces) = speak_pieces(tts.clone(), "Hello there, how are you today?", None).await;
     let e = r.unwrap_err().to_string();
     assert!(e.contains("reading the audio"), "{e}");
     assert!(!pieces.is_empty(), "the audio before the cut was handed on");
@@ -557,7 +564,7 @@ async fn deepgram_errors_cuts_and_stalls_fail_the_sentence_never_hang() {
         mode: dg::Mode::StallAfter(4000),
         ..dg::Behaviour::default()
     });
-    let e = synthesize(tts.clone(), "Hello there, how are you today?")
+    let e = speak_pieces(tts.clone(), "Hello there, how are you today?", None)
         .await
         .0
         .unwrap_err()
@@ -572,25 +579,6 @@ fn speak_ws(fake: &FakeDeepgram, key: Option<&str>, timeout: Duration) -> Deepgr
         api_key: key.map(str::to_string),
         timeout,
     })
-}
-
-/// `text` spoken through `tts` on a thread of its own, stopping after
-/// `keep` pieces when given (a caller talking over the bot).
-async fn speak_pieces(
-    tts: Arc<dyn Tts>,
-    text: &'static str,
-    keep: Option<usize>,
-) -> (callbox::Result<SynthesisStats>, Vec<Audio>) {
-    tokio::task::spawn_blocking(move || {
-        let mut pieces = Vec::new();
-        let r = tts.synthesize(text, &mut |a| {
-            pieces.push(a);
-            keep.is_none_or(|k| pieces.len() < k)
-        });
-        (r, pieces)
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,6 +701,43 @@ fn the_configuration_chooses_deepgram_for_speech() {
     let models = stack::with_apis(stack::describe(&common::store().manifest, "default"), &c);
     let tts_model = models.iter().find(|m| m.engine == "tts").unwrap();
     assert_eq!(tts_model.file, "aura-2-thalia-en");
+    // The websocket is chosen by its scheme; other schemes are refused.
+    let ws =
+        "[tts]\nbackend = \"deepgram\"\n[tts.deepgram]\nbase_url = \"wss://api.deepgram.com\"\n";
+    assert!(callbox::config::Config::from_toml_str(ws).is_ok());
+    let bad = "[tts.deepgram]\nbase_url = \"ftp://api.deepgram.com\"\n";
+    assert!(callbox::config::Config::from_toml_str(bad).is_err());
+}
+
+#[test]
+fn the_configuration_chooses_deepgram_for_listening() {
+    let c = callbox::config::Config::from_toml_str("[stt]\nbackend = \"deepgram\"\n").unwrap();
+    assert_eq!(c.stt.backend, SttBackend::Deepgram);
+    assert_eq!(c.stt.deepgram.base_url, "wss://api.deepgram.com");
+    assert_eq!(c.stt.deepgram.model, "nova-3");
+    let http = "[stt.deepgram]\nbase_url = \"https://api.deepgram.com\"\n";
+    assert!(
+        callbox::config::Config::from_toml_str(http).is_err(),
+        "listen is a websocket"
+    );
+    let mut cfg = c.stt.clone();
+    cfg.deepgram.api_key_env = "CALLBOX_TEST_MISSING_DEEPGRAM_KEY".into();
+    let e = stack::stt_for(&cfg, &common::paths(), &mut LoadTimes::default())
+        .err()
+        .expect("a missing key must be refused")
+        .to_string();
+    assert!(e.contains("CALLBOX_TEST_MISSING_DEEPGRAM_KEY"), "{e}");
+    cfg.deepgram.api_key_env = String::new();
+    let stt = stack::stt_for(&cfg, &common::paths(), &mut LoadTimes::default()).unwrap();
+    assert!(
+        stt.listen().unwrap().is_some(),
+        "Deepgram listens as the caller speaks"
+    );
+    let models = stack::with_apis(stack::describe(&common::store().manifest, "default"), &c);
+    assert_eq!(
+        models.iter().find(|m| m.engine == "stt").unwrap().file,
+        "nova-3"
+    );
 }
 
 /// A whole utterance through Deepgram's streaming API, asked for from an

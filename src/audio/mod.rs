@@ -55,6 +55,16 @@ pub fn f32_to_i16(s: f32) -> i16 {
     (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }
 
+/// Where the audio louder than `dbfs` (RMS over frames of `frame_ms`)
+/// begins and ends, in samples; `None` when none of it is.
+pub fn loud_extent(samples: &[f32], rate: u32, dbfs: f32, frame_ms: u32) -> Option<(usize, usize)> {
+    let frame = (rate as usize * frame_ms as usize / 1000).max(1);
+    let loud: Vec<bool> = samples.chunks(frame).map(|c| rms_dbfs(c) > dbfs).collect();
+    let first = loud.iter().position(|&l| l)?;
+    let last = loud.iter().rposition(|&l| l)?;
+    Some((first * frame, ((last + 1) * frame).min(samples.len())))
+}
+
 pub fn rms_dbfs(samples: &[f32]) -> f32 {
     if samples.is_empty() {
         return f32::NEG_INFINITY;

@@ -135,7 +135,7 @@ fn print_report(report: &SimReport, stt: &dyn Stt) -> anyhow::Result<Vec<f64>> {
 pub async fn sim(cli: &Cli, a: &SimArgs) -> anyhow::Result<()> {
     let paths = cli.paths()?;
     let mut t = LoadTimes::default();
-    let tts = stack::tts(&paths, &mut t)?;
+    let tts = stack::caller_voice(&paths, &mut t)?;
     let stt = stack::stt(&paths, &mut t)?;
     let mut turns = Vec::new();
     for s in &a.say {

@@ -4,6 +4,7 @@
 //! stops it.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -116,6 +117,35 @@ impl Server {
 
     pub fn sample(&self, t0: Instant) -> Option<Sample> {
         sample(self.pid, t0)
+    }
+
+    /// Samples the server every `period` until [`Sampler::stop`].
+    pub fn sampler(&self, t0: Instant, period: Duration) -> Sampler {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (kept, pid) = (samples.clone(), self.pid);
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(s) = sample(pid, t0) {
+                    kept.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+                }
+                tokio::time::sleep(period).await;
+            }
+        });
+        Sampler { samples, task }
+    }
+}
+
+/// The server's readings, taken on a task of their own.
+pub struct Sampler {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    /// Stops sampling: every reading so far, oldest first.
+    pub fn stop(self) -> Vec<Sample> {
+        self.task.abort();
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

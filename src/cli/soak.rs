@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -135,7 +135,7 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
 
     // The callers' voices, made once.
     let paths = cli.paths()?;
-    let tts = crate::stack::tts(&paths, &mut Default::default())?;
+    let tts = crate::stack::caller_voice(&paths, &mut Default::default())?;
     let phrases: Vec<SimTurn> = SCRIPT
         .iter()
         .map(|s| Ok(SimTurn::new(synth(tts.as_ref(), s)?, Some(s.to_string()))))
@@ -167,18 +167,7 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
     );
 
     let t0 = Instant::now();
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let sampler = {
-        let samples = samples.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(s) = sample(pid, t0) {
-                    samples.lock().unwrap().push(s);
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        })
-    };
+    let sampler = server.sampler(t0, Duration::from_secs(5));
 
     let progress = tokio::spawn(async move {
         loop {
@@ -215,8 +204,8 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
         idle.push(s);
     }
     progress.abort();
-    samples.lock().unwrap().extend(idle.iter().copied());
-    sampler.abort();
+    let mut samples = sampler.stop();
+    samples.extend(idle.iter().copied());
     let wall_secs = t0.elapsed().as_secs_f64();
 
     // A deployment's stop: SIGTERM, then the server drains and exits.
@@ -224,7 +213,6 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
 
     let server_calls = read_traces(&traces);
     let log = std::fs::read_to_string(out.join("server.log")).unwrap_or_default();
-    let samples = samples.lock().unwrap().clone();
     let report = summarise(
         a,
         calls,

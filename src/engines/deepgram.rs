@@ -134,6 +134,50 @@ impl Pcm16 {
     }
 }
 
+/// An upgrade request for one of Deepgram's websockets at `url`, with the
+/// key as Deepgram takes it.
+pub(super) fn ws_request(
+    url: &str,
+    key: Option<&str>,
+) -> std::result::Result<tungstenite::handshake::client::Request, String> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("{url}: {e}"))?;
+    if let Some(key) = key {
+        let value = format!("Token {key}")
+            .parse()
+            .map_err(|_| "the API key is not a valid header value".to_string())?;
+        request.headers_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// Why Deepgram refused a websocket upgrade: its status, and its reason
+/// from the `dg-error` header, else from the error body.
+pub(super) fn refusal(r: &tungstenite::handshake::client::Response) -> String {
+    let why = r
+        .headers()
+        .get("dg-error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| Some(api_error(&String::from_utf8_lossy(r.body().as_ref()?))))
+        .unwrap_or_default();
+    format!("HTTP {}: {why}", r.status())
+}
+
+/// Why Deepgram closed a websocket, from its close frame.
+pub(super) fn close_reason(frame: Option<tungstenite::protocol::CloseFrame>) -> String {
+    match frame {
+        Some(f) => format!(
+            "Deepgram closed the connection ({}): {}",
+            u16::from(f.code),
+            f.reason
+        ),
+        None => "Deepgram closed the connection without a reason".to_string(),
+    }
+}
+
 /// Deepgram's error body is `{"err_code", "err_msg", "request_id"}`.
 pub(super) fn api_error(body: &str) -> String {
     match serde_json::from_str::<Value>(body) {

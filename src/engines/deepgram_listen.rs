@@ -6,8 +6,8 @@
 //! arrives, and when our VAD says the turn may have ended we send
 //! `Finalize`, which makes the service flush what it holds and answer with
 //! final results. What was said in the turn is then the final segments that
-//! overlap it. Interim results (`is_final: false`) are counted and ignored:
-//! a final always replaces them.
+//! overlap it. Interim results (`is_final: false`) are ignored: a final
+//! always replaces them.
 //!
 //! Each call's stream owns one thread with its own small runtime for the
 //! connection, so the call's event loop only ever queues audio. A dropped
@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::deepgram::close_reason;
 use super::http::Endpoint;
 use super::{Stt, SttStream, SttTimings, Transcript, MODEL_RATE};
 use crate::audio::{f32_to_i16, Audio};
@@ -100,11 +100,11 @@ struct State {
     failed: Option<(u64, String)>,
     /// Where the final segments reach, in stream samples.
     finalised_to: u64,
-    interims: u64,
 }
 
-/// The connection's side of the queue: samples waiting are counted, so the call can drop audio past [`BACKLOG`] while a
-/// finalisation is always accepted at once, even from an async context.
+/// The connection's side of the queue: samples waiting are counted, so the
+/// call can drop audio past [`BACKLOG`] while a finalisation is always
+/// accepted at once, even from an async context.
 struct Inbox {
     rx: mpsc::UnboundedReceiver<Command>,
     queued: Arc<AtomicUsize>,
@@ -245,7 +245,6 @@ fn fail_all(shared: &(Mutex<State>, Condvar), through: u64, why: String) {
         .failed
         .as_ref()
         .map_or(through, |(t, _)| (*t).max(through));
-    s.answered = s.answered.max(through.min(u64::MAX - 1));
     s.failed = Some((through, why));
     shared.1.notify_all();
 }
@@ -326,35 +325,11 @@ async fn connect(endpoint: &Endpoint) -> std::result::Result<Ws, String> {
         endpoint.url("/v1/listen"),
         endpoint.model
     );
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("{url}: {e}"))?;
-    if let Some(key) = &endpoint.api_key {
-        let value = format!("Token {key}")
-            .parse()
-            .map_err(|_| "the API key is not a valid header value".to_string())?;
-        request.headers_mut().insert("authorization", value);
-    }
+    let request = super::deepgram::ws_request(&url, endpoint.api_key.as_deref())?;
     match tokio_tungstenite::connect_async(request).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            // Deepgram says why in a header and in the body.
-            let status = response.status();
-            let header = response
-                .headers()
-                .get("dg-error")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body = response
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                .filter(|b| !b.is_empty());
-            let why = header
-                .or(body.map(|b| super::deepgram::api_error(&b)))
-                .unwrap_or_default();
-            Err(format!("{url}: HTTP {status}: {why}"))
+            Err(format!("{url}: {}", super::deepgram::refusal(&response)))
         }
         Err(e) => Err(format!("cannot connect to {url}: {e}")),
     }
@@ -424,19 +399,6 @@ async fn run_connection(
     }
 }
 
-fn close_reason(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
-    frame.map_or_else(
-        || "Deepgram closed the stream without a reason".to_string(),
-        |f| {
-            format!(
-                "Deepgram closed the stream ({}): {}",
-                u16::from(f.code),
-                f.reason
-            )
-        },
-    )
-}
-
 /// A send failed: the service may have closed the stream with its reason
 /// just before, which says more than the socket's error.
 async fn closed_why(source: &mut futures::stream::SplitStream<Ws>, send_error: String) -> String {
@@ -470,11 +432,11 @@ fn on_message(
     let pos = |secs: f64| base + (secs.max(0.0) * MODEL_RATE as f64).round() as u64;
     let start = v["start"].as_f64().unwrap_or(0.0);
     let duration = v["duration"].as_f64().unwrap_or(0.0);
-    let mut s = shared.0.lock().unwrap_or_else(|p| p.into_inner());
+    // Interim results are superseded by the final ones.
     if v["is_final"].as_bool() != Some(true) {
-        s.interims += 1;
         return;
     }
+    let mut s = shared.0.lock().unwrap_or_else(|p| p.into_inner());
     let segment = Segment {
         start: pos(start),
         end: pos(start + duration),

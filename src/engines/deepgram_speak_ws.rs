@@ -16,11 +16,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
 
-use super::deepgram::{sentence_stats, Pcm16};
+use super::deepgram::{close_reason, refusal, sentence_stats, ws_request, Pcm16};
 use super::http::Endpoint;
 use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
@@ -57,16 +56,7 @@ impl DeepgramSpeakWs {
             e.model
         );
         let err = |m: String| Error::engine(ENGINE, format!("{url}: {m}"));
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|x| err(x.to_string()))?;
-        if let Some(key) = &e.api_key {
-            let value = format!("Token {key}")
-                .parse()
-                .map_err(|_| err("the API key is not a valid header value".into()))?;
-            request.headers_mut().insert("authorization", value);
-        }
+        let request = ws_request(&url, e.api_key.as_deref()).map_err(err)?;
         let uri = request.uri();
         let host = uri.host().unwrap_or_default().to_string();
         let secure = uri.scheme_str() == Some("wss");
@@ -86,17 +76,7 @@ impl DeepgramSpeakWs {
         match tungstenite::client_tls(request, tcp) {
             Ok((socket, _)) => Ok(socket),
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-                let why = r
-                    .headers()
-                    .get("dg-error")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-                    .or_else(|| {
-                        let body = r.body().as_ref()?;
-                        Some(super::deepgram::api_error(&String::from_utf8_lossy(body)))
-                    })
-                    .unwrap_or_default();
-                Err(err(format!("HTTP {}: {why}", r.status())))
+                Err(err(refusal(&r)))
             }
             Err(x) => Err(err(format!("handshake failed: {x}"))),
         }
@@ -165,13 +145,7 @@ impl DeepgramSpeakWs {
                         _ => {}
                     }
                 }
-                Message::Close(frame) => {
-                    let why = frame.map_or_else(
-                        || "without a reason".to_string(),
-                        |f| format!("({}): {}", u16::from(f.code), f.reason),
-                    );
-                    return Err(err(format!("Deepgram closed the connection {why}")));
-                }
+                Message::Close(frame) => return Err(err(close_reason(frame))),
                 _ => {}
             }
         }

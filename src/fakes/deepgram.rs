@@ -704,20 +704,13 @@ impl Listener {
     /// silence alone is no words) through our STT.
     async fn recognise(&self, from: usize, to: usize) -> String {
         let audio = Audio::from_i16(&self.audio[from..to], self.rate);
-        let frame = (self.rate / 50) as usize;
-        let loud: Vec<bool> = audio
-            .samples
-            .chunks(frame)
-            .map(|c| crate::audio::rms_dbfs(c) > -45.0)
-            .collect();
-        let (Some(first), Some(last)) =
-            (loud.iter().position(|&l| l), loud.iter().rposition(|&l| l))
+        let Some((first, last)) = crate::audio::loud_extent(&audio.samples, self.rate, -45.0, 20)
         else {
             return String::new();
         };
         let pad = (self.rate as usize) / 4;
-        let a = (first * frame).saturating_sub(pad);
-        let b = ((last + 1) * frame + pad).min(audio.samples.len());
+        let a = first.saturating_sub(pad);
+        let b = (last + pad).min(audio.samples.len());
         let speech = Audio::new(audio.samples[a..b].to_vec(), self.rate);
         let ears = self.ears.clone();
         match tokio::task::spawn_blocking(move || ears.transcribe(&speech)).await {

@@ -614,8 +614,7 @@ impl Session {
     /// The turn's audio for Smart Turn and STT: from a little before its
     /// first onset to `to`.
     fn turn_audio(&self, turn_start: u64, to: u64, pre_secs: f64) -> Vec<f32> {
-        let from = turn_start.saturating_sub((pre_secs * MODEL_RATE as f64) as u64);
-        self.audio_between(from, to)
+        self.audio_between(turn_from(turn_start, pre_secs), to)
     }
 
     /// A turn that may have ended at `end`: transcribe what was said up to
@@ -624,27 +623,26 @@ impl Session {
         let Some(turn_start) = self.turn_start else {
             return;
         };
-        let from = turn_start.saturating_sub((STT_PRE_SPEECH_SECS * MODEL_RATE as f64) as u64);
+        let from = turn_from(turn_start, STT_PRE_SPEECH_SECS);
         let id = self.next_turn_id;
         self.next_turn_id += 1;
         self.discard_pending();
         self.pending = Some(Pending::new(id, end, self.now_pos_time(end)));
+        let recognise: Box<dyn FnOnce() -> crate::Result<Transcript> + Send> =
+            match self.listener.clone() {
+                // The recogniser has heard it all already: only the last
+                // words are left to finalise.
+                Some(listener) => Box::new(move || listener.transcript(from, to)),
+                None => {
+                    let (stt, audio) = (self.engines.stt.clone(), self.audio_between(from, to));
+                    Box::new(move || stt.transcribe(&Audio::new(audio, MODEL_RATE)))
+                }
+            };
         let tx = self.internal_tx.clone();
-        match self.listener.clone() {
-            // The recogniser has heard it all already: only the last words
-            // are left to finalise.
-            Some(listener) => tokio::task::spawn_blocking(move || {
-                let t = contained("stt", || listener.transcript(from, to));
-                let _ = tx.blocking_send(Internal::Transcript(id, t));
-            }),
-            None => {
-                let (stt, audio) = (self.engines.stt.clone(), self.audio_between(from, to));
-                tokio::task::spawn_blocking(move || {
-                    let t = contained("stt", || stt.transcribe(&Audio::new(audio, MODEL_RATE)));
-                    let _ = tx.blocking_send(Internal::Transcript(id, t));
-                })
-            }
-        };
+        tokio::task::spawn_blocking(move || {
+            let t = contained("stt", recognise);
+            let _ = tx.blocking_send(Internal::Transcript(id, t));
+        });
     }
 
     /// The caller went on (or the turn failed): the candidate turn and any
@@ -1287,6 +1285,12 @@ fn joined(pieces: &[Piece]) -> String {
 }
 
 /// A 16 kHz stream position in ms.
+/// Where a turn's audio for a model starts: `pre_secs` before its first
+/// onset.
+fn turn_from(turn_start: u64, pre_secs: f64) -> u64 {
+    turn_start.saturating_sub((pre_secs * MODEL_RATE as f64) as u64)
+}
+
 fn pos_ms(pos: u64) -> f64 {
     pos as f64 * 1e3 / MODEL_RATE as f64
 }

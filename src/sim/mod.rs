@@ -122,10 +122,9 @@ pub struct SimTurnReport {
     /// samples): the rest of the previous reply when talking over it,
     /// otherwise a bot that did not wait for the caller to finish.
     pub audio_while_speaking: usize,
-    /// When the caller's speech ended and the bot's first audio arrived,
-    /// in ms from the stream's start (the server's clock for the call
-    /// starts with it, give or take the network).
-    pub speech_end_at_ms: Option<f64>,
+    /// When the bot's first audio for this turn arrived, in ms from the
+    /// stream's start (the server's clock for the call starts with it, give
+    /// or take the network): matches the reply to the server's record.
     pub first_audio_at_ms: Option<f64>,
 }
 
@@ -375,7 +374,6 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         }
                         if off + FRAME >= a.len() {
                             speech_end = Some(now + Duration::from_millis(20));
-                            report.turns[i].speech_end_at_ms = Some(ms(now.duration_since(t0)) + 20.0);
                             reply_started = None;
                             Phase::Waiting(i, now)
                         } else {

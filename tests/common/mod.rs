@@ -70,9 +70,14 @@ shared!(tts, Arc<dyn Tts>, |p: &ModelPaths, t: &mut LoadTimes| {
     stack::tts(p, t)
 });
 
-/// Our own TTS speaking `text`, at 16 kHz.
+shared!(caller, Arc<dyn Tts>, |p: &ModelPaths, t: &mut LoadTimes| {
+    stack::caller_voice(p, t)
+});
+
+/// A simulated caller saying `text` (our voice without its random variation:
+/// the same audio on every run), at 16 kHz.
 pub fn speech(text: &str) -> Audio {
-    callbox::engines::speak(tts().as_ref(), text)
+    callbox::engines::speak(caller().as_ref(), text)
         .unwrap()
         .resampled(MODEL_RATE)
 }
@@ -100,15 +105,7 @@ pub fn white_noise(secs: f32, dbfs: f32, rate: u32, seed: u64) -> Audio {
 /// Start and end (in samples) of the region louder than -50 dBFS (soft
 /// final fricatives included), by 10 ms frames.
 pub fn speech_extent(a: &Audio) -> (usize, usize) {
-    let frame = a.rate as usize / 100;
-    let loud: Vec<bool> = a
-        .samples
-        .chunks(frame)
-        .map(|c| callbox::audio::rms_dbfs(c) > -50.0)
-        .collect();
-    let first = loud.iter().position(|&l| l).expect("some speech");
-    let last = loud.iter().rposition(|&l| l).unwrap();
-    (first * frame, (last + 1) * frame)
+    callbox::audio::loud_extent(&a.samples, a.rate, -50.0, 10).expect("some speech")
 }
 
 /// The five LibriVox clips and their reference transcripts.

@@ -145,7 +145,10 @@ fn load_script(cli: &Cli, a: &BenchArgs) -> anyhow::Result<Vec<SimTurn>> {
             ));
         } else {
             if tts.is_none() {
-                tts = Some(crate::stack::tts(&cli.paths()?, &mut Default::default())?);
+                tts = Some(crate::stack::caller_voice(
+                    &cli.paths()?,
+                    &mut Default::default(),
+                )?);
             }
             let voice = tts.as_ref().expect("loaded");
             turns.push(SimTurn::new(synth(voice.as_ref(), &line)?, Some(line)));
@@ -288,23 +291,11 @@ async fn own_server(
     let server = Server::start(cli, config, &env, &dir.join("server.log")).await?;
     let t0 = Instant::now();
     let idle = server.sample(t0);
-    let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));
-    let sampler = {
-        let (samples, pid) = (samples.clone(), server.pid);
-        tokio::spawn(async move {
-            loop {
-                if let Some(s) = super::child::sample(pid, t0) {
-                    samples.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
-    };
+    let sampler = server.sampler(t0, Duration::from_secs(1));
     let runs = callers(a, &server.ws_url(), Some(&server.token), turns, label).await;
     let wall_secs = t0.elapsed().as_secs_f64();
-    sampler.abort();
+    let samples = sampler.stop();
     let exit_status = server.stop().await?;
-    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let cost = cost(idle, &samples, exit_status);
     let traces = read_traces(&traces);
     Ok(build(

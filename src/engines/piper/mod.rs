@@ -68,6 +68,11 @@ pub struct PiperOptions {
     /// Folder that contains `espeak-ng-data` (default: the system's).
     pub espeak_data: Option<PathBuf>,
     pub threads: usize,
+    /// The voice's random variation (its noise scales). Off, the same text
+    /// always gives the same audio: simulated callers use that, so a test or
+    /// a benchmark hears the same question on every run and a transcript
+    /// that differs is the pipeline's doing, not the voice's dice.
+    pub variation: bool,
 }
 
 impl Default for PiperOptions {
@@ -79,6 +84,7 @@ impl Default for PiperOptions {
             // Every core: the caller waits for the first clause, and the
             // reply pauses the LLM while Piper synthesises it.
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            variation: true,
         }
     }
 }
@@ -144,7 +150,10 @@ impl Piper {
 
     fn run(&self, ids: Vec<i64>) -> Result<Vec<f32>> {
         let err = |e: ort::Error| Error::engine("piper", e);
-        let inf = self.config.inference;
+        let mut inf = self.config.inference;
+        if !self.options.variation {
+            (inf.noise_scale, inf.noise_w) = (0.0, 0.0);
+        }
         let n = ids.len();
         let input = Tensor::from_array(([1usize, n], ids)).map_err(err)?;
         let lengths = Tensor::from_array(([1usize], vec![n as i64])).map_err(err)?;
