@@ -4,5 +4,6 @@
 # unoptimised, and release shares the build with the demo.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/install-browser.sh"
 echo "==> tests"
 cargo test --release --locked "$@"

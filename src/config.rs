@@ -161,6 +161,20 @@ pub struct ServerConfig {
     /// On SIGTERM or SIGINT, how long calls in progress may go on while no
     /// new call is taken; those still running then are ended.
     pub drain_secs: u64,
+    /// Who may open the browser demo (`GET /demo`) and talk to the bot
+    /// through it: `local` (browsers on this machine), `anyone`, or `off`.
+    /// Every demo call runs the models, so a public server keeps it off or
+    /// local.
+    pub demo: DemoAccess,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoAccess {
+    #[default]
+    Local,
+    Anyone,
+    Off,
 }
 
 /// A credential: serialised as itself, printed as `***`.
@@ -368,6 +382,7 @@ impl Default for ServerConfig {
             api_token: None,
             max_message_bytes: 64 * 1024,
             drain_secs: 30,
+            demo: DemoAccess::Local,
         }
     }
 }

@@ -22,6 +22,7 @@
 //! first silent window), so Total can be smaller than the sum of the stages;
 //! End-of-speech never is.
 
+pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod otel;

@@ -1,4 +1,4 @@
-//! `WS /ws`: Twilio Media Streams ⇄ a [`Session`].
+//! `WS /ws`: Twilio Media Streams ⇄ a call's session.
 //!
 //! The reader and the writer are separate tasks so a slow send never delays
 //! the caller's audio (and so barge-in is never stuck behind our own output).
@@ -13,7 +13,7 @@
 //! hanging.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{OriginalUri, State};
@@ -24,9 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::observe::Publisher;
 use crate::session::output::Wire;
-use crate::session::{CallInfo, CallInput, Direction, Session};
+use crate::session::{CallInfo, CallInput, Direction};
 use crate::twilio::protocol::{self, Inbound};
 
 /// Malformed messages logged one by one per call; the rest are only counted.
@@ -98,15 +97,6 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             return;
         }
     }
-    let Ok(permit) = app.calls.clone().try_acquire_owned() else {
-        tracing::warn!(stream = %stream_sid, "call refused: all lines busy");
-        app.metrics
-            .calls
-            .with_label_values(&["unknown", "rejected"])
-            .inc();
-        let _ = sink.send(Message::Close(None)).await;
-        return;
-    };
     let direction = match start.custom_parameters.get("direction").map(String::as_str) {
         Some("outbound") => Direction::Outbound,
         _ => Direction::Inbound,
@@ -126,8 +116,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         params,
     };
 
-    let (in_tx, in_rx) = mpsc::channel::<CallInput>(256);
-    let (wire_tx, wire_rx) = mpsc::channel::<Wire>(64);
+    let Some((line, wire_rx)) = super::line::Line::open(&app, info) else {
+        let _ = sink.send(Message::Close(None)).await;
+        return;
+    };
+    let in_tx = &line.inputs;
     let stalled = CancellationToken::new();
     let writer = tokio::spawn(write_wire(
         sink,
@@ -135,17 +128,6 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         stream_sid.clone(),
         WRITE_STALL,
         stalled.clone(),
-    ));
-    let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
-    let direction = info.direction.as_str();
-    app.metrics.active_calls.inc();
-    let session = tokio::spawn(Session::run(
-        app.cfg.clone(),
-        app.engines.clone(),
-        info,
-        in_rx,
-        wire_tx,
-        events,
     ));
     // The recording starts while the bot greets, not before.
     let recording = twilio_call.clone().map(|sid| {
@@ -194,32 +176,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             break;
         }
     }
-    drop(in_tx);
-    match session.await {
-        Ok(summary) => {
-            if malformed.0 > 0 {
-                tracing::warn!(stream = %stream_sid, malformed = malformed.0, "malformed messages during the call");
-            }
-            app.metrics
-                .calls
-                .with_label_values(&[direction, summary.outcome()])
-                .inc();
-            app.record(summary);
-        }
-        Err(e) => {
-            tracing::error!(stream = %stream_sid, "call task failed: {e}");
-            app.metrics
-                .calls
-                .with_label_values(&[direction, "failed"])
-                .inc();
-        }
+    let summary = line.close().await;
+    if summary.is_some() && malformed.0 > 0 {
+        tracing::warn!(stream = %stream_sid, malformed = malformed.0, "malformed messages during the call");
     }
-    app.metrics.active_calls.dec();
     writer.abort();
-    drop(permit);
-    if app.active_calls() == 0 {
-        tokio::task::spawn_blocking(super::release_idle_memory);
-    }
     if let Some(sid) = twilio_call {
         // A recording request still in flight would start on a call we are
         // about to end.

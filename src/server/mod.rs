@@ -1,8 +1,11 @@
 //! The HTTP side: Twilio's webhooks, the media websocket (`/ws`), the
 //! owner's dial-out, health, Prometheus metrics, and recent calls.
 
+pub mod browser_ws;
 pub mod call_control;
+pub mod demo;
 pub mod dialout;
+pub mod line;
 pub mod media_ws;
 pub mod webhooks;
 
@@ -21,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::observe::live::LiveFeed;
 use crate::observe::log::LogObserver;
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::TraceObserver;
@@ -51,6 +55,8 @@ pub struct AppState {
     draining: AtomicBool,
     /// Cancelled when the calls still in progress must end.
     end_calls: CancellationToken,
+    /// Calls watched live (the browser demo).
+    pub live: LiveFeed,
 }
 
 impl AppState {
@@ -107,6 +113,8 @@ impl AppState {
         for (name, o) in extra {
             bus.subscribe(&name, queue, o);
         }
+        let live = LiveFeed::default();
+        bus.subscribe("live", queue, live.observer());
         Arc::new(Self {
             twilio,
             calls: Arc::new(Semaphore::new(cfg.server.max_calls)),
@@ -118,6 +126,7 @@ impl AppState {
             tokens: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             end_calls: CancellationToken::new(),
+            live,
         })
     }
 
@@ -296,6 +305,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(media_ws::upgrade))
         .route("/calls", get(calls))
         .route("/metrics", get(metrics))
+        .merge(demo::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -346,7 +356,9 @@ pub async fn serve_until(
         let _ = b.send(addr);
     }
     let app = state.clone();
-    axum::serve(listener, router(state))
+    // The peer's address tells the demo page whether a browser is local.
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             stop.await;
             app.drain().await;

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what the browser test drives: Debian's Chromium and its
+# chromedriver. Idempotent; called by test.sh and by the test itself when
+# chromedriver is missing.
+set -euo pipefail
+if command -v chromedriver >/dev/null && { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
+  exit 0
+fi
+echo "==> installing chromium and chromium-driver (for the browser demo's test)"
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver

@@ -1,0 +1,186 @@
+//! `GET /demo`: a page that calls the bot from the browser and draws where
+//! each turn's time went. Everything it needs is compiled into the binary
+//! and served from here, so it works with no network at all; its
+//! Content-Security-Policy forbids fetching from anywhere else.
+//!
+//! The page talks to `WS /demo/ws` ([`super::browser_ws`]); at the end of a
+//! call it offers the recording and the trace, served from the folders the
+//! configuration writes them to.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Path, State};
+use axum::http::{header, Extensions, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::{browser_ws, AppState};
+use crate::config::DemoAccess;
+
+/// The page's files, embedded: name, content type, text.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("demo/index.html"),
+    ),
+    (
+        "demo.css",
+        "text/css; charset=utf-8",
+        include_str!("demo/demo.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("demo/app.js"),
+    ),
+    (
+        "microphone.js",
+        "text/javascript; charset=utf-8",
+        include_str!("demo/microphone.js"),
+    ),
+];
+
+/// Only this server: scripts, styles, media and sockets. A browser refuses
+/// anything else even if a file named it.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; media-src 'self' blob:; img-src 'self' data:; \
+                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// How long a download waits for the trace observer, which writes the
+/// trace on its own thread just after the call ends.
+const TRACE_WAIT: Duration = Duration::from_secs(5);
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/demo", get(page))
+        .route("/demo/ws", get(browser_ws::upgrade))
+        .route("/demo/{asset}", get(asset))
+        .route("/demo/calls/{sid}/{file}", get(download))
+}
+
+/// The embedded files of the page, for tests that check what it links to.
+pub fn assets() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ASSETS.iter().map(|(name, _, text)| (*name, *text))
+}
+
+/// Whether the request may use the demo, per `server.demo`.
+pub fn allowed(app: &AppState, ext: &Extensions) -> bool {
+    match app.cfg.server.demo {
+        DemoAccess::Off => false,
+        DemoAccess::Anyone => true,
+        DemoAccess::Local => ext
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback()),
+    }
+}
+
+fn refused(app: &AppState) -> Response {
+    let why = match app.cfg.server.demo {
+        DemoAccess::Off => "the browser demo is off (server.demo = \"off\")",
+        _ => "the browser demo answers browsers on this machine only (server.demo = \"local\"); set server.demo = \"anyone\" to open it to others",
+    };
+    (StatusCode::FORBIDDEN, why).into_response()
+}
+
+async fn page(State(app): State<Arc<AppState>>, ext: Extensions) -> Response {
+    serve_asset(&app, &ext, "index.html")
+}
+
+async fn asset(
+    State(app): State<Arc<AppState>>,
+    ext: Extensions,
+    Path(name): Path<String>,
+) -> Response {
+    serve_asset(&app, &ext, &name)
+}
+
+fn serve_asset(app: &AppState, ext: &Extensions, name: &str) -> Response {
+    if !allowed(app, ext) {
+        return refused(app);
+    }
+    let Some((_, kind, text)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, *kind),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        *text,
+    )
+        .into_response()
+}
+
+/// A demo call's recording (`recording.wav`) or trace (`trace.json`). Only
+/// calls made from the page: a phone call's recording is nobody's download.
+async fn download(
+    State(app): State<Arc<AppState>>,
+    ext: Extensions,
+    Path((sid, file)): Path<(String, String)>,
+) -> Response {
+    if !allowed(&app, &ext) {
+        return refused(&app);
+    }
+    let summary = {
+        let f = app.finished.lock().unwrap_or_else(|p| p.into_inner());
+        f.iter()
+            .find(|s| s.info.call_sid == sid && browser_ws::is_browser_call(&s.info))
+            .cloned()
+    };
+    let Some(summary) = summary else {
+        return (StatusCode::NOT_FOUND, "no finished browser call by that id").into_response();
+    };
+    let (path, kind): (Option<PathBuf>, _) = match file.as_str() {
+        "recording.wav" => (summary.recording.clone(), "audio/wav"),
+        "trace.json" => (
+            app.cfg
+                .observe
+                .traces_dir
+                .as_ref()
+                .map(|d| d.join(format!("{}.json", crate::session::sanitize(&sid)))),
+            "application/json",
+        ),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let Some(path) = path else {
+        return (
+            StatusCode::NOT_FOUND,
+            "not kept: call.recordings_dir or observe.traces_dir is not set",
+        )
+            .into_response();
+    };
+    let waited = Instant::now();
+    loop {
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => {
+                let disposition = format!("attachment; filename=\"{sid}-{file}\"");
+                return (
+                    [
+                        (header::CONTENT_TYPE, kind.to_string()),
+                        (header::CONTENT_DISPOSITION, disposition),
+                    ],
+                    bytes,
+                )
+                    .into_response();
+            }
+            Err(_) if waited.elapsed() < TRACE_WAIT => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "demo download failed: {e}");
+                return (
+                    StatusCode::NOT_FOUND,
+                    format!("{file} is not available: {e}"),
+                )
+                    .into_response();
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A call in progress, whatever carries its audio: the line it holds, its
+//! session, and its bookkeeping when it ends. Transports (Twilio's media
+//! websocket, the browser demo's) only move messages in and out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+
+use super::AppState;
+use crate::observe::Publisher;
+use crate::session::output::Wire;
+use crate::session::{CallInfo, CallInput, CallSummary, Session};
+
+pub struct Line {
+    /// What the transport delivers to the call.
+    pub inputs: mpsc::Sender<CallInput>,
+    session: JoinHandle<CallSummary>,
+    direction: &'static str,
+    app: Arc<AppState>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Line {
+    /// Takes a line for `info` and starts its session; with it, what the
+    /// transport must send (closed when the session ends). `None` (counted
+    /// and logged) when every line is taken.
+    pub fn open(app: &Arc<AppState>, info: CallInfo) -> Option<(Line, mpsc::Receiver<Wire>)> {
+        let Ok(permit) = app.calls.clone().try_acquire_owned() else {
+            tracing::warn!(call = %info.call_sid, "call refused: all lines busy");
+            app.metrics
+                .calls
+                .with_label_values(&[info.direction.as_str(), "rejected"])
+                .inc();
+            return None;
+        };
+        let (in_tx, in_rx) = mpsc::channel::<CallInput>(256);
+        let (wire_tx, wire_rx) = mpsc::channel::<Wire>(64);
+        let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
+        let direction = info.direction.as_str();
+        app.metrics.active_calls.inc();
+        let session = tokio::spawn(Session::run(
+            app.cfg.clone(),
+            app.engines.clone(),
+            info,
+            in_rx,
+            wire_tx,
+            events,
+        ));
+        let line = Line {
+            inputs: in_tx,
+            session,
+            direction,
+            app: app.clone(),
+            _permit: permit,
+        };
+        Some((line, wire_rx))
+    }
+
+    /// Ends the call (its input is closed) and waits for the session: the
+    /// summary is counted, kept for `GET /calls` and returned.
+    pub async fn close(self) -> Option<CallSummary> {
+        let Line {
+            inputs,
+            session,
+            direction,
+            app,
+            _permit,
+        } = self;
+        drop(inputs);
+        let summary = match session.await {
+            Ok(summary) => {
+                app.metrics
+                    .calls
+                    .with_label_values(&[direction, summary.outcome()])
+                    .inc();
+                app.record(summary.clone());
+                Some(summary)
+            }
+            Err(e) => {
+                tracing::error!("call task failed: {e}");
+                app.metrics
+                    .calls
+                    .with_label_values(&[direction, "failed"])
+                    .inc();
+                None
+            }
+        };
+        app.metrics.active_calls.dec();
+        drop(_permit);
+        if app.active_calls() == 0 {
+            tokio::task::spawn_blocking(super::release_idle_memory);
+        }
+        summary
+    }
+}
