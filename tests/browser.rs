@@ -168,17 +168,17 @@ async fn a_browser_call_is_greeted_heard_answered_and_drawn() {
     assert!(turn.total_ms.is_some() && turn.stt_ms.is_some());
 }
 
+async fn click(c: &Client, css: &str) -> Result<(), String> {
+    let button = c.find(Locator::Css(css)).await.map_err(|e| e.to_string())?;
+    button.click().await.map_err(|e| e.to_string())
+}
+
 /// The call through the page; returns its call id.
 async fn talk(c: &Client, addr: SocketAddr) -> Result<String, String> {
     c.goto(&format!("http://{addr}/demo"))
         .await
         .map_err(|e| e.to_string())?;
-    c.find(Locator::Css("#call"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    click(c, "#call").await?;
     // The greeting arrives and plays.
     until(
         c,
@@ -251,12 +251,7 @@ async fn talk(c: &Client, addr: SocketAddr) -> Result<String, String> {
     eprintln!("screenshot: {}", shot.display());
 
     // Hang up: the page offers the recording and the trace.
-    c.find(Locator::Css("#call"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    click(c, "#call").await?;
     until(
         c,
         "return !document.getElementById('downloads').hidden",

@@ -6,7 +6,6 @@
 //! too slowly misses events rather than queueing them without bound.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -16,11 +15,7 @@ use super::{Event, Observer};
 /// Events waiting for a slow watcher; beyond this they are dropped.
 const WATCH_QUEUE: usize = 256;
 
-/// Per call: which watch (a number, so that an old watch's drop never
-/// removes a newer one) and its queue.
-type Watchers = Arc<Mutex<HashMap<Arc<str>, (u64, mpsc::Sender<Arc<Event>>)>>>;
-
-static NEXT_WATCH: AtomicU64 = AtomicU64::new(0);
+type Watchers = Arc<Mutex<HashMap<Arc<str>, mpsc::Sender<Arc<Event>>>>>;
 
 /// The calls being watched. Cloned into the server state; its
 /// [`LiveFeed::observer`] goes on the bus.
@@ -43,15 +38,14 @@ impl LiveFeed {
     pub fn watch(&self, call_sid: &str) -> Watch {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let key: Arc<str> = call_sid.into();
-        let id = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
         self.watchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), (id, tx));
+            .insert(key.clone(), tx.clone());
         Watch {
             events: rx,
             key,
-            id,
+            tx,
             watchers: self.watchers.clone(),
         }
     }
@@ -69,7 +63,8 @@ impl LiveFeed {
 pub struct Watch {
     pub events: mpsc::Receiver<Arc<Event>>,
     key: Arc<str>,
-    id: u64,
+    /// Its own queue, to tell its registration from a newer watch's.
+    tx: mpsc::Sender<Arc<Event>>,
     watchers: Watchers,
 }
 
@@ -77,7 +72,7 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         // Only our own registration: a newer watch of the call stays.
-        if w.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+        if w.get(&self.key).is_some_and(|tx| tx.same_channel(&self.tx)) {
             w.remove(&self.key);
         }
     }
@@ -90,9 +85,8 @@ struct Forward {
 impl Observer for Forward {
     fn on_event(&mut self, event: &Event) {
         let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, tx)) = w.get(&event.call_sid) {
-            // Full: the watcher is behind and loses this one; closed: it is
-            // gone and its Drop removes it.
+        if let Some(tx) = w.get(&event.call_sid) {
+            // Full: the watcher is behind and loses this one.
             let _ = tx.try_send(Arc::new(event.clone()));
         }
     }

@@ -76,10 +76,7 @@ pub async fn upgrade(
     if let Some(refusal) = app.turn_away(Direction::Inbound) {
         return (StatusCode::SERVICE_UNAVAILABLE, refusal.reason()).into_response();
     }
-    let limit = app.cfg.server.max_message_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| handle(socket, app))
+    super::limited(ws, &app).on_upgrade(move |socket| handle(socket, app))
 }
 
 async fn handle(socket: WebSocket, app: Arc<AppState>) {
@@ -221,8 +218,11 @@ impl Microphone {
         let frames = self.pending[..whole]
             .chunks_exact(FRAME)
             .map(|f| {
-                let pcm: Vec<i16> = f.iter().map(|&s| f32_to_i16(s)).collect();
-                CallInput::Audio(ulaw::encode(&pcm))
+                CallInput::Audio(
+                    f.iter()
+                        .map(|&s| ulaw::encode_sample(f32_to_i16(s)))
+                        .collect(),
+                )
             })
             .collect();
         self.pending.drain(..whole);
@@ -245,10 +245,9 @@ async fn write(
     let summary = loop {
         let msg = tokio::select! {
             w = wire.recv(), if wire_open => match w {
-                Some(Wire::Media(ulaw)) => {
-                    let pcm = ulaw::decode(&ulaw);
-                    Message::Binary(pcm.iter().flat_map(|s| s.to_le_bytes()).collect())
-                }
+                Some(Wire::Media(ulaw)) => Message::Binary(
+                    ulaw.iter().flat_map(|&b| ulaw::decode_sample(b).to_le_bytes()).collect(),
+                ),
                 Some(Wire::Mark(name)) => text(json!({"event": "mark", "name": name})),
                 Some(Wire::Clear) => text(json!({"event": "clear"})),
                 None => {
@@ -281,19 +280,17 @@ async fn write(
             _ => break,
         }
     }
-    let downloads = |file: &str, kept: bool| {
-        (kept && summary.is_some()).then(|| {
-            let sid = &summary.as_ref().expect("checked").info.call_sid;
-            format!("/demo/calls/{sid}/{file}")
-        })
+    let link = |file: &str, kept: bool| {
+        let s = summary.as_ref().filter(|_| kept)?;
+        Some(format!("/demo/calls/{}/{file}", s.info.call_sid))
     };
-    let recording = downloads(
+    let recording = link(
         "recording.wav",
         summary.as_ref().is_some_and(|s| s.recording.is_some()),
     );
-    let trace = downloads("trace.json", app.cfg.observe.traces_dir.is_some());
+    let trace = link("trace.json", app.cfg.observe.traces_dir.is_some());
     let bye = json!({"event": "ended", "recording": recording, "trace": trace,
-        "ended_by": summary.as_ref().map(|s| s.ended_by.clone())});
+        "ended_by": summary.as_ref().map(|s| &s.ended_by)});
     if send(&mut sink, text(bye)).await {
         let _ = send(&mut sink, Message::Close(None)).await;
     }

@@ -61,11 +61,7 @@ pub async fn upgrade(
     if !super::webhooks::upgrade_allowed(&app, &headers, &uri) {
         return StatusCode::FORBIDDEN.into_response();
     }
-    // Twilio's frames are a few hundred bytes; a huge message is not Twilio.
-    let limit = app.cfg.server.max_message_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| handle(socket, app))
+    super::limited(ws, &app).on_upgrade(move |socket| handle(socket, app))
 }
 
 async fn handle(socket: WebSocket, app: Arc<AppState>) {

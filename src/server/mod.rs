@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -308,6 +309,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(demo::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// A websocket held to `server.max_message_bytes`: Twilio's frames are a
+/// few hundred bytes and the browser's 20 ms of audio 640, so a huge
+/// message is neither.
+fn limited(ws: WebSocketUpgrade, app: &AppState) -> WebSocketUpgrade {
+    let limit = app.cfg.server.max_message_bytes;
+    ws.max_message_size(limit).max_frame_size(limit)
 }
 
 /// Binds and serves until the process ends; returns the bound address

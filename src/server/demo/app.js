@@ -79,7 +79,6 @@ class Call {
     switch (msg.event) {
       case "start":
         this.rate = msg.rate;
-        this.view.callSid = msg.call_sid;
         break;
       case "mark":
         this.speaker.mark(msg.name);
@@ -109,7 +108,7 @@ class Call {
 
   closed() {
     this.stopMicrophone();
-    this.speaker.clear();
+    this.speaker.close();
     this.ctx.close();
     call = null;
     $("call").textContent = "Call";
@@ -152,6 +151,11 @@ class Speaker {
     while (this.marks.length && this.marks[0].at <= this.ctx.currentTime) {
       this.onMark(this.marks.shift().name);
     }
+  }
+
+  close() {
+    this.clear();
+    clearInterval(this.timer);
   }
 
   clear() {
