@@ -6,7 +6,6 @@ set -euo pipefail
 if command -v chromedriver >/dev/null && { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
   exit 0
 fi
-echo "==> installing chromium and chromium-driver (for the browser demo's test)"
-sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver
+echo "==> chromium and chromium-driver (for the browser demo's test)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+ensure_packages chromium chromium-driver

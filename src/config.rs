@@ -8,6 +8,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::engines::device::Devices;
 use crate::engines::silero::VadParams;
 use crate::error::{Error, Result};
 
@@ -23,6 +24,8 @@ pub struct Config {
     pub personas: Personas,
     pub observe: ObserveConfig,
     pub twilio: TwilioConfig,
+    /// Where each engine runs (CPU or a CUDA GPU).
+    pub devices: Devices,
 }
 
 /// The Twilio account: the key of its webhook signatures and the REST
@@ -240,6 +243,15 @@ pub struct LlmConfig {
     /// OpenAI-compatible API (`[llm.api]`), e.g. to A/B against Groq.
     pub backend: LlmBackend,
     pub api: ApiConfig,
+    /// Continuous batching: every call's LLM work shares one llama.cpp
+    /// context, each call a sequence of it (`server.max_calls` of them),
+    /// decoded together in one batch per step. Off, every call gets a
+    /// context of its own, which suits a small CPU; on a GPU a step for 32
+    /// calls costs little more than a step for one. On by default in CUDA
+    /// builds.
+    pub batch: bool,
+    /// Context per call, in tokens.
+    pub context_tokens: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -308,6 +320,11 @@ pub struct SttConfig {
     /// as they speak.
     pub backend: SttBackend,
     pub deepgram: ApiConfig,
+    /// Transcriptions run at once by the local Whisper; more wait their
+    /// turn in the order they asked. 0: as many as ask on the CPU (they
+    /// share its cores), one at a time on a GPU, where a second stream of
+    /// kernels only interleaves with the first.
+    pub parallel: usize,
 }
 
 impl Default for SttConfig {
@@ -315,6 +332,7 @@ impl Default for SttConfig {
         Self {
             backend: SttBackend::Local,
             deepgram: ApiConfig::deepgram_listen(),
+            parallel: 0,
         }
     }
 }
@@ -420,6 +438,8 @@ impl Default for LlmConfig {
             repeat_penalty: 1.15,
             backend: LlmBackend::Local,
             api: ApiConfig::groq(),
+            batch: crate::engines::device::CUDA_BUILD,
+            context_tokens: 4096,
         }
     }
 }
@@ -555,6 +575,19 @@ impl Config {
         if self.server.max_calls == 0 {
             return bad("server.max_calls must be at least 1".into());
         }
+        if self.llm.batch && self.server.max_calls > 256 {
+            return bad(format!(
+                "with llm.batch, server.max_calls is at most 256 (llama.cpp's limit on sequences), not {}",
+                self.server.max_calls
+            ));
+        }
+        if !(256..=1 << 20).contains(&self.llm.context_tokens) {
+            return bad(format!(
+                "llm.context_tokens must be in [256, 1048576], not {}",
+                self.llm.context_tokens
+            ));
+        }
+        self.devices.validate()?;
         if self.server.max_message_bytes < 1024 {
             return bad("server.max_message_bytes must be at least 1024".into());
         }

@@ -10,10 +10,12 @@ use crate::engines::deepgram::DeepgramTts;
 use crate::engines::deepgram_listen::DeepgramStt;
 use crate::engines::deepgram_speak_ws::DeepgramSpeakWs;
 use crate::engines::denoise::Rnnoise;
+use crate::engines::device::{Device, Devices, Engine};
 use crate::engines::http::Endpoint;
 use crate::engines::llama::{LlamaEngine, LlamaOptions};
 use crate::engines::openai::OpenAiChat;
 use crate::engines::piper::{Piper, PiperOptions};
+use crate::engines::queue::FairStt;
 use crate::engines::silero::{SileroVad, VadParams};
 use crate::engines::smart_turn::SmartTurn;
 use crate::engines::whisper::{Whisper, WhisperOptions};
@@ -25,48 +27,129 @@ use crate::models::ModelPaths;
 #[derive(Debug, Clone, Default)]
 pub struct LoadTimes(pub Vec<(&'static str, f64)>);
 
-fn timed<T>(times: &mut LoadTimes, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+fn timed<T>(
+    times: &mut LoadTimes,
+    name: &'static str,
+    device: Device,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let t0 = Instant::now();
     let v = f()?;
     let secs = t0.elapsed().as_secs_f64();
-    tracing::info!(engine = name, secs = format!("{secs:.2}"), "loaded");
+    tracing::info!(engine = name, %device, secs = format!("{secs:.2}"), "loaded");
     times.0.push((name, secs));
     Ok(v)
 }
 
+/// Where `engine` runs when the configuration says nothing.
+fn auto(engine: Engine) -> Device {
+    Devices::default().resolve(engine).unwrap_or(Device::Cpu)
+}
+
 pub fn vad(paths: &ModelPaths, params: VadParams, times: &mut LoadTimes) -> Result<Arc<dyn Vad>> {
-    timed(times, "vad", || {
-        Ok(Arc::new(SileroVad::load(&paths.ort, &paths.vad, params)?) as Arc<dyn Vad>)
+    vad_on(paths, params, auto(Engine::Vad), times)
+}
+
+fn vad_on(
+    paths: &ModelPaths,
+    params: VadParams,
+    device: Device,
+    times: &mut LoadTimes,
+) -> Result<Arc<dyn Vad>> {
+    timed(times, "vad", device, || {
+        Ok(Arc::new(SileroVad::load_on(&paths.ort, &paths.vad, params, device)?) as Arc<dyn Vad>)
     })
 }
 
 pub fn turn(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn TurnDetector>> {
-    timed(times, "turn", || {
-        Ok(
-            Arc::new(SmartTurn::load(&paths.ort, &paths.turn, &paths.mel)?)
-                as Arc<dyn TurnDetector>,
-        )
+    turn_on(paths, auto(Engine::Turn), times)
+}
+
+fn turn_on(
+    paths: &ModelPaths,
+    device: Device,
+    times: &mut LoadTimes,
+) -> Result<Arc<dyn TurnDetector>> {
+    timed(times, "turn", device, || {
+        let t = SmartTurn::load_on(&paths.ort, &paths.turn, &paths.mel, device)?;
+        // The first run sets up ONNX Runtime's kernels (on a GPU, its
+        // cuDNN algorithms) for the one input shape there is.
+        t.predict(&[0.0; crate::engines::MODEL_RATE as usize])?;
+        Ok(Arc::new(t) as Arc<dyn TurnDetector>)
     })
 }
 
 pub fn stt(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Stt>> {
-    timed(times, "stt", || {
-        let w = Whisper::load(&paths.stt, &paths.mel, WhisperOptions::default())?;
+    stt_on(paths, auto(Engine::Stt), 0, times)
+}
+
+/// Whisper on `device`, behind a first-come, first-served queue of
+/// `parallel` places (0: none on the CPU, one on a GPU).
+fn stt_on(
+    paths: &ModelPaths,
+    device: Device,
+    parallel: usize,
+    times: &mut LoadTimes,
+) -> Result<Arc<dyn Stt>> {
+    timed(times, "stt", device, || {
+        let options = WhisperOptions {
+            device: device.candle()?,
+            ..WhisperOptions::default()
+        };
+        let w = Whisper::load(&paths.stt, &paths.mel, options)?;
         w.warm_up()?;
-        Ok(Arc::new(w) as Arc<dyn Stt>)
+        let w: Arc<dyn Stt> = Arc::new(w);
+        Ok(match (parallel, device.is_gpu()) {
+            (0, false) => w,
+            (0, true) => Arc::new(FairStt::new(w, 1)),
+            (n, _) => Arc::new(FairStt::new(w, n)),
+        })
     })
 }
 
 pub fn llm(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
-    timed(times, "llm", || {
-        Ok(Arc::new(LlamaEngine::load(&paths.llm, LlamaOptions::default())?) as Arc<dyn Llm>)
+    let cfg = Config::default();
+    llm_on(paths, auto(Engine::Llm), &cfg.llm, sequences(&cfg), times)
+}
+
+/// Sequences of the shared LLM context: one per call the server admits.
+fn sequences(cfg: &Config) -> usize {
+    if cfg.llm.batch {
+        cfg.server.max_calls
+    } else {
+        0
+    }
+}
+
+fn llm_on(
+    paths: &ModelPaths,
+    device: Device,
+    cfg: &LlmConfig,
+    parallel: usize,
+    times: &mut LoadTimes,
+) -> Result<Arc<dyn Llm>> {
+    timed(times, "llm", device, || {
+        let options = LlamaOptions {
+            n_ctx: cfg.context_tokens,
+            device,
+            parallel,
+            ..LlamaOptions::default()
+        };
+        let engine = LlamaEngine::load(&paths.llm, options)?;
+        engine.warm_up()?;
+        Ok(Arc::new(engine) as Arc<dyn Llm>)
     })
 }
 
 /// The STT `cfg` chooses: the model set's Whisper, or Deepgram's streaming API.
-pub fn stt_for(cfg: &SttConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Stt>> {
+pub fn stt_for(
+    cfg: &SttConfig,
+    device: Device,
+    paths: &ModelPaths,
+    times: &mut LoadTimes,
+) -> Result<Arc<dyn Stt>> {
     Ok(match cfg.backend {
-        SttBackend::Local => stt(paths, times)?,
+        SttBackend::Local => stt_on(paths, device, cfg.parallel, times)?,
         SttBackend::Deepgram => {
             Arc::new(DeepgramStt::new(endpoint(&cfg.deepgram, "stt.deepgram")?))
         }
@@ -74,17 +157,36 @@ pub fn stt_for(cfg: &SttConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Re
 }
 
 /// The LLM `cfg` chooses: the model set's GGUF, or an OpenAI-compatible API.
-pub fn llm_for(cfg: &LlmConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
+/// `parallel`: sequences of a shared context, 0 for a context per call.
+pub fn llm_for(
+    cfg: &LlmConfig,
+    device: Device,
+    parallel: usize,
+    paths: &ModelPaths,
+    times: &mut LoadTimes,
+) -> Result<Arc<dyn Llm>> {
     Ok(match cfg.backend {
-        LlmBackend::Local => llm(paths, times)?,
+        LlmBackend::Local => llm_on(paths, device, cfg, parallel, times)?,
         LlmBackend::OpenAi => Arc::new(OpenAiChat::new(endpoint(&cfg.api, "llm.api")?)),
     })
 }
 
 /// The TTS `cfg` chooses: the model set's Piper voice, or Deepgram's.
-pub fn tts_for(cfg: &TtsConfig, paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
+pub fn tts_for(
+    cfg: &TtsConfig,
+    device: Device,
+    paths: &ModelPaths,
+    times: &mut LoadTimes,
+) -> Result<Arc<dyn Tts>> {
     Ok(match cfg.backend {
-        TtsBackend::Local => tts(paths, times)?,
+        TtsBackend::Local => piper(
+            paths,
+            times,
+            PiperOptions {
+                device,
+                ..PiperOptions::default()
+            },
+        )?,
         // The base URL's scheme picks the transport.
         TtsBackend::Deepgram if cfg.deepgram.base_url.starts_with("ws") => Arc::new(
             DeepgramSpeakWs::new(endpoint(&cfg.deepgram, "tts.deepgram")?),
@@ -140,7 +242,11 @@ pub fn with_apis(mut models: Vec<ModelInfo>, cfg: &Config) -> Vec<ModelInfo> {
 }
 
 pub fn tts(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
-    piper(paths, times, PiperOptions::default())
+    let options = PiperOptions {
+        device: auto(Engine::Tts),
+        ..PiperOptions::default()
+    };
+    piper(paths, times, options)
 }
 
 /// The voice of simulated callers (demo, bench, soak, tests): the bot's
@@ -148,13 +254,14 @@ pub fn tts(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
 pub fn caller_voice(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Tts>> {
     let options = PiperOptions {
         variation: false,
+        device: auto(Engine::Tts),
         ..PiperOptions::default()
     };
     piper(paths, times, options)
 }
 
 fn piper(paths: &ModelPaths, times: &mut LoadTimes, options: PiperOptions) -> Result<Arc<dyn Tts>> {
-    timed(times, "tts", || {
+    timed(times, "tts", options.device, || {
         let p = Piper::load(&paths.ort, &paths.tts, options)?;
         // The first run initialises ONNX Runtime's kernels for this graph.
         p.synthesize("Hi.", &mut |_| true)?;
@@ -230,12 +337,13 @@ pub struct Engines {
 impl Engines {
     pub fn load(paths: &ModelPaths, cfg: &Config) -> Result<Self> {
         let mut t = LoadTimes::default();
+        let on = |e| cfg.devices.resolve(e);
         Ok(Self {
-            vad: vad(paths, cfg.vad, &mut t)?,
-            turn: turn(paths, &mut t)?,
-            stt: stt_for(&cfg.stt, paths, &mut t)?,
-            llm: llm_for(&cfg.llm, paths, &mut t)?,
-            tts: tts_for(&cfg.tts, paths, &mut t)?,
+            vad: vad_on(paths, cfg.vad, on(Engine::Vad)?, &mut t)?,
+            turn: turn_on(paths, on(Engine::Turn)?, &mut t)?,
+            stt: stt_for(&cfg.stt, on(Engine::Stt)?, paths, &mut t)?,
+            llm: llm_for(&cfg.llm, on(Engine::Llm)?, sequences(cfg), paths, &mut t)?,
+            tts: tts_for(&cfg.tts, on(Engine::Tts)?, paths, &mut t)?,
             denoiser: denoiser(),
             load_times: t,
             models: Vec::new(),

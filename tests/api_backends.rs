@@ -13,6 +13,7 @@ use callbox::config::{LlmBackend, LlmConfig, SttBackend, TtsBackend, TtsConfig};
 use callbox::engines::deepgram::DeepgramTts;
 use callbox::engines::deepgram_listen::DeepgramStt;
 use callbox::engines::deepgram_speak_ws::DeepgramSpeakWs;
+use callbox::engines::device::Device;
 use callbox::engines::http::Endpoint;
 use callbox::engines::openai::OpenAiChat;
 use callbox::engines::{
@@ -196,15 +197,28 @@ fn the_configuration_chooses_the_backend_and_a_missing_key_stops_the_start() {
         ..LlmConfig::default()
     };
     cfg.api.api_key_env = "CALLBOX_TEST_MISSING_KEY".into();
-    let e = stack::llm_for(&cfg, &common::paths(), &mut LoadTimes::default())
-        .err()
-        .expect("a missing key must be refused")
-        .to_string();
+    let e = stack::llm_for(
+        &cfg,
+        Device::Cpu,
+        0,
+        &common::paths(),
+        &mut LoadTimes::default(),
+    )
+    .err()
+    .expect("a missing key must be refused")
+    .to_string();
     assert!(e.contains("CALLBOX_TEST_MISSING_KEY"), "{e}");
 
     cfg.api.api_key_env = String::new();
     cfg.api.model = "llama-3.3-70b-versatile".into();
-    let llm = stack::llm_for(&cfg, &common::paths(), &mut LoadTimes::default()).unwrap();
+    let llm = stack::llm_for(
+        &cfg,
+        Device::Cpu,
+        0,
+        &common::paths(),
+        &mut LoadTimes::default(),
+    )
+    .unwrap();
     assert!(
         llm.name().contains("llama-3.3-70b-versatile"),
         "{}",
@@ -680,13 +694,24 @@ fn the_configuration_chooses_deepgram_for_speech() {
         ..TtsConfig::default()
     };
     cfg.deepgram.api_key_env = "CALLBOX_TEST_MISSING_DEEPGRAM_KEY".into();
-    let e = stack::tts_for(&cfg, &common::paths(), &mut LoadTimes::default())
-        .err()
-        .expect("a missing key must be refused")
-        .to_string();
+    let e = stack::tts_for(
+        &cfg,
+        Device::Cpu,
+        &common::paths(),
+        &mut LoadTimes::default(),
+    )
+    .err()
+    .expect("a missing key must be refused")
+    .to_string();
     assert!(e.contains("CALLBOX_TEST_MISSING_DEEPGRAM_KEY"), "{e}");
     cfg.deepgram.api_key_env = String::new();
-    let tts = stack::tts_for(&cfg, &common::paths(), &mut LoadTimes::default()).unwrap();
+    let tts = stack::tts_for(
+        &cfg,
+        Device::Cpu,
+        &common::paths(),
+        &mut LoadTimes::default(),
+    )
+    .unwrap();
     assert_eq!(tts.sample_rate(), 8000);
     let c = callbox::config::Config::from_toml_str("[tts]\nbackend = \"deepgram\"\n").unwrap();
     assert_eq!(c.tts.backend, TtsBackend::Deepgram);
@@ -722,13 +747,24 @@ fn the_configuration_chooses_deepgram_for_listening() {
     );
     let mut cfg = c.stt.clone();
     cfg.deepgram.api_key_env = "CALLBOX_TEST_MISSING_DEEPGRAM_KEY".into();
-    let e = stack::stt_for(&cfg, &common::paths(), &mut LoadTimes::default())
-        .err()
-        .expect("a missing key must be refused")
-        .to_string();
+    let e = stack::stt_for(
+        &cfg,
+        Device::Cpu,
+        &common::paths(),
+        &mut LoadTimes::default(),
+    )
+    .err()
+    .expect("a missing key must be refused")
+    .to_string();
     assert!(e.contains("CALLBOX_TEST_MISSING_DEEPGRAM_KEY"), "{e}");
     cfg.deepgram.api_key_env = String::new();
-    let stt = stack::stt_for(&cfg, &common::paths(), &mut LoadTimes::default()).unwrap();
+    let stt = stack::stt_for(
+        &cfg,
+        Device::Cpu,
+        &common::paths(),
+        &mut LoadTimes::default(),
+    )
+    .unwrap();
     assert!(
         stt.listen().unwrap().is_some(),
         "Deepgram listens as the caller speaks"

@@ -76,15 +76,21 @@ fn check_stack(s: &Value, turns_expected: usize, md: &str, svg: &str) {
         assert_eq!(values, samples, "{name}: the samples are the rows'");
         assert_eq!(st["n"].as_u64().unwrap() as usize, values.len());
         assert!(!values.is_empty(), "{name} has no sample");
-        let (p50, p90, p99, max) = (f(&st["p50"]), f(&st["p90"]), f(&st["p99"]), f(&st["max"]));
+        let (p50, p90, p95, p99, max) = (
+            f(&st["p50"]),
+            f(&st["p90"]),
+            f(&st["p95"]),
+            f(&st["p99"]),
+            f(&st["max"]),
+        );
         assert!(
-            values[0] <= p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
-            "{name}: {p50} {p90} {p99} {max}"
+            values[0] <= p50 && p50 <= p90 && p90 <= p95 && p95 <= p99 && p99 <= max,
+            "{name}: {p50} {p90} {p95} {p99} {max}"
         );
         assert_eq!(max, *values.last().unwrap());
         assert!(
             md.contains(&format!(
-                "| {name} | {} | {p50:.0} | {p90:.0} | {p99:.0} |",
+                "| {name} | {} | {p50:.0} | {p90:.0} | {p95:.0} | {p99:.0} |",
                 values.len()
             )),
             "{name} missing from the Markdown"

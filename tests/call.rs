@@ -292,6 +292,59 @@ async fn bad_input_disturbs_no_other_call_and_four_calls_run_at_once() {
     assert!(health.status().is_success());
 }
 
+/// Continuous batching over the real websocket: three calls at once share
+/// one llama.cpp context (a sequence each), every caller is answered, and
+/// each reply was written for that caller's own words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_at_once_share_one_batched_llm_context() {
+    use callbox::engines::llama::{LlamaEngine, LlamaOptions};
+    let llm = Arc::new(
+        LlamaEngine::load(
+            &paths().llm,
+            LlamaOptions {
+                parallel: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let mut engines = engines();
+    engines.llm = llm.clone();
+    let (state, addr) = start_on(engines, |c| c.server.max_calls = 3, Vec::new()).await;
+    let questions = ["What is rain?", "Why do dogs bark?", "What is snow?"];
+    let mut calls = Vec::new();
+    for q in questions {
+        let mut opts = signed(format!("ws://{addr}/ws"), vec![turn_of(q)]);
+        opts.reply_timeout_secs = 120.0;
+        calls.push((q, opts.call_sid.clone(), tokio::spawn(sim::run(opts))));
+    }
+    for (q, sid, c) in calls {
+        let r = c.await.unwrap().unwrap();
+        let s = summary(&state, &sid).await;
+        assert!(
+            r.turns[0].latency_ms.is_some(),
+            "{sid}: no reply; {:#?}",
+            s.turns
+        );
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        let heard = user_messages(&s);
+        assert!(
+            heard.len() == 1 && callbox::text::wer::wer(q, &heard[0]) <= 0.4,
+            "{sid} asked {q:?}, the LLM was given {heard:?}"
+        );
+        // The reply follows the caller's words in the conversation.
+        let asked = s.history.iter().position(|m| m.role == Role::User);
+        let reply = asked.and_then(|i| s.history.get(i + 1));
+        assert!(
+            reply.is_some_and(|m| m.role == Role::Assistant && !m.content.trim().is_empty()),
+            "{:#?}",
+            s.history
+        );
+    }
+    let stats = llm.batch_stats().unwrap();
+    assert!(stats.steps > 0 && stats.tokens > 0, "{stats:?}");
+}
+
 /// A pause that is not the end of the turn: the draft reply started in it
 /// stays unheard, and the turn is answered once, as a whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -441,3 +441,122 @@ fn denoiser_suppresses_noise_and_keeps_speech() {
     eprintln!("WER with noise {noisy_wer:.2}, denoised {w:.2}");
     assert!(w <= 0.25, "WER {w:.2} after denoising: {:?}", t.text);
 }
+
+/// Continuous batching: four calls at once through one shared context write
+/// the replies each would alone, in steps that serve several of them; a
+/// reply given up on leaves its call's sequence usable, and a context with
+/// every sequence taken says so instead of hanging.
+///
+/// "The same reply" is its opening words: a batch sums in another order than
+/// a single row, and greedy decoding may part ways after a dozen tokens
+/// (seen: "…reaches our planet, it's made" against "…our planet's
+/// atmosphere"). A call answered from another call's sequence would differ
+/// from the first word.
+#[test]
+fn llm_batches_concurrent_calls_in_one_shared_context() {
+    use callbox::engines::llama::{LlamaEngine, LlamaOptions};
+    use callbox::engines::Llm;
+    use std::sync::Arc;
+    let questions = [
+        "What is the capital of France?",
+        "Why is the sky blue?",
+        "What do bees make?",
+        "How do fish breathe?",
+    ];
+    let opts = GenerationOptions {
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let no = AtomicBool::new(false);
+    // Each question alone, on a context of its own.
+    let alone: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            let mut s = llm().session().unwrap();
+            s.generate(&history(q), &opts, &no, &mut |_| true)
+                .unwrap()
+                .text
+        })
+        .collect();
+    let shared = Arc::new(
+        LlamaEngine::load(
+            &paths().llm,
+            LlamaOptions {
+                parallel: 4,
+                n_ctx: 1024,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let barrier = Arc::new(std::sync::Barrier::new(questions.len()));
+    let together: Vec<_> = questions
+        .iter()
+        .map(|q| {
+            let (engine, barrier, opts) = (shared.clone(), barrier.clone(), opts.clone());
+            let q = q.to_string();
+            std::thread::spawn(move || {
+                let mut s = engine.session().unwrap();
+                // The system prompt first, as a call does while it greets.
+                s.prefill(&history(&q)[..1]).unwrap();
+                barrier.wait();
+                s.generate(&history(&q), &opts, &AtomicBool::new(false), &mut |_| true)
+                    .unwrap()
+            })
+        })
+        .collect();
+    for ((q, alone), t) in questions.iter().zip(&alone).zip(together) {
+        let g = t.join().unwrap();
+        assert!(!g.text.trim().is_empty(), "{q}: {g:?}");
+        assert_eq!(
+            opening(&g.text),
+            opening(alone),
+            "{q}: batched {:?}, alone {alone:?}",
+            g.text
+        );
+        // The prefilled system prompt was reused.
+        assert!(g.cached_tokens > 20, "{q}: {g:?}");
+        assert!(
+            g.first_token_ms.is_some() && g.completion_tokens > 0,
+            "{g:?}"
+        );
+    }
+    let stats = shared.batch_stats().unwrap();
+    assert!(
+        stats.max_sequences >= 2,
+        "no step served two calls: {stats:?}"
+    );
+
+    // Given up after three pieces: the sequence answers the next turn.
+    let mut s = shared.session().unwrap();
+    let mut seen = 0;
+    let g = s
+        .generate(
+            &history("Tell me a long story about a dragon."),
+            &GenerationOptions::default(),
+            &no,
+            &mut |_| {
+                seen += 1;
+                seen < 3
+            },
+        )
+        .unwrap();
+    assert!(g.cancelled && !g.finished, "{g:?}");
+    assert_eq!(seen, 3);
+    let g = s
+        .generate(&history(questions[0]), &opts, &no, &mut |_| true)
+        .unwrap();
+    assert_eq!(opening(&g.text), opening(&alone[0]), "{:?}", g.text);
+
+    // Every sequence held: a clear error, not a hang.
+    let held: Vec<_> = (0..3).map(|_| shared.session().unwrap()).collect();
+    let e = shared.session().err().expect("a fifth session").to_string();
+    assert!(e.contains("sequences") && e.contains("in use"), "{e}");
+    drop(held);
+    assert!(shared.session().is_ok());
+}
+
+/// The first eight words.
+fn opening(text: &str) -> Vec<&str> {
+    text.split_whitespace().take(8).collect()
+}

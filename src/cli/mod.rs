@@ -16,6 +16,14 @@ use clap::{Parser, Subcommand};
 
 use crate::models::{ModelPaths, ModelStore};
 
+/// The model set a build uses unless told otherwise: the larger models only
+/// pay off on a GPU.
+pub const DEFAULT_SET: &str = if cfg!(feature = "cuda") {
+    "gpu"
+} else {
+    "default"
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "callbox",
@@ -26,12 +34,12 @@ pub struct Cli {
     /// Model cache folder.
     #[arg(long, global = true, env = "CALLBOX_MODELS")]
     pub models: Option<PathBuf>,
-    /// Model set from the manifest (default, gpu).
+    /// Model set from the manifest (default, gpu); `gpu` in CUDA builds.
     #[arg(
         long,
         global = true,
         env = "CALLBOX_MODEL_SET",
-        default_value = "default"
+        default_value = DEFAULT_SET
     )]
     pub set: String,
     /// A manifest other than the built-in one.
@@ -60,6 +68,8 @@ pub enum Command {
     /// Simulated callers against a server, every turn's latency per stage;
     /// --compare A.toml B.toml for an A/B.
     Bench(bench::BenchArgs),
+    /// Summary rows (p50/p95 of Total and End-of-speech) of saved bench reports.
+    BenchSummary(bench::SummaryArgs),
     /// Serve local fakes of the API stack's providers (Deepgram, Groq).
     FakeApis(fake_apis::FakeApisArgs),
     /// Measure each engine's cost on this machine.
@@ -97,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(a) => tools::chat(&cli, a),
         Command::Vad(a) => tools::vad(&cli, a),
         Command::Bench(a) => bench::run(&cli, a).await,
+        Command::BenchSummary(a) => bench::summary(a),
         Command::FakeApis(a) => fake_apis::run(&cli, a).await,
         Command::BenchEngines(a) => bench_engines::run(&cli, a),
         Command::Serve(a) => call::serve(&cli, a).await,

@@ -12,11 +12,13 @@ pub mod deepgram;
 pub mod deepgram_listen;
 pub mod deepgram_speak_ws;
 pub mod denoise;
+pub mod device;
 pub mod http;
 pub mod llama;
 pub mod onnx;
 pub mod openai;
 pub mod piper;
+pub mod queue;
 pub mod silero;
 pub mod smart_turn;
 pub mod whisper;
@@ -89,6 +91,9 @@ pub struct SttTimings {
     pub encoder_ms: f64,
     pub decoder_ms: f64,
     pub total_ms: f64,
+    /// Of `total_ms`, the time spent waiting for other calls'
+    /// transcriptions to finish (see [`queue::FairStt`]).
+    pub queued_ms: f64,
     pub tokens: usize,
     /// Segments decoded a second time with the full context.
     pub fallbacks: usize,

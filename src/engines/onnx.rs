@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::AsPointer;
 
+use super::device::Device;
 use crate::error::{Error, Result};
 
 /// ort is compiled against API level 24, i.e. ONNX Runtime 1.24 or newer.
@@ -124,13 +125,17 @@ pub enum Shapes {
     Varying,
 }
 
-/// Opens an ONNX model on the CPU with `threads` intra-op threads.
+/// Opens an ONNX model with `threads` intra-op threads, on `device`: a GPU
+/// through ONNX Runtime's CUDA provider, which needs the runtime's GPU build
+/// (the `gpu` model set's `onnxruntime-gpu`). A provider that cannot start
+/// is an error rather than a quiet fallback to the CPU.
 pub fn session(
     ort_lib: &Path,
     model: &Path,
     what: &str,
     threads: usize,
     shapes: Shapes,
+    device: Device,
 ) -> Result<Session> {
     if !model.is_file() {
         return Err(Error::missing(what, model));
@@ -138,6 +143,15 @@ pub fn session(
     let env = environment(ort_lib)?;
     let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(what, model, e.to_string());
     let mut builder = Session::builder(env).map_err(|e| corrupt(&e))?;
+    builder = on_device(builder, device).map_err(|e| {
+        Error::engine(
+            "onnxruntime",
+            format!(
+                "{what} on {device}: {e} (is {} ONNX Runtime's GPU build?)",
+                ort_lib.display()
+            ),
+        )
+    })?;
     if shapes == Shapes::Varying {
         // ort has no wrapper for this option; the C API call is the same
         // one every language binding makes.
@@ -162,6 +176,33 @@ pub fn session(
         .map_err(|e| corrupt(&e))?
         .commit_from_file(model)
         .map_err(|e| corrupt(&e))
+}
+
+#[cfg(feature = "cuda")]
+fn on_device(
+    builder: SessionBuilder,
+    device: Device,
+) -> std::result::Result<SessionBuilder, String> {
+    match device {
+        Device::Cpu => Ok(builder),
+        Device::Cuda(i) => builder
+            .with_execution_providers([ort::ep::CUDA::default()
+                .with_device_id(i as i32)
+                .build()
+                .error_on_failure()])
+            .map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_device(
+    builder: SessionBuilder,
+    device: Device,
+) -> std::result::Result<SessionBuilder, String> {
+    match device {
+        Device::Cpu => Ok(builder),
+        Device::Cuda(_) => Err("this callbox was built without the cuda feature".into()),
+    }
 }
 
 #[cfg(test)]

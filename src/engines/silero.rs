@@ -15,6 +15,7 @@ use ebur128::{EbuR128, Mode};
 use ort::session::Session;
 use ort::value::Tensor;
 
+use super::device::Device;
 use super::onnx::{self, Shapes};
 use super::{Vad, VadEvent, VadStream, MODEL_RATE};
 use crate::error::{Error, Result};
@@ -57,7 +58,16 @@ pub struct SileroVad {
 
 impl SileroVad {
     pub fn load(ort_lib: &Path, model: &Path, params: VadParams) -> Result<Self> {
-        let session = onnx::session(ort_lib, model, "Silero VAD model", 1, Shapes::Fixed)?;
+        Self::load_on(ort_lib, model, params, Device::Cpu)
+    }
+
+    pub fn load_on(
+        ort_lib: &Path,
+        model: &Path,
+        params: VadParams,
+        device: Device,
+    ) -> Result<Self> {
+        let session = onnx::session(ort_lib, model, "Silero VAD model", 1, Shapes::Fixed, device)?;
         Ok(Self {
             session: Arc::new(Mutex::new(session)),
             params,

@@ -11,6 +11,7 @@ use std::time::Instant;
 use ort::session::Session;
 use ort::value::Tensor;
 
+use super::device::Device;
 use super::onnx::{self, Shapes};
 use super::{TurnDetector, TurnVerdict, MODEL_RATE};
 use crate::audio::mel::{whisper_normalise, LogMel, MelFilters};
@@ -27,7 +28,16 @@ pub struct SmartTurn {
 
 impl SmartTurn {
     pub fn load(ort_lib: &Path, model: &Path, mel_filters: &Path) -> Result<Self> {
-        let session = onnx::session(ort_lib, model, "Smart Turn model", 1, Shapes::Fixed)?;
+        Self::load_on(ort_lib, model, mel_filters, Device::Cpu)
+    }
+
+    pub fn load_on(
+        ort_lib: &Path,
+        model: &Path,
+        mel_filters: &Path,
+        device: Device,
+    ) -> Result<Self> {
+        let session = onnx::session(ort_lib, model, "Smart Turn model", 1, Shapes::Fixed, device)?;
         let mel = LogMel::new(MelFilters::load_npz(mel_filters, 80)?);
         Ok(Self {
             session: Mutex::new(session),

@@ -140,6 +140,30 @@ impl AppState {
         self.end_calls.cancelled()
     }
 
+    /// Where each engine runs (`cpu`, `cuda:N`, or `api` for a remote
+    /// backend), for `/health`: a deployment can check it got its GPU.
+    fn devices(&self) -> serde_json::Value {
+        use crate::config::{LlmBackend, SttBackend, TtsBackend};
+        use crate::engines::device::Engine;
+        let cfg = &self.cfg;
+        let on = |e: Engine, remote: bool| {
+            if remote {
+                "api".to_string()
+            } else {
+                cfg.devices
+                    .resolve(e)
+                    .map_or_else(|e| e.to_string(), |d| d.to_string())
+            }
+        };
+        serde_json::json!({
+            "vad": on(Engine::Vad, false),
+            "turn": on(Engine::Turn, false),
+            "stt": on(Engine::Stt, cfg.stt.backend == SttBackend::Deepgram),
+            "llm": on(Engine::Llm, cfg.llm.backend == LlmBackend::OpenAi),
+            "tts": on(Engine::Tts, cfg.tts.backend == TtsBackend::Deepgram),
+        })
+    }
+
     fn active_calls(&self) -> usize {
         self.cfg.server.max_calls - self.calls.available_permits()
     }
@@ -402,7 +426,13 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
         let body = Json(serde_json::json!({"status": "draining", "active_calls": active}));
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
-    Json(serde_json::json!({"status": "ok", "active_calls": active})).into_response()
+    Json(serde_json::json!({
+        "status": "ok",
+        "active_calls": active,
+        "build": if crate::engines::device::CUDA_BUILD { "cuda" } else { "cpu" },
+        "devices": app.devices(),
+    }))
+    .into_response()
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {

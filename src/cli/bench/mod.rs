@@ -33,6 +33,25 @@ use crate::sim::{self, SimOptions, SimReport, SimTurn};
 use report::{BenchReport, CallRow, Quality, ServerCost, StackReport, StageStats, STAGES};
 
 #[derive(Debug, Args)]
+pub struct SummaryArgs {
+    /// `report.json` files written by `callbox bench`.
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+}
+
+/// Prints [`report::summary_rows`] of each report.
+pub fn summary(a: &SummaryArgs) -> anyhow::Result<()> {
+    for path in &a.reports {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let report: BenchReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a callbox bench report", path.display()))?;
+        print!("{}", report::summary_rows(&report));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Simulated callers at once.
     #[arg(long, default_value_t = 1)]

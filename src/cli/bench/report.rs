@@ -106,6 +106,9 @@ pub struct StageStats {
     pub n: usize,
     pub p50: Option<f64>,
     pub p90: Option<f64>,
+    /// The GPU figures are quoted at p95 (older reports lack it).
+    #[serde(default)]
+    pub p95: Option<f64>,
     pub p99: Option<f64>,
     pub mean: Option<f64>,
     pub max: Option<f64>,
@@ -120,6 +123,7 @@ impl StageStats {
             n: samples.len(),
             p50: some(percentile(&samples, 0.5)),
             p90: some(percentile(&samples, 0.9)),
+            p95: some(percentile(&samples, 0.95)),
             p99: some(percentile(&samples, 0.99)),
             mean: some(samples.iter().sum::<f64>() / samples.len().max(1) as f64),
             max: samples.iter().copied().reduce(f64::max),
@@ -232,15 +236,16 @@ fn ms(v: Option<f64>) -> String {
 
 fn stage_table(s: &StackReport) -> String {
     let mut out = String::from(
-        "| stage | n | p50 | p90 | p99 | mean | max |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| stage | n | p50 | p90 | p95 | p99 | mean | max |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for st in s.stages.iter().chain(std::iter::once(&s.greeting)) {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             st.stage,
             st.n,
             ms(st.p50),
             ms(st.p90),
+            ms(st.p95),
             ms(st.p99),
             ms(st.mean),
             ms(st.max)
@@ -380,5 +385,28 @@ pub fn markdown(r: &BenchReport) -> String {
         "\nTotal: the VAD's \"user stopped speaking\" → first bot audio sent. End-of-speech: the end of the caller's speech (the VAD's stop minus its silence window) → the same frame. \
          Caller-side: the end of the caller's audio → the first bot audio the caller received. First greeting: call start → first greeting audio received.\n",
     );
+    out
+}
+
+/// One Markdown row per stack of a saved report: callers, turns, p50 and
+/// p95 of Total and End-of-speech, turns answered. What the GPU benchmark
+/// script collects over its loads (`callbox bench-summary`).
+pub fn summary_rows(report: &BenchReport) -> String {
+    let mut out = String::new();
+    for s in &report.stacks {
+        let find = |name: &str| s.stages.iter().find(|st| st.stage == name);
+        let p = |name: &str, f: fn(&StageStats) -> Option<f64>| ms(find(name).and_then(f));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} of {} |\n",
+            report.callers,
+            find("Total").map_or(0, |st| st.n),
+            p("Total", |st| st.p50),
+            p("Total", |st| st.p95),
+            p("End-of-speech", |st| st.p50),
+            p("End-of-speech", |st| st.p95),
+            s.quality.answered,
+            s.quality.caller_turns,
+        ));
+    }
     out
 }

@@ -14,6 +14,7 @@ use ort::value::Tensor;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 
+use super::device::Device;
 use super::onnx::{self, Shapes};
 use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
@@ -73,6 +74,7 @@ pub struct PiperOptions {
     /// a benchmark hears the same question on every run and a transcript
     /// that differs is the pipeline's doing, not the voice's dice.
     pub variation: bool,
+    pub device: Device,
 }
 
 impl Default for PiperOptions {
@@ -85,6 +87,7 @@ impl Default for PiperOptions {
             // reply pauses the LLM while Piper synthesises it.
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             variation: true,
+            device: Device::Cpu,
         }
     }
 }
@@ -120,6 +123,7 @@ impl Piper {
             "Piper voice",
             options.threads,
             Shapes::Varying,
+            options.device,
         )?;
         let speaker = (config.num_speakers > 1).then_some(0);
         Ok(Self {

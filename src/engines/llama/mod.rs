@@ -7,6 +7,14 @@
 //! what follows the longest common prefix. A turn therefore pays for the
 //! caller's new words, not for the system prompt and the history — that is the
 //! difference between ~0.5 s and ~80 ms to the first token on two cores.
+//!
+//! With `parallel` set, calls do not get contexts of their own: they share
+//! one context as sequences of it, and a scheduler thread decodes every
+//! call's pending tokens in one batch per step ([`batched`]). On a GPU that is
+//! what lets one loaded model serve dozens of calls: a decode step for 32
+//! sequences costs little more than one for a single sequence.
+
+mod batched;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -23,6 +31,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use super::device::Device;
 use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
 
@@ -40,8 +49,12 @@ pub struct LlamaOptions {
     pub threads: i32,
     /// Threads for evaluating prompts (no TTS runs during a prefill).
     pub threads_batch: i32,
-    /// Layers offloaded to the GPU (CUDA builds); 0 on the CPU.
-    pub gpu_layers: u32,
+    /// Where the weights and the KV cache live: on a GPU every layer is
+    /// offloaded.
+    pub device: Device,
+    /// Sequences of the one shared context (continuous batching); 0 for a
+    /// context per call.
+    pub parallel: usize,
     /// A chat template to use instead of the GGUF's own (for models without one).
     pub chat_template: Option<String>,
 }
@@ -52,7 +65,8 @@ impl Default for LlamaOptions {
             n_ctx: 4096,
             threads: cores(),
             threads_batch: cores(),
-            gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
+            device: Device::Cpu,
+            parallel: 0,
             chat_template: None,
         }
     }
@@ -76,7 +90,22 @@ fn backend() -> Result<&'static LlamaBackend> {
         .map_err(|e| Error::engine("llama", e))
 }
 
-pub struct LlamaEngine(Arc<Inner>);
+pub struct LlamaEngine {
+    inner: Arc<Inner>,
+    /// The shared context's scheduler, when calls are batched.
+    batcher: Option<batched::Batcher>,
+}
+
+/// How much batching happened: for tests, benchmarks and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Decode steps run.
+    pub steps: u64,
+    /// Tokens evaluated over all steps.
+    pub tokens: u64,
+    /// The most replies (calls) one step wrote a token of.
+    pub max_sequences: usize,
+}
 
 struct Inner {
     /// Leaked on purpose: contexts borrow the model, the model lives as long
@@ -99,7 +128,14 @@ impl LlamaEngine {
             return Err(Error::corrupt("LLM (GGUF)", path, "not a GGUF file"));
         }
         let backend = backend()?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
+        let params = match options.device {
+            Device::Cpu => LlamaModelParams::default().with_n_gpu_layers(0),
+            // Every layer, on the chosen GPU alone.
+            Device::Cuda(i) => LlamaModelParams::default()
+                .with_n_gpu_layers(u32::MAX)
+                .with_split_mode(llama_cpp_2::model::params::LlamaSplitMode::None)
+                .with_main_gpu(i as i32),
+        };
         let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|e| Error::corrupt("LLM (GGUF)", path, e))?;
         let model: &'static LlamaModel = Box::leak(Box::new(model));
@@ -114,15 +150,60 @@ impl LlamaEngine {
                 )
             })?,
         };
-        Ok(Self(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             model,
             template,
             options,
             path: path.to_path_buf(),
             live: AtomicUsize::new(0),
-        })))
+        });
+        let batcher = match inner.options.parallel {
+            0 => None,
+            n => Some(batched::Batcher::start(inner.clone(), n)?),
+        };
+        tracing::info!(
+            model = %inner.path.display(),
+            device = %inner.options.device,
+            contexts = if batcher.is_some() { "one shared" } else { "one per call" },
+            sequences = inner.options.parallel,
+            context_tokens = inner.options.n_ctx,
+            "LLM ready"
+        );
+        Ok(Self { inner, batcher })
+    }
+
+    /// Batching so far; `None` when every call has its own context.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(batched::Batcher::stats)
+    }
+
+    /// Generates a few tokens once, so that the first call pays for no
+    /// buffer allocation, no weight upload and no kernel selection.
+    pub fn warm_up(&self) -> Result<()> {
+        let mut s = self.session()?;
+        let messages = [ChatMessage::new(super::Role::User, "Hi.")];
+        let options = GenerationOptions {
+            max_tokens: 4,
+            ..Default::default()
+        };
+        s.generate(&messages, &options, &AtomicBool::new(false), &mut |_| true)?;
+        Ok(())
     }
 }
+
+/// Context parameters both kinds of context share. Flash attention is left
+/// at llama.cpp's default, "auto": on wherever the backend has kernels for
+/// it (CUDA does).
+fn context_params(n_ctx: u32, threads: i32, threads_batch: i32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(N_BATCH)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads_batch)
+}
+
+/// Most tokens evaluated in one decode.
+const N_BATCH: u32 = 512;
 
 impl Inner {
     fn render(&self, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
@@ -144,17 +225,16 @@ impl Inner {
 
 impl Llm for LlamaEngine {
     fn session(&self) -> Result<Box<dyn LlmSession>> {
-        let engine = &self.0;
+        if let Some(b) = &self.batcher {
+            return b.session();
+        }
+        let engine = &self.inner;
         let threads = if engine.live.load(Ordering::Relaxed) == 0 {
             engine.options.threads
         } else {
             1
         };
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(engine.options.n_ctx))
-            .with_n_batch(512)
-            .with_n_threads(threads)
-            .with_n_threads_batch(engine.options.threads_batch);
+        let params = context_params(engine.options.n_ctx, threads, engine.options.threads_batch);
         let ctx = engine
             .model
             .new_context(backend()?, params)
@@ -164,12 +244,12 @@ impl Llm for LlamaEngine {
             engine: engine.clone(),
             ctx,
             cached: Vec::new(),
-            dropped: 0,
+            window: Window::default(),
         }))
     }
 
     fn name(&self) -> String {
-        self.0
+        self.inner
             .path
             .file_name()
             .unwrap_or_default()
@@ -183,9 +263,7 @@ pub struct LlamaSession {
     ctx: LlamaContext<'static>,
     /// Tokens whose keys and values are in the context, in order.
     cached: Vec<LlamaToken>,
-    /// Conversation messages (after the leading system prompt) no longer
-    /// shown to the model; see [`LlamaSession::fit`].
-    dropped: usize,
+    window: Window,
 }
 
 impl Drop for LlamaSession {
@@ -194,21 +272,30 @@ impl Drop for LlamaSession {
     }
 }
 
-impl LlamaSession {
+/// Which part of a long conversation the model is shown.
+#[derive(Debug, Default)]
+struct Window {
+    /// Conversation messages (after the leading system prompt) no longer
+    /// shown to the model.
+    dropped: usize,
+}
+
+impl Window {
     /// Tokenizes the conversation as `render` lays it out, keeping it inside
-    /// the context. A call can outlast any context, so once the prompt would
-    /// leave less than an eighth of the context for the caller's words and
-    /// the reply, the oldest exchanges are forgotten (the system prompt
-    /// never is) until it fills half of it: the re-evaluation this costs
-    /// comes once in many turns rather than at every turn. The count is kept
-    /// so that prefills and generations see the same window and share the
-    /// cache.
+    /// a context of `n_ctx` tokens. A call can outlast any context, so once
+    /// the prompt would leave less than an eighth of the context for the
+    /// caller's words and the reply, the oldest exchanges are forgotten (the
+    /// system prompt never is) until it fills half of it: the re-evaluation
+    /// this costs comes once in many turns rather than at every turn. The
+    /// count is kept so that prefills and generations see the same window
+    /// and share the cache.
     fn fit(
         &mut self,
+        engine: &Inner,
+        n_ctx: usize,
         messages: &[ChatMessage],
         render: impl Fn(&Inner, &[ChatMessage]) -> Result<String>,
     ) -> Result<Vec<LlamaToken>> {
-        let n_ctx = self.ctx.n_ctx() as usize;
         let head = messages
             .iter()
             .take_while(|m| m.role == super::Role::System)
@@ -221,9 +308,8 @@ impl LlamaSession {
                 .cloned()
                 .collect()
         };
-        let engine = self.engine.clone();
         let tokenize = |dropped: usize| -> Result<Vec<LlamaToken>> {
-            Ok(engine.tokenize(&render(&engine, &window(dropped))?))
+            Ok(engine.tokenize(&render(engine, &window(dropped))?))
         };
         let mut tokens = tokenize(self.dropped)?;
         if tokens.len() <= n_ctx - n_ctx / 8 {
@@ -248,6 +334,132 @@ impl LlamaSession {
         Ok(tokens)
     }
 
+    /// The prompt a prefill evaluates: the conversation up to where the
+    /// caller's next words will go. The template's opening of a user
+    /// message is known before they speak, and every token evaluated now is
+    /// one the turn does not wait for.
+    fn prefill_prompt(
+        &mut self,
+        engine: &Inner,
+        n_ctx: usize,
+        messages: &[ChatMessage],
+    ) -> Result<Vec<LlamaToken>> {
+        const SLOT: &str = "\u{E000}";
+        let mut next = messages.to_vec();
+        next.push(ChatMessage::new(super::Role::User, SLOT));
+        self.fit(engine, n_ctx, &next, |engine, window| {
+            let mut rendered = engine.render(window, false)?;
+            if let Some(at) = rendered.find(SLOT) {
+                rendered.truncate(at);
+            }
+            Ok(rendered)
+        })
+    }
+
+    /// The prompt of a reply: the conversation and the assistant's opening.
+    fn reply_prompt(
+        &mut self,
+        engine: &Inner,
+        n_ctx: usize,
+        messages: &[ChatMessage],
+    ) -> Result<Vec<LlamaToken>> {
+        self.fit(engine, n_ctx, messages, |engine, window| {
+            engine.render(window, true)
+        })
+    }
+}
+
+/// How many leading tokens of `prompt` a sequence holding `cached` can keep.
+/// Something must be evaluated to get fresh logits, so a prompt the cache
+/// already holds whole gives back its last token.
+fn reusable(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+    let keep = cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if keep == prompt.len() {
+        keep.saturating_sub(1)
+    } else {
+        keep
+    }
+}
+
+/// The sampler of one reply: greedy at temperature 0, else top-k/top-p, with
+/// the repetition penalty in front.
+fn sampler(engine: &Inner, messages: &[ChatMessage], options: &GenerationOptions) -> LlamaSampler {
+    let penalties = LlamaSampler::penalties(
+        engine.model.n_vocab(),
+        PENALTY_WINDOW,
+        options.repeat_penalty,
+        0.0,
+        0.0,
+    );
+    let mut sampler = if options.temperature <= 0.0 {
+        LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
+    } else {
+        LlamaSampler::chain_simple([
+            penalties,
+            LlamaSampler::top_k(40),
+            LlamaSampler::top_p(0.95, 1),
+            LlamaSampler::temp(options.temperature),
+            LlamaSampler::dist(options.seed),
+        ])
+    };
+    // A small model readily answers a new question with its previous
+    // answer, copied from the history; the penalty counts the previous
+    // reply's tokens as if just generated, so a verbatim copy is
+    // discouraged while the question's own words stay free to reuse.
+    if let Some(previous) = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == super::Role::Assistant)
+    {
+        let vocab = engine.model.vocab();
+        for t in vocab.tokenize(previous.content.as_bytes(), false, false) {
+            sampler.accept(t);
+        }
+    }
+    sampler
+}
+
+/// What a sampled token means for the reply.
+enum Step {
+    /// The model ended its turn.
+    End,
+    /// Text that is complete UTF-8 now (possibly empty: a token may end
+    /// inside a character).
+    Text(String),
+}
+
+/// Turns sampled tokens into text, holding back partial characters.
+#[derive(Default)]
+struct Detokenizer {
+    pending: Vec<u8>,
+}
+
+impl Detokenizer {
+    /// Samples the next token from output `idx` of the last decode.
+    fn step(
+        &mut self,
+        engine: &Inner,
+        sampler: &mut LlamaSampler,
+        ctx: &LlamaContext<'_>,
+        idx: i32,
+    ) -> (LlamaToken, Step) {
+        let token = sampler.sample(ctx, idx);
+        sampler.accept(token);
+        let vocab = engine.model.vocab();
+        if vocab.is_eog(token) {
+            return (token, Step::End);
+        }
+        self.pending
+            .extend(vocab.token_to_piece(token, false, None));
+        (token, Step::Text(take_utf8(&mut self.pending)))
+    }
+}
+
+impl LlamaSession {
     /// Brings the KV cache to `prompt`, evaluating only what is new; returns
     /// (tokens evaluated, tokens reused) and leaves the logits of the last
     /// prompt token ready for sampling.
@@ -262,16 +474,7 @@ impl LlamaSession {
                 ),
             ));
         }
-        let mut keep = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        // Something must be evaluated to get fresh logits.
-        if keep == prompt.len() {
-            keep = keep.saturating_sub(1);
-        }
+        let keep = reusable(&self.cached, prompt);
         self.ctx
             .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
             .map_err(|e| Error::engine("llama", e))?;
@@ -299,19 +502,8 @@ impl LlamaSession {
 
 impl LlmSession for LlamaSession {
     fn prefill(&mut self, messages: &[ChatMessage]) -> Result<usize> {
-        // Up to where the caller's next words will go: the template's
-        // opening of a user message is known before they speak, and every
-        // token evaluated now is one the turn does not wait for.
-        const SLOT: &str = "\u{E000}";
-        let mut next = messages.to_vec();
-        next.push(ChatMessage::new(super::Role::User, SLOT));
-        let tokens = self.fit(&next, |engine, window| {
-            let mut rendered = engine.render(window, false)?;
-            if let Some(at) = rendered.find(SLOT) {
-                rendered.truncate(at);
-            }
-            Ok(rendered)
-        })?;
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let tokens = self.window.prefill_prompt(&self.engine, n_ctx, messages)?;
         Ok(self.sync(&tokens)?.0)
     }
 
@@ -323,69 +515,36 @@ impl LlmSession for LlamaSession {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let t0 = Instant::now();
-        let prompt = self.fit(messages, |engine, window| engine.render(window, true))?;
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let prompt = self.window.reply_prompt(&self.engine, n_ctx, messages)?;
         let (prefilled, cached) = self.sync(&prompt)?;
-        let penalties = LlamaSampler::penalties(
-            self.engine.model.n_vocab(),
-            PENALTY_WINDOW,
-            options.repeat_penalty,
-            0.0,
-            0.0,
-        );
-        let mut sampler = if options.temperature <= 0.0 {
-            LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
-        } else {
-            LlamaSampler::chain_simple([
-                penalties,
-                LlamaSampler::top_k(40),
-                LlamaSampler::top_p(0.95, 1),
-                LlamaSampler::temp(options.temperature),
-                LlamaSampler::dist(options.seed),
-            ])
-        };
-        // A small model readily answers a new question with its previous
-        // answer, copied from the history; the penalty counts the previous
-        // reply's tokens as if just generated, so a verbatim copy is
-        // discouraged while the question's own words stay free to reuse.
-        let vocab = self.engine.model.vocab();
-        if let Some(previous) = messages
-            .iter()
-            .rev()
-            .find(|m| m.role == super::Role::Assistant)
-        {
-            for t in vocab.tokenize(previous.content.as_bytes(), false, false) {
-                sampler.accept(t);
-            }
-        }
+        let mut sampler = sampler(&self.engine, messages, options);
         let mut gen = Generation {
             prefilled_tokens: prefilled,
             cached_tokens: cached,
             prompt_tokens: prompt.len(),
             ..Default::default()
         };
-        let mut pending = Vec::<u8>::new();
+        let mut detok = Detokenizer::default();
         let mut batch = LlamaBatch::new(1, 1);
         // Logits of the last prompt token sit at batch index (len-1) of the
         // last prefill batch; llama.cpp resolves -1 to "the last output".
         let mut idx = -1;
-        let room = self.ctx.n_ctx() as usize - prompt.len() - 1;
+        let room = n_ctx - prompt.len() - 1;
         for _ in 0..options.max_tokens.min(room) {
             if cancel.load(Ordering::Relaxed) {
                 gen.cancelled = true;
                 break;
             }
-            let token = sampler.sample(&self.ctx, idx);
-            sampler.accept(token);
-            if vocab.is_eog(token) {
+            let (token, step) = detok.step(&self.engine, &mut sampler, &self.ctx, idx);
+            let Step::Text(text) = step else {
                 gen.finished = true;
                 break;
-            }
+            };
             gen.completion_tokens += 1;
             if gen.first_token_ms.is_none() {
                 gen.first_token_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
             }
-            pending.extend(vocab.token_to_piece(token, false, None));
-            let text = take_utf8(&mut pending);
             if !text.is_empty() {
                 gen.text.push_str(&text);
                 if !on_text(&text) {
