@@ -19,7 +19,8 @@
 #   CARGO_TARGET_DIR  build folder (default ~/.cache/callbox/target-cuda,
 #                     apart from the CPU build so neither rebuilds the other)
 #
-# On 2 cores the first build takes about an hour (llama.cpp's CUDA kernels);
+# On 2 cores the first build takes about 45 minutes for one architecture
+# (llama.cpp's 144 CUDA files, candle's kernels);
 # later builds only relink.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -67,6 +68,14 @@ fi
 # would target compute_90a, which CUDA 11.8 lacks).
 export CMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
+# Debian's toolkit puts its libraries in the system's folder, where the
+# search of llama-cpp-sys-2's build script (<root>/lib64) does not look.
+if [ "$(command -v nvcc)" = /usr/bin/nvcc ] && [ -z "${CUDA_LIBRARY_PATH:-}" ]; then
+  shim="$CARGO_TARGET_DIR/debian-cuda"
+  mkdir -p "$shim"
+  ln -sfn "/usr/lib/$(gcc -print-multiarch)" "$shim/lib64"
+  export CUDA_LIBRARY_PATH="$shim" CUDA_PATH=/usr
+fi
 # llama.cpp's CMake cache keeps the architectures of its first configure:
 # another list needs a fresh llama.cpp build folder.
 stamp="$CARGO_TARGET_DIR/.callbox-cuda-archs"

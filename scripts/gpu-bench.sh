@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark: `callbox bench` on the `gpu` model set at 1, 8 and 32
+# GPU benchmark: `callbox bench` on the `gpu` model set (CALLBOX_MODEL_SET) at 1, 8 and 32
 # simultaneous callers, one report each, and a summary of p50/p95 Total and
 # End-of-speech per load with the GPU named.
 #
@@ -25,7 +25,7 @@ CALLERS="${CALLERS:-1 8 32}"
 ROUNDS="${ROUNDS:-2}"
 TURNS="${TURNS:-4}"
 OUT="${OUT:-out/gpu-bench}"
-export CALLBOX_MODEL_SET=gpu
+export CALLBOX_MODEL_SET="${CALLBOX_MODEL_SET:-gpu}"
 
 if [ -n "${CUDA_LIBS:-}" ]; then
   export LD_LIBRARY_PATH="${CUDA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

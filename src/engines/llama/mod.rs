@@ -31,7 +31,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::device::Device;
+use super::device::{Device, CUDA_BUILD};
 use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
 
@@ -128,6 +128,10 @@ impl LlamaEngine {
             return Err(Error::corrupt("LLM (GGUF)", path, "not a GGUF file"));
         }
         let backend = backend()?;
+        let gpu = match options.device {
+            Device::Cpu => None,
+            Device::Cuda(i) => Some(cuda_gpu(i)?),
+        };
         let params = match options.device {
             Device::Cpu => LlamaModelParams::default().with_n_gpu_layers(0),
             // Every layer, on the chosen GPU alone.
@@ -164,6 +168,7 @@ impl LlamaEngine {
         tracing::info!(
             model = %inner.path.display(),
             device = %inner.options.device,
+            gpu = gpu.as_deref().unwrap_or("-"),
             contexts = if batcher.is_some() { "one shared" } else { "one per call" },
             sequences = inner.options.parallel,
             context_tokens = inner.options.n_ctx,
@@ -189,6 +194,32 @@ impl LlamaEngine {
         s.generate(&messages, &options, &AtomicBool::new(false), &mut |_| true)?;
         Ok(())
     }
+}
+
+/// The name of CUDA GPU `i` as llama.cpp sees it. llama.cpp quietly runs on
+/// the CPU when it finds no GPU; a deployment that asked for one should hear
+/// that it has none (no driver, no device passed to the container).
+fn cuda_gpu(i: usize) -> Result<String> {
+    let gpus: Vec<_> = llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| d.backend == "CUDA")
+        .collect();
+    gpus.get(i)
+        .map(|d| format!("{} ({} MiB free)", d.description, d.memory_free >> 20))
+        .ok_or_else(|| {
+            Error::engine(
+                "llama",
+                format!(
+                    "devices.llm = cuda:{i}, but llama.cpp finds {} CUDA GPU(s){}",
+                    gpus.len(),
+                    if CUDA_BUILD {
+                        " (is the NVIDIA driver installed, and the GPU given to this container?)"
+                    } else {
+                        ": this callbox was built without the cuda feature"
+                    }
+                ),
+            )
+        })
 }
 
 /// Context parameters both kinds of context share. Flash attention is left
