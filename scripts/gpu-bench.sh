@@ -16,9 +16,10 @@
 #               against (libcublas, libcurand, libnvrtc), when they are not
 #               on the loader's path: e.g. a Python environment's
 #               site-packages/nvidia/*/lib
+#   COMPARE_BATCH=1  every load twice in one report: continuous batching
+#               against a context per call (scripts/bench/batch-*.toml)
 #   Any CALLBOX_* setting passes through to the server, e.g.
-#   CALLBOX_DEVICES__TTS=cpu to keep Piper off the GPU, CALLBOX_LLM__BATCH=false
-#   to compare against a context per call.
+#   CALLBOX_DEVICES__TTS=cpu to keep Piper off the GPU.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CALLERS="${CALLERS:-1 8 32}"
@@ -67,11 +68,15 @@ if ! "$bin" models check >/dev/null 2>&1; then
   }
 fi
 
+stacks=()
+if [ "${COMPARE_BATCH:-0}" = "1" ]; then
+  stacks=(--compare scripts/bench/batch-on.toml scripts/bench/batch-off.toml)
+fi
 mkdir -p "$OUT"
 for n in $CALLERS; do
   echo "==> $n caller(s) at once, $ROUNDS call(s) each, $TURNS turns per call"
   "$bin" bench --callers "$n" --rounds "$ROUNDS" --turns "$TURNS" --ramp-up-secs 2 \
-    --out "$OUT/callers-$n" | tee "$OUT/callers-$n.txt"
+    "${stacks[@]}" --out "$OUT/callers-$n" | tee "$OUT/callers-$n.txt"
 done
 
 # One line per load from the reports: the figures the README quotes.
@@ -79,8 +84,8 @@ summary="$OUT/summary.md"
 {
   echo "GPU: $gpu; binary: $("$bin" --version); $(date -u +%Y-%m-%d)"
   echo
-  echo "| callers | turns | Total p50 | Total p95 | End-of-speech p50 | End-of-speech p95 | answered |"
-  echo "|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| callers | stack | turns | Total p50 | Total p95 | End-of-speech p50 | End-of-speech p95 | answered |"
+  echo "|---:|---|---:|---:|---:|---:|---:|---:|"
   for n in $CALLERS; do
     "$bin" bench-summary "$OUT/callers-$n/report.json"
   done

@@ -220,6 +220,36 @@ fn an_ab_run_against_the_fake_api_stack_reports_both_side_by_side() {
         Some("aura-2-thalia-en")
     );
     assert_ne!(engine(&stacks[0], "stt").as_deref(), Some("nova-3"));
+    // The summary the GPU script collects: a row per stack with the report's
+    // p50 and p95 of Total and End-of-speech.
+    let summary = Command::new(env!("CARGO_BIN_EXE_callbox"))
+        .arg("bench-summary")
+        .arg(out.join("report.json"))
+        .output()
+        .unwrap();
+    assert!(summary.status.success());
+    let rows = String::from_utf8(summary.stdout).unwrap();
+    assert_eq!(rows.lines().count(), 2, "{rows}");
+    for (s, row) in stacks.iter().zip(rows.lines()) {
+        let stat = |name: &str, p: &str| {
+            let st = s["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|st| st["stage"] == name)
+                .unwrap();
+            format!("{:.0}", f(&st[p]))
+        };
+        let expected = format!(
+            "| 1 | {} | 2 | {} | {} | {} | {} |",
+            s["label"].as_str().unwrap(),
+            stat("Total", "p50"),
+            stat("Total", "p95"),
+            stat("End-of-speech", "p50"),
+            stat("End-of-speech", "p95"),
+        );
+        assert!(row.starts_with(&expected), "{row}\nexpected {expected}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -388,8 +388,8 @@ pub fn markdown(r: &BenchReport) -> String {
     out
 }
 
-/// One Markdown row per stack of a saved report: callers, turns, p50 and
-/// p95 of Total and End-of-speech, turns answered. What the GPU benchmark
+/// One Markdown row per stack of a saved report: callers, the stack, turns,
+/// p50 and p95 of Total and End-of-speech, turns answered. What the GPU benchmark
 /// script collects over its loads (`callbox bench-summary`).
 pub fn summary_rows(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -397,8 +397,9 @@ pub fn summary_rows(report: &BenchReport) -> String {
         let find = |name: &str| s.stages.iter().find(|st| st.stage == name);
         let p = |name: &str, f: fn(&StageStats) -> Option<f64>| ms(find(name).and_then(f));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} of {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} of {} |\n",
             report.callers,
+            s.label,
             find("Total").map_or(0, |st| st.n),
             p("Total", |st| st.p50),
             p("Total", |st| st.p95),
