@@ -109,6 +109,14 @@ pub enum Engine {
 }
 
 impl Engine {
+    pub const ALL: [Engine; 5] = [
+        Engine::Vad,
+        Engine::Turn,
+        Engine::Stt,
+        Engine::Llm,
+        Engine::Tts,
+    ];
+
     pub fn key(self) -> &'static str {
         match self {
             Engine::Vad => "vad",
@@ -172,16 +180,9 @@ impl Devices {
 
     /// Every placement resolved, failing on the first impossible one.
     pub fn validate(&self) -> Result<()> {
-        for e in [
-            Engine::Vad,
-            Engine::Turn,
-            Engine::Stt,
-            Engine::Llm,
-            Engine::Tts,
-        ] {
-            self.resolve(e)?;
-        }
-        Ok(())
+        Engine::ALL
+            .into_iter()
+            .try_for_each(|e| self.resolve(e).map(drop))
     }
 }
 

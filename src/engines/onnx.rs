@@ -178,30 +178,28 @@ pub fn session(
         .map_err(|e| corrupt(&e))
 }
 
-#[cfg(feature = "cuda")]
+/// Registers the execution provider for `device`. Asking a CPU-only build
+/// for a GPU is refused with the reason.
 fn on_device(
     builder: SessionBuilder,
     device: Device,
 ) -> std::result::Result<SessionBuilder, String> {
-    match device {
-        Device::Cpu => Ok(builder),
-        Device::Cuda(i) => builder
+    let Device::Cuda(i) = device else {
+        return Ok(builder);
+    };
+    #[cfg(feature = "cuda")]
+    {
+        builder
             .with_execution_providers([ort::ep::CUDA::default()
                 .with_device_id(i as i32)
                 .build()
                 .error_on_failure()])
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
     }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn on_device(
-    builder: SessionBuilder,
-    device: Device,
-) -> std::result::Result<SessionBuilder, String> {
-    match device {
-        Device::Cpu => Ok(builder),
-        Device::Cuda(_) => Err("this callbox was built without the cuda feature".into()),
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (builder, i);
+        Err("this callbox was built without the cuda feature".into())
     }
 }
 

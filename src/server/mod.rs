@@ -142,26 +142,28 @@ impl AppState {
 
     /// Where each engine runs (`cpu`, `cuda:N`, or `api` for a remote
     /// backend), for `/health`: a deployment can check it got its GPU.
-    fn devices(&self) -> serde_json::Value {
+    fn devices(&self) -> serde_json::Map<String, serde_json::Value> {
         use crate::config::{LlmBackend, SttBackend, TtsBackend};
         use crate::engines::device::Engine;
         let cfg = &self.cfg;
-        let on = |e: Engine, remote: bool| {
-            if remote {
-                "api".to_string()
-            } else {
-                cfg.devices
-                    .resolve(e)
-                    .map_or_else(|e| e.to_string(), |d| d.to_string())
-            }
+        let remote = |e| match e {
+            Engine::Stt => cfg.stt.backend == SttBackend::Deepgram,
+            Engine::Llm => cfg.llm.backend == LlmBackend::OpenAi,
+            Engine::Tts => cfg.tts.backend == TtsBackend::Deepgram,
+            Engine::Vad | Engine::Turn => false,
         };
-        serde_json::json!({
-            "vad": on(Engine::Vad, false),
-            "turn": on(Engine::Turn, false),
-            "stt": on(Engine::Stt, cfg.stt.backend == SttBackend::Deepgram),
-            "llm": on(Engine::Llm, cfg.llm.backend == LlmBackend::OpenAi),
-            "tts": on(Engine::Tts, cfg.tts.backend == TtsBackend::Deepgram),
-        })
+        Engine::ALL
+            .into_iter()
+            .map(|e| {
+                // Placements were validated with the configuration.
+                let on = match cfg.devices.resolve(e) {
+                    _ if remote(e) => "api".to_string(),
+                    Ok(d) => d.to_string(),
+                    Err(err) => err.to_string(),
+                };
+                (e.key().to_string(), on.into())
+            })
+            .collect()
     }
 
     fn active_calls(&self) -> usize {

@@ -706,7 +706,7 @@ impl Session {
             Internal::Transcript(id, r) => match (r, self.pending.as_mut()) {
                 (Ok(t), Some(p)) if p.id == id => {
                     let tm = &t.timings;
-                    tracing::debug!(call = %self.info.call_sid, text = %t.text, ms = tm.total_ms, encoder_ms = tm.encoder_ms, decoder_ms = tm.decoder_ms, fallbacks = tm.fallbacks, "transcript");
+                    tracing::debug!(call = %self.info.call_sid, text = %t.text, ms = tm.total_ms, queued_ms = tm.queued_ms, encoder_ms = tm.encoder_ms, decoder_ms = tm.decoder_ms, fallbacks = tm.fallbacks, "transcript");
                     p.transcript = Some((t, Instant::now()));
                     self.maybe_draft();
                 }

@@ -28,8 +28,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::{
-    backend, context_params, reusable, sampler, BatchStats, Detokenizer, Inner, Step, Window,
-    N_BATCH,
+    backend, check_fits, common_prefix, context_params, reusable, sampler, BatchStats, Detokenizer,
+    Inner, Step, Window, N_BATCH,
 };
 use crate::engines::{ChatMessage, Generation, GenerationOptions, LlmSession};
 use crate::error::{Error, Result};
@@ -202,16 +202,7 @@ impl Drop for BatchedSession {
 
 impl BatchedSession {
     fn submit(&self, prompt: Vec<LlamaToken>, reply: Option<Reply>) -> Result<Receiver<Event>> {
-        if prompt.len() + 8 > self.n_ctx_seq {
-            return Err(Error::engine(
-                "llama",
-                format!(
-                    "prompt of {} tokens exceeds the context of {}",
-                    prompt.len(),
-                    self.n_ctx_seq
-                ),
-            ));
-        }
+        check_fits(&prompt, self.n_ctx_seq)?;
         let (events, rx) = mpsc::channel();
         self.jobs
             .send(Job::Turn {
@@ -268,14 +259,18 @@ impl LlmSession for BatchedSession {
             stop: stop.clone(),
         };
         let rx = self.submit(prompt, Some(reply))?;
+        let give_up = |gen: &mut Generation| {
+            gen.cancelled = true;
+            stop.store(true, Ordering::Relaxed);
+        };
         // The scheduler reports every event of the turn and then `Done`,
         // also after a stop: the sequence is consistent again only then.
         loop {
             let event = match rx.recv_timeout(Duration::from_millis(5)) {
                 Ok(e) => e,
                 Err(RecvTimeoutError::Timeout) => {
-                    if cancel.load(Ordering::Relaxed) && !stop.swap(true, Ordering::Relaxed) {
-                        gen.cancelled = true;
+                    if cancel.load(Ordering::Relaxed) {
+                        give_up(&mut gen);
                     }
                     continue;
                 }
@@ -286,6 +281,7 @@ impl LlmSession for BatchedSession {
                     gen.prefilled_tokens = evaluated;
                     gen.cached_tokens = reused;
                 }
+                // Tokens already sampled when the stop arrived.
                 Event::Token(_) if gen.cancelled => {}
                 Event::Token(text) => {
                     gen.completion_tokens += 1;
@@ -293,13 +289,11 @@ impl LlmSession for BatchedSession {
                         gen.first_token_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
                     }
                     if cancel.load(Ordering::Relaxed) {
-                        gen.cancelled = true;
-                        stop.store(true, Ordering::Relaxed);
+                        give_up(&mut gen);
                     } else if !text.is_empty() {
                         gen.text.push_str(&text);
                         if !on_text(&text) {
-                            gen.cancelled = true;
-                            stop.store(true, Ordering::Relaxed);
+                            give_up(&mut gen);
                         }
                     }
                 }
@@ -330,8 +324,8 @@ struct ReplyState {
     /// The last sampled token, to be evaluated in the next step.
     next: Option<LlamaToken>,
     written: usize,
-    /// Tokens the reply may still take: its limit, and the sequence's room.
-    room: usize,
+    /// Tokens the reply may take: its own limit, within the sequence's room.
+    limit: usize,
 }
 
 struct Scheduler {
@@ -399,29 +393,24 @@ impl Scheduler {
                 reply,
                 events,
             } => {
-                let cached = &mut self.cached[seq as usize];
-                let keep = if reply.is_some() {
+                let cached = &self.cached[seq as usize];
+                let mut keep = if reply.is_some() {
                     reusable(cached, &prompt)
                 } else {
                     // A prefill needs no logits: a cache holding the
                     // whole prompt is already done.
-                    cached
-                        .iter()
-                        .zip(&prompt)
-                        .take_while(|(a, b)| a == b)
-                        .count()
+                    common_prefix(cached, &prompt)
                 };
-                if self
-                    .ctx
-                    .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
-                    .is_err()
-                {
+                let trimmed =
+                    self.ctx
+                        .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None);
+                if trimmed.is_ok() {
+                    self.cached[seq as usize].truncate(keep);
+                } else {
                     // A sequence that cannot be trimmed starts over.
                     self.forget(seq);
+                    keep = 0;
                 }
-                let cached = &mut self.cached[seq as usize];
-                let keep = keep.min(cached.len());
-                cached.truncate(keep);
                 let pending: VecDeque<LlamaToken> = prompt[keep..].iter().copied().collect();
                 let _ = events.send(Event::Accepted {
                     evaluated: pending.len(),
@@ -432,7 +421,7 @@ impl Scheduler {
                     seq,
                     pending,
                     reply: reply.map(|reply| ReplyState {
-                        room: reply.max_tokens.min(room),
+                        limit: reply.max_tokens.min(room),
                         reply,
                         detok: Detokenizer::default(),
                         next: None,
@@ -484,15 +473,12 @@ impl Scheduler {
             room -= 1;
         }
         for (i, t) in self.tasks.iter_mut().enumerate() {
-            if room == 0 {
-                break;
-            }
-            while room > 0 {
-                let Some(token) = t.pending.pop_front() else {
-                    break;
-                };
-                let cached = &mut self.cached[t.seq as usize];
-                let last = t.pending.is_empty() && t.reply.is_some();
+            let n = room.min(t.pending.len());
+            // The prompt's last token gives the reply its first logits.
+            let samples = n == t.pending.len() && t.reply.is_some();
+            let cached = &mut self.cached[t.seq as usize];
+            for (k, token) in t.pending.drain(..n).enumerate() {
+                let last = samples && k + 1 == n;
                 if last {
                     outputs.push((i, batch.n_tokens()));
                 }
@@ -500,8 +486,8 @@ impl Scheduler {
                     .add(token, cached.len() as i32, &[t.seq], last)
                     .map_err(add_err)?;
                 cached.push(token);
-                room -= 1;
             }
+            room -= n;
         }
         Ok(outputs)
     }
@@ -534,7 +520,7 @@ impl Scheduler {
                 Step::Text(text) => {
                     r.written += 1;
                     let _ = t.events.send(Event::Token(text));
-                    if r.written >= r.room {
+                    if r.written >= r.limit {
                         let _ = t.events.send(Event::Done { finished: false });
                         done.push(i);
                     } else {

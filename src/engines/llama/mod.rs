@@ -128,17 +128,16 @@ impl LlamaEngine {
             return Err(Error::corrupt("LLM (GGUF)", path, "not a GGUF file"));
         }
         let backend = backend()?;
-        let gpu = match options.device {
-            Device::Cpu => None,
-            Device::Cuda(i) => Some(cuda_gpu(i)?),
-        };
-        let params = match options.device {
-            Device::Cpu => LlamaModelParams::default().with_n_gpu_layers(0),
+        let (gpu, params) = match options.device {
+            Device::Cpu => (None, LlamaModelParams::default().with_n_gpu_layers(0)),
             // Every layer, on the chosen GPU alone.
-            Device::Cuda(i) => LlamaModelParams::default()
-                .with_n_gpu_layers(u32::MAX)
-                .with_split_mode(llama_cpp_2::model::params::LlamaSplitMode::None)
-                .with_main_gpu(i as i32),
+            Device::Cuda(i) => (
+                Some(cuda_gpu(i)?),
+                LlamaModelParams::default()
+                    .with_n_gpu_layers(u32::MAX)
+                    .with_split_mode(llama_cpp_2::model::params::LlamaSplitMode::None)
+                    .with_main_gpu(i as i32),
+            ),
         };
         let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|e| Error::corrupt("LLM (GGUF)", path, e))?;
@@ -400,20 +399,41 @@ impl Window {
     }
 }
 
-/// How many leading tokens of `prompt` a sequence holding `cached` can keep.
-/// Something must be evaluated to get fresh logits, so a prompt the cache
-/// already holds whole gives back its last token.
-fn reusable(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
-    let keep = cached
+/// How many leading tokens of `prompt` a sequence holding `cached` already
+/// holds.
+fn common_prefix(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+    cached
         .iter()
         .zip(prompt)
         .take_while(|(a, b)| a == b)
-        .count();
+        .count()
+}
+
+/// How many leading tokens of `prompt` a sequence holding `cached` can keep
+/// when the reply is sampled after it. Something must be evaluated to get
+/// fresh logits, so a prompt the cache already holds whole gives back its
+/// last token.
+fn reusable(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+    let keep = common_prefix(cached, prompt);
     if keep == prompt.len() {
         keep.saturating_sub(1)
     } else {
         keep
     }
+}
+
+/// A prompt must leave a few tokens of the context for the reply.
+fn check_fits(prompt: &[LlamaToken], n_ctx: usize) -> Result<()> {
+    if prompt.len() + 8 > n_ctx {
+        return Err(Error::engine(
+            "llama",
+            format!(
+                "prompt of {} tokens exceeds the context of {n_ctx}",
+                prompt.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The sampler of one reply: greedy at temperature 0, else top-k/top-p, with
@@ -495,16 +515,7 @@ impl LlamaSession {
     /// (tokens evaluated, tokens reused) and leaves the logits of the last
     /// prompt token ready for sampling.
     fn sync(&mut self, prompt: &[LlamaToken]) -> Result<(usize, usize)> {
-        if prompt.len() + 8 > self.ctx.n_ctx() as usize {
-            return Err(Error::engine(
-                "llama",
-                format!(
-                    "prompt of {} tokens exceeds the context of {}",
-                    prompt.len(),
-                    self.ctx.n_ctx()
-                ),
-            ));
-        }
+        check_fits(prompt, self.ctx.n_ctx() as usize)?;
         let keep = reusable(&self.cached, prompt);
         self.ctx
             .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
