@@ -13,7 +13,7 @@
 #   ROUNDS      calls per caller (default 2); TURNS caller turns per call (4)
 #   OUT         reports (default out/gpu-bench)
 #   CUDA_LIBS   folders holding the CUDA libraries the binary was linked
-#               against (libcublas, libcurand, libnvrtc), when they are not
+#               against (`ldd` lists them: libcurand, libcuda), when they are not
 #               on the loader's path: e.g. a Python environment's
 #               site-packages/nvidia/*/lib
 #   COMPARE_BATCH=1  every load twice in one report: continuous batching
