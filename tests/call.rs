@@ -154,6 +154,42 @@ async fn barge_in_clears_and_keeps_only_what_was_heard() {
     assert!(!s.history.iter().any(|m| m.content == cut.bot_text));
 }
 
+/// A caller who hangs up in the middle of a reply: that turn is still
+/// reported, as interrupted, and the conversation keeps what was heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_mid_reply_keeps_what_was_heard() {
+    let (state, addr) = start(|c| c.llm.max_tokens = 60).await;
+    let mut opts = signed(
+        format!("ws://{addr}/ws"),
+        vec![turn_of("Can you tell me a long story about the ocean?")],
+    );
+    opts.hang_up_after_ms = Some(1500);
+    let sid = opts.call_sid.clone();
+    let r = sim::run(opts).await.unwrap();
+    assert!(
+        r.turns[0].latency_ms.is_some(),
+        "no reply before hanging up"
+    );
+    let s = summary(&state, &sid).await;
+    let last = s.turns.last().unwrap();
+    assert!(
+        last.kind != TurnKind::Greeting && last.interrupted,
+        "{:#?}",
+        s.turns
+    );
+    assert!(
+        !last.heard_text.is_empty() && last.heard_text.len() < last.bot_text.len(),
+        "{last:#?}"
+    );
+    let kept = s.history.last().unwrap();
+    assert!(
+        kept.role == Role::Assistant && kept.content == last.heard_text,
+        "{:#?}",
+        s.history
+    );
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_and_short_bursts_do_not_interrupt() {
     let (state, addr) = start(|c| c.llm.max_tokens = 40).await;

@@ -1064,30 +1064,10 @@ impl Session {
         let now = Instant::now();
         self.bot_until = now;
         let onset = self.now_pos_time(self.segment_onset);
-        // Acknowledged pieces were heard; of the one playing, the share of
-        // its duration since playback reached it.
-        let mut heard: Vec<String> = Vec::new();
-        let mut playing_since = a.first_frame_at;
-        for p in &a.pieces {
-            if p.acked {
-                heard.push(p.text.clone());
-                playing_since = a.last_ack_at;
-                continue;
-            }
-            if let Some(since) = playing_since {
-                let frac = (now.saturating_duration_since(since).as_secs_f64() / p.secs.max(0.01))
-                    .min(1.0);
-                let words: Vec<&str> = p.text.split_whitespace().collect();
-                let n = (words.len() as f64 * frac).floor() as usize;
-                if n > 0 {
-                    heard.push(format!("{}…", words[..n].join(" ")));
-                }
-            }
-            break;
-        }
+        let heard = heard_of(&a, now);
         // A reply the caller never heard was abandoned, not interrupted.
         let spoke = a.first_frame_at.is_some();
-        self.close_reply(&a, heard.join(" "), spoke);
+        self.close_reply(&a, heard, spoke);
         if !spoke {
             return;
         }
@@ -1170,8 +1150,12 @@ impl Session {
     }
 
     fn finish(mut self, ended_by: String) -> CallSummary {
+        // A hang-up during a reply ends it like a barge-in: the summary, the
+        // table and the history keep what the caller heard of it.
         if let Some(a) = self.active.take() {
             a.reply.cancel();
+            let heard = heard_of(&a, Instant::now());
+            self.close_reply(&a, heard, a.first_frame_at.is_some());
         }
         let mut recording = None;
         if let Some(dir) = self.cfg.call.recordings_dir.clone() {
@@ -1274,6 +1258,31 @@ impl CallSummary {
         ));
         s
     }
+}
+
+/// What the caller heard of reply `a` by `now`: every acknowledged piece,
+/// and of the one playing, the share of its words its playing time covers.
+fn heard_of(a: &Active, now: Instant) -> String {
+    let mut heard: Vec<String> = Vec::new();
+    let mut playing_since = a.first_frame_at;
+    for p in &a.pieces {
+        if p.acked {
+            heard.push(p.text.clone());
+            playing_since = a.last_ack_at;
+            continue;
+        }
+        if let Some(since) = playing_since {
+            let frac =
+                (now.saturating_duration_since(since).as_secs_f64() / p.secs.max(0.01)).min(1.0);
+            let words: Vec<&str> = p.text.split_whitespace().collect();
+            let n = (words.len() as f64 * frac).floor() as usize;
+            if n > 0 {
+                heard.push(format!("{}…", words[..n].join(" ")));
+            }
+        }
+        break;
+    }
+    heard.join(" ")
 }
 
 fn joined(pieces: &[Piece]) -> String {

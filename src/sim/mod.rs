@@ -56,6 +56,9 @@ pub struct SimOptions {
     pub reply_timeout_secs: f32,
     /// Silence after the last reply before hanging up.
     pub linger_secs: f32,
+    /// Hang up this long into the last turn's reply instead of hearing it
+    /// out: the caller who has heard enough.
+    pub hang_up_after_ms: Option<u64>,
     /// Feed the bot's audio back: (attenuation in dB, delay in ms).
     pub echo: Option<(f32, u64)>,
     /// Wait for the greeting before the first turn.
@@ -82,6 +85,7 @@ impl SimOptions {
             pause_secs: 0.8,
             reply_timeout_secs: 20.0,
             linger_secs: 0.5,
+            hang_up_after_ms: None,
             echo: None,
             expect_greeting: true,
             auth_token: None,
@@ -384,6 +388,12 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         let next = opts.turns.get(i + 1);
                         let barge = next.and_then(|t| t.barge_in_after_ms).zip(reply_started)
                             .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
+                        let hang_up = i + 1 == opts.turns.len()
+                            && opts.hang_up_after_ms.zip(reply_started)
+                                .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
+                        if hang_up {
+                            break;
+                        }
                         let replied = report.turns[i].latency_ms.is_some() && idle;
                         let timeout = now.duration_since(since) > Duration::from_secs_f32(opts.reply_timeout_secs);
                         if barge || replied || timeout {
