@@ -306,7 +306,7 @@ fn missing_and_corrupt_models_name_the_file_and_the_fix() {
     assert!(!o.status.success());
     let t = text(&o);
     assert!(
-        t.contains(&format!("{e}/whisper-tiny.en")) && t.contains("callbox models fetch"),
+        t.contains(&format!("{e}/whisper-base")) && t.contains("callbox models fetch"),
         "{t}"
     );
 

@@ -156,12 +156,32 @@ impl Ct2Model {
     }
 }
 
+/// `model.bin`, or when it is absent the pieces `model.bin.part1`,
+/// `model.bin.part2`, … joined in order: package indexes cap a file's size,
+/// so larger CTranslate2 models are published split.
+fn model_bytes(bin: &Path) -> Result<Vec<u8>> {
+    if let Ok(bytes) = std::fs::read(bin) {
+        return Ok(bytes);
+    }
+    let parts: Vec<_> = (1..)
+        .map(|i| bin.with_extension(format!("bin.part{i}")))
+        .take_while(|p| p.is_file())
+        .collect();
+    if parts.is_empty() {
+        return Err(Error::missing("CTranslate2 Whisper model", bin));
+    }
+    let mut bytes = Vec::new();
+    for p in &parts {
+        bytes.extend(std::fs::read(p)?);
+    }
+    Ok(bytes)
+}
+
 /// Converts the CTranslate2 directory `src` (model.bin, config.json,
 /// tokenizer.json) into `dst`.
 pub fn convert_whisper(src: &Path, dst: &Path) -> Result<()> {
     let bin = src.join("model.bin");
-    let bytes =
-        std::fs::read(&bin).map_err(|_| Error::missing("CTranslate2 Whisper model", &bin))?;
+    let bytes = model_bytes(&bin)?;
     let model = Ct2Model::parse(&bytes)
         .map_err(|e| Error::corrupt("CTranslate2 Whisper model", &bin, e))?;
     if model.spec != "WhisperSpec" {
@@ -523,6 +543,24 @@ mod tests {
             [0.0, 1.0, 2.0, 3.0]
         );
         assert!(t.contains_key("model.decoder.layers.0.encoder_attn_layer_norm.weight"));
+    }
+
+    #[test]
+    fn a_model_split_in_parts_is_read_joined_in_order() {
+        let dir = std::env::temp_dir().join(format!("callbox-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("model.bin");
+        assert!(model_bytes(&bin).is_err(), "nothing there");
+        for (i, part) in [&b"abc"[..], b"de", b"f"].iter().enumerate() {
+            std::fs::write(dir.join(format!("model.bin.part{}", i + 1)), part).unwrap();
+        }
+        // A stray later piece after a gap is not part of the model.
+        std::fs::write(dir.join("model.bin.part5"), b"zz").unwrap();
+        assert_eq!(model_bytes(&bin).unwrap(), b"abcdef");
+        // A whole model.bin wins over pieces.
+        std::fs::write(&bin, b"whole").unwrap();
+        assert_eq!(model_bytes(&bin).unwrap(), b"whole");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
