@@ -172,7 +172,7 @@ fn model_bytes(bin: &Path) -> Result<Vec<u8>> {
     }
     let mut bytes = Vec::new();
     for p in &parts {
-        bytes.extend(std::fs::read(p)?);
+        std::fs::File::open(p)?.read_to_end(&mut bytes)?;
     }
     Ok(bytes)
 }

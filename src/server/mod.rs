@@ -156,10 +156,12 @@ impl AppState {
             .into_iter()
             .map(|e| {
                 // Placements were validated with the configuration.
-                let on = match cfg.devices.resolve(e) {
-                    _ if remote(e) => "api".to_string(),
-                    Ok(d) => d.to_string(),
-                    Err(err) => err.to_string(),
+                let on = if remote(e) {
+                    "api".to_string()
+                } else {
+                    cfg.devices
+                        .resolve(e)
+                        .map_or_else(|err| err.to_string(), |d| d.to_string())
                 };
                 (e.key().to_string(), on.into())
             })
