@@ -1,5 +1,5 @@
+use callbox::observe::log::{log_setup, LogFormat};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     // llama.cpp's OpenMP workers spin between tokens by default, taking the
@@ -10,17 +10,10 @@ fn main() -> std::process::ExitCode {
     }
     cap_malloc_arenas();
     let cli = callbox::cli::Cli::parse();
-    let default = match cli.verbose {
-        0 => "warn",
-        1 => "info,callbox=info",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CALLBOX_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = init_logging(cli.verbose) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -38,6 +31,29 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The log on stderr: filter from `CALLBOX_LOG`, else `RUST_LOG` (so
+/// `CALLBOX_LOG` wins when both are set), else `-v`; format from
+/// `CALLBOX_LOG_FORMAT`, `text` (default) or `json` (one object per line, the
+/// event's fields at the top level, for container log collectors). An unknown
+/// format or a filter that does not parse stops the start with an error.
+fn init_logging(verbose: u8) -> Result<(), String> {
+    let var = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let (filter, format) = log_setup(
+        verbose,
+        var("CALLBOX_LOG").as_deref(),
+        var("RUST_LOG").as_deref(),
+        var("CALLBOX_LOG_FORMAT").as_deref(),
+    )?;
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 /// glibc gives threads that allocate at the same time heaps of their own

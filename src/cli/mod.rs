@@ -45,7 +45,7 @@ pub struct Cli {
     /// A manifest other than the built-in one.
     #[arg(long, global = true, env = "CALLBOX_MANIFEST")]
     pub manifest: Option<PathBuf>,
-    /// More logging (-v info, -vv debug).
+    /// More logging (-v info, -vv debug); CALLBOX_LOG, else RUST_LOG, overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]

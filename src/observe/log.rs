@@ -111,3 +111,108 @@ impl Observer for LogObserver {
         }
     }
 }
+
+/// The process log's format, from `CALLBOX_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines on stderr (the default).
+    Text,
+    /// One JSON object per line on stderr, for container log collectors.
+    Json,
+}
+
+/// The process log's filter and format, from the values of `CALLBOX_LOG`,
+/// `RUST_LOG` and `CALLBOX_LOG_FORMAT` and the `-v` count. The filter (tracing's
+/// `EnvFilter` syntax) is `CALLBOX_LOG` when set, else `RUST_LOG`, else the one
+/// `-v` chooses: `CALLBOX_LOG` wins when both are set, so a host-wide `RUST_LOG`
+/// cannot override the one meant for callbox. An empty variable counts as unset.
+/// The format is `text` (default) or `json`; any other value, and a filter that
+/// does not parse, is an error naming the variable: a typo must not quietly
+/// give a log the operator did not ask for.
+pub fn log_setup(
+    verbose: u8,
+    callbox_log: Option<&str>,
+    rust_log: Option<&str>,
+    format: Option<&str>,
+) -> Result<(tracing_subscriber::EnvFilter, LogFormat), String> {
+    fn set(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    let format = match set(format) {
+        None => LogFormat::Text,
+        Some(v) if v.eq_ignore_ascii_case("text") => LogFormat::Text,
+        Some(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+        Some(v) => {
+            return Err(format!(
+                "CALLBOX_LOG_FORMAT is {v:?}; it must be \"text\" or \"json\""
+            ))
+        }
+    };
+    let filter = match (set(callbox_log), set(rust_log)) {
+        (Some(f), _) => Some(("CALLBOX_LOG", f)),
+        (None, Some(f)) => Some(("RUST_LOG", f)),
+        (None, None) => None,
+    };
+    let filter = match filter {
+        Some((var, f)) => tracing_subscriber::EnvFilter::try_new(f)
+            .map_err(|e| format!("{var} is not a valid log filter ({f:?}): {e}"))?,
+        None => tracing_subscriber::EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info,callbox=info",
+            _ => "debug",
+        }),
+    };
+    Ok((filter, format))
+}
+
+#[cfg(test)]
+mod log_setup_tests {
+    use super::{log_setup, LogFormat};
+
+    fn setup(
+        v: u8,
+        callbox: Option<&str>,
+        rust: Option<&str>,
+        format: Option<&str>,
+    ) -> (String, LogFormat) {
+        let (filter, format) = log_setup(v, callbox, rust, format).unwrap();
+        (filter.to_string(), format)
+    }
+
+    #[test]
+    fn verbosity_sets_the_filter_when_no_variable_does() {
+        assert_eq!(setup(0, None, None, None), ("warn".into(), LogFormat::Text));
+        assert_eq!(setup(2, None, None, None).0, "debug");
+        // An empty variable counts as unset.
+        assert_eq!(setup(0, Some(""), Some(" "), Some("")).0, "warn");
+    }
+
+    #[test]
+    fn callbox_log_wins_over_rust_log_and_both_over_verbosity() {
+        assert_eq!(setup(2, None, Some("info"), None).0, "info");
+        assert_eq!(
+            setup(2, Some("callbox=trace"), Some("info"), None).0,
+            "callbox=trace"
+        );
+    }
+
+    #[test]
+    fn the_format_is_text_or_json_and_nothing_else() {
+        assert_eq!(setup(0, None, None, Some("json")).1, LogFormat::Json);
+        assert_eq!(setup(0, None, None, Some("JSON")).1, LogFormat::Json);
+        assert_eq!(setup(0, None, None, Some("text")).1, LogFormat::Text);
+        let e = log_setup(0, None, None, Some("jsno")).unwrap_err();
+        assert!(
+            e.contains("CALLBOX_LOG_FORMAT") && e.contains("jsno"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_names_its_variable() {
+        let e = log_setup(0, None, Some("callbox=loud"), None).unwrap_err();
+        assert!(e.starts_with("RUST_LOG"), "{e}");
+        let e = log_setup(0, Some("callbox=loud"), Some("info"), None).unwrap_err();
+        assert!(e.starts_with("CALLBOX_LOG"), "{e}");
+    }
+}
