@@ -6,4 +6,4 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-browser.sh"
 echo "==> tests"
-cargo test --release --locked "$@"
+cargo test --release --locked --no-fail-fast "$@"

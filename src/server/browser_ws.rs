@@ -194,7 +194,7 @@ impl Default for Microphone {
 
 impl Microphone {
     fn push(&mut self, bytes: &[u8]) -> Result<Vec<CallInput>, String> {
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return Err(format!(
                 "audio of {} bytes: not 16-bit samples",
                 bytes.len()
