@@ -125,6 +125,20 @@ pub enum Shapes {
     Varying,
 }
 
+/// How much ONNX Runtime rewrites a model's graph before running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optimisation {
+    /// Every rewrite (level 3): the fastest, and what calls run. An int8
+    /// model's quantize/dequantize pairs are fused into integer kernels that
+    /// ONNX Runtime picks by the CPU's instruction set (AVX2, AVX-512,
+    /// VNNI, AMX), so the scores move a little from one CPU to another.
+    Full,
+    /// None: every node runs as the graph has it, as the reference
+    /// implementations ran it when the golden values were taken. Slower;
+    /// for checks, not for calls.
+    Off,
+}
+
 /// Opens an ONNX model with `threads` intra-op threads, on `device`: a GPU
 /// through ONNX Runtime's CUDA provider, which needs the runtime's GPU build
 /// (the `gpu` model set's `onnxruntime-gpu`). A provider that cannot start
@@ -136,6 +150,27 @@ pub fn session(
     threads: usize,
     shapes: Shapes,
     device: Device,
+) -> Result<Session> {
+    session_with(
+        ort_lib,
+        model,
+        what,
+        threads,
+        shapes,
+        device,
+        Optimisation::Full,
+    )
+}
+
+/// [`session`] with the graph optimisation chosen.
+pub fn session_with(
+    ort_lib: &Path,
+    model: &Path,
+    what: &str,
+    threads: usize,
+    shapes: Shapes,
+    device: Device,
+    optimisation: Optimisation,
 ) -> Result<Session> {
     if !model.is_file() {
         return Err(Error::missing(what, model));
@@ -165,8 +200,12 @@ pub fn session(
             .with_memory_pattern(false)
             .map_err(|e| corrupt(&e))?;
     }
+    let level = match optimisation {
+        Optimisation::Full => GraphOptimizationLevel::Level3,
+        Optimisation::Off => GraphOptimizationLevel::Disable,
+    };
     builder
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(level)
         .map_err(|e| corrupt(&e))?
         .with_intra_threads(threads)
         .map_err(|e| corrupt(&e))?

@@ -12,7 +12,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 
 use super::device::Device;
-use super::onnx::{self, Shapes};
+use super::onnx::{self, Optimisation, Shapes};
 use super::{TurnDetector, TurnVerdict, MODEL_RATE};
 use crate::audio::mel::{whisper_normalise, LogMel, MelFilters};
 use crate::error::{Error, Result};
@@ -37,7 +37,36 @@ impl SmartTurn {
         mel_filters: &Path,
         device: Device,
     ) -> Result<Self> {
-        let session = onnx::session(ort_lib, model, "Smart Turn model", 1, Shapes::Fixed, device)?;
+        Self::open(ort_lib, model, mel_filters, device, Optimisation::Full)
+    }
+
+    /// The model with ONNX Runtime's graph optimisations off, on the CPU:
+    /// each quantize/dequantize node runs as written instead of the fused
+    /// integer kernels ONNX Runtime picks per instruction set, so the scores
+    /// are the reference implementation's (the golden values were taken this
+    /// way) on every x86-64 CPU with FMA3, and at most one output step away
+    /// on older ones (tests/engines.rs). About twice as slow; for tests and
+    /// checks, not for calls.
+    pub fn load_reference(ort_lib: &Path, model: &Path, mel_filters: &Path) -> Result<Self> {
+        Self::open(ort_lib, model, mel_filters, Device::Cpu, Optimisation::Off)
+    }
+
+    fn open(
+        ort_lib: &Path,
+        model: &Path,
+        mel_filters: &Path,
+        device: Device,
+        optimisation: Optimisation,
+    ) -> Result<Self> {
+        let session = onnx::session_with(
+            ort_lib,
+            model,
+            "Smart Turn model",
+            1,
+            Shapes::Fixed,
+            device,
+            optimisation,
+        )?;
         let mel = LogMel::new(MelFilters::load_npz(mel_filters, 80)?);
         Ok(Self {
             session: Mutex::new(session),
