@@ -7,7 +7,6 @@
 //! run replays the whole corpus through them on stable Rust
 //! (`tests/fuzz_corpus.rs`): a crash the fuzzer once found stays fixed.
 
-use crate::audio::ulaw;
 use crate::config::Config;
 use crate::server::dialout::{self, DialRequest};
 use crate::server::media_ws::call_input;
@@ -21,9 +20,12 @@ pub fn twilio_frame(data: &[u8]) {
         return;
     };
     match call_input(text) {
-        Ok(Some(CallInput::Audio(bytes))) => {
-            assert!(!bytes.is_empty(), "an empty media payload reached the call");
-            assert_eq!(ulaw::decode(&bytes).len(), bytes.len());
+        Ok(Some(CallInput::Audio(frame))) => {
+            assert!(
+                !frame.pcm.is_empty(),
+                "an empty media payload reached the call"
+            );
+            assert_eq!(frame.rate, 8000, "Twilio's audio is 8 kHz");
         }
         Ok(Some(CallInput::Dtmf(d))) => {
             assert!(protocol::is_keypad_digit(&d), "DTMF {d:?} reached the call");

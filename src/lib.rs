@@ -13,13 +13,23 @@
 //! - [`cli`]: the command-line tools.
 //!
 //! `fuzzing` holds the checks the fuzz targets in `fuzz/` run.
+//!
+//! The `testkit` feature (on by default) adds what drives a server from
+//! outside: [`sim`] (a simulated Twilio caller), [`fakes`] (Groq's and
+//! Deepgram's APIs, faked at the network edge), [`fuzzing`], and the
+//! commands built on them (`demo`, `sim`, `bench`, `soak`, `fake-apis`).
+//! `serve` needs none of it: `cargo build --release --no-default-features`
+//! builds the server without them.
 
 pub mod audio;
 pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod error;
+pub mod events;
+#[cfg(feature = "testkit")]
 pub mod fakes;
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod models;
@@ -27,6 +37,7 @@ pub mod observe;
 pub mod persona;
 pub mod server;
 pub mod session;
+#[cfg(feature = "testkit")]
 pub mod sim;
 pub mod stack;
 pub mod text;

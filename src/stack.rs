@@ -3,20 +3,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::VadParams;
 use crate::config::{
     ApiConfig, Config, LlmBackend, LlmConfig, SttBackend, SttConfig, TtsBackend, TtsConfig,
 };
-use crate::engines::deepgram::DeepgramTts;
-use crate::engines::deepgram_listen::DeepgramStt;
-use crate::engines::deepgram_speak_ws::DeepgramSpeakWs;
+use crate::engines::api::deepgram_stt::DeepgramStt;
+use crate::engines::api::deepgram_tts::DeepgramTts;
+use crate::engines::api::deepgram_tts_ws::DeepgramSpeakWs;
+use crate::engines::api::http::Endpoint;
+use crate::engines::api::openai::OpenAiChat;
 use crate::engines::denoise::Rnnoise;
 use crate::engines::device::{Device, Devices, Engine};
-use crate::engines::http::Endpoint;
 use crate::engines::llama::{LlamaEngine, LlamaOptions};
-use crate::engines::openai::OpenAiChat;
 use crate::engines::piper::{Piper, PiperOptions};
 use crate::engines::queue::FairStt;
-use crate::engines::silero::{SileroVad, VadParams};
+use crate::engines::silero::SileroVad;
 use crate::engines::smart_turn::SmartTurn;
 use crate::engines::whisper::{Whisper, WhisperOptions};
 use crate::engines::{Denoiser, Llm, Stt, Tts, TurnDetector, Vad};

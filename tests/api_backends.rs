@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use callbox::audio::Audio;
 use callbox::config::{LlmBackend, LlmConfig, SttBackend, TtsBackend, TtsConfig};
-use callbox::engines::deepgram::DeepgramTts;
-use callbox::engines::deepgram_listen::DeepgramStt;
-use callbox::engines::deepgram_speak_ws::DeepgramSpeakWs;
+use callbox::engines::api::deepgram_stt::DeepgramStt;
+use callbox::engines::api::deepgram_tts::DeepgramTts;
+use callbox::engines::api::deepgram_tts_ws::DeepgramSpeakWs;
+use callbox::engines::api::http::Endpoint;
+use callbox::engines::api::openai::OpenAiChat;
 use callbox::engines::device::Device;
-use callbox::engines::http::Endpoint;
-use callbox::engines::openai::OpenAiChat;
 use callbox::engines::{
     ChatMessage, Generation, GenerationOptions, Llm, Role, Stt, SttStream, SynthesisStats, Tts,
 };
@@ -327,7 +327,7 @@ async fn a_call_is_answered_through_the_api() {
     let r = sim::run(opts).await.unwrap();
     assert!(r.turns[0].latency_ms.is_some(), "no apology");
     let s = summary(&state, &sid).await;
-    assert_eq!(s.ended_by, "stop");
+    assert_eq!(s.ended_by, callbox::events::EndedBy::Stop);
     assert!(
         s.errors
             .iter()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use callbox::audio::{wav, Audio};
 use callbox::engines::MODEL_RATE;
-use callbox::session::TurnKind;
+use callbox::events::TurnKind;
 use callbox::text::wer::wer;
 use common::server::*;
 use fantoccini::{Client, ClientBuilder, Locator};

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use callbox::audio::Audio;
 use callbox::engines::Role;
+use callbox::events::{CallSummary, TurnKind};
 use callbox::observe::{Event, Observer};
-use callbox::session::{CallSummary, TurnKind};
 use callbox::sim::{self, SimOptions, SimTurn};
 use common::server::*;
 use common::*;
@@ -509,7 +509,7 @@ async fn metrics_traces_and_the_table_tell_the_same_story() {
         .contains_key("stream_token"));
 
     // The table and the trace: the same numbers.
-    let rows = table_rows(&s.latency_table());
+    let rows = table_rows(&callbox::observe::table::latency_table(&s.turns));
     assert!(!rows.is_empty());
     let keys = [
         "total_ms",

@@ -143,7 +143,7 @@ fn binary_reads(name: &str, value: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())
             .and_then(|c| c.validate().map_err(|e| e.to_string()));
     }
-    let sources = ["src/config.rs", "src/server/mod.rs", "src/cli/mod.rs"];
+    let sources = ["src/config/mod.rs", "src/server/mod.rs", "src/cli/mod.rs"];
     if sources
         .iter()
         .any(|f| read(f).contains(&format!("\"{name}\"")))

@@ -14,7 +14,8 @@ use callbox::audio::{ulaw, Audio};
 use callbox::engines::{
     ChatMessage, Generation, GenerationOptions, Llm, LlmSession, Role, Stt, Transcript,
 };
-use callbox::session::{TurnKind, AHEAD_SLACK_SECS};
+use callbox::events::{EndedBy, TurnKind};
+use callbox::session::AHEAD_SLACK_SECS;
 use callbox::sim;
 use callbox::twilio::protocol;
 use common::server::*;
@@ -119,7 +120,7 @@ async fn an_engine_that_fails_or_panics_costs_one_turn_of_one_call() {
     }
     let fs = summary(&state, &faulty_sid).await;
     let hs = summary(&state, &healthy_sid).await;
-    assert_eq!(fs.ended_by, "stop");
+    assert_eq!(fs.ended_by, EndedBy::Stop);
     let errors = fs.errors.join("\n");
     for expected in [
         "stt failed: panicked: injected STT fault",
@@ -225,7 +226,7 @@ async fn a_caller_who_vanishes_mid_sentence_or_mid_reply_leaves_a_clean_call() {
     let mid_sentence = summary(&state, "CAvanish1").await;
     let mid_reply = summary(&state, "CAvanish2").await;
     for (s, sent) in [(&mid_sentence, sent_half), (&mid_reply, sent_whole)] {
-        assert_eq!(s.ended_by, "transport closed", "{}", s.info.call_sid);
+        assert_eq!(s.ended_by, EndedBy::TransportClosed, "{}", s.info.call_sid);
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         let t = trace(&traces, &s.info.call_sid).await;
         assert_eq!(t["call"]["ended_by"], "transport closed");
@@ -290,7 +291,7 @@ async fn a_client_faster_than_real_time_is_held_to_the_clock() {
     }
     ws.send(Message::text(r#"{"event":"stop"}"#)).await.unwrap();
     let s = summary(&state, call_sid).await;
-    assert_eq!(s.ended_by, "stop");
+    assert_eq!(s.ended_by, EndedBy::Stop);
     // Kept: what the clock allows (the call's seconds plus the slack);
     // the rest dropped and counted.
     let kept = 3000 - s.frames_dropped;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use callbox::audio::Audio;
 use callbox::config::Secret;
-use callbox::session::{Direction, TurnKind};
+use callbox::events::{Direction, TurnKind};
 use common::fake_twilio::{Behaviour, FakeTwilio, ACCOUNT_SID};
 use common::server::*;
 use common::*;

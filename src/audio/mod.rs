@@ -51,6 +51,19 @@ impl Audio {
     }
 }
 
+/// Caller audio as a transport hands it to a call: 16-bit PCM, its rate,
+/// and where it belongs on the caller's stream. Transports decode their own
+/// wire format (Twilio's μ-law, the browser's PCM), so everything after them
+/// sees one type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub pcm: Vec<i16>,
+    pub rate: u32,
+    /// Milliseconds from the start of the stream by the sender's clock
+    /// (Twilio's media `timestamp`); `None` when the transport has no clock.
+    pub at_ms: Option<u64>,
+}
+
 pub fn f32_to_i16(s: f32) -> i16 {
     (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }

@@ -1,14 +1,23 @@
 //! The `callbox` command line. Each subcommand is glue over the library:
 //! parse arguments, load what it needs, print results.
 
-mod bench;
+// The product's own commands.
 mod bench_engines;
 mod call;
-mod child;
-mod fake_apis;
 mod models;
-mod soak;
 mod tools;
+// What drives a server from outside — simulated callers, load, the fake
+// providers — needs the testkit.
+#[cfg(feature = "testkit")]
+mod bench;
+#[cfg(feature = "testkit")]
+mod child;
+#[cfg(feature = "testkit")]
+mod fake_apis;
+#[cfg(feature = "testkit")]
+mod sim;
+#[cfg(feature = "testkit")]
+mod soak;
 
 use std::path::PathBuf;
 
@@ -65,11 +74,14 @@ pub enum Command {
     Chat(tools::ChatArgs),
     /// Speech segments of a WAV file and the turn detector's verdict at each pause.
     Vad(tools::VadArgs),
+    #[cfg(feature = "testkit")]
     /// Simulated callers against a server, every turn's latency per stage;
     /// --compare A.toml B.toml for an A/B.
     Bench(bench::BenchArgs),
+    #[cfg(feature = "testkit")]
     /// Summary rows (p50/p95 of Total and End-of-speech) of saved bench reports.
     BenchSummary(bench::SummaryArgs),
+    #[cfg(feature = "testkit")]
     /// Serve local fakes of the API stack's providers (Deepgram, Groq).
     FakeApis(fake_apis::FakeApisArgs),
     /// Measure each engine's cost on this machine.
@@ -78,10 +90,13 @@ pub enum Command {
     Serve(call::ServeArgs),
     /// Place an outbound call through Twilio to a running server (as POST /dialout).
     Dial(call::DialArgs),
+    #[cfg(feature = "testkit")]
     /// Call a running server as a simulated Twilio caller.
-    Sim(call::SimArgs),
+    Sim(sim::SimArgs),
+    #[cfg(feature = "testkit")]
     /// Start a server and call it with a scripted caller: the latency table, offline.
-    Demo(call::DemoArgs),
+    Demo(sim::DemoArgs),
+    #[cfg(feature = "testkit")]
     /// Many simulated calls for a long time against a server process: leaks, lost calls, latency over time.
     Soak(soak::SoakArgs),
 }
@@ -106,14 +121,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Say(a) => tools::say(&cli, a),
         Command::Chat(a) => tools::chat(&cli, a),
         Command::Vad(a) => tools::vad(&cli, a),
+        #[cfg(feature = "testkit")]
         Command::Bench(a) => bench::run(&cli, a).await,
+        #[cfg(feature = "testkit")]
         Command::BenchSummary(a) => bench::summary(a),
+        #[cfg(feature = "testkit")]
         Command::FakeApis(a) => fake_apis::run(&cli, a).await,
         Command::BenchEngines(a) => bench_engines::run(&cli, a),
         Command::Serve(a) => call::serve(&cli, a).await,
         Command::Dial(a) => call::dial(a).await,
-        Command::Sim(a) => call::sim(&cli, a).await,
-        Command::Demo(a) => call::demo(&cli, a).await,
+        #[cfg(feature = "testkit")]
+        Command::Sim(a) => sim::sim(&cli, a).await,
+        #[cfg(feature = "testkit")]
+        Command::Demo(a) => sim::demo(&cli, a).await,
+        #[cfg(feature = "testkit")]
         Command::Soak(a) => soak::run(&cli, a).await,
     }
 }

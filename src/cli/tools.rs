@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::Cli;
 use crate::audio::{wav, Audio};
-use crate::engines::silero::VadParams;
+use crate::config::VadParams;
 use crate::engines::whisper::{Whisper, WhisperOptions};
 use crate::engines::{ChatMessage, GenerationOptions, Role, Stt, VadEvent, MODEL_RATE};
 use crate::stack::{self, LoadTimes};

@@ -8,15 +8,13 @@
 //! denoiser's filters, the LLM's KV cache — lives in a per-call stream or
 //! session object that the engine hands out.
 
-pub mod deepgram;
-pub mod deepgram_listen;
-pub mod deepgram_speak_ws;
+// Engines that call a provider's API (the stack callbox is compared with).
+pub mod api;
+// Engines that run here, and what they share.
 pub mod denoise;
 pub mod device;
-pub mod http;
 pub mod llama;
 pub mod onnx;
-pub mod openai;
 pub mod piper;
 pub mod queue;
 pub mod silero;

@@ -18,37 +18,16 @@ use ort::value::Tensor;
 use super::device::Device;
 use super::onnx::{self, Shapes};
 use super::{Vad, VadEvent, VadStream, MODEL_RATE};
+use crate::config::VadParams;
 use crate::error::{Error, Result};
 
 pub const WINDOW: usize = 512;
 pub const CONTEXT: usize = 64;
 const STATE_LEN: usize = 2 * 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct VadParams {
-    pub confidence: f32,
-    pub start_secs: f32,
-    pub stop_secs: f32,
-    pub min_volume: f32,
-}
-
-impl Default for VadParams {
-    fn default() -> Self {
-        // Pipecat's defaults (stop_secs 0.2 since February 2026).
-        Self {
-            confidence: 0.7,
-            start_secs: 0.2,
-            stop_secs: 0.2,
-            min_volume: 0.6,
-        }
-    }
-}
-
-impl VadParams {
-    fn windows(secs: f32) -> u32 {
-        ((secs * MODEL_RATE as f32 / WINDOW as f32).round() as u32).max(1)
-    }
+/// Model windows in `secs` (at least one).
+fn windows(secs: f32) -> u32 {
+    ((secs * MODEL_RATE as f32 / WINDOW as f32).round() as u32).max(1)
 }
 
 pub struct SileroVad {
@@ -144,8 +123,8 @@ impl SileroStream {
         Self {
             session,
             params,
-            start_windows: VadParams::windows(params.start_secs),
-            stop_windows: VadParams::windows(params.stop_secs),
+            start_windows: windows(params.start_secs),
+            stop_windows: windows(params.stop_secs),
             pending: Vec::with_capacity(WINDOW * 2),
             input: vec![0.0; CONTEXT + WINDOW],
             state: vec![0.0; STATE_LEN],

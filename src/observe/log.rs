@@ -3,7 +3,7 @@
 //! summary and the per-turn LATENCY BREAKDOWN table.
 
 use super::{Event, EventKind, Observer};
-use crate::session::TurnKind;
+use crate::events::TurnKind;
 
 #[derive(Default)]
 pub struct LogObserver;
@@ -106,7 +106,7 @@ impl Observer for LogObserver {
                         totals.len()
                     );
                 }
-                tracing::info!(call, "LATENCY BREAKDOWN\n{}", summary.latency_table());
+                tracing::info!(call, "LATENCY BREAKDOWN\n{}", super::table::latency_table(&summary.turns));
             }
         }
     }

@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 use super::{Event, EventKind, Observer};
-use crate::session::TurnKind;
+use crate::events::TurnKind;
 
 /// Seconds: from 25 ms (a VAD window) to 10 s (a stuck turn).
 const LATENCY_BUCKETS: [f64; 14] = [

@@ -26,107 +26,14 @@ pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod otel;
+pub mod table;
 pub mod trace;
 
 use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use crate::config::Persona;
-use crate::session::{CallInfo, CallSummary, TurnKind, TurnRecord};
-
-/// What happened, with the figures each stage measured. Times are ms.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum EventKind {
-    CallStarted {
-        info: CallInfo,
-        persona: Persona,
-    },
-    /// VAD timestamps are positions in the caller's audio, in ms from the
-    /// start of the call.
-    UserStartedSpeaking {
-        confirmed_ms: f64,
-        onset_ms: f64,
-    },
-    UserStoppedSpeaking {
-        confirmed_ms: f64,
-        end_ms: f64,
-    },
-    TurnVerdict {
-        probability: f32,
-        complete: bool,
-        inference_ms: f64,
-        total_ms: f64,
-    },
-    Transcript {
-        text: String,
-        stt_ms: f64,
-    },
-    LlmFirstToken {
-        turn: usize,
-        ms: f64,
-    },
-    LlmUsage {
-        turn: usize,
-        prompt_tokens: usize,
-        prefilled_tokens: usize,
-        completion_tokens: usize,
-    },
-    TtsFirstAudio {
-        turn: usize,
-        ms: f64,
-    },
-    TtsUsage {
-        turn: usize,
-        characters: usize,
-    },
-    BotStartedSpeaking {
-        turn: usize,
-        kind: TurnKind,
-        /// For caller turns.
-        total_ms: Option<f64>,
-        end_of_speech_ms: Option<f64>,
-        /// For the greeting: from the start of the call.
-        since_call_start_ms: Option<f64>,
-    },
-    BotStoppedSpeaking {
-        turn: usize,
-        interrupted: bool,
-    },
-    Interruption {
-        turn: usize,
-        onset_to_clear_ms: f64,
-    },
-    IdlePrompt {
-        turn: usize,
-    },
-    Dtmf {
-        digit: String,
-    },
-    Error {
-        kind: String,
-        message: String,
-    },
-    /// A reply's complete record, once it has been played or interrupted.
-    TurnFinished {
-        record: TurnRecord,
-    },
-    CallEnded {
-        summary: Box<CallSummary>,
-    },
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub call_sid: Arc<str>,
-    /// Since the start of the call.
-    pub at_ms: f64,
-    #[serde(flatten)]
-    pub kind: EventKind,
-}
+pub use crate::events::{Event, EventKind};
 
 /// Something that watches calls. It runs on its own thread and may take its
 /// time; it only risks missing events.
@@ -205,6 +112,7 @@ impl Bus {
     /// `limit` has passed; returns whether all of them caught up.
     pub fn flush(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
+        // At most one answer per observer.
         let (done_tx, done_rx) = channel();
         // A full queue is waited on, but not past the deadline.
         let queued = self

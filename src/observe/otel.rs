@@ -21,7 +21,7 @@ use opentelemetry_sdk::Resource;
 
 use super::{Event, EventKind, Observer};
 use crate::config::ObserveConfig;
-use crate::session::{CallSummary, TurnRecord};
+use crate::events::{CallSummary, TurnRecord};
 
 /// Whether the configuration and environment ask for OTLP export.
 pub fn wanted(cfg: &ObserveConfig) -> bool {
@@ -79,7 +79,7 @@ impl OtelObserver {
                 KeyValue::new("callbox.call_sid", info.call_sid.clone()),
                 KeyValue::new("callbox.stream_sid", info.stream_sid.clone()),
                 KeyValue::new("callbox.direction", info.direction.as_str()),
-                KeyValue::new("callbox.ended_by", s.ended_by.clone()),
+                KeyValue::new("callbox.ended_by", s.ended_by.as_str()),
                 KeyValue::new("callbox.turns", s.turns.len() as i64),
                 KeyValue::new("callbox.interruptions", s.interruptions.len() as i64),
                 KeyValue::new("callbox.errors", s.errors.len() as i64),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{Event, EventKind, Observer};
 use crate::config::Persona;
 use crate::engines::ChatMessage;
-use crate::session::{CallSummary, Direction, Interruption, TurnRecord};
+use crate::events::{CallSummary, Direction, Interruption, TurnRecord};
 use crate::stack::ModelInfo;
 
 pub const SCHEMA: &str = "callbox.trace";
@@ -77,7 +77,7 @@ impl<'a> Trace<'a> {
                 direction: info.direction,
                 params: &info.params,
                 duration_secs: summary.duration_secs,
-                ended_by: &summary.ended_by,
+                ended_by: summary.ended_by.as_str(),
                 recording: summary.recording.as_ref().map(|p| p.display().to_string()),
             },
             persona,
@@ -124,7 +124,7 @@ impl TraceObserver {
         let trace = Trace::new(summary, persona, &self.models, events);
         let path = self.dir.join(format!(
             "{}.json",
-            crate::session::sanitize(&summary.info.call_sid)
+            crate::events::sanitize(&summary.info.call_sid)
         ));
         let r = std::fs::create_dir_all(&self.dir)
             .map_err(|e| e.to_string())

@@ -39,12 +39,13 @@ use tokio_util::sync::CancellationToken;
 use super::line::Line;
 use super::AppState;
 use crate::audio::resample::Stream;
-use crate::audio::{f32_to_i16, ulaw};
+use crate::audio::{f32_to_i16, ulaw, Frame};
+use crate::events::{CallInfo, CallSummary, Direction, EndedBy};
 use crate::observe::live::Watch;
 use crate::observe::EventKind;
 use crate::session::input::TWILIO_RATE;
 use crate::session::output::Wire;
-use crate::session::{CallInfo, CallInput, CallSummary, Direction};
+use crate::session::CallInput;
 
 /// What the page's microphone sends.
 pub const BROWSER_RATE: u32 = 16_000;
@@ -124,11 +125,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
                 None => break,
             },
             _ = &mut ended => {
-                let _ = line.inputs.send(CallInput::End("server shutdown".into())).await;
+                let _ = line.inputs.send(CallInput::End(EndedBy::ServerShutdown)).await;
                 break;
             }
             _ = stalled.cancelled() => {
-                let _ = line.inputs.send(CallInput::End("browser stopped reading".into())).await;
+                let _ = line.inputs.send(CallInput::End(EndedBy::StoppedReading)).await;
                 break;
             }
         };
@@ -218,11 +219,11 @@ impl Microphone {
         let frames = self.pending[..whole]
             .chunks_exact(FRAME)
             .map(|f| {
-                CallInput::Audio(
-                    f.iter()
-                        .map(|&s| ulaw::encode_sample(f32_to_i16(s)))
-                        .collect(),
-                )
+                CallInput::Audio(Frame {
+                    pcm: f.iter().map(|&s| f32_to_i16(s)).collect(),
+                    rate: TWILIO_RATE,
+                    at_ms: None,
+                })
             })
             .collect();
         self.pending.drain(..whole);
@@ -337,7 +338,7 @@ mod tests {
         // delay of at most one.
         assert!((49..=50).contains(&frames.len()), "{}", frames.len());
         let last = match frames.last().unwrap() {
-            CallInput::Audio(f) => ulaw::decode(f),
+            CallInput::Audio(f) => f.pcm.clone(),
             other => panic!("{other:?}"),
         };
         assert_eq!(last.len(), FRAME);

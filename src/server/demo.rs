@@ -144,7 +144,7 @@ async fn download(
                 .observe
                 .traces_dir
                 .as_ref()
-                .map(|d| d.join(format!("{}.json", crate::session::sanitize(&sid)))),
+                .map(|d| d.join(format!("{}.json", crate::events::sanitize(&sid)))),
             "application/json",
         ),
         _ => return StatusCode::NOT_FOUND.into_response(),

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::config::Config;
-use crate::session::Direction;
+use crate::events::Direction;
 use crate::twilio::rest::{is_e164, RestError, TwilioRest};
 
 #[derive(Debug, Deserialize)]

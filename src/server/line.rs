@@ -9,9 +9,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use super::AppState;
+use crate::events::{CallInfo, CallSummary};
 use crate::observe::Publisher;
 use crate::session::output::Wire;
-use crate::session::{CallInfo, CallInput, CallSummary, Session};
+use crate::session::{CallInput, Session};
 
 pub struct Line {
     /// What the transport delivers to the call.

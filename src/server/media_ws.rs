@@ -24,8 +24,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::audio::{ulaw, Frame};
+use crate::events::{CallInfo, Direction, EndedBy};
+use crate::session::input::TWILIO_RATE;
 use crate::session::output::Wire;
-use crate::session::{CallInfo, CallInput, Direction};
+use crate::session::CallInput;
 use crate::twilio::protocol::{self, Inbound};
 
 /// Malformed messages logged one by one per call; the rest are only counted.
@@ -141,11 +144,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
                 None => break,
             },
             _ = &mut ended => {
-                let _ = in_tx.send(CallInput::End("server shutdown".into())).await;
+                let _ = in_tx.send(CallInput::End(EndedBy::ServerShutdown)).await;
                 break;
             }
             _ = stalled.cancelled() => {
-                let _ = in_tx.send(CallInput::End("caller stopped reading".into())).await;
+                let _ = in_tx.send(CallInput::End(EndedBy::StoppedReading)).await;
                 break;
             }
         };
@@ -228,7 +231,13 @@ pub fn call_input(text: &str) -> Result<Option<CallInput>, String> {
             let bytes = media
                 .audio()
                 .map_err(|e| format!("media with bad base64: {e}"))?;
-            (!bytes.is_empty()).then_some(CallInput::Audio(bytes))
+            (!bytes.is_empty()).then(|| {
+                CallInput::Audio(Frame {
+                    pcm: ulaw::decode(&bytes),
+                    rate: TWILIO_RATE,
+                    at_ms: media.timestamp_ms(),
+                })
+            })
         }
         Inbound::Mark { mark } => Some(CallInput::Mark(mark.name)),
         // The digit becomes part of the conversation: only a key of the

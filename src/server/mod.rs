@@ -25,12 +25,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::events::{CallSummary, Direction};
 use crate::observe::live::LiveFeed;
 use crate::observe::log::LogObserver;
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::TraceObserver;
 use crate::observe::{Bus, Observer};
-use crate::session::{CallSummary, Direction};
 use crate::stack::Engines;
 use crate::twilio::rest::TwilioRest;
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::config::Config;
-use crate::session::Direction;
+use crate::events::Direction;
 use crate::twilio::{signature, twiml};
 
 /// Our public base URL as Twilio knows it: the configured public URL

@@ -1,7 +1,10 @@
-//! One reply: LLM → pieces of text → Piper → 8 kHz audio for the output.
+//! A call's replies: LLM → pieces of text → Piper → 8 kHz audio for the
+//! output.
 //!
-//! The LLM and TTS each run on a thread of their own, connected by a channel,
-//! so Piper speaks the first clause while the LLM writes the next — except
+//! Each call has two long-lived workers ([`Workers`]), one for the LLM and
+//! one for Piper, each taking jobs in order from a bounded queue; a reply is
+//! one job on each, connected by a bounded channel of text pieces, so Piper
+//! speaks the first clause while the LLM writes the next — except
 //! while Piper synthesises the first clause: that is the one moment the
 //! caller waits for, so the LLM pauses and leaves the CPU to Piper (on a
 //! small machine the two would otherwise slow each other down). A shared
@@ -11,7 +14,12 @@
 //! A reply may start as a draft, before anyone knows the caller has finished:
 //! it thinks and synthesises as usual, but its audio waits behind a gate that
 //! the session opens once the turn is confirmed (or the draft is cancelled,
-//! having cost some CPU and nothing the caller can hear).
+//! having cost some CPU and nothing the caller can hear). A held draft keeps
+//! the Piper worker waiting at its gate; the turn machine never starts
+//! another reply before it has released or cancelled the draft.
+//!
+//! The LLM worker owns the call's LLM session, so prefilling the next prompt
+//! is a job on it too: nothing else ever touches the session.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -25,6 +33,7 @@ use crate::audio::Audio;
 use crate::engines::{contained, ChatMessage, Generation, GenerationOptions, LlmSession, Tts};
 use crate::text::sentence::SentenceAggregator;
 
+#[derive(Debug)]
 pub enum Source {
     /// Fixed text (the greeting).
     Text(String),
@@ -80,6 +89,8 @@ impl ReplyEvent {
     }
 }
 
+/// Pieces of LLM text waiting for Piper; a full queue pauses the LLM.
+const PIECE_QUEUE: usize = 16;
 /// Longest the LLM waits for Piper's first clause before writing on.
 const FIRST_PIECE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -124,10 +135,8 @@ impl Gate {
     }
 }
 
+/// The session's handle on a reply it started: to release or cancel it.
 pub struct Reply {
-    pub epoch: u64,
-    /// When the reply was asked for (a draft's start, for drafts).
-    pub started: Instant,
     cancel: Arc<AtomicBool>,
     gate: Arc<Gate>,
 }
@@ -154,168 +163,316 @@ impl Drop for Reply {
     }
 }
 
-/// Starts a reply; a `draft` holds its audio until [`Reply::release`].
-#[allow(clippy::too_many_arguments)]
-pub fn spawn(
-    epoch: u64,
-    source: Source,
-    draft: bool,
-    llm: Arc<Mutex<Box<dyn LlmSession>>>,
-    options: GenerationOptions,
-    tts: Arc<dyn Tts>,
-    out: mpsc::Sender<OutCmd>,
-    events: mpsc::Sender<ReplyEvent>,
-) -> Reply {
-    let started = Instant::now();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let gate = Arc::new(Gate::new(!draft));
-    let (piece_tx, piece_rx) = std_mpsc::channel::<String>();
-    // Dropped by the TTS thread once the first piece is synthesised (or when
-    // it ends), which wakes the paused LLM.
-    let (spoken_tx, spoken_rx) = std_mpsc::sync_channel::<()>(0);
+/// What one reply is to say, and how.
+pub struct Job {
+    pub epoch: u64,
+    pub source: Source,
+    /// Hold the audio until [`Reply::release`].
+    pub draft: bool,
+    pub options: GenerationOptions,
+}
 
-    match source {
-        Source::Text(text) => {
-            let mut agg = SentenceAggregator::new();
-            for p in agg.push(&text).into_iter().chain(agg.flush()) {
-                let _ = piece_tx.send(p);
-            }
-            drop(piece_tx);
-        }
-        Source::Llm(history) => {
-            let cancel = cancel.clone();
-            let events = events.clone();
-            std::thread::Builder::new()
-                .name("callbox-llm".into())
-                .spawn(move || {
-                    let mut session = llm.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut agg = SentenceAggregator::new();
-                    let mut first = true;
-                    let mut pieces = 0;
-                    let t0 = Instant::now();
-                    let result = contained("llm", || {
-                        session.generate(&history, &options, &cancel, &mut |text| {
-                            if first {
-                                first = false;
-                                let _ = events.blocking_send(ReplyEvent::FirstToken {
-                                    epoch,
-                                    ms: t0.elapsed().as_secs_f64() * 1e3,
-                                });
-                            }
-                            for p in agg.push(text) {
-                                pieces += 1;
-                                if piece_tx.send(p).is_err() {
-                                    return false;
-                                }
-                                if pieces == 1 {
-                                    let _ = spoken_rx.recv_timeout(FIRST_PIECE_PAUSE);
-                                }
-                            }
-                            true
-                        })
-                    });
-                    // A sentence cut off by the token limit is not spoken
-                    // unless it is all there is.
-                    let cut_off = result.as_ref().is_ok_and(|g| !g.finished) && pieces > 0;
-                    if !cancel.load(Ordering::Relaxed) && !cut_off {
-                        if let Some(p) = agg.flush() {
-                            let _ = piece_tx.send(p);
+/// Jobs waiting for a worker. A call has at most a reply playing, a draft
+/// and a prefill at once, plus cancelled ones that end at once: more is a
+/// bug, answered with the reply failing rather than memory growing.
+const JOB_QUEUE: usize = 8;
+
+enum LlmJob {
+    Reply(LlmPart),
+    Prefill {
+        messages: Vec<ChatMessage>,
+        then: Box<dyn FnOnce(crate::Result<usize>) + Send>,
+    },
+}
+
+/// The LLM's half of a reply.
+struct LlmPart {
+    epoch: u64,
+    history: Vec<ChatMessage>,
+    options: GenerationOptions,
+    cancel: Arc<AtomicBool>,
+    pieces: std_mpsc::SyncSender<String>,
+    /// Closed by Piper once the first piece is synthesised.
+    spoken: std_mpsc::Receiver<()>,
+}
+
+/// Piper's half of a reply.
+struct TtsPart {
+    epoch: u64,
+    pieces: std_mpsc::Receiver<String>,
+    cancel: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    spoken: std_mpsc::SyncSender<()>,
+}
+
+/// The two threads that speak a call's replies. Dropping this ends them
+/// once their queued jobs are done.
+pub struct Workers {
+    llm: std_mpsc::SyncSender<LlmJob>,
+    tts: std_mpsc::SyncSender<TtsPart>,
+    events: mpsc::Sender<ReplyEvent>,
+}
+
+impl Workers {
+    /// Starts the workers of a call: `llm` is its session, `out` takes the
+    /// audio, `events` the replies' progress.
+    pub fn spawn(
+        mut llm: Box<dyn LlmSession>,
+        tts: Arc<dyn Tts>,
+        out: mpsc::Sender<OutCmd>,
+        events: mpsc::Sender<ReplyEvent>,
+    ) -> Self {
+        let (llm_tx, llm_rx) = std_mpsc::sync_channel::<LlmJob>(JOB_QUEUE);
+        let (tts_tx, tts_rx) = std_mpsc::sync_channel::<TtsPart>(JOB_QUEUE);
+        let llm_events = events.clone();
+        std::thread::Builder::new()
+            .name("callbox-llm".into())
+            .spawn(move || {
+                while let Ok(job) = llm_rx.recv() {
+                    match job {
+                        LlmJob::Reply(part) => part.run(llm.as_mut(), &llm_events),
+                        LlmJob::Prefill { messages, then } => {
+                            then(contained("llm", || llm.prefill(&messages)))
                         }
                     }
-                    drop(piece_tx);
-                    let _ = match result {
-                        Ok(generation) => {
-                            events.blocking_send(ReplyEvent::Generated { epoch, generation })
-                        }
-                        Err(e) => events.blocking_send(ReplyEvent::Failed {
-                            epoch,
-                            error: e.to_string(),
-                        }),
-                    };
-                })
-                .expect("spawning the LLM thread");
+                }
+            })
+            .expect("spawning the LLM worker");
+        let tts_events = events.clone();
+        std::thread::Builder::new()
+            .name("callbox-tts".into())
+            .spawn(move || {
+                while let Ok(part) = tts_rx.recv() {
+                    part.run(tts.as_ref(), &out, &tts_events);
+                }
+            })
+            .expect("spawning the TTS worker");
+        Self {
+            llm: llm_tx,
+            tts: tts_tx,
+            events,
         }
     }
 
-    let tts_cancel = cancel.clone();
-    let tts_gate = gate.clone();
-    std::thread::Builder::new()
-        .name("callbox-tts".into())
-        .spawn(move || {
-            let mut spoken_tx = Some(spoken_tx);
-            let mut seg = 0;
-            let mut characters = 0;
-            let mut first_audio = true;
-            // A draft's audio, synthesised but not yet let out.
-            let mut held: Vec<Vec<i16>> = Vec::new();
-            let send = |held: &mut Vec<Vec<i16>>| {
-                held.drain(..)
-                    .all(|samples| out.blocking_send(OutCmd::Audio { epoch, samples }).is_ok())
+    /// Brings the LLM's context up to `messages` ahead of the next reply;
+    /// `then` gets the number of tokens evaluated.
+    pub fn prefill(
+        &self,
+        messages: Vec<ChatMessage>,
+        then: impl FnOnce(crate::Result<usize>) + Send + 'static,
+    ) {
+        let job = LlmJob::Prefill {
+            messages,
+            then: Box::new(then),
+        };
+        if let Err(e) = self.llm.try_send(job) {
+            let then = match e {
+                std_mpsc::TrySendError::Full(LlmJob::Prefill { then, .. })
+                | std_mpsc::TrySendError::Disconnected(LlmJob::Prefill { then, .. }) => then,
+                _ => unreachable!("a prefill job comes back as sent"),
             };
-            while let Ok(text) = piece_rx.recv() {
-                if tts_cancel.load(Ordering::Relaxed) {
-                    break;
-                }
-                let t0 = Instant::now();
-                let mut secs = 0.0;
-                let r = contained("tts", || {
-                    tts.synthesize(&text, &mut |audio: Audio| {
-                        if tts_cancel.load(Ordering::Relaxed) {
-                            return false;
-                        }
-                        if first_audio {
-                            first_audio = false;
-                            let _ = events.blocking_send(ReplyEvent::FirstAudio {
-                                epoch,
-                                ms: t0.elapsed().as_secs_f64() * 1e3,
-                                at: Instant::now(),
-                            });
-                        }
-                        let narrow = audio.resampled(8000);
-                        secs += narrow.duration_secs() as f64;
-                        held.push(narrow.to_i16());
-                        !tts_gate.is_open() || send(&mut held)
-                    })
-                });
-                // The LLM may write on.
-                drop(spoken_tx.take());
-                if let Err(e) = r {
-                    let _ = events.blocking_send(ReplyEvent::Failed {
-                        epoch,
-                        error: e.to_string(),
-                    });
-                    break;
-                }
-                if !tts_gate.wait(&tts_cancel) || !send(&mut held) {
-                    break;
-                }
-                seg += 1;
-                characters += text.chars().count();
-                let name = format!("{epoch}:{seg}");
-                if out
-                    .blocking_send(OutCmd::Mark {
-                        epoch,
-                        name: name.clone(),
-                    })
-                    .is_err()
-                {
-                    break;
-                }
-                let _ = events.blocking_send(ReplyEvent::Piece {
-                    epoch,
-                    name,
-                    text,
-                    secs,
-                });
-            }
-            let _ = events.blocking_send(ReplyEvent::Spoken { epoch, characters });
-        })
-        .expect("spawning the TTS thread");
+            then(Err(crate::Error::engine(
+                "llm",
+                "the LLM worker is overloaded",
+            )));
+        }
+    }
 
-    Reply {
-        epoch,
-        started,
-        cancel,
-        gate,
+    /// Starts a reply; a draft holds its audio until [`Reply::release`].
+    pub fn start(&self, job: Job) -> Reply {
+        let Job {
+            epoch,
+            source,
+            draft,
+            options,
+        } = job;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Gate::new(!draft));
+        // Dropped by Piper once the first piece is synthesised (or when it
+        // ends), which wakes the paused LLM.
+        let (spoken_tx, spoken_rx) = std_mpsc::sync_channel::<()>(0);
+        let reply = Reply {
+            cancel: cancel.clone(),
+            gate: gate.clone(),
+        };
+        let (piece_tx, piece_rx) = match source {
+            Source::Text(text) => {
+                // Split at once, with room for every piece.
+                let mut agg = SentenceAggregator::new();
+                let pieces: Vec<String> = agg.push(&text).into_iter().chain(agg.flush()).collect();
+                let (tx, rx) = std_mpsc::sync_channel(pieces.len().max(1));
+                for p in pieces {
+                    let _ = tx.send(p);
+                }
+                (None, rx)
+            }
+            Source::Llm(history) => {
+                // Bounded: a full queue holds the LLM back when Piper is far
+                // behind.
+                let (tx, rx) = std_mpsc::sync_channel(PIECE_QUEUE);
+                (Some((tx, history)), rx)
+            }
+        };
+        let tts = TtsPart {
+            epoch,
+            pieces: piece_rx,
+            cancel: cancel.clone(),
+            gate,
+            spoken: spoken_tx,
+        };
+        let queued = self.tts.try_send(tts).is_ok()
+            && piece_tx.is_none_or(|(pieces, history)| {
+                let part = LlmPart {
+                    epoch,
+                    history,
+                    options,
+                    cancel,
+                    pieces,
+                    spoken: spoken_rx,
+                };
+                self.llm.try_send(LlmJob::Reply(part)).is_ok()
+            });
+        if !queued {
+            reply.cancel();
+            let error = "the reply workers are overloaded".to_string();
+            let _ = self.events.try_send(ReplyEvent::Failed { epoch, error });
+        }
+        reply
+    }
+}
+
+impl LlmPart {
+    fn run(self, llm: &mut dyn LlmSession, events: &mpsc::Sender<ReplyEvent>) {
+        let LlmPart {
+            epoch,
+            history,
+            options,
+            cancel,
+            pieces,
+            spoken,
+        } = self;
+        if cancel.load(Ordering::Relaxed) {
+            return; // dropped unheard before it began
+        }
+        let mut agg = SentenceAggregator::new();
+        let mut first = true;
+        let mut count = 0;
+        let t0 = Instant::now();
+        let result = contained("llm", || {
+            llm.generate(&history, &options, &cancel, &mut |text| {
+                if first {
+                    first = false;
+                    let _ = events.blocking_send(ReplyEvent::FirstToken {
+                        epoch,
+                        ms: t0.elapsed().as_secs_f64() * 1e3,
+                    });
+                }
+                for p in agg.push(text) {
+                    count += 1;
+                    if pieces.send(p).is_err() {
+                        return false;
+                    }
+                    if count == 1 {
+                        let _ = spoken.recv_timeout(FIRST_PIECE_PAUSE);
+                    }
+                }
+                true
+            })
+        });
+        // A sentence cut off by the token limit is not spoken unless it is
+        // all there is.
+        let cut_off = result.as_ref().is_ok_and(|g| !g.finished) && count > 0;
+        if !cancel.load(Ordering::Relaxed) && !cut_off {
+            if let Some(p) = agg.flush() {
+                let _ = pieces.send(p);
+            }
+        }
+        drop(pieces);
+        let _ = match result {
+            Ok(generation) => events.blocking_send(ReplyEvent::Generated { epoch, generation }),
+            Err(e) => events.blocking_send(ReplyEvent::Failed {
+                epoch,
+                error: e.to_string(),
+            }),
+        };
+    }
+}
+
+impl TtsPart {
+    fn run(self, tts: &dyn Tts, out: &mpsc::Sender<OutCmd>, events: &mpsc::Sender<ReplyEvent>) {
+        let TtsPart {
+            epoch,
+            pieces,
+            cancel,
+            gate,
+            spoken,
+        } = self;
+        let mut spoken = Some(spoken);
+        let mut seg = 0;
+        let mut characters = 0;
+        let mut first_audio = true;
+        // A draft's audio, synthesised but not yet let out.
+        let mut held: Vec<Vec<i16>> = Vec::new();
+        let send = |held: &mut Vec<Vec<i16>>| {
+            held.drain(..)
+                .all(|samples| out.blocking_send(OutCmd::Audio { epoch, samples }).is_ok())
+        };
+        while let Ok(text) = pieces.recv() {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let t0 = Instant::now();
+            let mut secs = 0.0;
+            let r = contained("tts", || {
+                tts.synthesize(&text, &mut |audio: Audio| {
+                    if cancel.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    if first_audio {
+                        first_audio = false;
+                        let _ = events.blocking_send(ReplyEvent::FirstAudio {
+                            epoch,
+                            ms: t0.elapsed().as_secs_f64() * 1e3,
+                            at: Instant::now(),
+                        });
+                    }
+                    let narrow = audio.resampled(8000);
+                    secs += narrow.duration_secs() as f64;
+                    held.push(narrow.to_i16());
+                    !gate.is_open() || send(&mut held)
+                })
+            });
+            // The LLM may write on.
+            drop(spoken.take());
+            if let Err(e) = r {
+                let _ = events.blocking_send(ReplyEvent::Failed {
+                    epoch,
+                    error: e.to_string(),
+                });
+                break;
+            }
+            if !gate.wait(&cancel) || !send(&mut held) {
+                break;
+            }
+            seg += 1;
+            characters += text.chars().count();
+            let name = format!("{epoch}:{seg}");
+            if out
+                .blocking_send(OutCmd::Mark {
+                    epoch,
+                    name: name.clone(),
+                })
+                .is_err()
+            {
+                break;
+            }
+            let _ = events.blocking_send(ReplyEvent::Piece {
+                epoch,
+                name,
+                text,
+                secs,
+            });
+        }
+        let _ = events.blocking_send(ReplyEvent::Spoken { epoch, characters });
     }
 }

@@ -6,9 +6,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use callbox::config::Config;
+use callbox::events::CallSummary;
 use callbox::observe::Observer;
 use callbox::server::{self, AppState};
-use callbox::session::CallSummary;
 use callbox::sim::{SimOptions, SimTurn};
 use callbox::stack::Engines;
 

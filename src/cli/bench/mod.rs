@@ -23,12 +23,12 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::call::{synth, SCRIPT};
 use super::child::{machine, Sample, Server};
+use super::sim::{synth, SCRIPT};
 use super::Cli;
 use crate::audio::wav;
+use crate::events::TurnRecord;
 use crate::fakes::{ApiStack, Latency, REPLY};
-use crate::session::TurnRecord;
 use crate::sim::{self, SimOptions, SimReport, SimTurn};
 use report::{BenchReport, CallRow, Quality, ServerCost, StackReport, StageStats, STAGES};
 
@@ -359,6 +359,7 @@ async fn callers(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(label.to_string());
+    // One message per turn measured: bounded by `total`.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let ticker = {
         let bar = bar.clone();
@@ -477,7 +478,7 @@ fn build(
         let recs = records.get(&run.call_sid).unwrap_or(&empty);
         let replies: Vec<&TurnRecord> = recs
             .iter()
-            .filter(|r| r.kind == crate::session::TurnKind::Turn && !r.user_text.is_empty())
+            .filter(|r| r.kind == crate::events::TurnKind::Turn && !r.user_text.is_empty())
             .collect();
         let heard = replies
             .iter()

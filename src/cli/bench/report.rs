@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::call::percentile;
-use crate::session::TurnRecord;
+use super::super::sim::percentile;
+use crate::events::TurnRecord;
 use crate::stack::ModelInfo;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,7 +223,7 @@ pub fn match_reply(records: &[TurnRecord], first_audio_at_ms: Option<f64>) -> Op
     let at = first_audio_at_ms?;
     records
         .iter()
-        .filter(|r| r.kind == crate::session::TurnKind::Turn)
+        .filter(|r| r.kind == crate::events::TurnKind::Turn)
         .filter_map(|r| Some((r, (r.first_frame_at_ms? - at).abs())))
         .filter(|(_, d)| *d < 1000.0)
         .min_by(|a, b| a.1.total_cmp(&b.1))

@@ -128,6 +128,9 @@ impl Batcher {
             .model
             .new_context(backend()?, params)
             .map_err(|e| Error::engine("llama", e))?;
+        // Unbounded by type, bounded by use: a sequence has at most one turn
+        // in flight plus its release, and a sender must never block (a
+        // release is sent from `Drop`).
         let (jobs, rx) = mpsc::channel();
         let free = Arc::new(Pool {
             free: Mutex::new((0..parallel as i32).rev().collect()),
@@ -203,6 +206,8 @@ impl Drop for BatchedSession {
 impl BatchedSession {
     fn submit(&self, prompt: Vec<LlamaToken>, reply: Option<Reply>) -> Result<Receiver<Event>> {
         check_fits(&prompt, self.n_ctx_seq)?;
+        // Unbounded by type, bounded by `max_tokens`: the scheduler serves
+        // every call and must never wait for one slow reader.
         let (events, rx) = mpsc::channel();
         self.jobs
             .send(Job::Turn {

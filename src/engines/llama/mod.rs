@@ -15,6 +15,8 @@
 //! sequences costs little more than one for a single sequence.
 
 mod batched;
+mod prompt;
+mod sample;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -28,12 +30,13 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::device::{Device, CUDA_BUILD};
 use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
+use prompt::{check_fits, common_prefix, reusable, Window};
+use sample::{sampler, Detokenizer, Step};
 
 #[derive(Debug, Clone)]
 pub struct LlamaOptions {
@@ -302,214 +305,6 @@ impl Drop for LlamaSession {
     }
 }
 
-/// Which part of a long conversation the model is shown.
-#[derive(Debug, Default)]
-struct Window {
-    /// Conversation messages (after the leading system prompt) no longer
-    /// shown to the model.
-    dropped: usize,
-}
-
-impl Window {
-    /// Tokenizes the conversation as `render` lays it out, keeping it inside
-    /// a context of `n_ctx` tokens. A call can outlast any context, so once
-    /// the prompt would leave less than an eighth of the context for the
-    /// caller's words and the reply, the oldest exchanges are forgotten (the
-    /// system prompt never is) until it fills half of it: the re-evaluation
-    /// this costs comes once in many turns rather than at every turn. The
-    /// count is kept so that prefills and generations see the same window
-    /// and share the cache.
-    fn fit(
-        &mut self,
-        engine: &Inner,
-        n_ctx: usize,
-        messages: &[ChatMessage],
-        render: impl Fn(&Inner, &[ChatMessage]) -> Result<String>,
-    ) -> Result<Vec<LlamaToken>> {
-        let head = messages
-            .iter()
-            .take_while(|m| m.role == super::Role::System)
-            .count();
-        let window = |dropped: usize| -> Vec<ChatMessage> {
-            let from = (head + dropped).min(messages.len());
-            messages[..head]
-                .iter()
-                .chain(&messages[from..])
-                .cloned()
-                .collect()
-        };
-        let tokenize = |dropped: usize| -> Result<Vec<LlamaToken>> {
-            Ok(engine.tokenize(&render(engine, &window(dropped))?))
-        };
-        let mut tokens = tokenize(self.dropped)?;
-        if tokens.len() <= n_ctx - n_ctx / 8 {
-            return Ok(tokens);
-        }
-        let conversation = messages.len() - head;
-        // Always keep the newest message; start the window at a user turn.
-        while tokens.len() > n_ctx / 2 && self.dropped + 1 < conversation {
-            self.dropped += 1;
-            while self.dropped + 1 < conversation
-                && messages[head + self.dropped].role != super::Role::User
-            {
-                self.dropped += 1;
-            }
-            tokens = tokenize(self.dropped)?;
-        }
-        tracing::info!(
-            forgotten = self.dropped,
-            prompt_tokens = tokens.len(),
-            "conversation outgrew the LLM context: the oldest exchanges are forgotten"
-        );
-        Ok(tokens)
-    }
-
-    /// The prompt a prefill evaluates: the conversation up to where the
-    /// caller's next words will go. The template's opening of a user
-    /// message is known before they speak, and every token evaluated now is
-    /// one the turn does not wait for.
-    fn prefill_prompt(
-        &mut self,
-        engine: &Inner,
-        n_ctx: usize,
-        messages: &[ChatMessage],
-    ) -> Result<Vec<LlamaToken>> {
-        const SLOT: &str = "\u{E000}";
-        let mut next = messages.to_vec();
-        next.push(ChatMessage::new(super::Role::User, SLOT));
-        self.fit(engine, n_ctx, &next, |engine, window| {
-            let mut rendered = engine.render(window, false)?;
-            if let Some(at) = rendered.find(SLOT) {
-                rendered.truncate(at);
-            }
-            Ok(rendered)
-        })
-    }
-
-    /// The prompt of a reply: the conversation and the assistant's opening.
-    fn reply_prompt(
-        &mut self,
-        engine: &Inner,
-        n_ctx: usize,
-        messages: &[ChatMessage],
-    ) -> Result<Vec<LlamaToken>> {
-        self.fit(engine, n_ctx, messages, |engine, window| {
-            engine.render(window, true)
-        })
-    }
-}
-
-/// How many leading tokens of `prompt` a sequence holding `cached` already
-/// holds.
-fn common_prefix(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
-    cached
-        .iter()
-        .zip(prompt)
-        .take_while(|(a, b)| a == b)
-        .count()
-}
-
-/// How many leading tokens of `prompt` a sequence holding `cached` can keep
-/// when the reply is sampled after it. Something must be evaluated to get
-/// fresh logits, so a prompt the cache already holds whole gives back its
-/// last token.
-fn reusable(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
-    let keep = common_prefix(cached, prompt);
-    if keep == prompt.len() {
-        keep.saturating_sub(1)
-    } else {
-        keep
-    }
-}
-
-/// A prompt must leave a few tokens of the context for the reply.
-fn check_fits(prompt: &[LlamaToken], n_ctx: usize) -> Result<()> {
-    if prompt.len() + 8 > n_ctx {
-        return Err(Error::engine(
-            "llama",
-            format!(
-                "prompt of {} tokens exceeds the context of {n_ctx}",
-                prompt.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The sampler of one reply: greedy at temperature 0, else top-k/top-p, with
-/// the repetition penalty in front.
-fn sampler(engine: &Inner, messages: &[ChatMessage], options: &GenerationOptions) -> LlamaSampler {
-    let penalties = LlamaSampler::penalties(
-        engine.model.n_vocab(),
-        PENALTY_WINDOW,
-        options.repeat_penalty,
-        0.0,
-        0.0,
-    );
-    let mut sampler = if options.temperature <= 0.0 {
-        LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
-    } else {
-        LlamaSampler::chain_simple([
-            penalties,
-            LlamaSampler::top_k(40),
-            LlamaSampler::top_p(0.95, 1),
-            LlamaSampler::temp(options.temperature),
-            LlamaSampler::dist(options.seed),
-        ])
-    };
-    // A small model readily answers a new question with its previous
-    // answer, copied from the history; the penalty counts the previous
-    // reply's tokens as if just generated, so a verbatim copy is
-    // discouraged while the question's own words stay free to reuse.
-    if let Some(previous) = messages
-        .iter()
-        .rev()
-        .find(|m| m.role == super::Role::Assistant)
-    {
-        let vocab = engine.model.vocab();
-        for t in vocab.tokenize(previous.content.as_bytes(), false, false) {
-            sampler.accept(t);
-        }
-    }
-    sampler
-}
-
-/// What a sampled token means for the reply.
-enum Step {
-    /// The model ended its turn.
-    End,
-    /// Text that is complete UTF-8 now (possibly empty: a token may end
-    /// inside a character).
-    Text(String),
-}
-
-/// Turns sampled tokens into text, holding back partial characters.
-#[derive(Default)]
-struct Detokenizer {
-    pending: Vec<u8>,
-}
-
-impl Detokenizer {
-    /// Samples the next token from output `idx` of the last decode.
-    fn step(
-        &mut self,
-        engine: &Inner,
-        sampler: &mut LlamaSampler,
-        ctx: &LlamaContext<'_>,
-        idx: i32,
-    ) -> (LlamaToken, Step) {
-        let token = sampler.sample(ctx, idx);
-        sampler.accept(token);
-        let vocab = engine.model.vocab();
-        if vocab.is_eog(token) {
-            return (token, Step::End);
-        }
-        self.pending
-            .extend(vocab.token_to_piece(token, false, None));
-        (token, Step::Text(take_utf8(&mut self.pending)))
-    }
-}
-
 impl LlamaSession {
     /// Brings the KV cache to `prompt`, evaluating only what is new; returns
     /// (tokens evaluated, tokens reused) and leaves the logits of the last
@@ -606,41 +401,5 @@ impl LlmSession for LlamaSession {
         }
         gen.total_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(gen)
-    }
-}
-
-/// Tokens the repetition penalty looks back on: a reply and the one before.
-const PENALTY_WINDOW: i32 = 64;
-
-/// Removes and returns the longest valid UTF-8 prefix of `buf`: a token may
-/// end in the middle of a multi-byte character.
-fn take_utf8(buf: &mut Vec<u8>) -> String {
-    let valid = match std::str::from_utf8(buf) {
-        Ok(s) => s.len(),
-        Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        // Invalid bytes (not just incomplete): replace them rather than stall.
-        Err(_) => {
-            let s = String::from_utf8_lossy(buf).into_owned();
-            buf.clear();
-            return s;
-        }
-    };
-    let s = String::from_utf8(buf[..valid].to_vec()).expect("validated");
-    buf.drain(..valid);
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::take_utf8;
-
-    #[test]
-    fn utf8_split_across_tokens_is_held_back() {
-        let mut b = "caf".as_bytes().to_vec();
-        b.push(0xC3); // first byte of "é"
-        assert_eq!(take_utf8(&mut b), "caf");
-        b.push(0xA9);
-        assert_eq!(take_utf8(&mut b), "é");
-        assert!(b.is_empty());
     }
 }

@@ -19,10 +19,10 @@ use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use super::deepgram::{close_reason, refusal, sentence_stats, ws_request, Pcm16};
+use super::deepgram_tts::{close_reason, refusal, sentence_stats, ws_request, Pcm16};
 use super::http::Endpoint;
-use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
+use crate::engines::{SynthesisStats, Tts};
 use crate::error::{Error, Result};
 
 const ENGINE: &str = "deepgram-tts";

@@ -10,8 +10,8 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::http::{describe_io, send, Endpoint, LazyClient};
-use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
+use crate::engines::{SynthesisStats, Tts};
 use crate::error::{Error, Result};
 
 pub struct DeepgramTts {

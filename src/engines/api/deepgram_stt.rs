@@ -25,10 +25,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::deepgram::close_reason;
+use super::deepgram_tts::close_reason;
 use super::http::Endpoint;
-use super::{Stt, SttStream, SttTimings, Transcript, MODEL_RATE};
 use crate::audio::{f32_to_i16, Audio};
+use crate::engines::{Stt, SttStream, SttTimings, Transcript, MODEL_RATE};
 use crate::error::{Error, Result};
 
 const ENGINE: &str = "deepgram-stt";
@@ -132,6 +132,9 @@ struct Stream {
 
 impl Stream {
     fn open(endpoint: Endpoint) -> Arc<Self> {
+        // Unbounded by type so that a push never blocks the caller's audio
+        // path; `queued` counts what is in it, and audio beyond 30 s of it is
+        // dropped (see `push`).
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let inbox = Inbox {
@@ -325,12 +328,13 @@ async fn connect(endpoint: &Endpoint) -> std::result::Result<Ws, String> {
         endpoint.url("/v1/listen"),
         endpoint.model
     );
-    let request = super::deepgram::ws_request(&url, endpoint.api_key.as_deref())?;
+    let request = super::deepgram_tts::ws_request(&url, endpoint.api_key.as_deref())?;
     match tokio_tungstenite::connect_async(request).await {
         Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(format!("{url}: {}", super::deepgram::refusal(&response)))
-        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(format!(
+            "{url}: {}",
+            super::deepgram_tts::refusal(&response)
+        )),
         Err(e) => Err(format!("cannot connect to {url}: {e}")),
     }
 }

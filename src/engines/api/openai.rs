@@ -14,7 +14,7 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use serde_json::{json, Value};
 
 use super::http::{describe_io, send, Endpoint, LazyClient};
-use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
+use crate::engines::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
 
 pub struct OpenAiChat(Arc<Inner>);

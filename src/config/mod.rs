@@ -8,8 +8,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod validate;
+
 use crate::engines::device::Devices;
-use crate::engines::silero::VadParams;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -26,6 +27,35 @@ pub struct Config {
     pub twilio: TwilioConfig,
     /// Where each engine runs (CPU or a CUDA GPU).
     pub devices: Devices,
+}
+
+/// Silero VAD's settings, per call: when speech counts as started and as
+/// stopped. Owned here, not by the engine, because they are the call's
+/// rules (any VAD behind the trait takes them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VadParams {
+    /// Speech probability at or above which a window counts as speech.
+    pub confidence: f32,
+    /// Speech needed before the caller counts as speaking.
+    pub start_secs: f32,
+    /// Silence needed before the caller counts as stopped (the stop window).
+    pub stop_secs: f32,
+    /// Smoothed loudness (0–1, as Pipecat scales it) a window also needs to
+    /// count as speech: quiet voices in the background stay silence.
+    pub min_volume: f32,
+}
+
+impl Default for VadParams {
+    fn default() -> Self {
+        // Pipecat's defaults (stop_secs 0.2 since February 2026).
+        Self {
+            confidence: 0.7,
+            start_secs: 0.2,
+            stop_secs: 0.2,
+            min_volume: 0.6,
+        }
+    }
 }
 
 /// The Twilio account: the key of its webhook signatures and the REST
@@ -465,10 +495,6 @@ impl Default for Personas {
     }
 }
 
-/// The longest duration a setting may name: longer is a typo, and far
-/// longer would overflow the clock.
-const MAX_SECS: f32 = 86_400.0;
-
 impl Config {
     /// Defaults ← `file` (if any) ← `CALLBOX_*` environment.
     pub fn load(file: Option<&Path>) -> Result<Self> {
@@ -511,225 +537,7 @@ impl Config {
         cfg.validate()?;
         Ok(cfg)
     }
-
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
-        let c = &self.call;
-        if !(0.0..=1.0).contains(&self.vad.confidence) {
-            return bad(format!(
-                "vad.confidence must be in [0, 1], not {}",
-                self.vad.confidence
-            ));
-        }
-        // Every duration becomes a `Duration` somewhere, which refuses NaN,
-        // infinities and negatives by panicking: they stop here instead.
-        let durations = [
-            ("vad.start_secs", self.vad.start_secs, false),
-            ("vad.stop_secs", self.vad.stop_secs, false),
-            ("call.idle_secs", c.idle_secs, true),
-            ("call.turn_timeout_secs", c.turn_timeout_secs, false),
-            ("call.barge_in_min_secs", c.barge_in_min_secs, true),
-            ("twilio.timeout_secs", self.twilio.timeout_secs, false),
-            ("llm.api.timeout_secs", self.llm.api.timeout_secs, false),
-            (
-                "tts.deepgram.timeout_secs",
-                self.tts.deepgram.timeout_secs,
-                false,
-            ),
-            ("server.drain_secs", self.server.drain_secs as f32, true),
-            ("call.max_call_secs", c.max_call_secs as f32, false),
-        ];
-        for (name, v, zero_ok) in durations {
-            let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
-            if !(low_ok && v <= MAX_SECS) {
-                let low = if zero_ok { "0" } else { "above 0" };
-                return bad(format!(
-                    "{name} must be {low} and at most {MAX_SECS} s (one day), not {v}"
-                ));
-            }
-        }
-        let ranges = [
-            ("vad.min_volume", self.vad.min_volume, 0.0, 1.0),
-            ("call.echo_margin_db", c.echo_margin_db, -60.0, 60.0),
-            ("llm.temperature", self.llm.temperature, 0.0, 2.0),
-            ("llm.repeat_penalty", self.llm.repeat_penalty, 0.5, 10.0),
-        ];
-        for (name, v, low, high) in ranges {
-            // `contains` is false for NaN.
-            if !(low..=high).contains(&v) {
-                return bad(format!("{name} must be in [{low}, {high}], not {v}"));
-            }
-        }
-        if !(0.0..=1.0).contains(&c.turn_threshold) {
-            return bad(format!(
-                "call.turn_threshold must be in [0, 1], not {}",
-                c.turn_threshold
-            ));
-        }
-        if c.max_lead_ms > 500 {
-            return bad(format!(
-                "call.max_lead_ms is at most 500, not {}",
-                c.max_lead_ms
-            ));
-        }
-        if self.server.max_calls == 0 {
-            return bad("server.max_calls must be at least 1".into());
-        }
-        if self.llm.batch && self.server.max_calls > 256 {
-            return bad(format!(
-                "with llm.batch, server.max_calls is at most 256 (llama.cpp's limit on sequences), not {}",
-                self.server.max_calls
-            ));
-        }
-        if !(256..=1 << 20).contains(&self.llm.context_tokens) {
-            return bad(format!(
-                "llm.context_tokens must be in [256, 1048576], not {}",
-                self.llm.context_tokens
-            ));
-        }
-        self.devices.validate()?;
-        if self.server.max_message_bytes < 1024 {
-            return bad("server.max_message_bytes must be at least 1024".into());
-        }
-        let urls = [
-            ("llm.api.base_url", &self.llm.api.base_url),
-            ("twilio.api_base", &self.twilio.api_base),
-        ];
-        let speak = &self.tts.deepgram.base_url;
-        if !["https://", "http://", "wss://", "ws://"]
-            .iter()
-            .any(|s| speak.starts_with(s))
-        {
-            return bad(format!(
-                "tts.deepgram.base_url must start with https:// or http:// (the REST API) or wss:// or ws:// (the websocket), not {speak:?}"
-            ));
-        }
-        let listen = &self.stt.deepgram.base_url;
-        if !(listen.starts_with("wss://") || listen.starts_with("ws://")) {
-            return bad(format!(
-                "stt.deepgram.base_url must start with wss:// or ws://, not {listen:?}"
-            ));
-        }
-        for (name, url) in urls {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return bad(format!(
-                    "{name} must start with https:// or http://, not {url:?}"
-                ));
-            }
-        }
-        let api = &self.llm.api;
-        if self.llm.backend == LlmBackend::OpenAi && api.model.trim().is_empty() {
-            return bad("llm.api.model must name a model when llm.backend is \"openai\"".into());
-        }
-        let t = &self.twilio;
-        if let Some(n) = &t.from_number {
-            if !crate::twilio::rest::is_e164(n) {
-                return bad(format!(
-                    "twilio.from_number must be an E.164 number like +14155550100, not {n:?}"
-                ));
-            }
-        }
-        if let Some(u) = &self.server.public_url {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                return bad(format!(
-                    "server.public_url must start with https:// or http://, not {u:?}"
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn file_and_environment_override_defaults() {
-        let dir = std::env::temp_dir().join(format!("callbox-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("callbox.toml");
-        std::fs::write(&f, "[call]\nidle_secs = 7.5\n[vad]\nconfidence = 0.6\n").unwrap();
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("CALLBOX_SERVER__MAX_CALLS", "3");
-            jail.set_env("CALLBOX_MODELS", "/somewhere");
-            let c = Config::load(Some(&f)).unwrap();
-            assert_eq!(c.call.idle_secs, 7.5);
-            assert_eq!(c.vad.confidence, 0.6);
-            assert_eq!(c.server.max_calls, 3);
-            assert!(c.call.denoise);
-            Ok(())
-        });
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn the_documented_example_is_the_default() {
-        // In a jail: figment's jails serialise the tests that touch the environment.
-        figment::Jail::expect_with(|_| {
-            let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/callbox.example.toml"));
-            assert_eq!(Config::load(Some(example)).unwrap(), Config::default());
-            Ok(())
-        });
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn an_empty_folder_turns_recordings_and_traces_off() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("CALLBOX_CALL__RECORDINGS_DIR", "");
-            jail.set_env("CALLBOX_OBSERVE__TRACES_DIR", "");
-            let c = Config::load(None).unwrap();
-            assert_eq!(c.call.recordings_dir, None);
-            assert_eq!(c.observe.traces_dir, None);
-            Ok(())
-        });
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn bad_values_are_explained() {
-        let dir = std::env::temp_dir().join(format!("callbox-cfg-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("bad.toml");
-        std::fs::write(&f, "[call]\nturn_threshold = 2.0\n").unwrap();
-        assert!(Config::load(Some(&f))
-            .unwrap_err()
-            .to_string()
-            .contains("turn_threshold"));
-        std::fs::write(&f, "[call]\nnot_a_key = 1\n").unwrap();
-        assert!(Config::load(Some(&f))
-            .unwrap_err()
-            .to_string()
-            .contains("not_a_key"));
-        assert!(Config::load(Some(Path::new("/nope.toml")))
-            .unwrap_err()
-            .to_string()
-            .contains("/nope.toml"));
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn rest_credentials_prefer_an_api_key_and_secrets_never_print() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("TWILIO_ACCOUNT_SID", "ACenv");
-            jail.set_env("TWILIO_AUTH_TOKEN", "env-token");
-            let mut t = TwilioConfig::default();
-            let login = |t: &TwilioConfig| t.rest_login().map(|(u, p)| (u, p.0));
-            assert_eq!(login(&t), Some(("ACenv".into(), "env-token".into())));
-            t.api_key = Some("SKkey".into());
-            assert_eq!(login(&t).unwrap().0, "ACenv", "a key without its secret");
-            t.api_secret = Some(Secret("key-secret".into()));
-            assert_eq!(login(&t), Some(("SKkey".into(), "key-secret".into())));
-            let mut c = Config {
-                twilio: t,
-                ..Default::default()
-            };
-            c.server.api_token = Some(Secret("owner-token".into()));
-            let shown = format!("{c:?}");
-            assert!(!shown.contains("key-secret") && !shown.contains("owner-token"));
-            Ok(())
-        });
-    }
-}
+mod tests;

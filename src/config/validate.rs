@@ -1,0 +1,138 @@
+//! The checks a configuration passes before anything starts: a bad value
+//! stops the process at startup with the key's name, never a panic later.
+
+use super::{Config, LlmBackend};
+use crate::error::{Error, Result};
+
+/// The longest duration a setting may name: longer is a typo, and far
+/// longer would overflow the clock.
+const MAX_SECS: f32 = 86_400.0;
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let c = &self.call;
+        if !(0.0..=1.0).contains(&self.vad.confidence) {
+            return bad(format!(
+                "vad.confidence must be in [0, 1], not {}",
+                self.vad.confidence
+            ));
+        }
+        // Every duration becomes a `Duration` somewhere, which refuses NaN,
+        // infinities and negatives by panicking: they stop here instead.
+        let durations = [
+            ("vad.start_secs", self.vad.start_secs, false),
+            ("vad.stop_secs", self.vad.stop_secs, false),
+            ("call.idle_secs", c.idle_secs, true),
+            ("call.turn_timeout_secs", c.turn_timeout_secs, false),
+            ("call.barge_in_min_secs", c.barge_in_min_secs, true),
+            ("twilio.timeout_secs", self.twilio.timeout_secs, false),
+            ("llm.api.timeout_secs", self.llm.api.timeout_secs, false),
+            (
+                "tts.deepgram.timeout_secs",
+                self.tts.deepgram.timeout_secs,
+                false,
+            ),
+            ("server.drain_secs", self.server.drain_secs as f32, true),
+            ("call.max_call_secs", c.max_call_secs as f32, false),
+        ];
+        for (name, v, zero_ok) in durations {
+            let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+            if !(low_ok && v <= MAX_SECS) {
+                let low = if zero_ok { "0" } else { "above 0" };
+                return bad(format!(
+                    "{name} must be {low} and at most {MAX_SECS} s (one day), not {v}"
+                ));
+            }
+        }
+        let ranges = [
+            ("vad.min_volume", self.vad.min_volume, 0.0, 1.0),
+            ("call.echo_margin_db", c.echo_margin_db, -60.0, 60.0),
+            ("llm.temperature", self.llm.temperature, 0.0, 2.0),
+            ("llm.repeat_penalty", self.llm.repeat_penalty, 0.5, 10.0),
+        ];
+        for (name, v, low, high) in ranges {
+            // `contains` is false for NaN.
+            if !(low..=high).contains(&v) {
+                return bad(format!("{name} must be in [{low}, {high}], not {v}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&c.turn_threshold) {
+            return bad(format!(
+                "call.turn_threshold must be in [0, 1], not {}",
+                c.turn_threshold
+            ));
+        }
+        if c.max_lead_ms > 500 {
+            return bad(format!(
+                "call.max_lead_ms is at most 500, not {}",
+                c.max_lead_ms
+            ));
+        }
+        if self.server.max_calls == 0 {
+            return bad("server.max_calls must be at least 1".into());
+        }
+        if self.llm.batch && self.server.max_calls > 256 {
+            return bad(format!(
+                "with llm.batch, server.max_calls is at most 256 (llama.cpp's limit on sequences), not {}",
+                self.server.max_calls
+            ));
+        }
+        if !(256..=1 << 20).contains(&self.llm.context_tokens) {
+            return bad(format!(
+                "llm.context_tokens must be in [256, 1048576], not {}",
+                self.llm.context_tokens
+            ));
+        }
+        self.devices.validate()?;
+        if self.server.max_message_bytes < 1024 {
+            return bad("server.max_message_bytes must be at least 1024".into());
+        }
+        let urls = [
+            ("llm.api.base_url", &self.llm.api.base_url),
+            ("twilio.api_base", &self.twilio.api_base),
+        ];
+        let speak = &self.tts.deepgram.base_url;
+        if !["https://", "http://", "wss://", "ws://"]
+            .iter()
+            .any(|s| speak.starts_with(s))
+        {
+            return bad(format!(
+                "tts.deepgram.base_url must start with https:// or http:// (the REST API) or wss:// or ws:// (the websocket), not {speak:?}"
+            ));
+        }
+        let listen = &self.stt.deepgram.base_url;
+        if !(listen.starts_with("wss://") || listen.starts_with("ws://")) {
+            return bad(format!(
+                "stt.deepgram.base_url must start with wss:// or ws://, not {listen:?}"
+            ));
+        }
+        for (name, url) in urls {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return bad(format!(
+                    "{name} must start with https:// or http://, not {url:?}"
+                ));
+            }
+        }
+        let api = &self.llm.api;
+        if self.llm.backend == LlmBackend::OpenAi && api.model.trim().is_empty() {
+            return bad("llm.api.model must name a model when llm.backend is \"openai\"".into());
+        }
+        let t = &self.twilio;
+        if let Some(n) = &t.from_number {
+            if !crate::twilio::rest::is_e164(n) {
+                return bad(format!(
+                    "twilio.from_number must be an E.164 number like +14155550100, not {n:?}"
+                ));
+            }
+        }
+        if let Some(u) = &self.server.public_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return bad(format!(
+                    "server.public_url must start with https:// or http://, not {u:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

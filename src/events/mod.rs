@@ -1,0 +1,224 @@
+//! What a call is and what happens in it: the data the session produces and
+//! the observers consume. It sits below both, so that neither has to know the
+//! other: the session publishes [`EventKind`]s, observers read them, and the
+//! records ([`TurnRecord`], [`CallSummary`]) travel inside the events.
+
+mod record;
+
+pub use record::{CallSummary, Interruption, TurnRecord};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::Persona;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    /// As serialised: for metric labels and span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallInfo {
+    pub call_sid: String,
+    pub stream_sid: String,
+    pub direction: Direction,
+    pub params: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnKind {
+    Greeting,
+    Turn,
+    Idle,
+    Dtmf,
+}
+
+impl TurnKind {
+    /// As serialised: for span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnKind::Greeting => "greeting",
+            TurnKind::Turn => "turn",
+            TurnKind::Idle => "idle",
+            TurnKind::Dtmf => "dtmf",
+        }
+    }
+}
+
+/// Why a call ended. Serialised as the words traces and `/calls` have always
+/// used, so readers of old traces and of new ones see the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum EndedBy {
+    /// Twilio's `stop`: the caller or Twilio hung up cleanly.
+    #[serde(rename = "stop")]
+    Stop,
+    /// The websocket went away without a `stop`.
+    #[serde(rename = "transport closed")]
+    TransportClosed,
+    /// `call.max_call_secs` passed.
+    #[serde(rename = "maximum duration")]
+    MaxDuration,
+    /// The server shut down and the drain time ran out.
+    #[serde(rename = "server shutdown")]
+    ServerShutdown,
+    /// The far end stopped reading what we sent (a stalled socket).
+    #[serde(rename = "caller stopped reading")]
+    StoppedReading,
+    /// The caller's audio could not be processed (the VAD failed).
+    #[serde(rename = "input failed")]
+    InputFailed,
+    /// The call could not start (no LLM session).
+    #[serde(rename = "error")]
+    Error,
+}
+
+impl EndedBy {
+    /// As serialised: for logs and span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Stop => "stop",
+            EndedBy::TransportClosed => "transport closed",
+            EndedBy::MaxDuration => "maximum duration",
+            EndedBy::ServerShutdown => "server shutdown",
+            EndedBy::StoppedReading => "caller stopped reading",
+            EndedBy::InputFailed => "input failed",
+            EndedBy::Error => "error",
+        }
+    }
+
+    /// How the call ended, as a metric label.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            EndedBy::Stop => "completed",
+            EndedBy::TransportClosed => "hung_up",
+            EndedBy::MaxDuration => "max_duration",
+            _ => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for EndedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened, with the figures each stage measured. Times are ms.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    CallStarted {
+        info: CallInfo,
+        persona: Persona,
+    },
+    /// VAD timestamps are positions in the caller's audio, in ms from the
+    /// start of the call.
+    UserStartedSpeaking {
+        confirmed_ms: f64,
+        onset_ms: f64,
+    },
+    UserStoppedSpeaking {
+        confirmed_ms: f64,
+        end_ms: f64,
+    },
+    TurnVerdict {
+        probability: f32,
+        complete: bool,
+        inference_ms: f64,
+        total_ms: f64,
+    },
+    Transcript {
+        text: String,
+        stt_ms: f64,
+    },
+    LlmFirstToken {
+        turn: usize,
+        ms: f64,
+    },
+    LlmUsage {
+        turn: usize,
+        prompt_tokens: usize,
+        prefilled_tokens: usize,
+        completion_tokens: usize,
+    },
+    TtsFirstAudio {
+        turn: usize,
+        ms: f64,
+    },
+    TtsUsage {
+        turn: usize,
+        characters: usize,
+    },
+    BotStartedSpeaking {
+        turn: usize,
+        kind: TurnKind,
+        /// For caller turns.
+        total_ms: Option<f64>,
+        end_of_speech_ms: Option<f64>,
+        /// For the greeting: from the start of the call.
+        since_call_start_ms: Option<f64>,
+    },
+    BotStoppedSpeaking {
+        turn: usize,
+        interrupted: bool,
+    },
+    Interruption {
+        turn: usize,
+        onset_to_clear_ms: f64,
+    },
+    IdlePrompt {
+        turn: usize,
+    },
+    Dtmf {
+        digit: String,
+    },
+    Error {
+        kind: String,
+        message: String,
+    },
+    /// A reply's complete record, once it has been played or interrupted.
+    TurnFinished {
+        record: TurnRecord,
+    },
+    CallEnded {
+        summary: Box<CallSummary>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub call_sid: Arc<str>,
+    /// Since the start of the call.
+    pub at_ms: f64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// `s` with everything but ASCII letters, digits, `-` and `_` replaced, for
+/// file names made from call ids.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

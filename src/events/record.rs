@@ -1,0 +1,119 @@
+//! The records a call leaves behind: one per bot reply, and the summary.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{CallInfo, EndedBy, TurnKind};
+use crate::engines::ChatMessage;
+
+/// Everything measured about one bot reply. Times are milliseconds.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TurnRecord {
+    pub index: usize,
+    pub kind: TurnKind,
+    pub user_text: String,
+    /// What the LLM generated (or the greeting).
+    pub bot_text: String,
+    /// What the caller heard: differs from `bot_text` after an interruption.
+    pub heard_text: String,
+    pub interrupted: bool,
+    /// VAD "user stopped speaking" → first bot audio frame written.
+    pub total_ms: Option<f64>,
+    /// End of the caller's speech (stop event minus the stop window) → same frame.
+    pub end_of_speech_ms: Option<f64>,
+    /// End of speech → transcript.
+    pub stt_ms: Option<f64>,
+    pub smart_turn_ms: Option<f64>,
+    pub smart_turn_inference_ms: Option<f64>,
+    pub smart_turn_probability: Option<f32>,
+    pub llm_ttfb_ms: Option<f64>,
+    pub tts_ttfb_ms: Option<f64>,
+    pub prompt_tokens: usize,
+    pub prefilled_tokens: usize,
+    pub completion_tokens: usize,
+    pub tts_characters: usize,
+    /// Anchors in ms from the call's start, to place the stages on a
+    /// timeline (traces, spans): the LLM request (a draft's start for
+    /// drafts), Piper's first audio, the first frame written.
+    pub reply_started_at_ms: f64,
+    pub first_audio_at_ms: Option<f64>,
+    pub first_frame_at_ms: Option<f64>,
+}
+
+impl TurnRecord {
+    /// A record for a reply that has only just been asked for.
+    pub fn new(index: usize, kind: TurnKind, user_text: String, started_at_ms: f64) -> Self {
+        Self {
+            index,
+            kind,
+            user_text,
+            bot_text: String::new(),
+            heard_text: String::new(),
+            interrupted: false,
+            total_ms: None,
+            end_of_speech_ms: None,
+            stt_ms: None,
+            smart_turn_ms: None,
+            smart_turn_inference_ms: None,
+            smart_turn_probability: None,
+            llm_ttfb_ms: None,
+            tts_ttfb_ms: None,
+            prompt_tokens: 0,
+            prefilled_tokens: 0,
+            completion_tokens: 0,
+            tts_characters: 0,
+            reply_started_at_ms: started_at_ms,
+            first_audio_at_ms: None,
+            first_frame_at_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Interruption {
+    /// Reply interrupted.
+    pub turn: usize,
+    /// The caller's speech onset → `clear` sent, measured here.
+    pub onset_to_clear_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallSummary {
+    pub info: CallInfo,
+    pub duration_secs: f64,
+    pub history: Vec<ChatMessage>,
+    pub turns: Vec<TurnRecord>,
+    pub interruptions: Vec<Interruption>,
+    pub echo_segments_ignored: usize,
+    /// Draft replies dropped unheard because the caller went on.
+    pub drafts_discarded: usize,
+    pub frames_dropped: usize,
+    pub recording: Option<PathBuf>,
+    pub ended_by: EndedBy,
+    pub errors: Vec<String>,
+}
+
+impl CallSummary {
+    /// The summary of a call that could not start.
+    pub fn failed(info: CallInfo, error: String) -> Self {
+        Self {
+            info,
+            duration_secs: 0.0,
+            history: Vec::new(),
+            turns: Vec::new(),
+            interruptions: Vec::new(),
+            echo_segments_ignored: 0,
+            drafts_discarded: 0,
+            frames_dropped: 0,
+            recording: None,
+            ended_by: EndedBy::Error,
+            errors: vec![error],
+        }
+    }
+
+    /// How the call ended, as a metric label.
+    pub fn outcome(&self) -> &'static str {
+        self.ended_by.outcome()
+    }
+}

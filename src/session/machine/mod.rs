@@ -1,0 +1,473 @@
+//! The rules of one call, with no threads, channels, engines or clocks: the
+//! [`TurnMachine`] takes what happened ([`Input`]) with the time it happened
+//! and answers with what to do ([`Action`]). The session ([`super::Session`])
+//! is the driver that feeds it and carries the actions out.
+//!
+//! Keeping the rules here, apart from the I/O, is what lets every rule —
+//! when a pause ends a turn, when the caller's voice is the bot's own echo,
+//! what the history keeps of an interrupted reply — be tested with scripted
+//! events and a fake clock in microseconds instead of end to end on real
+//! models in real time.
+//!
+//! The rules, in the order a turn meets them:
+//! - speech starts: unless it is the bot's echo (quieter than what the bot
+//!   played a moment ago by `echo_margin_db`), it cancels a candidate turn
+//!   and its draft, and while the bot speaks it interrupts after
+//!   `barge_in_min_secs` of unbroken speech (a pause stops the count);
+//! - the VAD's pause (its first silent window): the turn so far is sent to
+//!   STT and, with the transcript, a draft reply starts, its audio held;
+//! - speech resumes before the stop: the candidate and its draft are dropped;
+//! - the VAD's stop: Smart Turn is asked; a verdict above the threshold — or
+//!   `turn_timeout_secs` of silence after the stop — with a transcript
+//!   completes the turn, and the draft is released (or a reply starts);
+//! - a reply is over when all of it was generated, queued and acknowledged by
+//!   its marks; an interrupted one leaves in the history what the caller
+//!   heard of it;
+//! - `idle_secs` after the last activity (once the caller has spoken) the bot
+//!   carries on by itself; a DTMF digit is a turn of its own.
+
+mod reply;
+#[cfg(test)]
+mod tests;
+mod turn;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::reply::{ReplyEvent, Source};
+use super::timeline::StreamClock;
+use crate::config::{CallConfig, Persona};
+use crate::engines::{ChatMessage, Role, Transcript, TurnVerdict, VadEvent, MODEL_RATE};
+use crate::events::{EventKind, Interruption, TurnKind, TurnRecord};
+use reply::Active;
+use turn::Pending;
+
+/// Audio before the VAD's onset that Smart Turn sees (its training clips
+/// start before the speech).
+const PRE_SPEECH_SECS: f64 = 0.5;
+/// The same for Whisper: enough for a soft first consonant, and every
+/// second less is encoder time the caller does not wait for.
+const STT_PRE_SPEECH_SECS: f64 = 0.2;
+
+/// What happened on the call. Stream positions are 16 kHz samples of the
+/// caller's audio since the call started.
+#[derive(Debug)]
+pub enum Input {
+    /// The call starts: the greeting, and the prompt prefilled meanwhile.
+    Start,
+    /// Caller audio up to position `end` is in the driver's turn buffer.
+    Audio {
+        end: u64,
+    },
+    /// The VAD confirmed speech; `levels` say how loud it is beside what the
+    /// bot played just before (for the echo rule).
+    SpeechStarted {
+        onset: u64,
+        at: u64,
+        levels: Levels,
+    },
+    /// Any other VAD event (a `Started` here counts as not echo).
+    Vad(VadEvent),
+    Transcript {
+        id: u64,
+        result: crate::Result<Transcript>,
+    },
+    Verdict {
+        id: u64,
+        result: crate::Result<TurnVerdict>,
+    },
+    Prefilled(crate::Result<usize>),
+    Reply(ReplyEvent),
+    /// The first frame of reply `epoch` went out at `at`.
+    FirstFrame {
+        epoch: u64,
+        at: Instant,
+    },
+    /// The output sent all it had; the bot's audio ends at `until`.
+    Drained {
+        until: Instant,
+    },
+    /// The transport played everything before this mark.
+    Mark(String),
+    Dtmf(String),
+    /// Time passes (the fallback and the idle rule look at the clock).
+    Tick,
+}
+
+/// Loudness at a speech onset, for the echo rule (dBFS).
+#[derive(Debug, Clone, Copy)]
+pub struct Levels {
+    /// The caller's speech so far (RMS).
+    pub caller: f32,
+    /// The loudest 20 ms the bot played over the same stretch and the half
+    /// second before it (−∞ when it played nothing).
+    pub bot_peak: f32,
+}
+
+/// What the driver is to do.
+// Events are the large variant; actions are few per input (none for most
+// audio frames) and moved once, so boxing them would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Action {
+    /// Tell the observers.
+    Emit(EventKind),
+    /// Transcribe the caller's audio `[from, to)` for candidate turn `id`.
+    Transcribe { id: u64, from: u64, to: u64 },
+    /// Ask Smart Turn about the audio `[from, to)` for candidate turn `id`.
+    PredictTurn { id: u64, from: u64, to: u64 },
+    /// Start reply `epoch`; a draft holds its audio until released.
+    StartReply {
+        epoch: u64,
+        source: Source,
+        draft: bool,
+    },
+    /// Let a draft's audio out.
+    ReleaseReply { epoch: u64 },
+    /// Stop reply `epoch` and forget it (also sent for replies that ended).
+    CancelReply { epoch: u64 },
+    /// Flush what the transport buffered of replies up to `upto`.
+    Clear { upto: u64 },
+    /// Bring the LLM's context up to these messages ahead of the next reply.
+    Prefill(Vec<ChatMessage>),
+}
+
+/// What is left of a call once it ended.
+pub struct Ended {
+    pub history: Vec<ChatMessage>,
+    pub turns: Vec<TurnRecord>,
+    pub interruptions: Vec<Interruption>,
+    pub echo_segments_ignored: usize,
+    pub drafts_discarded: usize,
+    pub errors: Vec<String>,
+}
+
+pub struct TurnMachine {
+    rules: CallConfig,
+    persona: Persona,
+    /// For log lines only.
+    call: Arc<str>,
+    start: Instant,
+    history: Vec<ChatMessage>,
+    epoch: u64,
+    /// The epoch of the last apology for a failed turn: if that fails too,
+    /// the call does not apologise for its apology, round and round.
+    apology_epoch: u64,
+    active: Option<Active>,
+    records: Vec<TurnRecord>,
+    interruptions: Vec<Interruption>,
+    position: u64,
+    clock: StreamClock,
+    turn_start: Option<u64>,
+    in_speech: bool,
+    segment_is_echo: bool,
+    segment_onset: u64,
+    barge_in_at: Option<Instant>,
+    pending: Option<Pending>,
+    next_turn_id: u64,
+    activity_seen: bool,
+    last_activity: Instant,
+    bot_until: Instant,
+    echo_ignored: usize,
+    drafts_discarded: usize,
+    errors: Vec<String>,
+    /// The actions of the input being handled.
+    out: Vec<Action>,
+}
+
+impl TurnMachine {
+    /// A call that started at `start`.
+    pub fn new(rules: CallConfig, persona: Persona, call: &str, start: Instant) -> Self {
+        let history = vec![ChatMessage::new(Role::System, persona.system.clone())];
+        Self {
+            rules,
+            persona,
+            call: call.into(),
+            start,
+            history,
+            epoch: 0,
+            apology_epoch: 0,
+            active: None,
+            records: Vec::new(),
+            interruptions: Vec::new(),
+            position: 0,
+            clock: StreamClock::new(MODEL_RATE),
+            turn_start: None,
+            in_speech: false,
+            segment_is_echo: false,
+            segment_onset: 0,
+            barge_in_at: None,
+            pending: None,
+            next_turn_id: 0,
+            activity_seen: false,
+            last_activity: start,
+            bot_until: start,
+            echo_ignored: 0,
+            drafts_discarded: 0,
+            errors: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles one input that happened at `now`.
+    pub fn on(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Start => self.on_start(now),
+            Input::Audio { end } => self.on_audio(end, now),
+            Input::SpeechStarted { onset, at, levels } => {
+                self.on_speech_started(onset, at, Some(levels), now)
+            }
+            Input::Vad(VadEvent::Started { onset, at }) => {
+                self.on_speech_started(onset, at, None, now)
+            }
+            Input::Vad(VadEvent::Paused { end }) => {
+                // A barge-in needs speech that lasts: a pause stops the count.
+                self.barge_in_at = None;
+                if !self.segment_is_echo && self.turn_start.is_some() {
+                    self.begin_turn(end, self.position, now);
+                }
+            }
+            Input::Vad(VadEvent::Resumed { .. }) => {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.vad_stop_at.is_none())
+                {
+                    self.discard_pending();
+                }
+                if !self.segment_is_echo && self.bot_speaking(now) {
+                    self.arm_barge_in(now);
+                }
+            }
+            Input::Vad(VadEvent::Stopped { end, at }) => self.on_speech_stopped(end, at, now),
+            Input::Transcript { id, result } => {
+                self.on_transcript(id, result, now);
+                self.maybe_complete_turn(now);
+            }
+            Input::Verdict { id, result } => {
+                self.on_verdict(id, result);
+                self.maybe_complete_turn(now);
+            }
+            Input::Prefilled(r) => match r {
+                Ok(n) => tracing::debug!(call = %self.call, tokens = n, "LLM context prefilled"),
+                Err(e) => self.error("llm", format!("prefill: {e}")),
+            },
+            Input::Reply(ev) => self.on_reply(ev, now),
+            Input::FirstFrame { epoch, at } => self.on_first_frame(epoch, at),
+            Input::Drained { until } => self.bot_until = until,
+            Input::Mark(name) => self.on_mark(&name, now),
+            Input::Dtmf(digit) => self.on_dtmf(digit, now),
+            Input::Tick => self.on_tick(now),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The call is over at `now`: a reply still playing ends like a barge-in
+    /// (the records and the history keep what the caller heard of it). The
+    /// machine is spent afterwards.
+    pub fn finish(&mut self, now: Instant) -> (Vec<Action>, Ended) {
+        if let Some(a) = self.active.take() {
+            self.cancel(a.epoch);
+            let heard = a.heard_by(now);
+            let spoke = a.first_frame_at.is_some();
+            self.close_reply(&a, heard, spoke);
+        }
+        if let Some(d) = self.pending.take().and_then(|p| p.draft) {
+            self.cancel(d.epoch);
+        }
+        let ended = Ended {
+            history: std::mem::take(&mut self.history),
+            turns: std::mem::take(&mut self.records),
+            interruptions: std::mem::take(&mut self.interruptions),
+            echo_segments_ignored: self.echo_ignored,
+            drafts_discarded: self.drafts_discarded,
+            errors: std::mem::take(&mut self.errors),
+        };
+        (std::mem::take(&mut self.out), ended)
+    }
+
+    /// The conversation so far, as the LLM sees it.
+    #[cfg(test)]
+    pub fn history(&self) -> &[ChatMessage] {
+        &self.history
+    }
+
+    /// An error of this call: kept for its summary and reported to observers.
+    pub fn error(&mut self, kind: &str, message: String) {
+        self.errors.push(message.clone());
+        self.emit(EventKind::Error {
+            kind: kind.to_string(),
+            message,
+        });
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        self.out.push(Action::Emit(kind));
+    }
+
+    fn cancel(&mut self, epoch: u64) {
+        self.out.push(Action::CancelReply { epoch });
+    }
+
+    /// Greets while the system prompt is prefilled: the caller's first turn
+    /// then pays only for its own tokens.
+    fn on_start(&mut self, now: Instant) {
+        let mut prefix = self.history.clone();
+        if self.rules.greet && !self.persona.greeting.is_empty() {
+            let greeting = self.persona.greeting.clone();
+            prefix.push(ChatMessage::new(Role::Assistant, greeting.clone()));
+            self.start_reply(
+                TurnKind::Greeting,
+                Source::Text(greeting),
+                String::new(),
+                None,
+                None,
+                now,
+            );
+        }
+        self.out.push(Action::Prefill(prefix));
+    }
+
+    /// When stream position `pos` was spoken.
+    fn pos_time(&self, pos: u64, now: Instant) -> Instant {
+        self.clock.time_of(pos, now)
+    }
+
+    fn on_audio(&mut self, end: u64, now: Instant) {
+        self.position = end;
+        self.clock.arrived(end, now);
+        if let Some(at) = self.barge_in_at {
+            if now >= at && self.in_speech {
+                self.barge_in_at = None;
+                self.interrupt(now);
+            }
+        }
+    }
+
+    fn bot_speaking(&self, now: Instant) -> bool {
+        self.active.is_some() || now < self.bot_until
+    }
+
+    fn on_speech_started(&mut self, onset: u64, at: u64, levels: Option<Levels>, now: Instant) {
+        self.emit(EventKind::UserStartedSpeaking {
+            confirmed_ms: pos_ms(at),
+            onset_ms: pos_ms(onset),
+        });
+        self.in_speech = true;
+        self.segment_onset = onset;
+        // Echo is quieter than what we played a moment earlier; a caller
+        // talking over the bot is not.
+        let margin = self.rules.echo_margin_db;
+        self.segment_is_echo = self.bot_speaking(now)
+            && levels.is_some_and(|l| l.bot_peak.is_finite() && l.caller < l.bot_peak - margin);
+        if self.segment_is_echo {
+            self.echo_ignored += 1;
+            tracing::debug!(call = %self.call, "speech ignored as echo of the bot");
+            return;
+        }
+        self.activity_seen = true;
+        self.last_activity = now;
+        self.discard_pending(); // the caller goes on: the turn is not over
+        self.turn_start.get_or_insert(onset);
+        if self.bot_speaking(now) {
+            self.arm_barge_in(now);
+        }
+    }
+
+    /// The caller talks over the bot: interrupt it now, or once the speech
+    /// has lasted `barge_in_min_secs` (see [`Self::on_audio`]).
+    fn arm_barge_in(&mut self, now: Instant) {
+        let min = self.rules.barge_in_min_secs;
+        if min <= 0.0 {
+            self.interrupt(now);
+        } else {
+            self.barge_in_at = Some(now + Duration::from_secs_f32(min));
+        }
+    }
+
+    fn on_dtmf(&mut self, digit: String, now: Instant) {
+        let text = format!("[caller pressed {digit}]");
+        self.emit(EventKind::Dtmf { digit });
+        self.activity_seen = true;
+        self.last_activity = now;
+        if let Some(d) = self.pending.as_mut().and_then(|p| p.draft.take()) {
+            // Its context no longer matches the conversation.
+            self.drafts_discarded += 1;
+            self.cancel(d.epoch);
+        }
+        self.history
+            .push(ChatMessage::new(Role::User, text.clone()));
+        if self.active.is_none() && self.pending.is_none() {
+            let source = Source::Llm(self.history.clone());
+            self.start_reply(TurnKind::Dtmf, source, text, None, None, now);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let timeout = self.rules.turn_timeout_secs;
+        if let Some(p) = self.pending.as_mut() {
+            if !p.timed_out
+                && p.vad_stop_at
+                    .is_some_and(|at| now.saturating_duration_since(at).as_secs_f32() >= timeout)
+            {
+                p.timed_out = true;
+                self.maybe_complete_turn(now);
+            }
+        }
+        let idle = self.rules.idle_secs;
+        if idle > 0.0
+            && self.activity_seen
+            && self.active.is_none()
+            && self.pending.is_none()
+            && !self.in_speech
+            && self.turn_start.is_none()
+            && now
+                .saturating_duration_since(self.last_activity.max(self.bot_until))
+                .as_secs_f32()
+                >= idle
+        {
+            self.history.push(ChatMessage::new(
+                Role::User,
+                self.persona.idle_prompt.clone(),
+            ));
+            let source = Source::Llm(self.history.clone());
+            let turn = self.start_reply(TurnKind::Idle, source, String::new(), None, None, now);
+            self.emit(EventKind::IdlePrompt { turn });
+            self.last_activity = now;
+        }
+    }
+
+    /// Speaks `text` in place of a turn that failed.
+    fn apologise(&mut self, text: &str, now: Instant) {
+        let source = Source::Text(text.to_string());
+        self.start_reply(TurnKind::Turn, source, String::new(), None, None, now);
+        self.apology_epoch = self.epoch;
+    }
+
+    /// A new epoch, and the action that starts its reply.
+    fn next_epoch(&mut self, source: Source, draft: bool) -> u64 {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.out.push(Action::StartReply {
+            epoch,
+            source,
+            draft,
+        });
+        epoch
+    }
+}
+
+/// Where a turn's audio for a model starts: `pre_secs` before its first
+/// onset.
+fn turn_from(turn_start: u64, pre_secs: f64) -> u64 {
+    turn_start.saturating_sub((pre_secs * MODEL_RATE as f64) as u64)
+}
+
+/// A 16 kHz stream position in ms.
+fn pos_ms(pos: u64) -> f64 {
+    pos as f64 * 1e3 / MODEL_RATE as f64
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,241 @@
+//! The machine's side of a caller turn: from the VAD's first silent window
+//! to a confirmed turn — the transcript, the draft reply started from it,
+//! Smart Turn's verdict and the silence fallback.
+
+use std::time::Instant;
+
+use super::{ms, pos_ms, turn_from, Action, TurnMachine, PRE_SPEECH_SECS, STT_PRE_SPEECH_SECS};
+use crate::engines::{ChatMessage, Role, Transcript, TurnVerdict};
+use crate::events::{EventKind, TurnKind};
+use crate::session::reply::Source;
+
+/// A turn the caller may have finished: from the VAD's pause (or its stop)
+/// until the turn is confirmed or the caller goes on.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) id: u64,
+    /// Where the speech ended.
+    end: u64,
+    end_of_speech_at: Instant,
+    /// Set by the VAD's stop; until then the caller may still resume.
+    pub(super) vad_stop_at: Option<Instant>,
+    verdict: Option<TurnVerdict>,
+    transcript: Option<(Transcript, Instant)>,
+    pub(super) timed_out: bool,
+    pub(super) draft: Option<Draft>,
+}
+
+/// A reply started before the turn was confirmed, and the events it sent
+/// meanwhile (replayed when it is adopted).
+#[derive(Debug)]
+pub(super) struct Draft {
+    pub(super) epoch: u64,
+    started: Instant,
+    pub(super) early: Vec<crate::session::reply::ReplyEvent>,
+}
+
+impl TurnMachine {
+    pub(super) fn on_speech_stopped(&mut self, end: u64, at: u64, now: Instant) {
+        self.emit(EventKind::UserStoppedSpeaking {
+            confirmed_ms: pos_ms(at),
+            end_ms: pos_ms(end),
+        });
+        self.in_speech = false;
+        self.barge_in_at = None;
+        if self.segment_is_echo {
+            self.segment_is_echo = false;
+            return;
+        }
+        self.last_activity = now;
+        let Some(turn_start) = self.turn_start else {
+            return;
+        };
+        if self.pending.as_ref().is_none_or(|p| p.end != end) {
+            self.begin_turn(end, at, now);
+        }
+        let stop_at = self.pos_time(at, now);
+        let id = {
+            let p = self.pending.as_mut().expect("begun");
+            p.vad_stop_at = Some(stop_at);
+            p.id
+        };
+        self.out.push(Action::PredictTurn {
+            id,
+            from: turn_from(turn_start, PRE_SPEECH_SECS),
+            to: at,
+        });
+        self.maybe_complete_turn(now);
+    }
+
+    /// A turn that may have ended at `end`: transcribe what was said up to
+    /// `to` while the VAD and Smart Turn make up their minds.
+    pub(super) fn begin_turn(&mut self, end: u64, to: u64, now: Instant) {
+        let Some(turn_start) = self.turn_start else {
+            return;
+        };
+        let id = self.next_turn_id;
+        self.next_turn_id += 1;
+        self.discard_pending();
+        self.pending = Some(Pending {
+            id,
+            end,
+            end_of_speech_at: self.pos_time(end, now),
+            vad_stop_at: None,
+            verdict: None,
+            transcript: None,
+            timed_out: false,
+            draft: None,
+        });
+        self.out.push(Action::Transcribe {
+            id,
+            from: turn_from(turn_start, STT_PRE_SPEECH_SECS),
+            to,
+        });
+    }
+
+    /// The caller went on (or the turn failed): the candidate turn and any
+    /// draft reply for it are dropped, unheard.
+    pub(super) fn discard_pending(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if let Some(d) = p.draft {
+                self.drafts_discarded += 1;
+                self.cancel(d.epoch);
+                tracing::debug!(call = %self.call, "draft reply discarded");
+            }
+        }
+    }
+
+    pub(super) fn on_verdict(&mut self, id: u64, result: crate::Result<TurnVerdict>) {
+        let complete = |p: f32| p > self.rules.turn_threshold;
+        match (result, self.pending.as_mut()) {
+            (Ok(v), Some(p)) if p.id == id => {
+                p.verdict = Some(v);
+                let complete = complete(v.probability);
+                self.emit(EventKind::TurnVerdict {
+                    probability: v.probability,
+                    complete,
+                    inference_ms: v.inference_ms,
+                    total_ms: v.total_ms,
+                });
+            }
+            (Err(e), Some(p)) if p.id == id => {
+                p.timed_out = true; // fall back to silence
+                self.error("turn", format!("turn detection: {e}"));
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_transcript(
+        &mut self,
+        id: u64,
+        result: crate::Result<Transcript>,
+        now: Instant,
+    ) {
+        match (result, self.pending.as_mut()) {
+            (Ok(t), Some(p)) if p.id == id => {
+                let tm = &t.timings;
+                tracing::debug!(call = %self.call, text = %t.text, ms = tm.total_ms, queued_ms = tm.queued_ms, encoder_ms = tm.encoder_ms, decoder_ms = tm.decoder_ms, fallbacks = tm.fallbacks, "transcript");
+                p.transcript = Some((t, now));
+                self.maybe_draft(now);
+            }
+            (Err(e), Some(p)) if p.id == id => {
+                self.error("stt", format!("stt: {e}"));
+                self.discard_pending();
+                self.turn_start = None;
+                // The caller said something and would otherwise wait for an
+                // answer that never comes.
+                if self.active.is_none() {
+                    self.apologise("Sorry, I didn't catch that. Could you say it again?", now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// With the transcript in hand, the reply can be written and synthesised
+    /// while the turn is still being decided — unless a reply is playing, as
+    /// a draft would then talk over it.
+    pub(super) fn maybe_draft(&mut self, now: Instant) {
+        if !self.rules.draft_replies || self.active.is_some() {
+            return;
+        }
+        let Some(p) = self.pending.as_ref() else {
+            return;
+        };
+        let Some((t, _)) = p.transcript.as_ref() else {
+            return;
+        };
+        let text = t.text.trim().to_string();
+        if p.draft.is_some() || text.is_empty() {
+            return;
+        }
+        let mut history = self.history.clone();
+        history.push(ChatMessage::new(Role::User, text));
+        let epoch = self.next_epoch(Source::Llm(history), true);
+        tracing::debug!(call = %self.call, epoch, "draft reply started");
+        if let Some(p) = self.pending.as_mut() {
+            p.draft = Some(Draft {
+                epoch,
+                started: now,
+                early: Vec::new(),
+            });
+        }
+    }
+
+    pub(super) fn maybe_complete_turn(&mut self, now: Instant) {
+        let ready = self.pending.as_ref().is_some_and(|p| {
+            let complete = p.timed_out
+                || p.verdict
+                    .is_some_and(|v| v.probability > self.rules.turn_threshold);
+            complete && p.vad_stop_at.is_some() && p.transcript.is_some()
+        });
+        if !ready {
+            return;
+        }
+        let mut p = self.pending.take().expect("checked");
+        self.turn_start = None;
+        let (t, at) = p.transcript.take().expect("checked");
+        let text = t.text.trim().to_string();
+        if text.is_empty() {
+            tracing::debug!(call = %self.call, "turn without words ignored");
+            if let Some(d) = p.draft {
+                self.cancel(d.epoch);
+            }
+            return;
+        }
+        let stt_ms = ms(at.saturating_duration_since(p.end_of_speech_at));
+        self.emit(EventKind::Transcript {
+            text: text.clone(),
+            stt_ms,
+        });
+        if self.active.is_some() {
+            // A reply still running (never interrupted, e.g. echo-gated): it ends now.
+            self.interrupt(now);
+        }
+        self.history
+            .push(ChatMessage::new(Role::User, text.clone()));
+        let (stop, eos) = (p.vad_stop_at, Some(p.end_of_speech_at));
+        let idx = match p.draft.take() {
+            Some(d) => {
+                self.out.push(Action::ReleaseReply { epoch: d.epoch });
+                let idx = self.adopt(d.epoch, TurnKind::Turn, text, stop, eos, d.started);
+                for ev in d.early {
+                    self.on_reply(ev, now);
+                }
+                idx
+            }
+            None => {
+                let source = Source::Llm(self.history.clone());
+                self.start_reply(TurnKind::Turn, source, text, stop, eos, now)
+            }
+        };
+        let r = &mut self.records[idx];
+        r.stt_ms = Some(stt_ms);
+        if let Some(v) = p.verdict {
+            r.smart_turn_ms = Some(v.total_ms);
+            r.smart_turn_inference_ms = Some(v.inference_ms);
+            r.smart_turn_probability = Some(v.probability);
+        }
+    }
+}
