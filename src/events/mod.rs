@@ -61,30 +61,31 @@ impl TurnKind {
 }
 
 /// Why a call ended. Serialised as the words traces and `/calls` have always
-/// used, so readers of old traces and of new ones see the same values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// used ([`EndedBy::as_str`]), so readers of old traces and of new ones see
+/// the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "&'static str")]
 pub enum EndedBy {
     /// Twilio's `stop`: the caller or Twilio hung up cleanly.
-    #[serde(rename = "stop")]
     Stop,
     /// The websocket went away without a `stop`.
-    #[serde(rename = "transport closed")]
     TransportClosed,
     /// `call.max_call_secs` passed.
-    #[serde(rename = "maximum duration")]
     MaxDuration,
     /// The server shut down and the drain time ran out.
-    #[serde(rename = "server shutdown")]
     ServerShutdown,
     /// The far end stopped reading what we sent (a stalled socket).
-    #[serde(rename = "caller stopped reading")]
     StoppedReading,
     /// The caller's audio could not be processed (the VAD failed).
-    #[serde(rename = "input failed")]
     InputFailed,
     /// The call could not start (no LLM session).
-    #[serde(rename = "error")]
     Error,
+}
+
+impl From<EndedBy> for &'static str {
+    fn from(e: EndedBy) -> Self {
+        e.as_str()
+    }
 }
 
 impl EndedBy {
@@ -221,4 +222,21 @@ pub fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndedBy;
+
+    #[test]
+    fn ended_by_serialises_as_its_words() {
+        for (e, words) in [
+            (EndedBy::Stop, "stop"),
+            (EndedBy::TransportClosed, "transport closed"),
+            (EndedBy::ServerShutdown, "server shutdown"),
+        ] {
+            assert_eq!(serde_json::to_value(e).unwrap(), words);
+            assert_eq!(e.to_string(), words);
+        }
+    }
 }

@@ -35,10 +35,15 @@ impl TurnBuffer {
     }
 
     /// The audio between two stream positions, as much of it as is kept.
-    pub fn between(&self, from: u64, to: u64) -> Vec<f32> {
+    pub fn slice(&self, from: u64, to: u64) -> &[f32] {
         let a = from.saturating_sub(self.start) as usize;
         let b = (to.saturating_sub(self.start) as usize).min(self.samples.len());
-        self.samples[a.min(b)..b].to_vec()
+        &self.samples[a.min(b)..b]
+    }
+
+    /// [`Self::slice`], owned: for work on another thread.
+    pub fn between(&self, from: u64, to: u64) -> Vec<f32> {
+        self.slice(from, to).to_vec()
     }
 }
 

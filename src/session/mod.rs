@@ -267,7 +267,8 @@ impl Session {
             frame.pcm.len(),
             frame.rate,
         );
-        let pcm = &frame.pcm[at.skip..];
+        let mut pcm = frame.pcm;
+        pcm.drain(..at.skip);
         if pcm.is_empty() {
             return; // all of it is on the stream already
         }
@@ -288,7 +289,7 @@ impl Session {
             self.pass_on(vec![0; n], frames);
             gap -= n;
         }
-        self.pass_on(pcm.to_vec(), frames);
+        self.pass_on(pcm, frames);
     }
 
     /// Keeps `pcm` for the recording and hands it to the input thread (or
@@ -315,7 +316,9 @@ impl Session {
                 at,
                 levels: self.levels_since(onset),
             },
-            e => Input::Vad(e),
+            VadEvent::Paused { end } => Input::SpeechPaused { end },
+            VadEvent::Resumed { .. } => Input::SpeechResumed,
+            VadEvent::Stopped { end, at } => Input::SpeechStopped { end, at },
         };
         self.feed(input);
     }
@@ -324,7 +327,7 @@ impl Session {
     /// the same stretch and the half second before it.
     fn levels_since(&self, onset: u64) -> Levels {
         let position = self.buffer.position();
-        let caller = crate::audio::rms_dbfs(&self.buffer.between(onset, position));
+        let caller = crate::audio::rms_dbfs(self.buffer.slice(onset, position));
         // The bot's track is at 8 kHz.
         let to = (position / 2) as usize;
         let from = to.saturating_sub((position.saturating_sub(onset) / 2) as usize + 4000);

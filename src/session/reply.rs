@@ -265,12 +265,13 @@ impl Workers {
             messages,
             then: Box::new(then),
         };
-        if let Err(e) = self.llm.try_send(job) {
-            let then = match e {
-                std_mpsc::TrySendError::Full(LlmJob::Prefill { then, .. })
-                | std_mpsc::TrySendError::Disconnected(LlmJob::Prefill { then, .. }) => then,
-                _ => unreachable!("a prefill job comes back as sent"),
-            };
+        let refused = match self.llm.try_send(job) {
+            Ok(()) => return,
+            Err(std_mpsc::TrySendError::Full(job) | std_mpsc::TrySendError::Disconnected(job)) => {
+                job
+            }
+        };
+        if let LlmJob::Prefill { then, .. } = refused {
             then(Err(crate::Error::engine(
                 "llm",
                 "the LLM worker is overloaded",

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use super::reply::{ReplyEvent, Source};
 use super::timeline::StreamClock;
 use crate::config::{CallConfig, Persona};
-use crate::engines::{ChatMessage, Role, Transcript, TurnVerdict, VadEvent, MODEL_RATE};
+use crate::engines::{ChatMessage, Role, Transcript, TurnVerdict, MODEL_RATE};
 use crate::events::{EventKind, Interruption, TurnKind, TurnRecord};
 use reply::Active;
 use turn::Pending;
@@ -66,8 +66,18 @@ pub enum Input {
         at: u64,
         levels: Levels,
     },
-    /// Any other VAD event (a `Started` here counts as not echo).
-    Vad(VadEvent),
+    /// The VAD's first silent window after speech at `end`: the turn may
+    /// be ending.
+    SpeechPaused {
+        end: u64,
+    },
+    /// Speech again before the VAD's stop window ran out.
+    SpeechResumed,
+    /// Silence confirmed at `at`; the speech ended at `end`.
+    SpeechStopped {
+        end: u64,
+        at: u64,
+    },
     Transcript {
         id: u64,
         result: crate::Result<Transcript>,
@@ -215,19 +225,16 @@ impl TurnMachine {
             Input::Start => self.on_start(now),
             Input::Audio { end } => self.on_audio(end, now),
             Input::SpeechStarted { onset, at, levels } => {
-                self.on_speech_started(onset, at, Some(levels), now)
+                self.on_speech_started(onset, at, levels, now)
             }
-            Input::Vad(VadEvent::Started { onset, at }) => {
-                self.on_speech_started(onset, at, None, now)
-            }
-            Input::Vad(VadEvent::Paused { end }) => {
+            Input::SpeechPaused { end } => {
                 // A barge-in needs speech that lasts: a pause stops the count.
                 self.barge_in_at = None;
                 if !self.segment_is_echo && self.turn_start.is_some() {
                     self.begin_turn(end, self.position, now);
                 }
             }
-            Input::Vad(VadEvent::Resumed { .. }) => {
+            Input::SpeechResumed => {
                 if self
                     .pending
                     .as_ref()
@@ -239,7 +246,7 @@ impl TurnMachine {
                     self.arm_barge_in(now);
                 }
             }
-            Input::Vad(VadEvent::Stopped { end, at }) => self.on_speech_stopped(end, at, now),
+            Input::SpeechStopped { end, at } => self.on_speech_stopped(end, at, now),
             Input::Transcript { id, result } => {
                 self.on_transcript(id, result, now);
                 self.maybe_complete_turn(now);
@@ -348,7 +355,7 @@ impl TurnMachine {
         self.active.is_some() || now < self.bot_until
     }
 
-    fn on_speech_started(&mut self, onset: u64, at: u64, levels: Option<Levels>, now: Instant) {
+    fn on_speech_started(&mut self, onset: u64, at: u64, levels: Levels, now: Instant) {
         self.emit(EventKind::UserStartedSpeaking {
             confirmed_ms: pos_ms(at),
             onset_ms: pos_ms(onset),
@@ -359,7 +366,8 @@ impl TurnMachine {
         // talking over the bot is not.
         let margin = self.rules.echo_margin_db;
         self.segment_is_echo = self.bot_speaking(now)
-            && levels.is_some_and(|l| l.bot_peak.is_finite() && l.caller < l.bot_peak - margin);
+            && levels.bot_peak.is_finite()
+            && levels.caller < levels.bot_peak - margin;
         if self.segment_is_echo {
             self.echo_ignored += 1;
             tracing::debug!(call = %self.call, "speech ignored as echo of the bot");
@@ -392,8 +400,7 @@ impl TurnMachine {
         self.last_activity = now;
         if let Some(d) = self.pending.as_mut().and_then(|p| p.draft.take()) {
             // Its context no longer matches the conversation.
-            self.drafts_discarded += 1;
-            self.cancel(d.epoch);
+            self.discard_draft(d);
         }
         self.history
             .push(ChatMessage::new(Role::User, text.clone()));

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::engines::{Generation, SttTimings};
+use crate::engines::{Generation, SttTimings, VadEvent};
 
 /// 16 kHz samples per ms.
 const PER_MS: u64 = 16;
@@ -108,9 +108,15 @@ impl Call {
         self.speech(onset, at, -20.0, f32::NEG_INFINITY);
     }
 
+    /// A VAD event other than a start (see [`Self::speech`]) at `at`.
     fn vad(&mut self, at: u64, e: VadEvent) {
         self.until(at);
-        self.feed(Input::Vad(e));
+        self.feed(match e {
+            VadEvent::Paused { end } => Input::SpeechPaused { end },
+            VadEvent::Resumed { .. } => Input::SpeechResumed,
+            VadEvent::Stopped { end, at } => Input::SpeechStopped { end, at },
+            VadEvent::Started { .. } => panic!("speech starts through `speech`"),
+        });
     }
 
     /// Speech from `onset` to `end`: the VAD's start (200 ms in), pause

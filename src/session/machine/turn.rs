@@ -96,21 +96,24 @@ impl TurnMachine {
     /// The caller went on (or the turn failed): the candidate turn and any
     /// draft reply for it are dropped, unheard.
     pub(super) fn discard_pending(&mut self) {
-        if let Some(p) = self.pending.take() {
-            if let Some(d) = p.draft {
-                self.drafts_discarded += 1;
-                self.cancel(d.epoch);
-                tracing::debug!(call = %self.call, "draft reply discarded");
-            }
+        if let Some(d) = self.pending.take().and_then(|p| p.draft) {
+            self.discard_draft(d);
         }
     }
 
+    /// A draft whose turn went on (or whose context changed): cancelled,
+    /// unheard, and counted.
+    pub(super) fn discard_draft(&mut self, d: Draft) {
+        self.drafts_discarded += 1;
+        self.cancel(d.epoch);
+        tracing::debug!(call = %self.call, epoch = d.epoch, "draft reply discarded");
+    }
+
     pub(super) fn on_verdict(&mut self, id: u64, result: crate::Result<TurnVerdict>) {
-        let complete = |p: f32| p > self.rules.turn_threshold;
         match (result, self.pending.as_mut()) {
             (Ok(v), Some(p)) if p.id == id => {
                 p.verdict = Some(v);
-                let complete = complete(v.probability);
+                let complete = self.rules.turn_complete(v.probability);
                 self.emit(EventKind::TurnVerdict {
                     probability: v.probability,
                     complete,
@@ -187,7 +190,7 @@ impl TurnMachine {
         let ready = self.pending.as_ref().is_some_and(|p| {
             let complete = p.timed_out
                 || p.verdict
-                    .is_some_and(|v| v.probability > self.rules.turn_threshold);
+                    .is_some_and(|v| self.rules.turn_complete(v.probability));
             complete && p.vad_stop_at.is_some() && p.transcript.is_some()
         });
         if !ready {
