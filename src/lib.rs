@@ -35,6 +35,7 @@ pub mod fuzzing;
 pub mod models;
 pub mod observe;
 pub mod persona;
+pub mod private_files;
 pub mod server;
 pub mod session;
 #[cfg(feature = "testkit")]

@@ -259,7 +259,7 @@ async fn the_bot_carries_on_after_five_silent_seconds_but_not_before_first_activ
 /// A client that breaks every rule, then vanishes.
 async fn misbehave(addr: SocketAddr) {
     // A stream our TwiML started, so that its bad input reaches a session.
-    let (ws, start) = twilio_socket(addr, "CAbad").await;
+    let (ws, start) = twilio_socket(addr, "CA00000000000000000000000000000bad").await;
     let (mut tx, _rx) = ws.split();
     let media = r#"{"event":"media","streamSid":"MZx","media":{"payload":"//8="}}"#;
     tx.send(Message::text(media)).await.unwrap(); // media before start
@@ -318,7 +318,7 @@ async fn bad_input_disturbs_no_other_call_and_four_calls_run_at_once() {
         );
         assert!(s.errors.is_empty(), "{:?}", s.errors);
     }
-    let bad = summary(&state, "CAbad").await;
+    let bad = summary(&state, "CA00000000000000000000000000000bad").await;
     assert!(
         bad.turns.iter().all(|t| t.kind == TurnKind::Greeting),
         "{:#?}",
@@ -610,44 +610,9 @@ async fn a_slow_observer_loses_events_but_never_delays_the_bot() {
     drop(state);
 }
 
-/// A local OpenTelemetry collector: decodes OTLP/HTTP protobuf exports.
-async fn fake_collector() -> (
-    SocketAddr,
-    Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
-) {
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-    };
-    use prost::Message as _;
-    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let store = spans.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let store = store.clone();
-            async move {
-                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                for rs in req.resource_spans {
-                    for ss in rs.scope_spans {
-                        store.lock().unwrap().extend(ss.spans);
-                    }
-                }
-                (
-                    [("content-type", "application/x-protobuf")],
-                    ExportTraceServiceResponse::default().encode_to_vec(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, spans)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_collector() {
-    let (collector, spans) = fake_collector().await;
+    let (collector, spans) = common::otlp::collector().await;
     let (_state, addr) = start(|c| {
         c.observe.otlp_endpoint = Some(format!("http://{collector}/v1/traces"));
     })
@@ -706,13 +671,13 @@ async fn spans_reach_an_otlp_collector() {
 
 /// A raw stream with these custom parameters; true if the server kept the
 /// socket open (a session started) rather than closing it at `start`.
-async fn stream_accepted(addr: SocketAddr, params: serde_json::Value) -> bool {
+async fn stream_accepted(addr: SocketAddr, call_sid: &str, params: serde_json::Value) -> bool {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
     let (mut tx, mut rx) = ws.split();
     let start = serde_json::json!({"event": "start", "streamSid": "MZt",
-        "start": {"callSid": "CAt", "customParameters": params}});
+        "start": {"callSid": call_sid, "accountSid": sim::SIM_ACCOUNT, "customParameters": params}});
     tx.send(Message::text(start.to_string())).await.unwrap();
     // A session greets; a refused stream is closed at once.
     match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
@@ -726,7 +691,10 @@ async fn stream_accepted(addr: SocketAddr, params: serde_json::Value) -> bool {
 async fn only_twilio_signed_webhooks_and_issued_streams_get_in() {
     let (state, addr) = start(|_| {}).await;
     let form: Vec<(String, String)> = vec![
-        ("CallSid".into(), "CA1".into()),
+        (
+            "CallSid".into(),
+            "CA00000000000000000000000000000001".into(),
+        ),
         ("From".into(), "+15005550006".into()),
         ("CallStatus".into(), "completed".into()),
     ];
@@ -783,14 +751,22 @@ async fn only_twilio_signed_webhooks_and_issued_streams_get_in() {
 
     // Streams: an issued token works once; none, a forged or a reused one never.
     let calls_before = state.finished.lock().unwrap().len();
-    let issued = sim::webhook(&url, AUTH_TOKEN, &sim::incoming_form("CA2"))
-        .await
-        .unwrap();
+    let issued = sim::webhook(
+        &url,
+        AUTH_TOKEN,
+        &sim::incoming_form("CA00000000000000000000000000000002"),
+    )
+    .await
+    .unwrap();
     let params = serde_json::to_value(&issued.params).unwrap();
-    assert!(!stream_accepted(addr, serde_json::json!({})).await);
-    assert!(!stream_accepted(addr, serde_json::json!({"stream_token": "0123"})).await);
-    assert!(stream_accepted(addr, params.clone()).await);
-    assert!(!stream_accepted(addr, params).await, "a token works once");
+    let call = "CA00000000000000000000000000000002";
+    assert!(!stream_accepted(addr, call, serde_json::json!({})).await);
+    assert!(!stream_accepted(addr, call, serde_json::json!({"stream_token": "0123"})).await);
+    assert!(stream_accepted(addr, call, params.clone()).await);
+    assert!(
+        !stream_accepted(addr, call, params).await,
+        "a token works once"
+    );
     // Only the accepted stream became a call.
     settle(&state).await;
     assert!(state.finished.lock().unwrap().len() <= calls_before + 1);
@@ -802,7 +778,10 @@ async fn behind_a_proxy_the_public_url_is_what_twilio_signed() {
         c.server.public_url = Some("https://agent.example.com".into());
     })
     .await;
-    let form: Vec<(String, String)> = vec![("CallSid".into(), "CA9".into())];
+    let form: Vec<(String, String)> = vec![(
+        "CallSid".into(),
+        "CA00000000000000000000000000000009".into(),
+    )];
     let send = |signed_url: &str| {
         let sig = callbox::twilio::signature::sign(AUTH_TOKEN, signed_url, &form);
         let req = reqwest::Client::new()
@@ -830,15 +809,20 @@ async fn beyond_the_line_limit_callers_are_turned_away_politely_and_huge_message
     let (state, addr) = start(|c| c.server.max_calls = 1).await;
     // One call holds the only line.
     let url = format!("http://{addr}/");
-    let issued = sim::webhook(&url, AUTH_TOKEN, &sim::incoming_form("CA1"))
-        .await
-        .unwrap();
+    let issued = sim::webhook(
+        &url,
+        AUTH_TOKEN,
+        &sim::incoming_form("CA00000000000000000000000000000001"),
+    )
+    .await
+    .unwrap();
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
     let (mut tx, mut rx) = ws.split();
     let start = serde_json::json!({"event": "start", "streamSid": "MZ1",
-        "start": {"callSid": "CA1", "customParameters": issued.params}});
+        "start": {"callSid": "CA00000000000000000000000000000001", "accountSid": sim::SIM_ACCOUNT,
+                  "customParameters": issued.params}});
     tx.send(Message::text(start.to_string())).await.unwrap();
     assert!(
         matches!(rx.next().await, Some(Ok(Message::Text(_)))),
@@ -848,7 +832,7 @@ async fn beyond_the_line_limit_callers_are_turned_away_politely_and_huge_message
     // The next caller, inbound or outbound, hears an apology, not a stream.
     for (path, direction) in [("/", "inbound"), ("/twiml", "outbound")] {
         let u = format!("http://{addr}{path}");
-        let form = sim::incoming_form("CA2");
+        let form = sim::incoming_form("CA00000000000000000000000000000002");
         let sig = callbox::twilio::signature::sign(AUTH_TOKEN, &u, &form);
         let twiml = reqwest::Client::new()
             .post(&u)

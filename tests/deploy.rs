@@ -50,17 +50,35 @@ fn modal_app() -> serde_json::Value {
             .success();
         assert!(ok, "pip could not install Modal's client");
     }
+    // Besides the values, what `@modal.concurrent` is given, and of each
+    // Modal function the options of its decorators and its body.
     let script = r#"
-import json, sys
+import ast, json, sys
 sys.path.insert(0, sys.argv[1])
-import modal, modal_app as m
+import modal
+concurrent = {}
+real_concurrent = modal.concurrent
+def spy(**kw):
+    concurrent.update(kw)
+    return real_concurrent(**kw)
+modal.concurrent = spy
+import modal_app as m
 assert isinstance(m.app, modal.App), m.app
 assert m.serve is not None
+source = open(m.__file__).read()
+defs = {d.name: d for d in ast.parse(source).body if isinstance(d, ast.FunctionDef)}
+def function(name):
+    d = defs[name]
+    options = sorted(k.arg for c in d.decorator_list if isinstance(c, ast.Call) for k in c.keywords)
+    return {"options": options, "body": ast.get_source_segment(source, d)}
 print(json.dumps({
     "port": m.PORT, "health": m.HEALTH_PATH, "models_dir": m.MODELS_DIR,
     "model_set": m.MODEL_SET, "env": m.server_env(), "gpu": m.GPU,
     "calls": m.CALLS_PER_CONTAINER, "min_containers": m.MIN_CONTAINERS,
-    "scaledown": m.SCALEDOWN_SECS, "source": open(m.__file__).read(),
+    "scaledown": m.SCALEDOWN_SECS, "source": source,
+    "headroom": m.WEB_HEADROOM, "concurrent": concurrent,
+    "fetch": function("fetch") if isinstance(m.fetch, modal.Function) else None,
+    "serve": function("serve"),
 }))
 "#;
     let out = Command::new(&python)
@@ -70,6 +88,9 @@ print(json.dumps({
         .env("MODAL_SERVER_URL", "http://127.0.0.1:9")
         .env_remove("MODAL_TOKEN_ID")
         .env_remove("MODAL_TOKEN_SECRET")
+        // The defaults, not this shell's deploy settings.
+        .env_remove("CALLBOX_MODAL_MIN_CONTAINERS")
+        .env_remove("CALLBOX_MODAL_WEB_HEADROOM")
         .output()
         .unwrap();
     assert!(
@@ -282,11 +303,47 @@ fn dockerfile_modal_app_and_binary_agree() {
     // The entrypoint's own switch is one the entrypoint reads.
     assert!(entrypoint.contains("${CALLBOX_FETCH_MODELS"));
 
-    // Calls per container: Modal's limit and the server's are the same.
+    // Calls per container: the server's limit is the load Modal's
+    // autoscaler aims for, and Modal's own cap sits above it, room for
+    // webhooks and health probes (Modal counts them as inputs too).
     assert_eq!(
         modal["env"]["CALLBOX_SERVER__MAX_CALLS"],
         modal["calls"].to_string()
     );
+    let calls = modal["calls"].as_u64().unwrap();
+    let headroom = modal["headroom"].as_u64().unwrap();
+    assert!(headroom > 0, "WEB_HEADROOM");
+    let concurrent = &modal["concurrent"];
+    assert_eq!(concurrent["target_inputs"], calls, "{concurrent}");
+    assert_eq!(concurrent["max_inputs"], calls + headroom, "{concurrent}");
+    // No GPU runs while nobody calls, unless asked for.
+    assert_eq!(modal["min_containers"], 0);
+    // The models are fetched ahead of time by a function of their own, on a
+    // CPU, which alone writes the volume; the serving containers read it and
+    // never fetch, so containers starting together cannot race on it.
+    let fetch = &modal["fetch"];
+    assert!(fetch.is_object(), "modal_app.fetch is no Modal function");
+    let fetch_body = fetch["body"].as_str().unwrap();
+    assert!(
+        fetch_body.contains("\"models\", \"fetch\"") && fetch_body.contains("models.commit()"),
+        "{fetch_body}"
+    );
+    let options = |f: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(f["options"].clone()).unwrap()
+    };
+    assert!(!options(fetch).iter().any(|o| o == "gpu"), "{fetch}");
+    assert!(options(&modal["serve"]).iter().any(|o| o == "gpu"));
+    let serve_body = modal["serve"]["body"].as_str().unwrap();
+    assert!(
+        !serve_body.contains("\"fetch\"") && !serve_body.contains("commit("),
+        "{serve_body}"
+    );
+    assert!(
+        serve_body.contains("\"CALLBOX_FETCH_MODELS\": \"0\"")
+            && serve_body.contains("modal run modal_app.py::fetch"),
+        "{serve_body}"
+    );
+    assert!(source.contains("volumes={MODELS_DIR: models.with_mount_options(read_only=True)}"));
     // What Modal starts is what the image installs.
     assert!(source.contains("/usr/local/bin/callbox-entrypoint"));
     assert!(

@@ -218,13 +218,25 @@ async fn a_caller_who_vanishes_mid_sentence_or_mid_reply_leaves_a_clean_call() {
     })
     .await;
     let question = "Could you tell me a very long story about the history of sailing ships";
-    let sent_half = call_then_vanish(addr, "CAvanish1", question, Vanish::MidUtterance).await;
+    let sent_half = call_then_vanish(
+        addr,
+        "CA000000000000000000000000000000a1",
+        question,
+        Vanish::MidUtterance,
+    )
+    .await;
     let began = Instant::now();
-    let sent_whole = call_then_vanish(addr, "CAvanish2", question, Vanish::MidReply).await;
+    let sent_whole = call_then_vanish(
+        addr,
+        "CA000000000000000000000000000000a2",
+        question,
+        Vanish::MidReply,
+    )
+    .await;
     let cut_after = began.elapsed().as_secs_f64();
 
-    let mid_sentence = summary(&state, "CAvanish1").await;
-    let mid_reply = summary(&state, "CAvanish2").await;
+    let mid_sentence = summary(&state, "CA000000000000000000000000000000a1").await;
+    let mid_reply = summary(&state, "CA000000000000000000000000000000a2").await;
     for (s, sent) in [(&mid_sentence, sent_half), (&mid_reply, sent_whole)] {
         assert_eq!(s.ended_by, EndedBy::TransportClosed, "{}", s.info.call_sid);
         assert!(s.errors.is_empty(), "{:?}", s.errors);
@@ -279,7 +291,7 @@ async fn a_caller_who_vanishes_mid_sentence_or_mid_reply_leaves_a_clean_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_faster_than_real_time_is_held_to_the_clock() {
     let (state, addr) = start(|c| c.call.greet = false).await;
-    let call_sid = "CAflood";
+    let call_sid = "CA000000000000000000000000000f100d";
     let (mut ws, start) = twilio_socket(addr, call_sid).await;
     ws.send(start).await.unwrap();
     // Sixty seconds of audio as fast as the socket takes it.

@@ -2,18 +2,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use callbox::sim::{self, SimTurn};
-use common::server::{check_recording, signed, trace, turn_of, AUTH_TOKEN};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::server::{
+    check_recording, free_port, signed, trace, turn_of, wait_healthy, AUTH_TOKEN,
+};
 
 /// One call ends by itself during the drain, the other is ended when the
 /// drain timeout passes; both leave complete traces and recordings, new
@@ -41,22 +35,7 @@ async fn sigterm_drains_calls_then_exits_cleanly() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let health = format!("{base}/health");
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(&health).await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the server never became healthy"
-        );
-        if let Ok(Some(status)) = server.try_wait() {
-            panic!("the server exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_healthy(&mut server, port).await;
 
     let url = format!("ws://127.0.0.1:{port}/ws");
     // A: one question, then it hangs up by itself (well within the drain).

@@ -34,18 +34,17 @@ pub fn read(path: &Path) -> Result<Audio> {
     Ok(Audio::new(samples, spec.sample_rate))
 }
 
-/// Writes 16-bit PCM, mono or interleaved stereo.
+/// Writes 16-bit PCM, mono or interleaved stereo. The file is private to
+/// the server's user ([`crate::private_files`]): the WAVs we write are calls.
 pub fn write_i16(path: &Path, rate: u32, channels: u16, samples: &[i16]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let file = crate::private_files::create(path)?;
     let spec = hound::WavSpec {
         channels,
         sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let mut w = hound::WavWriter::create(path, spec)
+    let mut w = hound::WavWriter::new(std::io::BufWriter::new(file), spec)
         .map_err(|e| Error::Audio(format!("cannot write {}: {e}", path.display())))?;
     for &s in samples {
         w.write_sample(s)

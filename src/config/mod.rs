@@ -12,6 +12,7 @@ mod validate;
 
 use crate::engines::device::Devices;
 use crate::error::{Error, Result};
+pub use crate::events::Redact;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -83,8 +84,14 @@ pub struct TwilioConfig {
     pub record_calls: bool,
     /// Per-request timeout.
     pub timeout_secs: f32,
-    /// Retries after a 429, a 5xx or an unreachable API, with backoff.
+    /// Retries after a 429, a 5xx or an unreachable API, with backoff (at
+    /// most 10).
     pub retries: u32,
+    /// The numbers `POST /dialout` may call: E.164 prefixes such as `"+1"` or
+    /// `"+44"`. Unset, only numbers in the country of the caller ID
+    /// (`from_number`): a leaked API token must not ring premium numbers
+    /// abroad on the owner's bill. `["+"]` allows every number.
+    pub dialout_prefixes: Option<Vec<String>>,
 }
 
 impl Default for TwilioConfig {
@@ -99,6 +106,7 @@ impl Default for TwilioConfig {
             record_calls: true,
             timeout_secs: 10.0,
             retries: 3,
+            dialout_prefixes: None,
         }
     }
 }
@@ -158,6 +166,16 @@ pub struct ObserveConfig {
     /// Full traces URL (e.g. `http://collector:4318/v1/traces`), overriding
     /// the `OTEL_*` endpoint variables.
     pub otlp_endpoint: Option<String>,
+    /// What of the caller's personal data observers may see (logs, OTLP,
+    /// traces, `/calls`, the demo page): everything (`off`), everything but
+    /// digits — DTMF keys, phone and card numbers (`digits`) — or nothing of
+    /// what the caller said or pressed (`text`). The conversation itself
+    /// is untouched: the model still hears the caller.
+    pub redact: Redact,
+    /// Write what the caller and the bot said to the log at INFO. Off, the
+    /// lines are at DEBUG: transcripts are personal data, and a log is
+    /// read by more people than a trace.
+    pub log_transcripts: bool,
 }
 
 impl Default for ObserveConfig {
@@ -167,6 +185,8 @@ impl Default for ObserveConfig {
             queue: 4096,
             otlp: false,
             otlp_endpoint: None,
+            redact: Redact::Off,
+            log_transcripts: false,
         }
     }
 }
@@ -185,9 +205,19 @@ pub struct ServerConfig {
     /// on the websocket. Turn off for local development only: anyone who can
     /// reach the server can then talk to the model.
     pub validate_signatures: bool,
-    /// Bearer token for the owner's API (`POST /dialout`), else
-    /// `CALLBOX_API_TOKEN`; without one dial-out is disabled.
+    /// The owner's bearer token (else `CALLBOX_API_TOKEN`, at least 32
+    /// characters): `POST /dialout`, `GET /calls` and, unless
+    /// `metrics_public`, `GET /metrics`. Without one those are closed.
     pub api_token: Option<Secret>,
+    /// Serve `GET /metrics` without the owner's token (a scraper on a
+    /// private network that cannot send one). Metrics hold no transcripts,
+    /// but they tell anyone how busy the line is.
+    pub metrics_public: bool,
+    /// The key of the stream tokens the TwiML hands Twilio (else
+    /// `CALLBOX_STREAM_SECRET`, else derived from Twilio's auth token).
+    /// Every container of one deployment must share it: a token issued by
+    /// one is accepted by the others.
+    pub stream_secret: Option<Secret>,
     /// Largest websocket message or request body accepted (Twilio's are
     /// under a kilobyte).
     pub max_message_bytes: usize,
@@ -195,10 +225,25 @@ pub struct ServerConfig {
     /// new call is taken; those still running then are ended.
     pub drain_secs: u64,
     /// Who may open the browser demo (`GET /demo`) and talk to the bot
-    /// through it: `local` (browsers on this machine), `anyone`, or `off`.
-    /// Every demo call runs the models, so a public server keeps it off or
-    /// local.
+    /// through it: `local` (a browser on this machine talking to the server
+    /// directly, not through a proxy), `anyone`, or `off`. Every demo call
+    /// runs the models, so a public server keeps it off or local.
     pub demo: DemoAccess,
+    /// Demo calls at once: their own lines, never the phone's.
+    pub demo_max_calls: usize,
+    /// How long a media websocket may stay open before Twilio's `start`
+    /// (Twilio sends it at once; an idle socket is somebody else).
+    pub start_timeout_secs: f32,
+    /// Media websockets waiting for `start`, in all and from one address:
+    /// more are refused with 503 until some start or time out.
+    pub max_pending_streams: usize,
+    pub max_pending_streams_per_address: usize,
+    /// How long a client may take to send a request's headers, and an idle
+    /// keep-alive connection may stay open (slow-loris clients hold a
+    /// descriptor each).
+    pub header_timeout_secs: f32,
+    /// Calls `POST /dialout` may place per minute (each costs money).
+    pub dialout_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -222,14 +267,26 @@ impl std::fmt::Debug for Secret {
 }
 
 impl ServerConfig {
-    /// The bearer token of `/dialout`, if dial-out is enabled.
+    /// The owner's bearer token, if one is configured.
     pub fn api_token(&self) -> Option<String> {
         setting(
             self.api_token.as_ref().map(|s| s.0.as_str()),
             "CALLBOX_API_TOKEN",
         )
     }
+
+    /// The configured key of stream tokens, if any.
+    pub fn stream_secret(&self) -> Option<String> {
+        setting(
+            self.stream_secret.as_ref().map(|s| s.0.as_str()),
+            "CALLBOX_STREAM_SECRET",
+        )
+    }
 }
+
+/// The shortest owner token or stream secret accepted: 32 characters (128
+/// bits of hex) cannot be guessed over the network.
+pub const MIN_SECRET_CHARS: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -431,6 +488,14 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024,
             drain_secs: 30,
             demo: DemoAccess::Local,
+            metrics_public: false,
+            stream_secret: None,
+            demo_max_calls: 2,
+            start_timeout_secs: 5.0,
+            max_pending_streams: 128,
+            max_pending_streams_per_address: 16,
+            header_timeout_secs: 10.0,
+            dialout_per_minute: 10,
         }
     }
 }

@@ -88,3 +88,50 @@ fn rest_credentials_prefer_an_api_key_and_secrets_never_print() {
         Ok(())
     });
 }
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn a_public_deployment_is_refused_weak_or_cleartext_settings() {
+    figment::Jail::expect_with(|jail| {
+        let refused = |toml: &str, key: &str| {
+            let e = Config::from_toml_str(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        };
+        refused("[server]\napi_token = \"short\"\n", "server.api_token");
+        refused(
+            "[server]\nstream_secret = \"short\"\n",
+            "server.stream_secret",
+        );
+        refused("[twilio]\nretries = 40\n", "twilio.retries");
+        refused("[twilio]\ntimeout_secs = 600.0\n", "twilio.timeout_secs");
+        refused(
+            "[server]\nstart_timeout_secs = 0.0\n",
+            "server.start_timeout_secs",
+        );
+        refused(
+            "[twilio]\napi_base = \"http://api.twilio.com\"\n",
+            "twilio.api_base",
+        );
+        refused(
+            "[twilio]\ndialout_prefixes = [\"44\"]\n",
+            "dialout_prefixes",
+        );
+        // Plain HTTP is fine to this machine (a fake, a sidecar).
+        for local in [
+            "http://127.0.0.1:9000",
+            "http://localhost:1",
+            "http://[::1]:2",
+        ] {
+            Config::from_toml_str(&format!("[twilio]\napi_base = \"{local}\"\n")).unwrap();
+        }
+        let long = "x".repeat(MIN_SECRET_CHARS);
+        Config::from_toml_str(&format!("[server]\napi_token = \"{long}\"\n")).unwrap();
+        // The environment's token is held to the same length.
+        jail.set_env("CALLBOX_API_TOKEN", "short");
+        assert!(Config::load(None)
+            .unwrap_err()
+            .to_string()
+            .contains("CALLBOX_API_TOKEN"));
+        Ok(())
+    });
+}

@@ -1,12 +1,34 @@
 //! The checks a configuration passes before anything starts: a bad value
 //! stops the process at startup with the key's name, never a panic later.
 
-use super::{Config, LlmBackend};
+use super::{Config, LlmBackend, MIN_SECRET_CHARS};
 use crate::error::{Error, Result};
 
 /// The longest duration a setting may name: longer is a typo, and far
 /// longer would overflow the clock.
 const MAX_SECS: f32 = 86_400.0;
+/// The longest a request to a remote API or a client's handshake may take:
+/// past two minutes a caller has hung up, and a worker held that long is
+/// one a flood can exhaust.
+const MAX_REQUEST_SECS: f32 = 120.0;
+/// Retries of one REST request: each doubles the wait, so more would hold
+/// a hang-up or a recording for minutes after the call.
+const MAX_RETRIES: u32 = 10;
+
+/// Whether `url` names this machine: plain `http://` is acceptable only
+/// there (a local fake, a sidecar), never across a network with
+/// credentials in it.
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or_default();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 impl Config {
     pub fn validate(&self) -> Result<()> {
@@ -42,6 +64,57 @@ impl Config {
                 let low = if zero_ok { "0" } else { "above 0" };
                 return bad(format!(
                     "{name} must be {low} and at most {MAX_SECS} s (one day), not {v}"
+                ));
+            }
+        }
+        let s = &self.server;
+        let requests = [
+            ("twilio.timeout_secs", self.twilio.timeout_secs),
+            ("llm.api.timeout_secs", self.llm.api.timeout_secs),
+            ("stt.deepgram.timeout_secs", self.stt.deepgram.timeout_secs),
+            ("tts.deepgram.timeout_secs", self.tts.deepgram.timeout_secs),
+            ("server.start_timeout_secs", s.start_timeout_secs),
+            ("server.header_timeout_secs", s.header_timeout_secs),
+        ];
+        for (name, v) in requests {
+            // `contains` is false for NaN.
+            if !(v > 0.0 && v <= MAX_REQUEST_SECS) {
+                return bad(format!(
+                    "{name} must be above 0 and at most {MAX_REQUEST_SECS} s, not {v}"
+                ));
+            }
+        }
+        if self.twilio.retries > MAX_RETRIES {
+            return bad(format!(
+                "twilio.retries is at most {MAX_RETRIES}, not {}",
+                self.twilio.retries
+            ));
+        }
+        let counts = [
+            ("server.demo_max_calls", s.demo_max_calls),
+            ("server.max_pending_streams", s.max_pending_streams),
+            (
+                "server.max_pending_streams_per_address",
+                s.max_pending_streams_per_address,
+            ),
+            ("server.dialout_per_minute", s.dialout_per_minute as usize),
+        ];
+        for (name, n) in counts {
+            if n == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, secret) in [
+            ("server.api_token (or CALLBOX_API_TOKEN)", s.api_token()),
+            (
+                "server.stream_secret (or CALLBOX_STREAM_SECRET)",
+                s.stream_secret(),
+            ),
+        ] {
+            if secret.is_some_and(|t| t.trim().chars().count() < MIN_SECRET_CHARS) {
+                return bad(format!(
+                    "{name} must be at least {MIN_SECRET_CHARS} characters: a short one can be guessed \
+                     (make one with `openssl rand -hex 32`)"
                 ));
             }
         }
@@ -114,11 +187,26 @@ impl Config {
                 ));
             }
         }
+        // Every request to it carries the account's credentials.
+        let twilio = &self.twilio.api_base;
+        if !twilio.starts_with("https://") && !is_loopback_url(twilio) {
+            return bad(format!(
+                "twilio.api_base must be https:// (plain http:// only on this machine), not {twilio:?}"
+            ));
+        }
         let api = &self.llm.api;
         if self.llm.backend == LlmBackend::OpenAi && api.model.trim().is_empty() {
             return bad("llm.api.model must name a model when llm.backend is \"openai\"".into());
         }
         let t = &self.twilio;
+        for p in t.dialout_prefixes.iter().flatten() {
+            let digits = p.strip_prefix('+').unwrap_or("x");
+            if digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return bad(format!(
+                    "twilio.dialout_prefixes holds E.164 prefixes like \"+1\" or \"+4420\", not {p:?}"
+                ));
+            }
+        }
         if let Some(n) = &t.from_number {
             if !crate::twilio::rest::is_e164(n) {
                 return bad(format!(

@@ -4,8 +4,10 @@
 //! records ([`TurnRecord`], [`CallSummary`]) travel inside the events.
 
 mod record;
+mod redact;
 
 pub use record::{CallSummary, Interruption, TurnRecord};
+pub use redact::Redact;
 
 use std::collections::HashMap;
 use std::sync::Arc;

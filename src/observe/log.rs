@@ -5,8 +5,23 @@
 use super::{Event, EventKind, Observer};
 use crate::events::TurnKind;
 
+/// `transcripts`: what was said and pressed goes out at INFO; otherwise at
+/// DEBUG, where an operator asks for it on purpose (`observe.log_transcripts`).
 #[derive(Default)]
-pub struct LogObserver;
+pub struct LogObserver {
+    pub transcripts: bool,
+}
+
+/// A line with personal data in it: at INFO only when asked for.
+macro_rules! said {
+    ($self:ident, $($arg:tt)+) => {
+        if $self.transcripts {
+            tracing::info!($($arg)+)
+        } else {
+            tracing::debug!($($arg)+)
+        }
+    };
+}
 
 impl Observer for LogObserver {
     fn on_event(&mut self, e: &Event) {
@@ -33,7 +48,7 @@ impl Observer for LogObserver {
             ),
             EventKind::Transcript { text, stt_ms } => {
                 tracing::info!(call, "STT TTFB: {stt_ms:.0} ms");
-                tracing::info!(call, "caller: {text}");
+                said!(self, call, "caller: {text}");
             }
             EventKind::LlmFirstToken { turn, ms } => {
                 tracing::info!(call, turn, "LLM TTFB: {ms:.0} ms")
@@ -85,10 +100,10 @@ impl Observer for LogObserver {
             EventKind::IdlePrompt { .. } => {
                 tracing::info!(call, "caller silent: the bot carries on")
             }
-            EventKind::Dtmf { digit } => tracing::info!(call, digit, "DTMF"),
+            EventKind::Dtmf { digit } => said!(self, call, digit, "DTMF"),
             EventKind::Error { kind, message } => tracing::error!(call, kind, "{message}"),
             EventKind::TurnFinished { record } => {
-                tracing::info!(call, turn = record.index, "bot: {}", record.heard_text)
+                said!(self, call, turn = record.index, "bot: {}", record.heard_text)
             }
             EventKind::CallEnded { summary } => {
                 let totals: Vec<f64> = summary.turns.iter().filter_map(|t| t.total_ms).collect();

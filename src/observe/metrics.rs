@@ -46,6 +46,10 @@ pub struct Metrics {
     pub twilio_requests: IntCounterVec,
     /// Status callbacks of placed calls, by `status`.
     pub twilio_call_status: IntCounterVec,
+    /// Clients turned away before they were a call, by `reason`:
+    /// `pending_full` (too many media websockets waiting for `start`),
+    /// `start_timeout` (no `start` in time), `dialout_rate`.
+    pub refused: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -131,6 +135,11 @@ impl Metrics {
             "Status callbacks of the calls we placed",
             &["status"],
         );
+        let refused = counter(
+            "callbox_refused_total",
+            "Clients turned away before they became a call, by reason",
+            &["reason"],
+        );
         let model_load = GaugeVec::new(
             Opts::new(
                 "callbox_model_load_seconds",
@@ -173,6 +182,7 @@ impl Metrics {
             model_load,
             twilio_requests,
             twilio_call_status,
+            refused,
         }
     }
 

@@ -62,6 +62,9 @@ struct Subscriber {
 pub struct Bus {
     subscribers: Vec<Subscriber>,
     dropped: prometheus::IntCounterVec,
+    /// Applied to every event before any observer sees it: one place, so
+    /// no observer (or a new one) can forget it.
+    redact: crate::events::Redact,
 }
 
 impl Bus {
@@ -70,7 +73,13 @@ impl Bus {
         Self {
             subscribers: Vec::new(),
             dropped,
+            redact: crate::events::Redact::Off,
         }
+    }
+
+    /// Observers see events masked as `mode` says (`observe.redact`).
+    pub fn redact(&mut self, mode: crate::events::Redact) {
+        self.redact = mode;
     }
 
     /// Runs `observer` on a thread of its own with room for `queue` events.
@@ -96,7 +105,7 @@ impl Bus {
     }
 
     pub fn publish(&self, event: Event) {
-        let event = Arc::new(event);
+        let event = Arc::new(self.redact.event(&event).unwrap_or(event));
         for s in &self.subscribers {
             match s.tx.try_send(Queued::Event(event.clone())) {
                 Ok(()) => {}

@@ -126,16 +126,12 @@ impl TraceObserver {
             "{}.json",
             crate::events::sanitize(&summary.info.call_sid)
         ));
-        let r = std::fs::create_dir_all(&self.dir)
+        // Whole or not at all: readers (the demo's download) may look while
+        // it is being written.
+        let r = serde_json::to_vec_pretty(&trace)
             .map_err(|e| e.to_string())
-            .and_then(|()| serde_json::to_vec_pretty(&trace).map_err(|e| e.to_string()))
             .and_then(|json| {
-                // Whole or not at all: readers (the demo's download) may
-                // look while it is being written.
-                let tmp = path.with_extension("json.part");
-                std::fs::write(&tmp, json)
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .map_err(|e| e.to_string())
+                crate::private_files::write_atomic(&path, &json).map_err(|e| e.to_string())
             });
         match r {
             Ok(()) => tracing::debug!(path = %path.display(), "trace written"),

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{Extensions, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -70,17 +70,25 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<Arc<AppState>>,
     ext: Extensions,
+    headers: HeaderMap,
 ) -> Response {
-    if !super::demo::allowed(&app, &ext) {
-        return StatusCode::FORBIDDEN.into_response();
+    if !super::demo::allowed(&app, &ext, &headers, true) {
+        return super::demo::refused(&app);
     }
-    if let Some(refusal) = app.turn_away(Direction::Inbound) {
-        return (StatusCode::SERVICE_UNAVAILABLE, refusal.reason()).into_response();
+    if app.draining() {
+        let why = super::Refusal::Draining.reason();
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
-    super::limited(ws, &app).on_upgrade(move |socket| handle(socket, app))
+    // Demo calls have lines of their own: a visitor never takes a phone
+    // line from a caller.
+    let Some(permit) = app.demo_line() else {
+        let why = "all demo lines are busy (server.demo_max_calls); try again later";
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    };
+    super::limited(ws, &app).on_upgrade(move |socket| handle(socket, app, permit))
 }
 
-async fn handle(socket: WebSocket, app: Arc<AppState>) {
+async fn handle(socket: WebSocket, app: Arc<AppState>, permit: tokio::sync::OwnedSemaphorePermit) {
     let (mut sink, mut stream) = socket.split();
     let call_sid = format!("DM{:032x}", rand::random::<u128>());
     let info = CallInfo {
@@ -91,12 +99,7 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     };
     // Before the session starts, so that its first events are seen.
     let watch = app.live.watch(&call_sid);
-    let Some((line, wire)) = Line::open(&app, info) else {
-        let busy = json!({"event": "ended", "error": super::Refusal::Busy.reason()});
-        let _ = sink.send(Message::Text(busy.to_string().into())).await;
-        let _ = sink.send(Message::Close(None)).await;
-        return;
-    };
+    let (line, wire) = Line::open(&app, info, permit);
     let hello = json!({"event": "start", "call_sid": call_sid, "rate": TWILIO_RATE});
     let _ = sink.send(Message::Text(hello.to_string().into())).await;
     let (done_tx, done_rx) = oneshot::channel();
@@ -111,7 +114,6 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
     ));
 
     let mut mic = Microphone::default();
-    let mut malformed = 0usize;
     let ended = app.calls_ended();
     tokio::pin!(ended);
     'call: loop {
@@ -149,8 +151,8 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
                 }
             }
             Err(e) => {
-                malformed += 1;
-                if malformed <= 5 {
+                if app.log_budget.take(std::time::Instant::now()).is_some() {
+                    let e = super::limits::quoted(&e);
                     tracing::warn!(call = %call_sid, "browser message ignored: {e}");
                 }
             }
@@ -283,7 +285,11 @@ async fn write(
     }
     let link = |file: &str, kept: bool| {
         let s = summary.as_ref().filter(|_| kept)?;
-        Some(format!("/demo/calls/{}/{file}", s.info.call_sid))
+        let sid = &s.info.call_sid;
+        Some(format!(
+            "/demo/calls/{sid}/{file}?key={}",
+            app.demo_key(sid)
+        ))
     };
     let recording = link(
         "recording.wav",

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Path, State};
-use axum::http::{header, Extensions, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -69,39 +69,106 @@ pub fn assets() -> impl Iterator<Item = (&'static str, &'static str)> {
     ASSETS.iter().map(|(name, _, text)| (*name, *text))
 }
 
-/// Whether the request may use the demo, per `server.demo`.
-pub fn allowed(app: &AppState, ext: &Extensions) -> bool {
+/// Headers that proxies add. A request carrying one came through a proxy,
+/// whatever its TCP peer: behind Caddy, ngrok or cloudflared on this host
+/// every visitor connects from 127.0.0.1.
+const FORWARDING: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "via",
+];
+
+/// The host part of a `Host` header or an origin's authority
+/// (`[::1]:8765` → `[::1]`, `localhost:80` → `localhost`).
+fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|h| h.to_str().ok())
+}
+
+/// Whether an `Origin` header is this server: a page of ours, not another
+/// site's script driving a visitor's browser at us. The `Host` the browser
+/// sent, or the configured public URL, must be the origin's authority.
+fn same_origin(app: &AppState, headers: &HeaderMap, origin: &str) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let public = app
+        .cfg
+        .server
+        .public_url
+        .as_deref()
+        .and_then(|u| u.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    header(headers, "host").is_some_and(|h| h.eq_ignore_ascii_case(authority))
+        || public.is_some_and(|p| p.eq_ignore_ascii_case(authority))
+}
+
+/// Whether the request may use the demo, per `server.demo`. "local" is a
+/// browser on this machine talking to us directly: a loopback peer, a
+/// loopback `Host`, no proxy's headers, and no other site's `Origin`.
+/// `websocket`: the request opens a call, so its `Origin` must be ours in
+/// every mode (browsers always send one on a websocket).
+pub fn allowed(app: &AppState, ext: &Extensions, headers: &HeaderMap, websocket: bool) -> bool {
+    let origin = header(headers, "origin");
+    if origin.is_some_and(|o| !same_origin(app, headers, o)) || (websocket && origin.is_none()) {
+        return false;
+    }
     match app.cfg.server.demo {
         DemoAccess::Off => false,
         DemoAccess::Anyone => true,
-        DemoAccess::Local => ext
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback()),
+        DemoAccess::Local => {
+            let peer = ext
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+            let host = header(headers, "host").is_some_and(|h| is_loopback_host(host_of(h)));
+            let proxied = FORWARDING.iter().any(|h| headers.contains_key(*h));
+            peer && host && !proxied
+        }
     }
 }
 
-fn refused(app: &AppState) -> Response {
+pub(super) fn refused(app: &AppState) -> Response {
     let why = match app.cfg.server.demo {
         DemoAccess::Off => "the browser demo is off (server.demo = \"off\")",
-        _ => "the browser demo answers browsers on this machine only (server.demo = \"local\"); set server.demo = \"anyone\" to open it to others",
+        DemoAccess::Local => "the browser demo answers a browser on this machine only, not through a proxy (server.demo = \"local\"); set server.demo = \"anyone\" to open it to others",
+        DemoAccess::Anyone => "the browser demo takes calls from its own page only",
     };
     (StatusCode::FORBIDDEN, why).into_response()
 }
 
-async fn page(State(app): State<Arc<AppState>>, ext: Extensions) -> Response {
-    serve_asset(&app, &ext, "index.html")
+async fn page(State(app): State<Arc<AppState>>, ext: Extensions, headers: HeaderMap) -> Response {
+    serve_asset(&app, &ext, &headers, "index.html")
 }
 
 async fn asset(
     State(app): State<Arc<AppState>>,
     ext: Extensions,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    serve_asset(&app, &ext, &name)
+    serve_asset(&app, &ext, &headers, &name)
 }
 
-fn serve_asset(app: &AppState, ext: &Extensions, name: &str) -> Response {
-    if !allowed(app, ext) {
+fn serve_asset(app: &AppState, ext: &Extensions, headers: &HeaderMap, name: &str) -> Response {
+    if !allowed(app, ext, headers, false) {
         return refused(app);
     }
     let Some((_, kind, text)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
@@ -118,15 +185,28 @@ fn serve_asset(app: &AppState, ext: &Extensions, name: &str) -> Response {
         .into_response()
 }
 
+/// The secret of a demo call's downloads, handed to its page alone.
+#[derive(serde::Deserialize)]
+struct Key {
+    key: Option<String>,
+}
+
 /// A demo call's recording (`recording.wav`) or trace (`trace.json`). Only
-/// calls made from the page: a phone call's recording is nobody's download.
+/// calls made from the page, and only with the call's own key (which only
+/// its page was given): a phone call's recording is nobody's download, and
+/// another visitor's is not yours.
 async fn download(
     State(app): State<Arc<AppState>>,
     ext: Extensions,
+    headers: HeaderMap,
     Path((sid, file)): Path<(String, String)>,
+    Query(Key { key }): Query<Key>,
 ) -> Response {
-    if !allowed(&app, &ext) {
+    if !allowed(&app, &ext, &headers, false) {
         return refused(&app);
+    }
+    if !key.is_some_and(|k| app.demo_key_matches(&sid, &k)) {
+        return (StatusCode::NOT_FOUND, "no finished browser call by that id").into_response();
     }
     let summary = {
         let f = app.finished.lock().unwrap_or_else(|p| p.into_inner());

@@ -5,20 +5,111 @@
 //! none is configured. Twilio then dials and, when the person answers,
 //! fetches `POST /twiml`, which connects the call to the usual websocket.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::auth::{error, unless_owner};
 use super::AppState;
 use crate::config::Config;
 use crate::events::Direction;
 use crate::twilio::rest::{is_e164, RestError, TwilioRest};
+
+/// Twilio's final statuses of a call: its line is free again.
+pub const ENDED: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
+
+/// How long a placed call may hold its line without streaming or a final
+/// status: Twilio rings for 60 s unless told otherwise, and a status
+/// callback that never arrives (a wrong public URL) must not cost a line
+/// for ever.
+const HOLD: Duration = Duration::from_secs(90);
+
+/// Lines held for the calls we placed, from the moment we ask Twilio until
+/// the call streams (the line becomes the call's) or ends unanswered. A
+/// burst of dial-outs thus places no more calls than there are lines.
+#[derive(Default)]
+pub struct Reservations(Mutex<HashMap<String, (OwnedSemaphorePermit, Instant)>>);
+
+impl Reservations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (OwnedSemaphorePermit, Instant)>> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (_, since)| since.elapsed() < HOLD);
+        m
+    }
+
+    fn hold(self: &Arc<Self>, call_sid: &str, line: OwnedSemaphorePermit) {
+        self.lock()
+            .insert(call_sid.to_string(), (line, Instant::now()));
+        // Released at `HOLD` even if nothing else looks at the map again:
+        // `lock` sweeps what has been held that long.
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(HOLD).await;
+            if let Some(me) = me.upgrade() {
+                drop(me.lock());
+            }
+        });
+    }
+
+    /// Whether a line is held for `call_sid`.
+    pub fn holds(&self, call_sid: &str) -> bool {
+        self.lock().contains_key(call_sid)
+    }
+
+    /// The line held for `call_sid`, now the call's own.
+    pub fn take(&self, call_sid: &str) -> Option<OwnedSemaphorePermit> {
+        self.lock().remove(call_sid).map(|(line, _)| line)
+    }
+
+    /// Frees the line of a call that ended without streaming.
+    pub fn release(&self, call_sid: &str) {
+        self.lock().remove(call_sid);
+    }
+}
+
+/// The E.164 country calling code `number` starts with (`+1`, `+44`,
+/// `+353`): ITU's plan, in which 1 and 7 stand alone, these two-digit codes
+/// are assigned, and every other code has three digits.
+pub fn country_code(number: &str) -> Option<&str> {
+    const TWO: [&str; 43] = [
+        "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
+        "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
+        "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95",
+    ];
+    let digits = number.strip_prefix('+')?;
+    let len = match digits.as_bytes().first()? {
+        b'1' | b'7' => 1,
+        _ if digits.len() >= 2 && (TWO.contains(&&digits[..2]) || &digits[..2] == "98") => 2,
+        _ => 3,
+    };
+    (digits.len() > len).then(|| &number[..=len])
+}
+
+/// Whether the configuration lets dial-out call `to` from `from`.
+fn allowed_destination(cfg: &Config, to: &str, from: &str) -> Result<(), String> {
+    let prefixes: Vec<String> = match &cfg.twilio.dialout_prefixes {
+        Some(p) => p.clone(),
+        None => country_code(from).map(str::to_string).into_iter().collect(),
+    };
+    if prefixes.iter().any(|p| to.starts_with(p.as_str())) {
+        return Ok(());
+    }
+    Err(format!(
+        "dial-out may not call that number: twilio.dialout_prefixes allows {}",
+        if prefixes.is_empty() {
+            "nothing".to_string()
+        } else {
+            prefixes.join(", ")
+        }
+    ))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +129,9 @@ pub struct Dialed {
 pub enum DialError {
     #[error("{0}")]
     BadRequest(String),
+    /// A destination the configuration does not allow.
+    #[error("{0}")]
+    Forbidden(String),
     #[error(
         "Twilio credentials are not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN \
          (or TWILIO_API_KEY and TWILIO_API_SECRET)"
@@ -103,29 +197,8 @@ pub fn numbers(cfg: &Config, req: &DialRequest) -> Result<(String, String), Dial
             )));
         }
     }
+    allowed_destination(cfg, to, &from).map_err(DialError::Forbidden)?;
     Ok((to.to_string(), from))
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let message = message.into();
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
-
-/// Whether the request's bearer token is `expected`. Both sides are hashed
-/// first so the comparison takes the same time whatever their lengths.
-fn bearer_ok(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (
-        Sha256::digest(given.trim().as_bytes()),
-        Sha256::digest(expected.as_bytes()),
-    );
-    a.ct_eq(&b).into()
 }
 
 pub(super) async fn dialout(
@@ -133,20 +206,8 @@ pub(super) async fn dialout(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(expected) = app.cfg.server.api_token() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "dial-out is disabled: configure an API token (CALLBOX_API_TOKEN or server.api_token)",
-        );
-    };
-    if !bearer_ok(&headers, &expected) {
-        tracing::warn!("dial-out refused: missing or wrong bearer token");
-        let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return r;
+    if let Some(refused) = unless_owner(&app, &headers, "dial-out") {
+        return refused;
     }
     let req: DialRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -157,25 +218,106 @@ pub(super) async fn dialout(
             )
         }
     };
-    if let Some(refusal) = app.turn_away(Direction::Outbound) {
+    // Checked before a line or the minute's budget is spent on it.
+    if let Err(e) = numbers(&app.cfg, &req) {
+        return dial_error(&app, e);
+    }
+    // The line first: a burst places no more calls than there are lines.
+    if let Some(refusal) = app.turn_away(Direction::Outbound, None) {
         return error(StatusCode::SERVICE_UNAVAILABLE, refusal.reason());
+    }
+    let Ok(line) = app.calls.clone().try_acquire_owned() else {
+        app.metrics
+            .calls
+            .with_label_values(&[Direction::Outbound.as_str(), "rejected"])
+            .inc();
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            super::Refusal::Busy.reason(),
+        );
+    };
+    // One token today, but keyed by it so that more owners stay apart.
+    let key = app.cfg.server.api_token().unwrap_or_default();
+    if let Err(wait) = app.dial_rate.take(&key, Instant::now()) {
+        app.metrics
+            .refused
+            .with_label_values(&["dialout_rate"])
+            .inc();
+        tracing::warn!("dial-out refused: over server.dialout_per_minute");
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "at most {} calls a minute (server.dialout_per_minute)",
+                app.cfg.server.dialout_per_minute
+            ),
+        );
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&secs) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return r;
     }
     let base = super::webhooks::public_base(&app.cfg, &headers);
     match dial(&app.cfg, app.twilio.as_ref(), &req, &base).await {
         Ok(d) => {
+            app.reservations.hold(&d.call_sid, line);
             app.metrics.twilio_request("create_call", "ok");
-            tracing::info!(call = %d.call_sid, to = %d.to_number, "dialling");
+            let to = crate::events::Redact::Digits.number(&d.to_number);
+            tracing::info!(call = %d.call_sid, %to, "dialling");
             Json(d).into_response()
         }
-        Err(e @ DialError::BadRequest(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e @ DialError::NoCredentials) => {
+        Err(e) => dial_error(&app, e),
+    }
+}
+
+/// The answer to a dial-out that failed, logged and counted.
+fn dial_error(app: &AppState, e: DialError) -> Response {
+    match e {
+        e @ DialError::BadRequest(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        e @ DialError::Forbidden(_) => {
+            tracing::warn!("dial-out refused: {e}");
+            error(StatusCode::FORBIDDEN, e.to_string())
+        }
+        e @ DialError::NoCredentials => {
             tracing::error!("dial-out: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
-        Err(e @ DialError::Twilio(_)) => {
+        e @ DialError::Twilio(_) => {
             app.metrics.twilio_request("create_call", "failed");
             tracing::error!("dial-out: {e}");
             error(StatusCode::BAD_GATEWAY, e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn country_codes_follow_the_numbering_plan() {
+        for (number, code) in [
+            ("+14155550100", "+1"),
+            ("+79161234567", "+7"),
+            ("+442071838750", "+44"),
+            ("+33142685300", "+33"),
+            ("+353123456789", "+353"),
+            ("+861012345678", "+86"),
+            ("+97143999999", "+971"),
+        ] {
+            assert_eq!(country_code(number), Some(code), "{number}");
+        }
+        assert_eq!(country_code("14155550100"), None);
+        assert_eq!(country_code("+44"), None);
+    }
+
+    #[test]
+    fn destinations_default_to_the_caller_ids_country() {
+        let mut cfg = Config::default();
+        assert!(allowed_destination(&cfg, "+14155550123", "+14155550100").is_ok());
+        assert!(allowed_destination(&cfg, "+442071838750", "+14155550100").is_err());
+        cfg.twilio.dialout_prefixes = Some(vec!["+44".into(), "+1415".into()]);
+        assert!(allowed_destination(&cfg, "+442071838750", "+14155550100").is_ok());
+        assert!(allowed_destination(&cfg, "+12125550123", "+14155550100").is_err());
     }
 }

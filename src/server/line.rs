@@ -24,23 +24,20 @@ pub struct Line {
 }
 
 impl Line {
-    /// Takes a line for `info` and starts its session; with it, what the
-    /// transport must send (closed when the session ends). `None` (counted
-    /// and logged) when every line is taken.
-    pub fn open(app: &Arc<AppState>, info: CallInfo) -> Option<(Line, mpsc::Receiver<Wire>)> {
-        let Ok(permit) = app.calls.clone().try_acquire_owned() else {
-            tracing::warn!(call = %info.call_sid, "call refused: all lines busy");
-            app.metrics
-                .calls
-                .with_label_values(&[info.direction.as_str(), "rejected"])
-                .inc();
-            return None;
-        };
+    /// Starts the session of `info` on the line `permit` (a phone line or
+    /// a demo line, held until the call closes); with it, what the transport
+    /// must send (closed when the session ends).
+    pub fn open(
+        app: &Arc<AppState>,
+        info: CallInfo,
+        permit: OwnedSemaphorePermit,
+    ) -> (Line, mpsc::Receiver<Wire>) {
         let (in_tx, in_rx) = mpsc::channel::<CallInput>(256);
         let (wire_tx, wire_rx) = mpsc::channel::<Wire>(64);
         let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
         let direction = info.direction.as_str();
         app.metrics.active_calls.inc();
+        app.active.send_modify(|n| *n += 1);
         let session = tokio::spawn(Session::run(
             app.cfg.clone(),
             app.engines.clone(),
@@ -56,7 +53,7 @@ impl Line {
             app: app.clone(),
             _permit: permit,
         };
-        Some((line, wire_rx))
+        (line, wire_rx)
     }
 
     /// Ends the call (its input is closed) and waits for the session: the
@@ -90,6 +87,7 @@ impl Line {
         };
         app.metrics.active_calls.dec();
         drop(_permit);
+        app.active.send_modify(|n| *n -= 1);
         if app.active_calls() == 0 {
             tokio::task::spawn_blocking(super::release_idle_memory);
         }

@@ -12,17 +12,20 @@
 //! [`WRITE_STALL`] the call is ended with a log line rather than left
 //! hanging.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{OriginalUri, State};
+use axum::extract::{ConnectInfo, OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{Sink, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::{quoted, Pending};
+use super::stream_token::{self, Claims};
 use super::AppState;
 use crate::audio::{ulaw, Frame};
 use crate::events::{CallInfo, Direction, EndedBy};
@@ -31,22 +34,27 @@ use crate::session::output::Wire;
 use crate::session::CallInput;
 use crate::twilio::protocol::{self, Inbound};
 
-/// Malformed messages logged one by one per call; the rest are only counted.
-const MALFORMED_LOGGED: usize = 5;
-
 const BINARY: &str = "binary frame (Twilio sends JSON text)";
 
-/// The messages a connection ignored as malformed or out of place. The first
-/// few are logged with what was wrong, the rest only counted: a broken or
-/// hostile client must not flood the log. The total is logged at the end.
-#[derive(Default)]
-struct Malformed(usize);
+/// The messages a connection ignored as malformed or out of place, counted
+/// (the total is logged at the end of a call). Each is logged, cut short,
+/// only while the server's log budget allows: a broken or hostile client —
+/// or a thousand of them — must not flood the log.
+struct Malformed<'a> {
+    app: &'a AppState,
+    count: usize,
+}
 
-impl Malformed {
+impl Malformed<'_> {
     fn ignore(&mut self, stream: &str, what: impl std::fmt::Display) {
-        self.0 += 1;
-        if self.0 <= MALFORMED_LOGGED {
-            tracing::warn!(stream, "message ignored: {what}");
+        self.count += 1;
+        if let Some(skipped) = self.app.log_budget.take(Instant::now()) {
+            let what = quoted(&what.to_string());
+            if skipped > 0 {
+                tracing::warn!(stream, skipped, "message ignored: {what}");
+            } else {
+                tracing::warn!(stream, "message ignored: {what}");
+            }
         }
     }
 }
@@ -59,20 +67,57 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<Arc<AppState>>,
     OriginalUri(uri): OriginalUri,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     if !super::webhooks::upgrade_allowed(&app, &headers, &uri) {
         return StatusCode::FORBIDDEN.into_response();
     }
-    super::limited(ws, &app).on_upgrade(move |socket| handle(socket, app))
+    // Nothing about the socket is proven until `start`: its place among
+    // the pending ones is taken now, before the upgrade.
+    let Some(pending) = app.pending.admit(peer.ip()) else {
+        app.metrics
+            .refused
+            .with_label_values(&["pending_full"])
+            .inc();
+        if app.log_budget.take(Instant::now()).is_some() {
+            tracing::warn!(%peer, "media websocket refused: too many waiting for start");
+        }
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many streams waiting to start",
+        )
+            .into_response();
+    };
+    super::limited(ws, &app).on_upgrade(move |socket| handle(socket, app, pending))
 }
 
-async fn handle(socket: WebSocket, app: Arc<AppState>) {
+async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
     let (mut sink, mut stream) = socket.split();
-    let mut malformed = Malformed::default();
+    let mut malformed = Malformed {
+        app: &app,
+        count: 0,
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs_f32(app.cfg.server.start_timeout_secs);
     // Wait for `start`; `connected` comes first, anything else is premature.
     let (stream_sid, start) = loop {
-        match stream.next().await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, stream.next()) => next,
+            () = app.closing() => return,
+        };
+        let Ok(next) = next else {
+            app.metrics
+                .refused
+                .with_label_values(&["start_timeout"])
+                .inc();
+            if app.log_budget.take(Instant::now()).is_some() {
+                tracing::warn!("media websocket closed: no start within server.start_timeout_secs");
+            }
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        };
+        match next {
             Some(Ok(Message::Text(t))) => match protocol::parse(&t) {
                 Ok(Inbound::Start { stream_sid, start }) => break (stream_sid, start),
                 Ok(Inbound::Connected { .. }) => {}
@@ -88,22 +133,40 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
             }
         }
     };
-    if app.cfg.server.validate_signatures {
-        let token = start.custom_parameters.get("stream_token");
-        if !token.is_some_and(|t| app.redeem_token(t)) {
-            tracing::warn!(stream = %stream_sid, "stream refused: no valid stream token (not started by our TwiML, expired or reused)");
-            let _ = sink.send(Message::Close(None)).await;
-            return;
-        }
-    }
+    drop(pending);
     let direction = match start.custom_parameters.get("direction").map(String::as_str) {
         Some("outbound") => Direction::Outbound,
         _ => Direction::Inbound,
     };
+    if app.cfg.server.validate_signatures {
+        let claims = Claims {
+            call_sid: &start.call_sid,
+            account_sid: &start.account_sid,
+            direction,
+        };
+        let checked = if !stream_token::is_call_sid(&start.call_sid) {
+            Err("callSid is not a Twilio call SID")
+        } else {
+            match start.custom_parameters.get("stream_token") {
+                Some(t) => app.redeem_token(t, &claims),
+                None => Err("no stream token"),
+            }
+        };
+        if let Err(why) = checked {
+            tracing::warn!(stream = %quoted(&stream_sid), "stream refused: {why}");
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    }
     // Twilio's call, which its REST API can record and hang up; streams
-    // without one (tests, other transports) get no call control.
-    let twilio_call = (!start.call_sid.is_empty()).then(|| start.call_sid.clone());
-    let call_sid = twilio_call.clone().unwrap_or_else(|| stream_sid.clone());
+    // without one (tests, other transports) get no call control, nor does
+    // anything that is not a call SID (it would go into a URL).
+    let twilio_call = stream_token::is_call_sid(&start.call_sid).then(|| start.call_sid.clone());
+    let call_sid = if start.call_sid.is_empty() {
+        stream_sid.clone()
+    } else {
+        start.call_sid.clone()
+    };
     // The stream token is a credential for this websocket, not part of the
     // conversation: it goes no further (logs, traces, summaries).
     let mut params = start.custom_parameters.clone();
@@ -115,10 +178,11 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         params,
     };
 
-    let Some((line, wire_rx)) = super::line::Line::open(&app, info) else {
+    let Some(permit) = app.phone_line(&info.call_sid, direction) else {
         let _ = sink.send(Message::Close(None)).await;
         return;
     };
+    let (line, wire_rx) = super::line::Line::open(&app, info, permit);
     let in_tx = &line.inputs;
     let stalled = CancellationToken::new();
     let writer = tokio::spawn(write_wire(
@@ -176,8 +240,8 @@ async fn handle(socket: WebSocket, app: Arc<AppState>) {
         }
     }
     let summary = line.close().await;
-    if summary.is_some() && malformed.0 > 0 {
-        tracing::warn!(stream = %stream_sid, malformed = malformed.0, "malformed messages during the call");
+    if summary.is_some() && malformed.count > 0 {
+        tracing::warn!(stream = %stream_sid, malformed = malformed.count, "malformed messages during the call");
     }
     writer.abort();
     if let Some(sid) = twilio_call {

@@ -1,27 +1,31 @@
 //! The HTTP side: Twilio's webhooks, the media websocket (`/ws`), the
 //! owner's dial-out, health, Prometheus metrics, and recent calls.
 
+pub mod auth;
 pub mod browser_ws;
 pub mod call_control;
 pub mod demo;
 pub mod dialout;
+mod http;
+pub mod limits;
 pub mod line;
 pub mod media_ws;
+pub mod stream_token;
 pub mod webhooks;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -36,26 +40,44 @@ use crate::twilio::rest::TwilioRest;
 
 /// Finished calls kept for `GET /calls`.
 const KEEP_SUMMARIES: usize = 100;
-/// How long a stream token issued in TwiML stays valid: Twilio opens the
-/// websocket within seconds of reading it.
-const TOKEN_TTL: Duration = Duration::from_secs(120);
+/// Log lines about clients' malformed messages, server-wide, per second.
+const MALFORMED_LINES_PER_SEC: u32 = 10;
 
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub engines: Engines,
-    /// One permit per call in progress.
+    /// The phone lines: one permit per call in progress or placed and not
+    /// yet ended ([`dialout::Reservations`]).
     pub calls: Arc<Semaphore>,
+    /// The browser demo's lines, apart from the phone's.
+    demo_calls: Arc<Semaphore>,
+    /// Calls in progress (phone and demo): what `/health` reports and the
+    /// drain waits on.
+    active: tokio::sync::watch::Sender<usize>,
+    /// Lines held for calls we placed until they stream or end.
+    pub(crate) reservations: Arc<dialout::Reservations>,
+    /// Finished calls for `GET /calls`, already redacted as configured.
     pub finished: Mutex<VecDeque<CallSummary>>,
     pub metrics: Metrics,
     pub bus: Arc<Bus>,
     /// Twilio's REST API, when credentials are configured.
     pub twilio: Option<TwilioRest>,
-    /// Stream tokens issued in TwiML and not yet used.
-    tokens: Mutex<HashMap<String, Instant>>,
+    /// Signs and checks the stream tokens of our TwiML.
+    token_key: stream_token::TokenKey,
+    /// Calls whose stream this process has served.
+    redeemed: stream_token::Redeemed,
+    /// Media websockets that have not sent `start` yet.
+    pub(crate) pending: Arc<limits::PendingStreams>,
+    /// Log lines about malformed client messages.
+    pub(crate) log_budget: limits::LogBudget,
+    /// Calls placed per minute, per owner token.
+    pub(crate) dial_rate: limits::PerMinute,
     /// Shutting down: no new calls, the ones in progress may finish.
     draining: AtomicBool,
     /// Cancelled when the calls still in progress must end.
     end_calls: CancellationToken,
+    /// Cancelled when the server stops: sockets that are not calls close.
+    closing: CancellationToken,
     /// Calls watched live (the browser demo).
     pub live: LiveFeed,
 }
@@ -95,7 +117,14 @@ impl AppState {
         }
         let queue = cfg.observe.queue.max(1);
         let mut bus = Bus::new(metrics.observer_dropped.clone());
-        bus.subscribe("log", queue, LogObserver);
+        bus.redact(cfg.observe.redact);
+        bus.subscribe(
+            "log",
+            queue,
+            LogObserver {
+                transcripts: cfg.observe.log_transcripts,
+            },
+        );
         bus.subscribe("metrics", queue, metrics.clone());
         if let Some(dir) = &cfg.observe.traces_dir {
             let models = Arc::new(engines.models.clone());
@@ -116,19 +145,38 @@ impl AppState {
         }
         let live = LiveFeed::default();
         bus.subscribe("live", queue, live.observer());
+        let s = &cfg.server;
+        let secret = s.stream_secret().or_else(|| cfg.twilio.auth_token());
         Arc::new(Self {
             twilio,
-            calls: Arc::new(Semaphore::new(cfg.server.max_calls)),
+            calls: Arc::new(Semaphore::new(s.max_calls)),
+            demo_calls: Arc::new(Semaphore::new(s.demo_max_calls)),
+            active: tokio::sync::watch::Sender::new(0),
+            reservations: Arc::default(),
+            token_key: stream_token::TokenKey::new(secret.as_deref()),
+            redeemed: Default::default(),
+            pending: limits::PendingStreams::new(
+                s.max_pending_streams,
+                s.max_pending_streams_per_address,
+            ),
+            log_budget: limits::LogBudget::new(MALFORMED_LINES_PER_SEC, Duration::from_secs(1)),
+            dial_rate: limits::PerMinute::new(s.dialout_per_minute),
             cfg: Arc::new(cfg),
             engines,
             finished: Mutex::new(VecDeque::new()),
             metrics,
             bus: Arc::new(bus),
-            tokens: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             end_calls: CancellationToken::new(),
+            closing: CancellationToken::new(),
             live,
         })
+    }
+
+    /// Resolves when the server stops serving: what is not a call (a
+    /// socket still waiting for `start`) closes then.
+    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.closing.cancelled()
     }
 
     pub fn draining(&self) -> bool {
@@ -168,16 +216,58 @@ impl AppState {
             .collect()
     }
 
-    fn active_calls(&self) -> usize {
-        self.cfg.server.max_calls - self.calls.available_permits()
+    /// Calls in progress, phone and demo. Counted apart from the lines: a
+    /// line may be held for a call that is still ringing, and a waiting
+    /// drain must not make every line look taken.
+    pub fn active_calls(&self) -> usize {
+        *self.active.borrow()
     }
 
     /// Resolves when no call is in progress.
     async fn idle(&self) {
-        let all = self.cfg.server.max_calls as u32;
-        if let Ok(p) = self.calls.acquire_many(all).await {
-            drop(p);
+        let mut rx = self.active.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// A phone line for the call `call_sid`: the one held for it since we
+    /// placed it, else a free one. `None` (counted and logged) when every
+    /// line is taken.
+    pub(crate) fn phone_line(
+        &self,
+        call_sid: &str,
+        direction: Direction,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Some(held) = self.reservations.take(call_sid) {
+            return Some(held);
         }
+        let line = self.calls.clone().try_acquire_owned().ok();
+        if line.is_none() {
+            tracing::warn!(call = %call_sid, "call refused: all lines busy");
+            self.metrics
+                .calls
+                .with_label_values(&[direction.as_str(), "rejected"])
+                .inc();
+        }
+        line
+    }
+
+    /// The key of a demo call's downloads.
+    pub(crate) fn demo_key(&self, call_sid: &str) -> String {
+        self.token_key.tag("demo download", call_sid)
+    }
+
+    /// Whether `key` is the demo call's download key (in constant time).
+    pub(crate) fn demo_key_matches(&self, call_sid: &str, key: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.demo_key(call_sid)
+            .as_bytes()
+            .ct_eq(key.as_bytes())
+            .into()
+    }
+
+    /// A line of the browser demo's own, if one is free.
+    pub(crate) fn demo_line(&self) -> Option<OwnedSemaphorePermit> {
+        self.demo_calls.clone().try_acquire_owned().ok()
     }
 
     /// Stops taking calls, lets those in progress go on for
@@ -223,29 +313,35 @@ impl AppState {
         }
     }
 
-    /// A fresh one-time token for the websocket of the call being answered.
-    pub fn issue_token(&self) -> String {
-        let token = format!("{:032x}", rand::random::<u128>());
-        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        t.retain(|_, issued| now.duration_since(*issued) < TOKEN_TTL);
-        t.insert(token.clone(), now);
-        token
+    /// The stream token for the websocket of the call being answered.
+    pub fn issue_token(&self, claims: &stream_token::Claims<'_>) -> String {
+        self.token_key.issue(claims, SystemTime::now())
     }
 
-    /// Uses up `token`: true once, for a token we issued that has not expired.
-    pub fn redeem_token(&self, token: &str) -> bool {
-        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        t.remove(token)
-            .is_some_and(|issued| issued.elapsed() < TOKEN_TTL)
+    /// Whether `token` lets this stream in: issued by any process of the
+    /// deployment for exactly this call, not expired, and the call not yet
+    /// served here. The error says why not, for the log.
+    pub fn redeem_token(
+        &self,
+        token: &str,
+        claims: &stream_token::Claims<'_>,
+    ) -> Result<(), &'static str> {
+        let now = SystemTime::now();
+        let expires = self.token_key.check(token, claims, now)?;
+        if !self.redeemed.first(claims.call_sid, expires, now) {
+            return Err("this call's stream was already served");
+        }
+        Ok(())
     }
 
     /// Why a new call cannot be taken now, if it cannot; a call turned
-    /// away is counted and logged.
-    pub fn turn_away(&self, direction: Direction) -> Option<Refusal> {
+    /// away is counted and logged. `call_sid` names a call whose line may
+    /// already be held for it (one we placed).
+    pub fn turn_away(&self, direction: Direction, call_sid: Option<&str>) -> Option<Refusal> {
+        let held = call_sid.is_some_and(|sid| self.reservations.holds(sid));
         let refusal = if self.draining() {
             Refusal::Draining
-        } else if self.calls.available_permits() == 0 {
+        } else if self.calls.available_permits() == 0 && !held {
             Refusal::Busy
         } else {
             return None;
@@ -262,7 +358,10 @@ impl AppState {
         Some(refusal)
     }
 
+    /// Keeps a finished call for `GET /calls`, redacted as configured: what
+    /// is kept is what may be shown.
     pub fn record(&self, s: CallSummary) {
+        let s = self.cfg.observe.redact.summary(&s);
         let mut f = self.finished.lock().unwrap_or_else(|p| p.into_inner());
         if f.len() == KEEP_SUMMARIES {
             f.pop_front();
@@ -360,6 +459,8 @@ pub async fn serve(
 /// Serves until `stop` resolves, then drains (see [`AppState::drain`]):
 /// health and webhooks keep answering meanwhile, so Twilio hears a polite
 /// refusal and a load balancer sees "draining" rather than a dead port.
+/// Once the calls are over it returns within a few seconds, whatever
+/// idle or half-sent connections are still open.
 pub async fn serve_until(
     state: Arc<AppState>,
     bind: &str,
@@ -379,7 +480,7 @@ pub async fn serve_until(
     match (&state.twilio, state.cfg.server.api_token()) {
         (Some(_), Some(_)) => tracing::info!("Twilio REST on: dial-out, recordings, hang-ups"),
         (Some(_), None) => tracing::info!(
-            "Twilio REST on (recordings, hang-ups); dial-out off without CALLBOX_API_TOKEN"
+            "Twilio REST on (recordings, hang-ups); dial-out, /calls and /metrics closed without CALLBOX_API_TOKEN"
         ),
         (None, _) => tracing::info!(
             "no Twilio REST credentials (TWILIO_ACCOUNT_SID + auth token or API key): \
@@ -393,14 +494,14 @@ pub async fn serve_until(
         let _ = b.send(addr);
     }
     let app = state.clone();
-    // The peer's address tells the demo page whether a browser is local.
-    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            stop.await;
-            app.drain().await;
-        })
-        .await?;
+    let stopped = async move {
+        stop.await;
+        app.drain().await;
+    };
+    let timeout = Duration::from_secs_f32(state.cfg.server.header_timeout_secs);
+    let closing = state.closing.clone();
+    http::serve(listener, router(state), timeout, stopped).await;
+    closing.cancel();
     Ok(())
 }
 
@@ -424,6 +525,8 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Open to all: a load balancer's probe carries no credential, and the
+/// answer holds nothing about any call.
 async fn health(State(app): State<Arc<AppState>>) -> Response {
     let active = app.active_calls();
     if app.draining() {
@@ -439,14 +542,34 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+/// The owner's, unless `server.metrics_public`.
+async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !app.cfg.server.metrics_public {
+        if let Some(refused) = auth::unless_owner(&app, &headers, "GET /metrics") {
+            return refused;
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
     )
+        .into_response()
 }
 
-async fn calls(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+/// The owner's alone: what callers said. Without the persona — the owner
+/// knows it, and it is the one thing a prompt-injection thief wants.
+async fn calls(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = auth::unless_owner(&app, &headers, "GET /calls") {
+        return refused;
+    }
     let f = app.finished.lock().unwrap_or_else(|p| p.into_inner());
-    Json(f.iter().cloned().collect::<Vec<_>>())
+    let calls: Vec<CallSummary> = f
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            s.history.retain(|m| m.role != crate::engines::Role::System);
+            s
+        })
+        .collect();
+    Json(calls).into_response()
 }

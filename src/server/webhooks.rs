@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, OriginalUri, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::{stream_token, AppState};
 use crate::config::Config;
 use crate::events::Direction;
 use crate::twilio::{signature, twiml};
@@ -155,30 +155,42 @@ pub(super) fn upgrade_allowed(app: &AppState, headers: &HeaderMap, uri: &Uri) ->
     signed_by_twilio(app, headers, &urls, &[])
 }
 
-/// TwiML that connects the call to our websocket with a one-time stream
-/// token and `params`, or a polite refusal when every line is busy.
+/// TwiML that connects the call to our websocket with a stream token for
+/// this call and `params`, or a polite refusal when every line is busy.
 fn connect(
     app: &AppState,
-    headers: &HeaderMap,
+    req: &TwilioForm,
     direction: Direction,
     params: &[(&str, &str)],
 ) -> Response {
-    let xml = if let Some(refusal) = app.turn_away(direction) {
-        twiml::say_and_hang_up(refusal.spoken())
-    } else {
-        // The token travels back in `start.customParameters`: the websocket
-        // serves only streams that our TwiML started.
-        let token = app.issue_token();
-        let mut all = vec![("direction", direction.as_str()), ("stream_token", &token)];
-        all.extend_from_slice(params);
-        twiml::connect_stream(&ws_url(&app.cfg, headers), &all)
+    let call_sid = req.field("CallSid").unwrap_or_default();
+    if let Some(refusal) = app.turn_away(direction, Some(call_sid)) {
+        let xml = twiml::say_and_hang_up(refusal.spoken());
+        return ([(header::CONTENT_TYPE, "text/xml")], xml).into_response();
+    }
+    // Twilio's calls always have one; the token is bound to it, and it
+    // goes into REST paths later.
+    if app.cfg.server.validate_signatures && !stream_token::is_call_sid(call_sid) {
+        tracing::warn!("webhook refused: CallSid is not a Twilio call SID");
+        return (StatusCode::BAD_REQUEST, "CallSid is not a Twilio call SID").into_response();
+    }
+    // The token travels back in `start.customParameters`: the websocket
+    // serves only the stream of the call our TwiML answered.
+    let claims = stream_token::Claims {
+        call_sid,
+        account_sid: req.field("AccountSid").unwrap_or_default(),
+        direction,
     };
+    let token = app.issue_token(&claims);
+    let mut all = vec![("direction", direction.as_str()), ("stream_token", &token)];
+    all.extend_from_slice(params);
+    let xml = twiml::connect_stream(&ws_url(&app.cfg, &req.headers), &all);
     ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
 }
 
 /// `POST /`: someone called our number.
 pub(super) async fn incoming_call(State(app): State<Arc<AppState>>, req: TwilioForm) -> Response {
-    connect(&app, &req.headers, Direction::Inbound, &[])
+    connect(&app, &req, Direction::Inbound, &[])
 }
 
 /// `POST /twiml`: the person we dialled answered; the bot greets first, as
@@ -195,7 +207,7 @@ pub(super) async fn outbound_answered(
     );
     connect(
         &app,
-        &req.headers,
+        &req,
         Direction::Outbound,
         &[("to_number", to), ("from_number", from)],
     )
@@ -215,6 +227,12 @@ pub(super) async fn call_status(State(app): State<Arc<AppState>>, req: TwilioFor
         .twilio_call_status
         .with_label_values(&[label])
         .inc();
+    if let Some(sid) = req.field("CallSid") {
+        if super::dialout::ENDED.contains(&status) {
+            // A call we placed that never streamed gives its line back.
+            app.reservations.release(sid);
+        }
+    }
     tracing::info!(
         call = req.field("CallSid").unwrap_or_default(),
         status,

@@ -48,6 +48,9 @@ impl SimTurn {
 pub struct SimOptions {
     pub url: String,
     pub call_sid: String,
+    /// The Twilio account the call belongs to: in the webhook and in
+    /// `start`, as stream tokens are bound to both.
+    pub account_sid: String,
     pub params: HashMap<String, String>,
     pub turns: Vec<SimTurn>,
     /// Silence between the end of a reply and the next turn.
@@ -79,7 +82,8 @@ impl SimOptions {
     pub fn new(url: impl Into<String>, turns: Vec<SimTurn>) -> Self {
         Self {
             url: url.into(),
-            call_sid: format!("CAsim{:08x}", rand::random::<u32>()),
+            call_sid: call_sid(),
+            account_sid: SIM_ACCOUNT.into(),
             params: HashMap::from([("direction".to_string(), "inbound".to_string())]),
             turns,
             pause_secs: 0.8,
@@ -194,10 +198,19 @@ pub async fn webhook(
         .ok_or_else(|| anyhow::anyhow!("no stream in the TwiML: {twiml}"))
 }
 
+/// A fresh call SID of Twilio's shape (`CA` and 32 hex digits), which the
+/// server requires of every stream it validates.
+pub fn call_sid() -> String {
+    format!("CA{:032x}", rand::random::<u128>())
+}
+
+/// The account of simulated calls.
+pub const SIM_ACCOUNT: &str = "ACsim";
+
 /// The form Twilio posts when a call to our number comes in.
 pub fn incoming_form(call_sid: &str) -> Vec<(String, String)> {
     [
-        ("AccountSid", "ACsim"),
+        ("AccountSid", SIM_ACCOUNT),
         ("CallSid", call_sid),
         ("CallStatus", "ringing"),
         ("Direction", "inbound"),
@@ -212,7 +225,13 @@ pub fn incoming_form(call_sid: &str) -> Vec<(String, String)> {
 pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
     if let Some(url) = &opts.webhook {
         let token = opts.auth_token.as_deref().unwrap_or_default();
-        let target = webhook(url, token, &incoming_form(&opts.call_sid)).await?;
+        let mut form = incoming_form(&opts.call_sid);
+        for (k, v) in &mut form {
+            if k == "AccountSid" {
+                v.clone_from(&opts.account_sid);
+            }
+        }
+        let target = webhook(url, token, &form).await?;
         opts.params.extend(target.params);
     }
     let mut request = opts.url.as_str().into_client_request()?;
@@ -231,7 +250,7 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
     .await?;
     tx.send(Message::text(
         json!({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
-               "start": {"streamSid": stream_sid, "accountSid": "ACsim", "callSid": opts.call_sid,
+               "start": {"streamSid": stream_sid, "accountSid": opts.account_sid, "callSid": opts.call_sid,
                          "tracks": ["inbound"], "customParameters": opts.params,
                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
         .to_string(),
@@ -437,7 +456,7 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
     let _ = tx
         .send(Message::text(
             json!({"event": "stop", "sequenceNumber": seq.to_string(), "streamSid": stream_sid,
-                   "stop": {"accountSid": "ACsim", "callSid": opts.call_sid}})
+                   "stop": {"accountSid": opts.account_sid, "callSid": opts.call_sid}})
             .to_string(),
         ))
         .await;

@@ -150,7 +150,7 @@ impl TwilioRest {
 
     /// Starts recording a live call, each party on its own channel.
     pub async fn start_recording(&self, call_sid: &str) -> Result<RecordingResource, RestError> {
-        let path = format!("Calls/{call_sid}/Recordings.json");
+        let path = format!("Calls/{}/Recordings.json", segment(call_sid));
         let resp = self
             .post(&path, &[("RecordingChannels", "dual")], false)
             .await?;
@@ -159,7 +159,7 @@ impl TwilioRest {
 
     /// Ends a call; a call Twilio already considers over is not an error.
     pub async fn hang_up(&self, call_sid: &str) -> Result<HangUp, RestError> {
-        let path = format!("Calls/{call_sid}.json");
+        let path = format!("Calls/{}.json", segment(call_sid));
         match self.post(&path, &[("Status", "completed")], true).await {
             Ok(_) => Ok(HangUp::Completed),
             Err(RestError::Refused { status, code, .. })
@@ -224,7 +224,7 @@ impl TwilioRest {
             };
             match retry {
                 Retry::After(after) if attempt < self.retries => {
-                    let backoff = (BACKOFF * 2u32.pow(attempt)).min(MAX_BACKOFF);
+                    let backoff = backoff(attempt);
                     let wait = after.map_or(backoff, |a| a.clamp(backoff, MAX_BACKOFF));
                     tracing::warn!(
                         path,
@@ -238,6 +238,20 @@ impl TwilioRest {
             }
         }
     }
+}
+
+/// The wait before retry `attempt + 1`: doubling from [`BACKOFF`], never
+/// past [`MAX_BACKOFF`] (nor wrapping to nothing after 32 doublings).
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_BACKOFF)
+}
+
+/// `value` as one path segment: a SID that came from outside (a `start`
+/// message) cannot reach another resource with `/`, `..` or `?`.
+fn segment(value: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
 }
 
 /// Twilio's `Retry-After` on a 429, in seconds.
@@ -259,6 +273,24 @@ async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_never_wraps() {
+        assert_eq!(backoff(0), BACKOFF);
+        assert_eq!(backoff(1), BACKOFF * 2);
+        for attempt in [5, 31, 32, 33, u32::MAX] {
+            assert_eq!(backoff(attempt), MAX_BACKOFF, "{attempt}");
+        }
+    }
+
+    #[test]
+    fn sids_stay_one_path_segment() {
+        assert_eq!(segment("CA0123abc").to_string(), "CA0123abc");
+        assert_eq!(
+            segment("CA1/../../Messages.json?x").to_string(),
+            "CA1%2F%2E%2E%2F%2E%2E%2FMessages%2Ejson%3Fx"
+        );
+    }
 
     #[test]
     fn e164_numbers() {

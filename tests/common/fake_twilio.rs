@@ -272,6 +272,7 @@ async fn answer(
 
     let mut opts = SimOptions::new(via_proxy(&stream.url), turns);
     opts.call_sid = call_sid.clone();
+    opts.account_sid = ACCOUNT_SID.into();
     opts.params = stream.params.clone();
     opts.auth_token = Some(auth_token.clone());
     let report = sim::run(opts).await?;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_twilio;
+pub mod otlp;
 pub mod server;
 
 use std::sync::{Arc, OnceLock};

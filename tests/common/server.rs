@@ -63,6 +63,9 @@ pub async fn start_on(
     cfg.llm.max_tokens = 30;
     cfg.server.validate_signatures = true;
     cfg.twilio.auth_token = Some(callbox::config::Secret(AUTH_TOKEN.into()));
+    // The tests read the metrics as a scraper on a private network would;
+    // tests/security.rs checks the token that guards them otherwise.
+    cfg.server.metrics_public = true;
     tweak(&mut cfg);
     let state = AppState::with_observers(cfg, engines, observers);
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -186,9 +189,39 @@ pub async fn twilio_socket(
         .await
         .unwrap();
     let start = serde_json::json!({"event": "start", "streamSid": format!("MZ{call_sid}"),
-        "start": {"callSid": call_sid, "customParameters": params}});
+        "start": {"callSid": call_sid, "accountSid": callbox::sim::SIM_ACCOUNT, "customParameters": params}});
     (
         ws,
         tokio_tungstenite::tungstenite::Message::text(start.to_string()),
     )
+}
+
+/// A port nobody listens on now, for a server process to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the server process on `port` answers `/health` (it loads
+/// its models first); panics if it exits or takes over two minutes.
+pub async fn wait_healthy(child: &mut tokio::process::Child, port: u16) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the server never became healthy"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -325,7 +325,7 @@ async fn one_call(url: &str, token: &str, phrases: &[SimTurn], t0: Instant) -> C
         opts.reply_timeout_secs = 30.0;
         (opts, long_pause)
     };
-    opts.call_sid = format!("CAsoak{:012x}", rand::random::<u64>() >> 16);
+    opts.call_sid = crate::sim::call_sid();
     let mut outcome = CallOutcome {
         call_sid: opts.call_sid.clone(),
         started_secs: t0.elapsed().as_secs_f64(),

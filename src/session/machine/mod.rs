@@ -152,6 +152,9 @@ pub struct Ended {
     pub errors: Vec<String>,
 }
 
+/// Keypad digits one call may send into the conversation.
+pub const MAX_DTMF: usize = 64;
+
 pub struct TurnMachine {
     rules: CallConfig,
     persona: Persona,
@@ -176,6 +179,8 @@ pub struct TurnMachine {
     pending: Option<Pending>,
     next_turn_id: u64,
     activity_seen: bool,
+    /// Keypad digits taken so far ([`MAX_DTMF`]).
+    dtmf_taken: usize,
     last_activity: Instant,
     bot_until: Instant,
     echo_ignored: usize,
@@ -210,6 +215,7 @@ impl TurnMachine {
             pending: None,
             next_turn_id: 0,
             activity_seen: false,
+            dtmf_taken: 0,
             last_activity: start,
             bot_until: start,
             echo_ignored: 0,
@@ -394,6 +400,23 @@ impl TurnMachine {
     }
 
     fn on_dtmf(&mut self, digit: String, now: Instant) {
+        // Each key becomes a line of the history and may start a reply: a
+        // flood of them must not grow the prompt (and the model's work)
+        // without bound. A person enters a card number, a date or a menu
+        // choice in far fewer.
+        if self.dtmf_taken >= MAX_DTMF {
+            if self.dtmf_taken == MAX_DTMF {
+                self.dtmf_taken += 1;
+                let message = format!("more than {MAX_DTMF} keypad digits: the rest are ignored");
+                self.errors.push(message.clone());
+                self.emit(EventKind::Error {
+                    kind: "dtmf".into(),
+                    message,
+                });
+            }
+            return;
+        }
+        self.dtmf_taken += 1;
         let text = format!("[caller pressed {digit}]");
         self.emit(EventKind::Dtmf { digit });
         self.activity_seen = true;

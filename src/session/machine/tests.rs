@@ -535,6 +535,27 @@ fn a_digit_is_a_turn_of_its_own() {
 }
 
 #[test]
+fn a_flood_of_digits_stops_growing_the_conversation() {
+    let mut c = Call::new(rules());
+    c.until(500);
+    for _ in 0..super::MAX_DTMF + 500 {
+        c.feed(Input::Dtmf("9".into()));
+    }
+    let keys = c
+        .history()
+        .iter()
+        .filter(|(_, text)| text == "[caller pressed 9]")
+        .count();
+    assert_eq!(keys, super::MAX_DTMF);
+    let errors = c
+        .events()
+        .iter()
+        .filter(|e| matches!(e, EventKind::Error { kind, .. } if kind == "dtmf"))
+        .count();
+    assert_eq!(errors, 1, "said once, not per key");
+}
+
+#[test]
 fn a_failed_transcription_is_answered_with_an_apology() {
     let mut c = Call::new(rules());
     c.utterance(100, 1500);

@@ -1,0 +1,230 @@
+//! The caller's personal data, masked before anyone but the call sees it.
+//!
+//! What callers say and press, and the numbers they call from or are called
+//! at, are personal data. The conversation needs them (the model must hear
+//! "my number is…"), but the log, the OTLP collector, the trace files and
+//! `GET /calls` are read by more people, kept longer and shipped further.
+//! So the event bus and the summaries kept for `/calls` pass through
+//! [`Redact`] on their way out: the session itself never sees a mask.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CallInfo, CallSummary, Event, EventKind, TurnRecord};
+use crate::engines::{ChatMessage, Role};
+
+/// How much of the caller's personal data observers are shown.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Redact {
+    /// Everything, as said.
+    #[default]
+    Off,
+    /// Everything but digits: DTMF keys, and every digit of what was said
+    /// and of the call's phone numbers, so card numbers, phone numbers,
+    /// PINs and dates of birth written as digits are masked wherever they
+    /// sit in a sentence.
+    Digits,
+    /// Nothing of what was said or pressed: only its length. Phone numbers
+    /// as in `Digits`.
+    Text,
+}
+
+/// What a masked digit becomes.
+const MASK: char = '*';
+
+impl Redact {
+    /// Text the caller said (a transcript, a DTMF line in the history).
+    pub fn said<'a>(self, s: &'a str) -> Cow<'a, str> {
+        match self {
+            Redact::Off => Cow::Borrowed(s),
+            Redact::Digits => mask_digits(s),
+            Redact::Text => Cow::Owned(format!("[redacted: {} chars]", s.chars().count())),
+        }
+    }
+
+    /// A phone number or another identifier the caller is known by.
+    pub fn number<'a>(self, s: &'a str) -> Cow<'a, str> {
+        match self {
+            Redact::Off => Cow::Borrowed(s),
+            Redact::Digits | Redact::Text => mask_digits(s),
+        }
+    }
+
+    /// `event` as observers may see it; `None` when it needs no change (so
+    /// that an unredacted bus copies nothing).
+    pub fn event(self, event: &Event) -> Option<Event> {
+        if self == Redact::Off {
+            return None;
+        }
+        let kind = match &event.kind {
+            EventKind::CallStarted { info, persona } => EventKind::CallStarted {
+                info: self.info(info),
+                persona: persona.clone(),
+            },
+            EventKind::Transcript { text, stt_ms } => EventKind::Transcript {
+                text: self.said(text).into_owned(),
+                stt_ms: *stt_ms,
+            },
+            EventKind::Dtmf { digit } => EventKind::Dtmf {
+                digit: self.said(digit).into_owned(),
+            },
+            EventKind::TurnFinished { record } => EventKind::TurnFinished {
+                record: self.record(record),
+            },
+            EventKind::CallEnded { summary } => EventKind::CallEnded {
+                summary: Box::new(self.summary(summary)),
+            },
+            _ => return None,
+        };
+        Some(Event {
+            call_sid: event.call_sid.clone(),
+            at_ms: event.at_ms,
+            kind,
+        })
+    }
+
+    /// A finished call as observers and `/calls` may see it.
+    pub fn summary(self, s: &CallSummary) -> CallSummary {
+        let mut s = s.clone();
+        if self == Redact::Off {
+            return s;
+        }
+        s.info = self.info(&s.info);
+        for m in &mut s.history {
+            *m = self.message(m);
+        }
+        for t in &mut s.turns {
+            *t = self.record(t);
+        }
+        s
+    }
+
+    fn info(self, info: &CallInfo) -> CallInfo {
+        let mut info = info.clone();
+        // The numbers of an outbound call, and any parameter a TwiML or a
+        // dial-out request passed in: any of them may name the caller.
+        for v in info.params.values_mut() {
+            *v = self.number(v).into_owned();
+        }
+        info
+    }
+
+    fn record(self, r: &TurnRecord) -> TurnRecord {
+        let mut r = r.clone();
+        r.user_text = self.said(&r.user_text).into_owned();
+        // The bot repeats what it was told ("so that's 4111…").
+        r.bot_text = self.said(&r.bot_text).into_owned();
+        r.heard_text = self.said(&r.heard_text).into_owned();
+        r
+    }
+
+    fn message(self, m: &ChatMessage) -> ChatMessage {
+        match m.role {
+            // The persona: the owner's words, not the caller's.
+            Role::System => m.clone(),
+            _ => ChatMessage::new(m.role, self.said(&m.content)),
+        }
+    }
+}
+
+fn mask_digits(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b.is_ascii_digit()) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| if c.is_ascii_digit() { MASK } else { c })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Direction, EndedBy, TurnKind};
+    use std::collections::HashMap;
+
+    const CARD: &str = "4111 1111 1111 1111";
+    const PHONE: &str = "+14155550123";
+
+    fn summary() -> CallSummary {
+        let info = CallInfo {
+            call_sid: "CA0".into(),
+            stream_sid: "MZ0".into(),
+            direction: Direction::Outbound,
+            params: HashMap::from([("to_number".into(), PHONE.into())]),
+        };
+        let mut s = CallSummary::failed(info, String::new());
+        s.ended_by = EndedBy::Stop;
+        s.history = vec![
+            ChatMessage::new(Role::System, "You are 1 teacher."),
+            ChatMessage::new(Role::User, format!("my card is {CARD}")),
+            ChatMessage::new(Role::Assistant, format!("so {CARD}?")),
+        ];
+        let mut t = TurnRecord::new(1, TurnKind::Turn, format!("call {PHONE}"), 0.0);
+        t.bot_text = format!("calling {PHONE}");
+        t.heard_text = t.bot_text.clone();
+        s.turns = vec![t];
+        s
+    }
+
+    fn leaks(s: &CallSummary) -> bool {
+        let json = serde_json::to_string(s).unwrap();
+        json.contains("4111") || json.contains("5550123")
+    }
+
+    #[test]
+    fn off_changes_nothing() {
+        assert!(leaks(&Redact::Off.summary(&summary())));
+        let e = Event {
+            call_sid: "CA0".into(),
+            at_ms: 0.0,
+            kind: EventKind::Dtmf { digit: "4".into() },
+        };
+        assert!(Redact::Off.event(&e).is_none());
+    }
+
+    #[test]
+    fn digits_and_text_mask_numbers_everywhere_but_the_persona() {
+        for mode in [Redact::Digits, Redact::Text] {
+            let s = mode.summary(&summary());
+            assert!(!leaks(&s), "{mode:?}: {s:?}");
+            assert_eq!(s.info.params["to_number"], "+***********");
+            assert_eq!(s.history[0].content, "You are 1 teacher.");
+        }
+        let s = Redact::Digits.summary(&summary());
+        assert_eq!(s.history[1].content, "my card is **** **** **** ****");
+        let s = Redact::Text.summary(&summary());
+        assert_eq!(s.history[1].content, "[redacted: 30 chars]");
+    }
+
+    #[test]
+    fn transcripts_and_keys_are_masked_on_the_bus() {
+        let e = |kind| Event {
+            call_sid: "CA0".into(),
+            at_ms: 1.0,
+            kind,
+        };
+        let said = e(EventKind::Transcript {
+            text: format!("it is {CARD}"),
+            stt_ms: 5.0,
+        });
+        let Some(Event {
+            kind: EventKind::Transcript { text, .. },
+            ..
+        }) = Redact::Digits.event(&said)
+        else {
+            panic!("a transcript stays a transcript");
+        };
+        assert_eq!(text, "it is **** **** **** ****");
+        let key = e(EventKind::Dtmf { digit: "7".into() });
+        assert!(matches!(
+            Redact::Digits.event(&key).unwrap().kind,
+            EventKind::Dtmf { digit } if digit == "*"
+        ));
+        let timing = e(EventKind::LlmFirstToken { turn: 1, ms: 3.0 });
+        assert!(Redact::Text.event(&timing).is_none());
+    }
+}
