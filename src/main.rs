@@ -21,7 +21,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(callbox::cli::run(cli)) {
+    let result = runtime.block_on(callbox::cli::run(cli));
+    // A blocking job still running (an inference the drain cut short, a
+    // provider's request waiting out its timeout) must not hold the exit:
+    // the calls' records are already written and the observers flushed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -7,14 +7,14 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Creates `dir` (and its parents) as needed, and leaves `dir` itself
-/// private even when it already existed with looser permissions.
+/// Creates `dir` (and any missing parents) private. A folder that already
+/// exists is left as its owner made it: it may be shared on purpose (a
+/// volume, `/tmp`), and the files in it are private anyway.
 pub fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .create(dir)
 }
 
 /// Creates (or truncates) `path` for writing, private, in a private folder.
@@ -56,18 +56,20 @@ mod tests {
     fn files_and_folders_are_the_owners_alone() {
         let root = std::env::temp_dir().join(format!("callbox-private-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        // A folder made loosely beforehand is tightened.
+        // A folder made beforehand stays as it was; a file left loose by an
+        // earlier run is tightened when written again.
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
         let loose = root.join("old.json");
         std::fs::write(&loose, "x").unwrap();
         std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_atomic(&loose, b"{}").unwrap();
-        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root), 0o755);
         assert_eq!(mode(&loose), 0o600);
         let nested = root.join("a/b/c.wav");
         drop(create(&nested).unwrap());
         assert_eq!(mode(&nested), 0o600);
+        assert_eq!(mode(&root.join("a")), 0o700);
         assert_eq!(mode(&root.join("a/b")), 0o700);
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -113,10 +113,12 @@ pub fn llm(paths: &ModelPaths, times: &mut LoadTimes) -> Result<Arc<dyn Llm>> {
     llm_on(paths, auto(Engine::Llm), &cfg.llm, sequences(&cfg), times)
 }
 
-/// Sequences of the shared LLM context: one per call the server admits.
+/// Sequences of the shared LLM context: one per call the server admits,
+/// phone and demo, so that a demo call never leaves a phone call without
+/// one.
 fn sequences(cfg: &Config) -> usize {
     if cfg.llm.batch {
-        cfg.server.max_calls
+        cfg.server.max_calls + cfg.server.demo_lines()
     } else {
         0
     }

@@ -356,6 +356,18 @@ async fn slow_and_idle_http_clients_are_dropped() {
     assert!(took < Duration::from_secs(4), "dropped after {took:?}");
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "it was served");
 
+    // A webhook whose body never comes whole.
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+          Content-Length: 100\r\n\r\nCallSid=",
+    )
+    .await
+    .unwrap();
+    let (after, answer) = until_closed(&mut half, Duration::from_secs(5)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 408"), "{answer:?}");
+    assert!(after < Duration::from_secs(4), "held for {after:?}");
+
     // An idle keep-alive connection, after one request.
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -238,6 +238,11 @@ pub struct ServerConfig {
     /// more are refused with 503 until some start or time out.
     pub max_pending_streams: usize,
     pub max_pending_streams_per_address: usize,
+    /// Behind a reverse proxy every peer is the proxy: count waiting media
+    /// websockets by the last address in `X-Forwarded-For` (the one the
+    /// proxy itself added) instead. Only behind a proxy that always sets
+    /// it; otherwise a client could name any address.
+    pub trust_forwarded_for: bool,
     /// How long a client may take to send a request's headers, and an idle
     /// keep-alive connection may stay open (slow-loris clients hold a
     /// descriptor each).
@@ -273,6 +278,14 @@ impl ServerConfig {
             self.api_token.as_ref().map(|s| s.0.as_str()),
             "CALLBOX_API_TOKEN",
         )
+    }
+
+    /// Demo calls the server may hold at once (none when the demo is off).
+    pub fn demo_lines(&self) -> usize {
+        match self.demo {
+            DemoAccess::Off => 0,
+            _ => self.demo_max_calls,
+        }
     }
 
     /// The configured key of stream tokens, if any.
@@ -494,6 +507,7 @@ impl Default for ServerConfig {
             start_timeout_secs: 5.0,
             max_pending_streams: 128,
             max_pending_streams_per_address: 16,
+            trust_forwarded_for: false,
             header_timeout_secs: 10.0,
             dialout_per_minute: 10,
         }

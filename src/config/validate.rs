@@ -145,10 +145,10 @@ impl Config {
         if self.server.max_calls == 0 {
             return bad("server.max_calls must be at least 1".into());
         }
-        if self.llm.batch && self.server.max_calls > 256 {
+        let sequences = self.server.max_calls + self.server.demo_lines();
+        if self.llm.batch && sequences > 256 {
             return bad(format!(
-                "with llm.batch, server.max_calls is at most 256 (llama.cpp's limit on sequences), not {}",
-                self.server.max_calls
+                "with llm.batch, server.max_calls + server.demo_max_calls is at most 256 (llama.cpp's limit on sequences), not {sequences}"
             ));
         }
         if !(256..=1 << 20).contains(&self.llm.context_tokens) {

@@ -13,16 +13,19 @@ use super::AppState;
 /// Whether the request's bearer token is `expected`. Both sides are hashed
 /// first so the comparison takes the same time whatever their lengths.
 fn bearer_ok(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(given) = headers
+    let Some((scheme, given)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| h.trim().split_once(' '))
     else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
     let (a, b) = (
         Sha256::digest(given.trim().as_bytes()),
-        Sha256::digest(expected.as_bytes()),
+        Sha256::digest(expected.trim().as_bytes()),
     );
     a.ct_eq(&b).into()
 }
@@ -46,7 +49,9 @@ pub fn unless_owner(app: &AppState, headers: &HeaderMap, what: &str) -> Option<R
     if bearer_ok(headers, &expected) {
         return None;
     }
-    tracing::warn!("{what} refused: missing or wrong bearer token");
+    if app.may_log() {
+        tracing::warn!("{what} refused: missing or wrong bearer token");
+    }
     let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,

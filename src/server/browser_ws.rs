@@ -151,7 +151,7 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, permit: tokio::sync::Owne
                 }
             }
             Err(e) => {
-                if app.log_budget.take(std::time::Instant::now()).is_some() {
+                if app.may_log() {
                     let e = super::limits::quoted(&e);
                     tracing::warn!(call = %call_sid, "browser message ignored: {e}");
                 }
@@ -315,8 +315,20 @@ fn text(v: Value) -> Message {
     Message::Text(v.to_string().into())
 }
 
+/// An event for the page. Without the persona: the page is the public's
+/// (with `server.demo = "anyone"`, anybody's), the prompt is the owner's —
+/// as `/calls` never shows it either.
 fn observed(e: &crate::observe::Event) -> Message {
     let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("persona");
+    }
+    if let Some(history) = v
+        .pointer_mut("/summary/history")
+        .and_then(Value::as_array_mut)
+    {
+        history.retain(|m| m["role"] != "system");
+    }
     v["event"] = "observe".into();
     text(v)
 }
@@ -327,6 +339,40 @@ mod tests {
 
     fn pcm16(samples: &[i16]) -> Vec<u8> {
         samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn the_page_never_sees_the_persona() {
+        use crate::events::{CallInfo, CallSummary, Direction, EventKind};
+        let info = CallInfo {
+            call_sid: "DM1".into(),
+            stream_sid: "DM1".into(),
+            direction: Direction::Inbound,
+            params: HashMap::new(),
+        };
+        let persona = crate::config::Config::default().personas.inbound;
+        let secret = persona.system.clone();
+        let mut summary = CallSummary::failed(info.clone(), String::new());
+        summary.history = vec![crate::engines::ChatMessage::new(
+            crate::engines::Role::System,
+            secret.clone(),
+        )];
+        for kind in [
+            EventKind::CallStarted { info, persona },
+            EventKind::CallEnded {
+                summary: Box::new(summary),
+            },
+        ] {
+            let e = crate::observe::Event {
+                call_sid: "DM1".into(),
+                at_ms: 0.0,
+                kind,
+            };
+            let Message::Text(t) = observed(&e) else {
+                panic!("text")
+            };
+            assert!(!t.contains(&secret[..40]), "{t}");
+        }
     }
 
     #[test]

@@ -10,7 +10,12 @@ use crate::twilio::rest::{HangUp, RestError};
 
 fn failed(app: &AppState, op: &str, call_sid: &str, e: &RestError) {
     app.metrics.twilio_request(op, "failed");
-    tracing::error!(call = call_sid, op, "Twilio call control failed: {e}");
+    tracing::error!(
+        call = call_sid,
+        op,
+        "Twilio call control failed: {}",
+        e.brief()
+    );
 }
 
 /// Starts Twilio's recording of the call (caller and bot on separate

@@ -137,7 +137,7 @@ pub fn allowed(app: &AppState, ext: &Extensions, headers: &HeaderMap, websocket:
         DemoAccess::Local => {
             let peer = ext
                 .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+                .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback());
             let host = header(headers, "host").is_some_and(|h| is_loopback_host(host_of(h)));
             let proxied = FORWARDING.iter().any(|h| headers.contains_key(*h));
             peer && host && !proxied

@@ -92,11 +92,20 @@ pub fn country_code(number: &str) -> Option<&str> {
     (digits.len() > len).then(|| &number[..=len])
 }
 
-/// Whether the configuration lets dial-out call `to` from `from`.
+/// Whether the configuration lets dial-out call `to` from `from`. Without
+/// `twilio.dialout_prefixes`, the country of the configured caller ID — a
+/// request cannot widen it by naming a caller ID abroad — or, with none
+/// configured, of the request's.
 fn allowed_destination(cfg: &Config, to: &str, from: &str) -> Result<(), String> {
     let prefixes: Vec<String> = match &cfg.twilio.dialout_prefixes {
         Some(p) => p.clone(),
-        None => country_code(from).map(str::to_string).into_iter().collect(),
+        None => {
+            let home = cfg.twilio.from_number().unwrap_or_else(|| from.to_string());
+            country_code(&home)
+                .map(str::to_string)
+                .into_iter()
+                .collect()
+        }
     };
     if prefixes.iter().any(|p| to.starts_with(p.as_str())) {
         return Ok(());
@@ -204,11 +213,15 @@ pub fn numbers(cfg: &Config, req: &DialRequest) -> Result<(String, String), Dial
 pub(super) async fn dialout(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Some(refused) = unless_owner(&app, &headers, "dial-out") {
         return refused;
     }
+    let body = match super::read_body(&app, body).await {
+        Ok(b) => b,
+        Err(status) => return error(status, "the body was too large or too slow"),
+    };
     let req: DialRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -282,10 +295,12 @@ fn dial_error(app: &AppState, e: DialError) -> Response {
             tracing::error!("dial-out: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
-        e @ DialError::Twilio(_) => {
+        DialError::Twilio(e) => {
             app.metrics.twilio_request("create_call", "failed");
-            tracing::error!("dial-out: {e}");
-            error(StatusCode::BAD_GATEWAY, e.to_string())
+            // The owner's answer keeps Twilio's words; the log does not
+            // (they may quote the number).
+            tracing::error!("dial-out: {}", e.brief());
+            error(StatusCode::BAD_GATEWAY, DialError::Twilio(e).to_string())
         }
     }
 }
@@ -316,6 +331,9 @@ mod tests {
         let mut cfg = Config::default();
         assert!(allowed_destination(&cfg, "+14155550123", "+14155550100").is_ok());
         assert!(allowed_destination(&cfg, "+442071838750", "+14155550100").is_err());
+        // A configured caller ID fixes the country, whatever the request names.
+        cfg.twilio.from_number = Some("+14155550100".into());
+        assert!(allowed_destination(&cfg, "+442071838750", "+442071838700").is_err());
         cfg.twilio.dialout_prefixes = Some(vec!["+44".into(), "+1415".into()]);
         assert!(allowed_destination(&cfg, "+442071838750", "+14155550100").is_ok());
         assert!(allowed_destination(&cfg, "+12125550123", "+14155550100").is_err());

@@ -35,6 +35,7 @@ impl PendingStreams {
 
     /// A place for a socket from `addr`, if both limits allow it.
     pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<Pending> {
+        let addr = client_key(addr);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = held.values().sum();
         let mine = held.get(&addr).copied().unwrap_or(0);
@@ -52,6 +53,20 @@ impl PendingStreams {
     pub fn count(&self) -> usize {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.values().sum()
+    }
+}
+
+/// What one client is counted as: an IPv4 address (also when it arrives
+/// IPv4-mapped on a dual-stack socket), or an IPv6 /64 — one host is
+/// routinely given a whole /64, so its single addresses mean nothing.
+pub fn client_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            IpAddr::V6(s.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -139,8 +154,10 @@ impl PerMinute {
         let mine = uses.entry(key.to_string()).or_default();
         mine.retain(|t| now.saturating_duration_since(*t) < MINUTE);
         if mine.len() >= self.per_minute {
-            let oldest = mine[0];
-            return Err(MINUTE.saturating_sub(now.saturating_duration_since(oldest)));
+            let waited = mine
+                .first()
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t));
+            return Err(MINUTE.saturating_sub(waited));
         }
         mine.push(now);
         Ok(())
@@ -164,6 +181,16 @@ mod tests {
         drop(a1);
         assert_eq!(p.count(), 2);
         assert!(p.admit(b).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_mapped_ipv4_as_itself() {
+        let p = PendingStreams::new(10, 1);
+        let _one = p.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(p.admit("2001:db8:1:2:ffff::9".parse().unwrap()).is_none());
+        assert!(p.admit("2001:db8:1:3::1".parse().unwrap()).is_some());
+        let _v4 = p.admit("127.0.0.9".parse().unwrap()).unwrap();
+        assert!(p.admit("::ffff:127.0.0.9".parse().unwrap()).is_none());
     }
 
     #[test]

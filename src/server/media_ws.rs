@@ -75,12 +75,17 @@ pub async fn upgrade(
     }
     // Nothing about the socket is proven until `start`: its place among
     // the pending ones is taken now, before the upgrade.
-    let Some(pending) = app.pending.admit(peer.ip()) else {
+    let client = if app.cfg.server.trust_forwarded_for {
+        forwarded_client(&headers).unwrap_or(peer.ip())
+    } else {
+        peer.ip()
+    };
+    let Some(pending) = app.pending.admit(client) else {
         app.metrics
             .refused
             .with_label_values(&["pending_full"])
             .inc();
-        if app.log_budget.take(Instant::now()).is_some() {
+        if app.may_log() {
             tracing::warn!(%peer, "media websocket refused: too many waiting for start");
         }
         return (
@@ -90,6 +95,19 @@ pub async fn upgrade(
             .into_response();
     };
     super::limited(ws, &app).on_upgrade(move |socket| handle(socket, app, pending))
+}
+
+/// The client a proxy says it forwarded: the last `X-Forwarded-For` entry,
+/// the one the proxy in front of us appended (earlier ones are the
+/// client's own claims).
+fn forwarded_client(headers: &HeaderMap) -> Option<std::net::IpAddr> {
+    let last = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()?;
+    last.trim().parse().ok()
 }
 
 async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
@@ -111,7 +129,7 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
                 .refused
                 .with_label_values(&["start_timeout"])
                 .inc();
-            if app.log_budget.take(Instant::now()).is_some() {
+            if app.may_log() {
                 tracing::warn!("media websocket closed: no start within server.start_timeout_secs");
             }
             let _ = sink.send(Message::Close(None)).await;
@@ -128,7 +146,9 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
             Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => {}
             Some(Err(e)) => {
-                tracing::warn!("websocket error before start: {e}");
+                if app.may_log() {
+                    tracing::warn!("websocket error before start: {e}");
+                }
                 return;
             }
         }
@@ -153,7 +173,9 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
             }
         };
         if let Err(why) = checked {
-            tracing::warn!(stream = %quoted(&stream_sid), "stream refused: {why}");
+            if app.may_log() {
+                tracing::warn!(stream = %quoted(&stream_sid), "stream refused: {why}");
+            }
             let _ = sink.send(Message::Close(None)).await;
             return;
         }
@@ -403,6 +425,18 @@ mod tests {
         assert!(!stalled.is_cancelled());
         // 100 frames and the close.
         assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 101);
+    }
+
+    #[test]
+    fn the_forwarded_client_is_the_proxys_own_entry() {
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_client(&h), None);
+        // The client's claim first, the proxy's observation last.
+        h.append("x-forwarded-for", "10.9.9.9, 198.51.100.1".parse().unwrap());
+        h.append("x-forwarded-for", "203.0.113.7".parse().unwrap());
+        assert_eq!(forwarded_client(&h), Some("203.0.113.7".parse().unwrap()));
+        h.insert("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(forwarded_client(&h), None);
     }
 
     #[test]

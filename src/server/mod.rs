@@ -251,6 +251,13 @@ impl AppState {
         line
     }
 
+    /// Whether a line about an unauthenticated client may be logged now:
+    /// such lines share the server's budget ([`limits::LogBudget`]), so
+    /// that anyone can cost the log only a few lines a second.
+    pub(crate) fn may_log(&self) -> bool {
+        self.log_budget.take(Instant::now()).is_some()
+    }
+
     /// The key of a demo call's downloads.
     pub(crate) fn demo_key(&self, call_sid: &str) -> String {
         self.token_key.tag("demo download", call_sid)
@@ -436,6 +443,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(demo::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// A request body, whole, within `server.max_message_bytes` and
+/// `server.header_timeout_secs`: a client that trickles its body holds a
+/// connection just as one that trickles its headers does.
+async fn read_body(
+    app: &AppState,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, StatusCode> {
+    let limit = app.cfg.server.max_message_bytes;
+    let patience = Duration::from_secs_f32(app.cfg.server.header_timeout_secs);
+    match tokio::time::timeout(patience, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+    }
 }
 
 /// A websocket held to `server.max_message_bytes`: Twilio's frames are a

@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, OriginalUri, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::{stream_token, AppState};
+use super::{limits, stream_token, AppState};
 use crate::config::Config;
 use crate::events::Direction;
 use crate::twilio::{signature, twiml};
@@ -74,17 +74,18 @@ fn signed_by_twilio(
         .get("x-twilio-signature")
         .and_then(|h| h.to_str().ok())
     else {
-        tracing::warn!(url = urls[0], "request refused: no X-Twilio-Signature");
+        if app.may_log() {
+            let url = limits::quoted(&urls[0]);
+            tracing::warn!(url, "request refused: no X-Twilio-Signature");
+        }
         return false;
     };
     let ok = urls
         .iter()
         .any(|u| signature::is_valid(&token, u, form, sig));
-    if !ok {
-        tracing::warn!(
-            url = urls[0],
-            "request refused: X-Twilio-Signature does not match"
-        );
+    if !ok && app.may_log() {
+        let url = limits::quoted(&urls[0]);
+        tracing::warn!(url, "request refused: X-Twilio-Signature does not match");
     }
     ok
 }
@@ -114,9 +115,7 @@ impl FromRequest<Arc<AppState>> for TwilioForm {
             .extensions
             .get::<OriginalUri>()
             .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
-        let body = axum::body::to_bytes(body, app.cfg.server.max_message_bytes)
-            .await
-            .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
+        let body = super::read_body(app, body).await?;
         let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let urls = signed_urls(&app.cfg, &parts.headers, &uri);
         if !signed_by_twilio(app, &parts.headers, &urls, &form) {
@@ -171,7 +170,9 @@ fn connect(
     // Twilio's calls always have one; the token is bound to it, and it
     // goes into REST paths later.
     if app.cfg.server.validate_signatures && !stream_token::is_call_sid(call_sid) {
-        tracing::warn!("webhook refused: CallSid is not a Twilio call SID");
+        if app.may_log() {
+            tracing::warn!("webhook refused: CallSid is not a Twilio call SID");
+        }
         return (StatusCode::BAD_REQUEST, "CallSid is not a Twilio call SID").into_response();
     }
     // The token travels back in `start.customParameters`: the websocket

@@ -43,6 +43,20 @@ pub enum RestError {
     Unreachable(String),
 }
 
+impl RestError {
+    /// The error without Twilio's own words (which may quote a phone
+    /// number): for logs.
+    pub fn brief(&self) -> String {
+        match self {
+            RestError::Refused { status, code, .. } => format!(
+                "Twilio refused ({status}{})",
+                code.map(|c| format!(", code {c}")).unwrap_or_default()
+            ),
+            RestError::Unreachable(e) => format!("Twilio unreachable: {e}"),
+        }
+    }
+}
+
 /// How a hang-up ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HangUp {
@@ -226,10 +240,12 @@ impl TwilioRest {
                 Retry::After(after) if attempt < self.retries => {
                     let backoff = backoff(attempt);
                     let wait = after.map_or(backoff, |a| a.clamp(backoff, MAX_BACKOFF));
+                    // Not Twilio's message: it may quote the number dialled.
                     tracing::warn!(
                         path,
                         attempt = attempt + 1,
-                        "Twilio request failed, retrying in {wait:?}: {err}"
+                        "Twilio request failed, retrying in {wait:?}: {}",
+                        err.brief()
                     );
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -258,7 +274,8 @@ fn segment(value: &str) -> percent_encoding::PercentEncode<'_> {
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp.headers().get(reqwest::header::RETRY_AFTER)?;
     let secs: f32 = v.to_str().ok()?.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f32(secs))
+    // Refuses NaN, negatives and more seconds than a Duration holds.
+    Duration::try_from_secs_f32(secs).ok()
 }
 
 async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, RestError> {

@@ -138,7 +138,7 @@ impl TurnMachine {
         match (result, self.pending.as_mut()) {
             (Ok(t), Some(p)) if p.id == id => {
                 let tm = &t.timings;
-                tracing::debug!(call = %self.call, text = %t.text, ms = tm.total_ms, queued_ms = tm.queued_ms, encoder_ms = tm.encoder_ms, decoder_ms = tm.decoder_ms, fallbacks = tm.fallbacks, "transcript");
+                tracing::debug!(call = %self.call, chars = t.text.chars().count(), ms = tm.total_ms, queued_ms = tm.queued_ms, encoder_ms = tm.encoder_ms, decoder_ms = tm.decoder_ms, fallbacks = tm.fallbacks, "transcript");
                 p.transcript = Some((t, now));
                 self.maybe_draft(now);
             }
