@@ -539,6 +539,55 @@ fn tts_duration_is_plausible_and_sentences_pause() {
     );
 }
 
+/// Numbers, times and titles as the bot writes them, said in their spoken
+/// form, are heard back as those words (our STT's written form passes
+/// through the same rules, so "$49.95" and "forty-nine dollars and
+/// ninety-five cents" count as the same words).
+#[test]
+fn numbers_times_and_titles_are_heard_as_said() {
+    use callbox::text::spoken::spoken;
+    let lines = [
+        "The total is $49.95.",
+        "We close at 8:00 pm.",
+        "Call +1 415 555 0123.",
+        "Prices rose 3.5% this year.",
+        "The town is 2,198 miles away.",
+        "Dr. Smith will see you now.",
+        "She finished 1st.",
+    ];
+    // What the STT wrote, in words: its numbers through the same rules,
+    // and digit groups left over (it writes "five five five" as "555") read
+    // digit by digit, as they were said.
+    let words = |heard: &str| {
+        let digits = regex::Regex::new(r"\d+").unwrap();
+        let heard = spoken(heard).into_owned();
+        digits
+            .replace_all(&heard, |c: &regex::Captures| {
+                let names = [
+                    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                ];
+                let each: Vec<&str> = c[0].bytes().map(|d| names[(d - b'0') as usize]).collect();
+                format!(" {} ", each.join(" "))
+            })
+            .into_owned()
+    };
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for line in lines {
+        let said = spoken(line).into_owned();
+        let raw = stt().transcribe(&speech(line)).unwrap().text;
+        let heard = stt().transcribe(&speech(&said)).unwrap().text;
+        eprintln!("{line:?}: as written → {raw:?}; as said → {heard:?}");
+        before.push((said.clone(), words(&raw)));
+        after.push((said, words(&heard)));
+    }
+    let wer_of = |pairs: &[(String, String)]| {
+        corpus_wer(pairs.iter().map(|(r, h)| (r.as_str(), h.as_str())))
+    };
+    let (w_before, w_after) = (wer_of(&before), wer_of(&after));
+    eprintln!("spoken-form WER: {w_before:.2} as written, {w_after:.2} as said");
+    assert!(w_after <= 0.20, "WER {w_after:.2}: {after:?}");
+}
+
 #[test]
 fn tts_output_is_intelligible_to_our_stt() {
     let lines = [

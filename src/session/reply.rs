@@ -425,7 +425,9 @@ impl TtsPart {
             let t0 = Instant::now();
             let mut secs = 0.0;
             let r = contained("tts", || {
-                tts.synthesize(&text, &mut |audio: Audio| {
+                // Said as a person would say it; the history keeps `text`.
+                let said = crate::text::spoken::spoken(&text);
+                tts.synthesize(&said, &mut |audio: Audio| {
                     if cancel.load(Ordering::Relaxed) {
                         return false;
                     }
