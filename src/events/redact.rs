@@ -76,6 +76,11 @@ impl Redact {
             EventKind::CallEnded { summary } => EventKind::CallEnded {
                 summary: Box::new(self.summary(summary)),
             },
+            // An engine's or a provider's error may quote what it was given.
+            EventKind::Error { kind, message } => EventKind::Error {
+                kind: kind.clone(),
+                message: self.number(message).into_owned(),
+            },
             _ => return None,
         };
         Some(Event {
@@ -97,6 +102,9 @@ impl Redact {
         }
         for t in &mut s.turns {
             *t = self.record(t);
+        }
+        for e in &mut s.errors {
+            *e = self.number(e).into_owned();
         }
         s
     }

@@ -35,16 +35,28 @@ const HOLD: Duration = Duration::from_secs(90);
 /// the call streams (the line becomes the call's) or ends unanswered. A
 /// burst of dial-outs thus places no more calls than there are lines.
 #[derive(Default)]
-pub struct Reservations(Mutex<HashMap<String, (OwnedSemaphorePermit, Instant)>>);
+pub struct Reservations {
+    held: Mutex<HashMap<String, (OwnedSemaphorePermit, Instant)>>,
+    /// Calls whose final status came before their line was stored (Twilio
+    /// can answer "failed" before our request returns): not held at all.
+    ended_early: Mutex<HashMap<String, Instant>>,
+}
 
 impl Reservations {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (OwnedSemaphorePermit, Instant)>> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.held.lock().unwrap_or_else(|p| p.into_inner());
         m.retain(|_, (_, since)| since.elapsed() < HOLD);
         m
     }
 
     fn hold(self: &Arc<Self>, call_sid: &str, line: OwnedSemaphorePermit) {
+        {
+            let mut early = self.ended_early.lock().unwrap_or_else(|p| p.into_inner());
+            early.retain(|_, at| at.elapsed() < HOLD);
+            if early.remove(call_sid).is_some() {
+                return;
+            }
+        }
         self.lock()
             .insert(call_sid.to_string(), (line, Instant::now()));
         // Released at `HOLD` even if nothing else looks at the map again:
@@ -68,9 +80,14 @@ impl Reservations {
         self.lock().remove(call_sid).map(|(line, _)| line)
     }
 
-    /// Frees the line of a call that ended without streaming.
+    /// Frees the line of a call that ended without streaming (or, if its
+    /// line is not stored yet, sees that it never is).
     pub fn release(&self, call_sid: &str) {
-        self.lock().remove(call_sid);
+        if self.lock().remove(call_sid).is_none() {
+            let mut early = self.ended_early.lock().unwrap_or_else(|p| p.into_inner());
+            early.retain(|_, at| at.elapsed() < HOLD);
+            early.insert(call_sid.to_string(), Instant::now());
+        }
     }
 }
 
@@ -324,6 +341,28 @@ mod tests {
         }
         assert_eq!(country_code("14155550100"), None);
         assert_eq!(country_code("+44"), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_is_held_until_the_call_streams_or_ends_even_if_the_end_comes_first() {
+        let lines = Arc::new(tokio::sync::Semaphore::new(2));
+        let r = Arc::new(Reservations::default());
+        r.hold("CA1", lines.clone().try_acquire_owned().unwrap());
+        assert!(r.holds("CA1"));
+        assert_eq!(lines.available_permits(), 1);
+        r.release("CA1");
+        assert_eq!(lines.available_permits(), 2);
+        // Twilio's "failed" before our request returned.
+        r.release("CA2");
+        r.hold("CA2", lines.clone().try_acquire_owned().unwrap());
+        assert!(!r.holds("CA2"));
+        assert_eq!(lines.available_permits(), 2);
+        // The stream takes the line over.
+        r.hold("CA3", lines.clone().try_acquire_owned().unwrap());
+        let line = r.take("CA3").expect("held");
+        assert!(r.take("CA3").is_none());
+        drop(line);
+        assert_eq!(lines.available_permits(), 2);
     }
 
     #[test]
