@@ -378,29 +378,6 @@ async fn slow_and_idle_http_clients_are_dropped() {
     assert!(after < Duration::from_secs(4), "idle for {after:?}");
 }
 
-/// The `start` of a stream for `call_sid` with the TwiML's parameters.
-fn start_message(call_sid: &str, params: &std::collections::HashMap<String, String>) -> Message {
-    Message::text(
-        serde_json::json!({"event": "start", "streamSid": "MZ1",
-            "start": {"callSid": call_sid, "accountSid": "ACsim", "customParameters": params}})
-        .to_string(),
-    )
-}
-
-/// Whether the server took the stream: it greets a call, and closes a
-/// refused one at once.
-async fn stream_taken(ws_url: &str, start: Message) -> bool {
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-    let (mut tx, mut rx) = ws.split();
-    tx.send(start).await.unwrap();
-    let taken = matches!(
-        tokio::time::timeout(Duration::from_secs(20), rx.next()).await,
-        Ok(Some(Ok(Message::Text(_))))
-    );
-    let _ = tx.send(Message::Close(None)).await;
-    taken
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_opens_only_the_stream_of_its_own_call() {
     let (state, addr) = start(|_| {}).await;
@@ -412,15 +389,14 @@ async fn a_token_opens_only_the_stream_of_its_own_call() {
     )
     .await
     .unwrap();
-    let ws = format!("ws://{addr}/ws");
     let another = sim::call_sid();
-    assert!(!stream_taken(&ws, start_message(&another, &issued.params)).await);
-    assert!(!stream_taken(&ws, start_message("CA1/../x", &issued.params)).await);
+    assert!(!stream_accepted(addr, &another, &issued.params).await);
+    assert!(!stream_accepted(addr, "CA1/../x", &issued.params).await);
     // A direction other than the token's is another token.
     let mut flipped = issued.params.clone();
     flipped.insert("direction".into(), "outbound".into());
-    assert!(!stream_taken(&ws, start_message(&call, &flipped)).await);
-    assert!(stream_taken(&ws, start_message(&call, &issued.params)).await);
+    assert!(!stream_accepted(addr, &call, &flipped).await);
+    assert!(stream_accepted(addr, &call, &issued.params).await);
     settle(&state).await;
 }
 

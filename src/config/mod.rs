@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
+pub(crate) use validate::is_loopback_host;
+
 use crate::engines::device::Devices;
 use crate::error::{Error, Result};
 pub use crate::events::Redact;

@@ -19,15 +19,20 @@ const MAX_RETRIES: u32 = 10;
 /// there (a local fake, a sidecar), never across a network with
 /// credentials in it.
 fn is_loopback_url(url: &str) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let host = u.host_str().unwrap_or_default();
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(is_loopback_host))
+        .unwrap_or(false)
+}
+
+/// Whether a host name or address (`localhost`, `127.0.0.1`, `[::1]`) is
+/// this machine.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || ip
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 impl Config {

@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{browser_ws, AppState};
-use crate::config::DemoAccess;
+use crate::config::{is_loopback_host, DemoAccess};
 
 /// The page's files, embedded: name, content type, text.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -89,14 +89,6 @@ fn host_of(authority: &str) -> &str {
         return authority.split_inclusive(']').next().unwrap_or(authority);
     }
     authority.split(':').next().unwrap_or(authority)
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || ip
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -35,30 +35,32 @@ const HOLD: Duration = Duration::from_secs(90);
 /// the call streams (the line becomes the call's) or ends unanswered. A
 /// burst of dial-outs thus places no more calls than there are lines.
 #[derive(Default)]
-pub struct Reservations {
-    held: Mutex<HashMap<String, (OwnedSemaphorePermit, Instant)>>,
-    /// Calls whose final status came before their line was stored (Twilio
-    /// can answer "failed" before our request returns): not held at all.
-    ended_early: Mutex<HashMap<String, Instant>>,
+pub struct Reservations(Mutex<HashMap<String, (Slot, Instant)>>);
+
+/// A placed call's entry, kept at most [`HOLD`].
+enum Slot {
+    /// Its line, until it streams or ends.
+    Held(OwnedSemaphorePermit),
+    /// Its final status came before its line was stored (Twilio can answer
+    /// "failed" before our request returns): the line is never held.
+    Ended,
 }
 
 impl Reservations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (OwnedSemaphorePermit, Instant)>> {
-        let mut m = self.held.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Slot, Instant)>> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         m.retain(|_, (_, since)| since.elapsed() < HOLD);
         m
     }
 
     fn hold(self: &Arc<Self>, call_sid: &str, line: OwnedSemaphorePermit) {
         {
-            let mut early = self.ended_early.lock().unwrap_or_else(|p| p.into_inner());
-            early.retain(|_, at| at.elapsed() < HOLD);
-            if early.remove(call_sid).is_some() {
+            let mut m = self.lock();
+            if let Some((Slot::Ended, _)) = m.remove(call_sid) {
                 return;
             }
+            m.insert(call_sid.to_string(), (Slot::Held(line), Instant::now()));
         }
-        self.lock()
-            .insert(call_sid.to_string(), (line, Instant::now()));
         // Released at `HOLD` even if nothing else looks at the map again:
         // `lock` sweeps what has been held that long.
         let me = Arc::downgrade(self);
@@ -72,22 +74,26 @@ impl Reservations {
 
     /// Whether a line is held for `call_sid`.
     pub fn holds(&self, call_sid: &str) -> bool {
-        self.lock().contains_key(call_sid)
+        matches!(self.lock().get(call_sid), Some((Slot::Held(_), _)))
     }
 
     /// The line held for `call_sid`, now the call's own.
     pub fn take(&self, call_sid: &str) -> Option<OwnedSemaphorePermit> {
-        self.lock().remove(call_sid).map(|(line, _)| line)
+        let mut m = self.lock();
+        match m.remove(call_sid)? {
+            (Slot::Held(line), _) => Some(line),
+            ended => {
+                m.insert(call_sid.to_string(), ended);
+                None
+            }
+        }
     }
 
     /// Frees the line of a call that ended without streaming (or, if its
     /// line is not stored yet, sees that it never is).
     pub fn release(&self, call_sid: &str) {
-        if self.lock().remove(call_sid).is_none() {
-            let mut early = self.ended_early.lock().unwrap_or_else(|p| p.into_inner());
-            early.retain(|_, at| at.elapsed() < HOLD);
-            early.insert(call_sid.to_string(), Instant::now());
-        }
+        self.lock()
+            .insert(call_sid.to_string(), (Slot::Ended, Instant::now()));
     }
 }
 
@@ -256,11 +262,7 @@ pub(super) async fn dialout(
     if let Some(refusal) = app.turn_away(Direction::Outbound, None) {
         return error(StatusCode::SERVICE_UNAVAILABLE, refusal.reason());
     }
-    let Ok(line) = app.calls.clone().try_acquire_owned() else {
-        app.metrics
-            .calls
-            .with_label_values(&[Direction::Outbound.as_str(), "rejected"])
-            .inc();
+    let Some(line) = app.free_line(Direction::Outbound) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             super::Refusal::Busy.reason(),

@@ -36,8 +36,7 @@ impl Line {
         let (wire_tx, wire_rx) = mpsc::channel::<Wire>(64);
         let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
         let direction = info.direction.as_str();
-        app.metrics.active_calls.inc();
-        app.active.send_modify(|n| *n += 1);
+        app.count_call(1);
         let session = tokio::spawn(Session::run(
             app.cfg.clone(),
             app.engines.clone(),
@@ -85,9 +84,8 @@ impl Line {
                 None
             }
         };
-        app.metrics.active_calls.dec();
         drop(_permit);
-        app.active.send_modify(|n| *n -= 1);
+        app.count_call(-1);
         if app.active_calls() == 0 {
             tokio::task::spawn_blocking(super::release_idle_memory);
         }

@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, OriginalUri, State};
@@ -48,13 +48,9 @@ struct Malformed<'a> {
 impl Malformed<'_> {
     fn ignore(&mut self, stream: &str, what: impl std::fmt::Display) {
         self.count += 1;
-        if let Some(skipped) = self.app.log_budget.take(Instant::now()) {
+        if self.app.may_log() {
             let what = quoted(&what.to_string());
-            if skipped > 0 {
-                tracing::warn!(stream, skipped, "message ignored: {what}");
-            } else {
-                tracing::warn!(stream, "message ignored: {what}");
-            }
+            tracing::warn!(stream, "message ignored: {what}");
         }
     }
 }

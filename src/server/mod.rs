@@ -68,8 +68,8 @@ pub struct AppState {
     redeemed: stream_token::Redeemed,
     /// Media websockets that have not sent `start` yet.
     pub(crate) pending: Arc<limits::PendingStreams>,
-    /// Log lines about malformed client messages.
-    pub(crate) log_budget: limits::LogBudget,
+    /// Log lines about misbehaving clients ([`AppState::may_log`]).
+    log_budget: limits::LogBudget,
     /// Calls placed per minute, per owner token.
     pub(crate) dial_rate: limits::PerMinute,
     /// Shutting down: no new calls, the ones in progress may finish.
@@ -223,6 +223,15 @@ impl AppState {
         *self.active.borrow()
     }
 
+    /// A call began (+1) or ended (-1): the count `/health` and the drain
+    /// read, and the gauge Prometheus scrapes, move together.
+    fn count_call(&self, delta: isize) {
+        self.active.send_modify(|n| {
+            *n = n.saturating_add_signed(delta);
+            self.metrics.active_calls.set(*n as i64);
+        });
+    }
+
     /// Resolves when no call is in progress.
     async fn idle(&self) {
         let mut rx = self.active.subscribe();
@@ -237,12 +246,20 @@ impl AppState {
         call_sid: &str,
         direction: Direction,
     ) -> Option<OwnedSemaphorePermit> {
-        if let Some(held) = self.reservations.take(call_sid) {
-            return Some(held);
-        }
+        self.reservations
+            .take(call_sid)
+            .or_else(|| self.free_line(direction))
+    }
+
+    /// A free phone line; `None` (counted and logged) when every line is
+    /// taken.
+    pub(crate) fn free_line(&self, direction: Direction) -> Option<OwnedSemaphorePermit> {
         let line = self.calls.clone().try_acquire_owned().ok();
         if line.is_none() {
-            tracing::warn!(call = %call_sid, "call refused: all lines busy");
+            tracing::warn!(
+                direction = direction.as_str(),
+                "call refused: all lines busy"
+            );
             self.metrics
                 .calls
                 .with_label_values(&[direction.as_str(), "rejected"])
@@ -255,7 +272,14 @@ impl AppState {
     /// such lines share the server's budget ([`limits::LogBudget`]), so
     /// that anyone can cost the log only a few lines a second.
     pub(crate) fn may_log(&self) -> bool {
-        self.log_budget.take(Instant::now()).is_some()
+        match self.log_budget.take(Instant::now()) {
+            Some(0) => true,
+            Some(skipped) => {
+                tracing::warn!(skipped, "lines about misbehaving clients were skipped");
+                true
+            }
+            None => false,
+        }
     }
 
     /// The key of a demo call's downloads.
@@ -365,10 +389,12 @@ impl AppState {
         Some(refusal)
     }
 
-    /// Keeps a finished call for `GET /calls`, redacted as configured: what
-    /// is kept is what may be shown.
+    /// Keeps a finished call for `GET /calls`, redacted as configured and
+    /// without the persona: what is kept is what may be shown. (The owner
+    /// knows the persona, and it is the one thing a prompt thief wants.)
     pub fn record(&self, s: CallSummary) {
-        let s = self.cfg.observe.redact.summary(&s);
+        let mut s = self.cfg.observe.redact.summary(&s);
+        s.history.retain(|m| m.role != crate::engines::Role::System);
         let mut f = self.finished.lock().unwrap_or_else(|p| p.into_inner());
         if f.len() == KEEP_SUMMARIES {
             f.pop_front();
@@ -579,20 +605,11 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respon
         .into_response()
 }
 
-/// The owner's alone: what callers said. Without the persona — the owner
-/// knows it, and it is the one thing a prompt-injection thief wants.
+/// The owner's alone: what callers said (as [`AppState::record`] kept it).
 async fn calls(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Some(refused) = auth::unless_owner(&app, &headers, "GET /calls") {
         return refused;
     }
     let f = app.finished.lock().unwrap_or_else(|p| p.into_inner());
-    let calls: Vec<CallSummary> = f
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            s.history.retain(|m| m.role != crate::engines::Role::System);
-            s
-        })
-        .collect();
-    Json(calls).into_response()
+    Json(f.iter().cloned().collect::<Vec<_>>()).into_response()
 }

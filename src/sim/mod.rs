@@ -209,8 +209,13 @@ pub const SIM_ACCOUNT: &str = "ACsim";
 
 /// The form Twilio posts when a call to our number comes in.
 pub fn incoming_form(call_sid: &str) -> Vec<(String, String)> {
+    incoming_form_of(call_sid, SIM_ACCOUNT)
+}
+
+/// The same, for a call of the account `account_sid`.
+pub fn incoming_form_of(call_sid: &str, account_sid: &str) -> Vec<(String, String)> {
     [
-        ("AccountSid", SIM_ACCOUNT),
+        ("AccountSid", account_sid),
         ("CallSid", call_sid),
         ("CallStatus", "ringing"),
         ("Direction", "inbound"),
@@ -225,12 +230,7 @@ pub fn incoming_form(call_sid: &str) -> Vec<(String, String)> {
 pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
     if let Some(url) = &opts.webhook {
         let token = opts.auth_token.as_deref().unwrap_or_default();
-        let mut form = incoming_form(&opts.call_sid);
-        for (k, v) in &mut form {
-            if k == "AccountSid" {
-                v.clone_from(&opts.account_sid);
-            }
-        }
+        let form = incoming_form_of(&opts.call_sid, &opts.account_sid);
         let target = webhook(url, token, &form).await?;
         opts.params.extend(target.params);
     }

@@ -225,3 +225,39 @@ pub async fn wait_healthy(child: &mut tokio::process::Child, port: u16) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Twilio's `start` for a stream of `call_sid` (of the simulated account)
+/// with these custom parameters (the TwiML's, its stream token included).
+pub fn start_message(
+    call_sid: &str,
+    params: &impl serde::Serialize,
+) -> tokio_tungstenite::tungstenite::Message {
+    let start = serde_json::json!({"event": "start", "streamSid": "MZt",
+        "start": {"callSid": call_sid, "accountSid": callbox::sim::SIM_ACCOUNT,
+                  "customParameters": params}});
+    tokio_tungstenite::tungstenite::Message::text(start.to_string())
+}
+
+/// A raw stream of `call_sid` with these custom parameters; true if the
+/// server kept the socket open (a session started and greets) rather than
+/// closing it at `start`.
+pub async fn stream_accepted(
+    addr: SocketAddr,
+    call_sid: &str,
+    params: &impl serde::Serialize,
+) -> bool {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = ws.split();
+    tx.send(start_message(call_sid, params)).await.unwrap();
+    let accepted = match tokio::time::timeout(Duration::from_secs(20), rx.next()).await {
+        Ok(Some(Ok(Message::Text(_)))) => true,
+        Ok(_) => false,
+        Err(_) => panic!("neither a greeting nor a close"),
+    };
+    let _ = tx.send(Message::Close(None)).await;
+    accepted
+}

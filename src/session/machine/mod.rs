@@ -408,11 +408,7 @@ impl TurnMachine {
             if self.dtmf_taken == MAX_DTMF {
                 self.dtmf_taken += 1;
                 let message = format!("more than {MAX_DTMF} keypad digits: the rest are ignored");
-                self.errors.push(message.clone());
-                self.emit(EventKind::Error {
-                    kind: "dtmf".into(),
-                    message,
-                });
+                self.error("dtmf", message);
             }
             return;
         }
