@@ -259,7 +259,7 @@ impl LlmSession for BatchedSession {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let reply = Reply {
-            sampler: sampler(&self.engine, messages, options),
+            sampler: sampler(&self.engine, &prompt, options),
             max_tokens: options.max_tokens,
             stop: stop.clone(),
         };

@@ -16,6 +16,8 @@
 
 mod batched;
 mod prompt;
+#[cfg(feature = "testkit")]
+mod reference;
 mod sample;
 
 use std::num::NonZeroU32;
@@ -355,7 +357,7 @@ impl LlmSession for LlamaSession {
         let n_ctx = self.ctx.n_ctx() as usize;
         let prompt = self.window.reply_prompt(&self.engine, n_ctx, messages)?;
         let (prefilled, cached) = self.sync(&prompt)?;
-        let mut sampler = sampler(&self.engine, messages, options);
+        let mut sampler = sampler(&self.engine, &prompt, options);
         let mut gen = Generation {
             prefilled_tokens: prefilled,
             cached_tokens: cached,

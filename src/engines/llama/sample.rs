@@ -5,13 +5,20 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::Inner;
-use crate::engines::{ChatMessage, GenerationOptions, Role};
+use crate::engines::GenerationOptions;
 
-/// The sampler of one reply: greedy at temperature 0, else top-k/top-p, with
-/// the repetition penalty in front.
+/// The sampler of one reply to `prompt`: greedy at temperature 0, else
+/// top-k/top-p, with the repetition penalty in front.
+///
+/// The penalty's history starts as the prompt's last tokens, as it does in
+/// llama.cpp's server: the caller's question, the template's turn markers
+/// and, when it was short, the end of the previous reply. Seeding it with
+/// the previous reply instead (as this once did) penalised the greeting's
+/// plain words in the first answer and pushed a small model into odd
+/// registers ("Ze sky is blue"), which the history then carried on.
 pub(super) fn sampler(
     engine: &Inner,
-    messages: &[ChatMessage],
+    prompt: &[LlamaToken],
     options: &GenerationOptions,
 ) -> LlamaSampler {
     let penalties = LlamaSampler::penalties(
@@ -32,15 +39,9 @@ pub(super) fn sampler(
             LlamaSampler::dist(options.seed),
         ])
     };
-    // A small model readily answers a new question with its previous
-    // answer, copied from the history; the penalty counts the previous
-    // reply's tokens as if just generated, so a verbatim copy is
-    // discouraged while the question's own words stay free to reuse.
-    if let Some(previous) = messages.iter().rev().find(|m| m.role == Role::Assistant) {
-        let vocab = engine.model.vocab();
-        for t in vocab.tokenize(previous.content.as_bytes(), false, false) {
-            sampler.accept(t);
-        }
+    let window = prompt.len().saturating_sub(PENALTY_WINDOW as usize);
+    for &t in &prompt[window..] {
+        sampler.accept(t);
     }
     sampler
 }
@@ -81,8 +82,8 @@ impl Detokenizer {
     }
 }
 
-/// Tokens the repetition penalty looks back on: a reply and the one before.
-const PENALTY_WINDOW: i32 = 64;
+/// Tokens the repetition penalty looks back on (llama.cpp's default).
+pub(super) const PENALTY_WINDOW: i32 = 64;
 
 /// Removes and returns the longest valid UTF-8 prefix of `buf`: a token may
 /// end in the middle of a multi-byte character.
