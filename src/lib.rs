@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod error;
+pub mod eval;
 pub mod events;
 #[cfg(feature = "testkit")]
 pub mod fakes;

@@ -333,7 +333,7 @@ async fn bad_input_disturbs_no_other_call_and_four_calls_run_at_once() {
 /// each reply was written for that caller's own words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_at_once_share_one_batched_llm_context() {
-    use callbox::engines::llama::{LlamaEngine, LlamaOptions};
+    use callbox::engines::local::llama::{LlamaEngine, LlamaOptions};
     let llm = Arc::new(
         LlamaEngine::load(
             &paths().llm,

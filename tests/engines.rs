@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use callbox::audio::{rms_dbfs, ulaw, Audio};
 use callbox::config::VadParams;
-use callbox::engines::silero::{SileroVad, CONTEXT, WINDOW};
-use callbox::engines::smart_turn::SmartTurn;
+use callbox::engines::local::silero::{SileroVad, CONTEXT, WINDOW};
+use callbox::engines::local::smart_turn::SmartTurn;
 use callbox::engines::{ChatMessage, GenerationOptions, Role, TurnDetector, VadEvent, MODEL_RATE};
 use callbox::text::wer::{corpus_wer, wer};
 use common::*;
@@ -154,7 +154,7 @@ fn smart_turn_features_match_the_reference() {
     assert!(f.iter().all(|&v| (v + 1.5).abs() < 1e-6));
 
     let f = st.features(&golden_sine());
-    let frames = callbox::engines::smart_turn::FRAMES;
+    let frames = callbox::engines::local::smart_turn::FRAMES;
     for (t, reference) in [(0, FIRST_FRAME), (frames - 1, LAST_FRAME)] {
         for (m, r) in reference.iter().enumerate() {
             let ours = f[m * frames + t];
@@ -373,7 +373,7 @@ fn llm_second_turn_prefills_only_new_tokens() {
 /// cache of the shortened conversation.
 #[test]
 fn llm_long_call_outgrows_its_context() {
-    use callbox::engines::llama::{LlamaEngine, LlamaOptions};
+    use callbox::engines::local::llama::{LlamaEngine, LlamaOptions};
     use callbox::engines::Llm;
     let n_ctx = 512;
     let engine = LlamaEngine::load(
@@ -482,7 +482,7 @@ fn llm_does_not_repeat_its_previous_answer() {
 /// time" closing answer after answer).
 #[test]
 fn llm_call_follows_llama_cpp_and_does_not_drift() {
-    use callbox::engines::llama::{LlamaEngine, LlamaOptions};
+    use callbox::engines::local::llama::{LlamaEngine, LlamaOptions};
     use callbox::engines::Llm;
     const QUESTIONS: [&str; 10] = [
         "What is the capital of France?",
@@ -737,7 +737,7 @@ fn denoiser_suppresses_noise_and_keeps_speech() {
 /// from the first word.
 #[test]
 fn llm_batches_concurrent_calls_in_one_shared_context() {
-    use callbox::engines::llama::{LlamaEngine, LlamaOptions};
+    use callbox::engines::local::llama::{LlamaEngine, LlamaOptions};
     use callbox::engines::Llm;
     use std::sync::Arc;
     let questions = [

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::Cli;
 use crate::audio::Audio;
-use crate::engines::whisper::{Whisper, WhisperOptions};
+use crate::engines::local::whisper::{Whisper, WhisperOptions};
 use crate::engines::{ChatMessage, GenerationOptions, Role, Stt, Tts, MODEL_RATE};
 use crate::stack::{self, LoadTimes};
 use crate::text::wer::corpus_wer;

@@ -4,6 +4,7 @@
 // The product's own commands.
 mod bench_engines;
 mod call;
+mod eval;
 mod models;
 mod tools;
 // What drives a server from outside — simulated callers, load, the fake
@@ -43,7 +44,7 @@ pub struct Cli {
     /// Model cache folder.
     #[arg(long, global = true, env = "CALLBOX_MODELS")]
     pub models: Option<PathBuf>,
-    /// Model set from the manifest (default, gpu); `gpu` in CUDA builds.
+    /// Model set from the manifest (default, gpu, qwen-0.5b, qwen-1.5b); `gpu` in CUDA builds.
     #[arg(
         long,
         global = true,
@@ -74,6 +75,9 @@ pub enum Command {
     Chat(tools::ChatArgs),
     /// Speech segments of a WAV file and the turn detector's verdict at each pause.
     Vad(tools::VadArgs),
+    /// Answer quality: the caller lines of a set through the persona and the
+    /// LLM, each reply checked, a score per category and a JSON report.
+    Eval(eval::EvalArgs),
     #[cfg(feature = "testkit")]
     /// Simulated callers against a server, every turn's latency per stage;
     /// --compare A.toml B.toml for an A/B.
@@ -114,6 +118,17 @@ impl Cli {
     }
 }
 
+/// The value below which a fraction `p` of `v` lies (nearest rank); NaN
+/// when there is nothing to rank.
+pub(crate) fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Models(cmd) => models::run(&cli, cmd).await,
@@ -121,6 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Say(a) => tools::say(&cli, a),
         Command::Chat(a) => tools::chat(&cli, a),
         Command::Vad(a) => tools::vad(&cli, a),
+        Command::Eval(a) => eval::run(&cli, a),
         #[cfg(feature = "testkit")]
         Command::Bench(a) => bench::run(&cli, a).await,
         #[cfg(feature = "testkit")]

@@ -64,7 +64,7 @@ pub async fn run(cli: &Cli, cmd: &ModelsCommand) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|p| store.root.join(p));
             if let Some(ort) = ort.filter(|p| p.is_file()) {
-                match crate::engines::onnx::library_version(&ort) {
+                match crate::engines::local::onnx::library_version(&ort) {
                     Ok(v) => println!("ONNX Runtime {v}"),
                     Err(e) => {
                         bad += 1;

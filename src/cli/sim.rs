@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 use super::call::load_engines;
-use super::Cli;
+use super::{percentile, Cli};
 use crate::audio::{wav, Audio};
 use crate::config::Config;
 use crate::engines::{Stt, Tts};
@@ -124,15 +124,6 @@ pub(super) const SCRIPT: [&str; 12] = [
     "What is the biggest animal?",
     "Thank you, goodbye!",
 ];
-
-pub(super) fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[((s.len() - 1) as f64 * p).round() as usize]
-}
 
 pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;

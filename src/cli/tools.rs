@@ -9,7 +9,7 @@ use clap::Args;
 use super::Cli;
 use crate::audio::{wav, Audio};
 use crate::config::VadParams;
-use crate::engines::whisper::{Whisper, WhisperOptions};
+use crate::engines::local::whisper::{Whisper, WhisperOptions};
 use crate::engines::{ChatMessage, GenerationOptions, Role, Stt, VadEvent, MODEL_RATE};
 use crate::stack::{self, LoadTimes};
 

@@ -356,6 +356,18 @@ pub struct LlmConfig {
     pub context_tokens: u32,
 }
 
+impl LlmConfig {
+    /// How every reply is sampled.
+    pub fn generation(&self) -> crate::engines::GenerationOptions {
+        crate::engines::GenerationOptions {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            repeat_penalty: self.repeat_penalty,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LlmBackend {

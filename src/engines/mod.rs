@@ -10,16 +10,11 @@
 
 // Engines that call a provider's API (the stack callbox is compared with).
 pub mod api;
-// Engines that run here, and what they share.
-pub mod denoise;
+// Engines that run the models here, in this process.
+pub mod local;
+// What both kinds share: where an engine runs, and fair queues in front of one.
 pub mod device;
-pub mod llama;
-pub mod onnx;
-pub mod piper;
 pub mod queue;
-pub mod silero;
-pub mod smart_turn;
-pub mod whisper;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

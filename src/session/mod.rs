@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::audio::{wav, Audio, Frame};
 use crate::config::Config;
-use crate::engines::{contained, GenerationOptions, LlmSession, SttStream, VadEvent, MODEL_RATE};
+use crate::engines::{contained, LlmSession, SttStream, VadEvent, MODEL_RATE};
 use crate::events::{CallInfo, CallSummary, Direction, EndedBy, EventKind};
 use crate::observe::Publisher;
 use crate::stack::Engines;
@@ -355,12 +355,7 @@ impl Session {
                     source,
                     draft,
                 } => {
-                    let options = GenerationOptions {
-                        max_tokens: self.cfg.llm.max_tokens,
-                        temperature: self.cfg.llm.temperature,
-                        repeat_penalty: self.cfg.llm.repeat_penalty,
-                        ..Default::default()
-                    };
+                    let options = self.cfg.llm.generation();
                     let reply = self.workers.start(reply::Job {
                         epoch,
                         source,

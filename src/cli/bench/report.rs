@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::sim::percentile;
+use crate::cli::percentile;
 use crate::events::TurnRecord;
 use crate::stack::ModelInfo;
 

@@ -20,7 +20,8 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::child::{machine, sample, Sample, Server};
-use super::sim::{percentile, synth, SCRIPT};
+use super::percentile;
+use super::sim::{synth, SCRIPT};
 use super::Cli;
 use crate::sim::{self, SimOptions, SimTurn};
 use report::{markdown, summarise};

@@ -15,10 +15,10 @@ use ebur128::{EbuR128, Mode};
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::device::Device;
 use super::onnx::{self, Shapes};
-use super::{Vad, VadEvent, VadStream, MODEL_RATE};
 use crate::config::VadParams;
+use crate::engines::device::Device;
+use crate::engines::{Vad, VadEvent, VadStream, MODEL_RATE};
 use crate::error::{Error, Result};
 
 pub const WINDOW: usize = 512;

@@ -34,8 +34,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
-use super::device::{Device, CUDA_BUILD};
-use super::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
+use crate::engines::device::{Device, CUDA_BUILD};
+use crate::engines::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
 use prompt::{check_fits, common_prefix, reusable, Window};
 use sample::{sampler, Detokenizer, Step};
@@ -190,7 +190,7 @@ impl LlamaEngine {
     /// buffer allocation, no weight upload and no kernel selection.
     pub fn warm_up(&self) -> Result<()> {
         let mut s = self.session()?;
-        let messages = [ChatMessage::new(super::Role::User, "Hi.")];
+        let messages = [ChatMessage::new(crate::engines::Role::User, "Hi.")];
         let options = GenerationOptions {
             max_tokens: 4,
             ..Default::default()

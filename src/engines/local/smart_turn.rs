@@ -11,10 +11,10 @@ use std::time::Instant;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::device::Device;
 use super::onnx::{self, Optimisation, Shapes};
-use super::{TurnDetector, TurnVerdict, MODEL_RATE};
 use crate::audio::mel::{whisper_normalise, LogMel, MelFilters};
+use crate::engines::device::Device;
+use crate::engines::{TurnDetector, TurnVerdict, MODEL_RATE};
 use crate::error::{Error, Result};
 
 pub const SECONDS: usize = 8;

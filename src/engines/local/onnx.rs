@@ -15,7 +15,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::AsPointer;
 
-use super::device::Device;
+use crate::engines::device::Device;
 use crate::error::{Error, Result};
 
 /// ort is compiled against API level 24, i.e. ONNX Runtime 1.24 or newer.

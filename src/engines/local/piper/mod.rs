@@ -14,10 +14,10 @@ use ort::value::Tensor;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 
-use super::device::Device;
 use super::onnx::{self, Shapes};
-use super::{SynthesisStats, Tts};
 use crate::audio::Audio;
+use crate::engines::device::Device;
+use crate::engines::{SynthesisStats, Tts};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,9 +24,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
-use super::{Stt, SttTimings, Transcript, MODEL_RATE};
 use crate::audio::mel::{whisper_normalise, LogMel, MelFilters, HOP};
 use crate::audio::Audio;
+use crate::engines::{Stt, SttTimings, Transcript, MODEL_RATE};
 use crate::error::{Error, Result};
 use model::{argmax, Config, Model};
 

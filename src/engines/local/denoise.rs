@@ -5,7 +5,7 @@
 
 use nnnoiseless::DenoiseState;
 
-use super::{DenoiseStream, Denoiser};
+use crate::engines::{DenoiseStream, Denoiser};
 
 pub const RATE: u32 = 48_000;
 pub const FRAME: usize = DenoiseState::FRAME_SIZE;
