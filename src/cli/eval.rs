@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
@@ -118,9 +117,7 @@ pub fn run(cli: &Cli, a: &EvalArgs) -> anyhow::Result<()> {
         // is what the caller waits for.
         session.prefill(&history)?;
         history.push(ChatMessage::new(Role::User, line.say.clone()));
-        let t0 = Instant::now();
         let g = session.generate(&history, &options, &no, &mut |_| true)?;
-        let reply_ms = t0.elapsed().as_secs_f64() * 1e3;
         let generated = g.text.trim().to_string();
         let reply = heard(&generated, g.finished);
         let verdict = set.check(line, &reply);
@@ -137,7 +134,7 @@ pub fn run(cli: &Cli, a: &EvalArgs) -> anyhow::Result<()> {
             reply,
             verdict,
             first_token_ms: g.first_token_ms,
-            reply_ms,
+            reply_ms: g.total_ms,
         });
     }
     let by = scores(

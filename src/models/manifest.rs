@@ -130,7 +130,7 @@ impl Manifest {
                 origin.display()
             )))
         };
-        for s in &self.sources {
+        for (i, s) in self.sources.iter().enumerate() {
             for set in &s.sets {
                 if !self.sets.contains_key(set) {
                     return bad(format!("source {} names unknown set {set}", s.name));
@@ -157,10 +157,8 @@ impl Manifest {
             }
             if let Some(j) = &s.join {
                 let unpacked = |part: &String| {
-                    self.sources
+                    self.sources[..=i]
                         .iter()
-                        .take_while(|e| !std::ptr::eq(*e, s))
-                        .chain([s])
                         .any(|e| e.files.iter().any(|f| &f.to == part))
                 };
                 if j.parts.is_empty() || !j.parts.iter().all(unpacked) {
