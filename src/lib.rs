@@ -7,6 +7,7 @@
 //! - [`models`]: the manifest, the model cache, fetching and conversion.
 //! - [`engines`]: one trait per engine and the local implementations.
 //! - [`session`]: one call, from the caller's frames to the bot's reply.
+//! - [`tools`]: what the bot does besides talk (end the call, transfer it).
 //! - [`observe`]: events from every stage → logs, metrics, per-call traces.
 //! - [`server`]: Twilio's webhook and media websocket, health, metrics.
 //! - [`text`]: text utilities shared by tools and tests (word error rate).
@@ -43,6 +44,7 @@ pub mod session;
 pub mod sim;
 pub mod stack;
 pub mod text;
+pub mod tools;
 pub mod twilio;
 
 pub use error::{Error, Result};

@@ -385,11 +385,13 @@ async fn calls_at_once_share_one_batched_llm_context() {
 /// stays unheard, and the turn is answered once, as a whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draft_reply_stays_unheard_when_the_caller_goes_on() {
-    // Smart Turn never says "finished", so only the 3 s silence ends a turn
-    // and the one-second pause below always holds a draft back.
+    // Smart Turn never says "finished" and the words are not read, so only
+    // the 3 s silence ends a turn and the one-second pause below always
+    // holds a draft back.
     let (state, addr) = start(|c| {
         c.call.turn_threshold = 1.0;
         c.call.turn_timeout_secs = 3.0;
+        c.call.word_cues = false;
     })
     .await;
     let mut audio = speech("Tell me about the planets.");

@@ -28,10 +28,7 @@ async fn start_against(
     std::sync::Arc<callbox::server::AppState>,
     std::net::SocketAddr,
 ) {
-    let base = fake.api_base();
-    start(|c| {
-        c.twilio.account_sid = Some(ACCOUNT_SID.into());
-        c.twilio.api_base = base;
+    fake.server(|c| {
         c.twilio.retries = 2;
         c.server.api_token = Some(Secret(API_TOKEN.into()));
         tweak(c);

@@ -45,6 +45,18 @@ pub struct DialArgs {
     /// Configuration file (TOML) of the server that will take the call.
     #[arg(long, short, env = "CALLBOX_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A value for the persona's `{{NAME}}`: `--var name=Alice`; repeat.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// One of `personas.named` instead of the outbound persona.
+    #[arg(long)]
+    pub persona: Option<String>,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: NAME=VALUE"))
 }
 
 /// Places an outbound call that Twilio connects to the server at
@@ -61,6 +73,8 @@ pub async fn dial(a: &DialArgs) -> anyhow::Result<()> {
     let req = server::dialout::DialRequest {
         to_number: Some(a.to.clone()),
         from_number: a.from.clone(),
+        variables: a.vars.iter().cloned().collect(),
+        persona: a.persona.clone(),
     };
     let dialed = server::dialout::dial(&cfg, rest.as_ref(), &req, &base).await?;
     println!("{}", serde_json::to_string(&dialed)?);

@@ -1,6 +1,7 @@
 //! `callbox sim` and `callbox demo`: a simulated Twilio caller against a
 //! server (part of the `testkit` feature).
 
+use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -33,8 +34,47 @@ pub struct SimArgs {
     pub auth_token: Option<String>,
 }
 
+/// Speaks `text` at the phone's 8 kHz. `[pause MS]` in it is that much
+/// silence: a caller who stops mid-line ("Hi Miss Harper! [pause 600] Why
+/// is the sky blue?").
 pub(super) fn synth(tts: &dyn Tts, text: &str) -> anyhow::Result<Audio> {
-    Ok(crate::engines::speak(tts, text)?.resampled(8000))
+    let mut out = Audio::new(Vec::new(), 8000);
+    for (i, part) in text.split(PAUSE).enumerate() {
+        let (pause_ms, words) = match i {
+            0 => (0, part),
+            _ => {
+                let (ms, rest) = part
+                    .split_once(']')
+                    .with_context(|| format!("{text:?}: `{PAUSE}MS]` is not closed"))?;
+                let ms: u32 = ms
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{text:?}: `{PAUSE}{ms}]` is not a number of ms"))?;
+                (ms, rest)
+            }
+        };
+        out.append(&Audio::new(vec![0.0; pause_ms as usize * 8], 8000));
+        if !words.trim().is_empty() {
+            out.append(&crate::engines::speak(tts, words.trim())?.resampled(8000));
+        }
+    }
+    Ok(out)
+}
+
+const PAUSE: &str = "[pause ";
+
+/// `text` without its `[pause MS]` marks: what the caller says.
+pub(super) fn said(text: &str) -> String {
+    text.split(PAUSE)
+        .enumerate()
+        .map(|(i, part)| match i {
+            0 => part,
+            _ => part.split_once(']').map_or(part, |(_, rest)| rest),
+        })
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Prints what each turn said, what the bot answered (through our STT) and
@@ -46,14 +86,23 @@ fn print_report(report: &SimReport, stt: &dyn Stt) -> anyhow::Result<Vec<f64>> {
     }
     let mut latencies = Vec::new();
     for t in &report.turns {
-        println!("caller: {}", t.said.as_deref().unwrap_or("(audio)"));
+        let said = t.said.as_deref().unwrap_or("(audio)");
+        if t.backchannel {
+            println!("caller (over the bot): {said}");
+            continue;
+        }
+        println!("caller: {said}");
         let heard = stt.transcribe(&Audio::from_i16(&t.bot_audio, 8000))?;
         match t.latency_ms {
             Some(l) => {
                 latencies.push(l);
                 println!(
                     "bot ({l:.0} ms after the caller stopped{}): {}",
-                    if t.cleared { ", interrupted" } else { "" },
+                    match (t.cleared, t.resumed) {
+                        (true, true) => ", paused and went on",
+                        (true, false) => ", interrupted",
+                        _ => "",
+                    },
                     heard.text
                 )
             }
@@ -70,7 +119,7 @@ pub async fn sim(cli: &Cli, a: &SimArgs) -> anyhow::Result<()> {
     let stt = stack::stt(&paths, &mut t)?;
     let mut turns = Vec::new();
     for s in &a.say {
-        turns.push(SimTurn::new(synth(tts.as_ref(), s)?, Some(s.clone())));
+        turns.push(SimTurn::new(synth(tts.as_ref(), s)?, Some(said(s))));
     }
     for w in &a.wavs {
         turns.push(SimTurn::new(wav::read(w)?, Some(w.display().to_string())));
@@ -111,7 +160,8 @@ pub struct DemoArgs {
 }
 
 pub(super) const SCRIPT: [&str; 12] = [
-    "Hi Miss Harper! Why is the sky blue?",
+    // People pause after a greeting: the bot must not take it for the end.
+    "Hi Miss Harper! [pause 600] Why is the sky blue?",
     "What makes a rainbow?",
     "How do birds fly?",
     "Why do cats purr?",
@@ -124,6 +174,13 @@ pub(super) const SCRIPT: [&str; 12] = [
     "What is the biggest animal?",
     "Thank you, goodbye!",
 ];
+
+/// The demo's caller says [`BACKCHANNEL`] 1.5 s into the answer to this
+/// turn of [`SCRIPT`].
+const BACKCHANNEL_AFTER: usize = 2;
+// A lone "Uh-huh." from our voice is too short for the VAD to confirm as
+// speech (under `vad.start_secs` voiced): it never reaches the turn rules.
+const BACKCHANNEL: &str = "Okay, yeah.";
 
 pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
@@ -144,8 +201,17 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(server::serve(state.clone(), "127.0.0.1:0", Some(tx)));
     let addr = rx.await?;
     let mut turns = Vec::new();
-    for s in SCRIPT.iter().take(a.turns.clamp(1, SCRIPT.len())) {
-        turns.push(SimTurn::new(synth(tts.as_ref(), s)?, Some(s.to_string())));
+    for (i, s) in SCRIPT
+        .iter()
+        .take(a.turns.clamp(1, SCRIPT.len()))
+        .enumerate()
+    {
+        turns.push(SimTurn::new(synth(tts.as_ref(), s)?, Some(said(s))));
+        if i == BACKCHANNEL_AFTER {
+            // A listener's "uh-huh" into the answer: the bot goes on.
+            let uh_huh = synth(tts.as_ref(), BACKCHANNEL)?;
+            turns.push(SimTurn::new(uh_huh, Some(BACKCHANNEL.into())).backchannel(1500));
+        }
     }
     eprintln!(
         "calling ws://{addr}/ws with {} caller turns (real time; about {} s)…",
@@ -197,6 +263,7 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         report.greeting_ms.unwrap_or(f64::NAN),
     );
     println!("(the API stack it replaces averaged 1,048 ms Total)");
+    println!("{}", turn_taking(&report, &summary));
     std::fs::create_dir_all(&a.out)?;
     let sim_rec = a.out.join("demo-call.wav");
     write_stereo(&sim_rec, &report)?;
@@ -208,4 +275,29 @@ pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The moments a caller judges turn-taking by, counted for one call: the
+/// caller's side says when the bot talked over them or never answered; the
+/// server's record says which rule ended each turn and what speech over
+/// the bot did.
+fn turn_taking(report: &SimReport, summary: &crate::events::CallSummary) -> String {
+    let spoken = report.turns.iter().filter(|t| !t.backchannel);
+    let cut_offs = spoken
+        .clone()
+        .filter(|t| t.audio_while_speaking > 0)
+        .count();
+    let missed = spoken.filter(|t| t.latency_ms.is_none()).count();
+    let fallback_waits = summary
+        .turns
+        .iter()
+        .filter(|t| t.turn_end == Some(crate::events::TurnEnd::Silence))
+        .count();
+    let barge_ins = summary.interruptions.iter().filter(|i| !i.cut_off).count();
+    format!(
+        "turn-taking: {cut_offs} cut-offs (bot audio while the caller was still speaking) · \
+         {fallback_waits} waits for the silence fallback · {} backchannels the bot went on through · \
+         {barge_ins} barge-ins · {missed} missed turns",
+        summary.backchannels
+    )
 }

@@ -316,10 +316,39 @@ pub struct CallConfig {
     /// Seconds of caller silence after the bot finished before it carries on
     /// by itself (0 disables).
     pub idle_secs: f32,
-    /// Silence that ends a turn even when Smart Turn thinks it incomplete.
+    /// Silence after the VAD's stop that ends a turn whatever Smart Turn
+    /// and the words say.
     pub turn_timeout_secs: f32,
     /// Smart Turn probability above which a turn is complete.
     pub turn_threshold: f32,
+    /// While the caller stays silent after a doubtful verdict, Smart Turn is
+    /// asked again each time this much more silence has passed, on the audio
+    /// up to then: one int8 verdict at the VAD's stop is too fragile to bet
+    /// the turn on (0 asks once).
+    pub rescore_secs: f32,
+    /// Read the transcript for what Smart Turn cannot hear: a greeting on
+    /// its own or a trailing "and" waits for more (up to
+    /// `turn_timeout_secs`); a finished sentence ends the turn after
+    /// `sentence_wait_secs` even when Smart Turn doubts it.
+    pub word_cues: bool,
+    /// Silence after the VAD's stop after which a turn whose words finish a
+    /// sentence is complete ([`Self::word_cues`]) while Smart Turn's verdict
+    /// is just under the threshold; up to twice that as it nears 0.
+    pub sentence_wait_secs: f32,
+    /// Speech over the bot pauses it rather than cutting it off until its
+    /// words are known: "uh-huh", "yeah", "okay" let it carry on where it
+    /// stopped; anything else interrupts it.
+    pub backchannels: bool,
+    /// Speech over the bot that lasts longer than this interrupts it
+    /// whatever its words (no backchannel is that long).
+    pub backchannel_max_secs: f32,
+    /// The bot may end the call: a caller who says goodbye hears the
+    /// persona's `goodbye`, then the call is hung up.
+    pub end_call: bool,
+    /// Where a caller who asks for a person is transferred (E.164, with
+    /// TwiML `<Dial>`): the only number a transfer may reach. None: no
+    /// transfers.
+    pub transfer_to: Option<String>,
     /// Start a held-back draft reply as soon as the transcript is ready
     /// (STT itself starts at the VAD's first silent window), so the stop
     /// window and the turn decision overlap the reply's work. Costs CPU
@@ -343,15 +372,37 @@ pub struct CallConfig {
 pub struct Personas {
     pub inbound: Persona,
     pub outbound: Persona,
+    /// More personas for dial-out, chosen per call by `POST /dialout`'s
+    /// `persona` (`[personas.named.reminder]`).
+    #[serde(default)]
+    pub named: std::collections::BTreeMap<String, Persona>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Persona {
+    /// What callers call the bot ("Miss Harper"): a short line that only
+    /// greets it by name is taken for the start of a turn, not all of it.
+    #[serde(default)]
+    pub name: String,
     pub system: String,
     pub greeting: String,
     /// What the bot is told when the caller has been silent for `idle_secs`.
     pub idle_prompt: String,
+    /// The last words before the bot hangs up (`call.end_call`).
+    #[serde(default = "default_goodbye")]
+    pub goodbye: String,
+    /// What the bot says before a transfer (`call.transfer_to`).
+    #[serde(default = "default_transfer_message")]
+    pub transfer_message: String,
+}
+
+fn default_goodbye() -> String {
+    crate::persona::GOODBYE.into()
+}
+
+fn default_transfer_message() -> String {
+    crate::persona::TRANSFER_MESSAGE.into()
 }
 
 impl Default for ServerConfig {
@@ -393,6 +444,13 @@ impl Default for CallConfig {
             idle_secs: 5.0,
             turn_timeout_secs: 2.0,
             turn_threshold: crate::engines::TURN_THRESHOLD,
+            rescore_secs: 0.3,
+            word_cues: true,
+            sentence_wait_secs: 0.5,
+            backchannels: true,
+            backchannel_max_secs: 1.5,
+            end_call: true,
+            transfer_to: None,
             draft_replies: true,
             barge_in_min_secs: 0.0,
             echo_margin_db: 6.0,
@@ -407,6 +465,9 @@ impl Default for Personas {
     fn default() -> Self {
         Self {
             inbound: Persona {
+                name: crate::persona::TEACHER_NAME.into(),
+                goodbye: crate::persona::TEACHER_GOODBYE.into(),
+                transfer_message: crate::persona::TRANSFER_MESSAGE.into(),
                 system: crate::persona::TEACHER.into(),
                 greeting: crate::persona::TEACHER_GREETING.into(),
                 idle_prompt: "(The child has been quiet for a few seconds. Carry on teaching with one short, \
@@ -414,12 +475,16 @@ impl Default for Personas {
                     .into(),
             },
             outbound: Persona {
+                name: crate::persona::ASSISTANT_NAME.into(),
+                goodbye: crate::persona::GOODBYE.into(),
+                transfer_message: crate::persona::TRANSFER_MESSAGE.into(),
                 system: crate::persona::ASSISTANT.into(),
                 greeting: crate::persona::ASSISTANT_GREETING.into(),
                 idle_prompt: "(The person has been quiet for a few seconds. Briefly check that they are still \
                               there.)"
                     .into(),
             },
+            named: Default::default(),
         }
     }
 }

@@ -52,6 +52,9 @@ impl Config {
             ("vad.stop_secs", self.vad.stop_secs, false),
             ("call.idle_secs", c.idle_secs, true),
             ("call.turn_timeout_secs", c.turn_timeout_secs, false),
+            ("call.rescore_secs", c.rescore_secs, true),
+            ("call.sentence_wait_secs", c.sentence_wait_secs, true),
+            ("call.backchannel_max_secs", c.backchannel_max_secs, false),
             ("call.barge_in_min_secs", c.barge_in_min_secs, true),
             ("twilio.timeout_secs", self.twilio.timeout_secs, false),
             ("llm.api.timeout_secs", self.llm.api.timeout_secs, false),
@@ -163,6 +166,14 @@ impl Config {
             ));
         }
         self.devices.validate()?;
+        self.validate_personas()?;
+        if let Some(to) = &self.call.transfer_to {
+            if !crate::twilio::rest::is_e164(to) {
+                return bad(format!(
+                    "call.transfer_to must be an E.164 number like +14155550100, not {to:?}"
+                ));
+            }
+        }
         if self.server.max_message_bytes < 1024 {
             return bad("server.max_message_bytes must be at least 1024".into());
         }
@@ -225,6 +236,53 @@ impl Config {
                     "server.public_url must start with https:// or http://, not {u:?}"
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Placeholders must be names; an inbound call has only the call's own
+    /// values to fill them with (a dial-out brings its variables, checked
+    /// per request).
+    fn validate_personas(&self) -> Result<()> {
+        let p = &self.personas;
+        let named = p
+            .named
+            .iter()
+            .map(|(k, v)| (format!("personas.named.{k}"), v));
+        for (at, persona) in [
+            ("personas.inbound".to_string(), &p.inbound),
+            ("personas.outbound".to_string(), &p.outbound),
+        ]
+        .into_iter()
+        .chain(named)
+        {
+            let names = persona
+                .placeholders()
+                .map_err(|e| Error::Config(format!("{at}: {e}")))?;
+            if at == "personas.inbound" {
+                let unknown: Vec<&str> = names
+                    .into_iter()
+                    .filter(|n| !crate::persona::CALL_VARIABLES.contains(n))
+                    .collect();
+                if !unknown.is_empty() {
+                    return Err(Error::Config(format!(
+                        "personas.inbound uses {{{{{}}}}}: an inbound call has only {}",
+                        unknown.join("}}, {{"),
+                        crate::persona::CALL_VARIABLES.join(", ")
+                    )));
+                }
+            }
+        }
+        if let Some(bad) = p
+            .named
+            .keys()
+            .find(|k| !crate::persona::is_variable_name(k))
+        {
+            return Err(Error::Config(format!(
+                "personas.named.{bad}: a persona's name is lower-case letters, digits and _"
+            )));
         }
         Ok(())
     }

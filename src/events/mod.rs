@@ -6,7 +6,7 @@
 mod record;
 mod redact;
 
-pub use record::{CallSummary, Interruption, TurnRecord};
+pub use record::{CallSummary, Interruption, TurnEnd, TurnRecord};
 pub use redact::Redact;
 
 use std::collections::HashMap;
@@ -82,6 +82,10 @@ pub enum EndedBy {
     InputFailed,
     /// The call could not start (no LLM session).
     Error,
+    /// The bot hung up after its goodbye (the `end_call` tool).
+    Bot,
+    /// The bot handed the call to a person (the `transfer_call` tool).
+    Transferred,
 }
 
 impl From<EndedBy> for &'static str {
@@ -101,13 +105,16 @@ impl EndedBy {
             EndedBy::StoppedReading => "caller stopped reading",
             EndedBy::InputFailed => "input failed",
             EndedBy::Error => "error",
+            EndedBy::Bot => "bot",
+            EndedBy::Transferred => "transferred",
         }
     }
 
     /// How the call ended, as a metric label.
     pub fn outcome(self) -> &'static str {
         match self {
-            EndedBy::Stop => "completed",
+            EndedBy::Stop | EndedBy::Bot => "completed",
+            EndedBy::Transferred => "transferred",
             EndedBy::TransportClosed => "hung_up",
             EndedBy::MaxDuration => "max_duration",
             _ => "failed",
@@ -149,6 +156,12 @@ pub enum EventKind {
         text: String,
         stt_ms: f64,
     },
+    /// The caller's turn is over, by `end`'s rule, after `silence_ms` of
+    /// silence since their speech ended.
+    TurnEnded {
+        end: TurnEnd,
+        silence_ms: f64,
+    },
     LlmFirstToken {
         turn: usize,
         ms: f64,
@@ -183,9 +196,30 @@ pub enum EventKind {
     Interruption {
         turn: usize,
         onset_to_clear_ms: f64,
+        cut_off: bool,
+    },
+    /// The caller spoke over reply `turn`: it paused while the words were
+    /// heard out.
+    BotPaused {
+        turn: usize,
+    },
+    /// What the caller said over reply `turn` was only a backchannel: it
+    /// goes on where it stopped.
+    Backchannel {
+        turn: usize,
+        paused_ms: f64,
     },
     IdlePrompt {
         turn: usize,
+    },
+    /// Reply `turn` was said for a tool: `started` with it, then `ok` once
+    /// heard to its end (the tool is used) or `cancelled` when the caller
+    /// went on; `ms` since it was chosen.
+    ToolCall {
+        turn: usize,
+        call: crate::tools::ToolCall,
+        outcome: &'static str,
+        ms: f64,
     },
     Dtmf {
         digit: String,

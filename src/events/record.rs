@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{CallInfo, EndedBy, TurnKind};
 use crate::engines::ChatMessage;
@@ -26,7 +26,15 @@ pub struct TurnRecord {
     pub stt_ms: Option<f64>,
     pub smart_turn_ms: Option<f64>,
     pub smart_turn_inference_ms: Option<f64>,
+    /// Of the last verdict, when Smart Turn was asked again as the silence
+    /// grew.
     pub smart_turn_probability: Option<f32>,
+    /// How many times Smart Turn was asked about this turn.
+    #[serde(default)]
+    pub smart_turn_scores: usize,
+    /// What ended the caller's turn (caller turns only).
+    #[serde(default)]
+    pub turn_end: Option<TurnEnd>,
     pub llm_ttfb_ms: Option<f64>,
     pub tts_ttfb_ms: Option<f64>,
     pub prompt_tokens: usize,
@@ -57,6 +65,8 @@ impl TurnRecord {
             smart_turn_ms: None,
             smart_turn_inference_ms: None,
             smart_turn_probability: None,
+            smart_turn_scores: 0,
+            turn_end: None,
             llm_ttfb_ms: None,
             tts_ttfb_ms: None,
             prompt_tokens: 0,
@@ -70,12 +80,41 @@ impl TurnRecord {
     }
 }
 
+/// What ended a caller's turn: the rule that let the bot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnEnd {
+    /// Smart Turn's verdict, at the VAD's stop or asked again later.
+    SmartTurn,
+    /// The words finished a sentence and `call.sentence_wait_secs` of
+    /// silence passed while Smart Turn still doubted it.
+    Words,
+    /// The silence fallback, `call.turn_timeout_secs`: the caller waited
+    /// the longest.
+    Silence,
+}
+
+impl TurnEnd {
+    /// As serialised: for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnEnd::SmartTurn => "smart_turn",
+            TurnEnd::Words => "words",
+            TurnEnd::Silence => "silence",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Interruption {
     /// Reply interrupted.
     pub turn: usize,
     /// The caller's speech onset → `clear` sent, measured here.
     pub onset_to_clear_ms: f64,
+    /// The caller was not interrupting but going on with the turn the reply
+    /// answered (speech again within `call.turn_timeout_secs` of its end):
+    /// the bot spoke too early.
+    pub cut_off: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,9 +127,14 @@ pub struct CallSummary {
     pub echo_segments_ignored: usize,
     /// Draft replies dropped unheard because the caller went on.
     pub drafts_discarded: usize,
+    /// Speech over the bot that was only "uh-huh", "yeah", "okay": the bot
+    /// paused and went on.
+    pub backchannels: usize,
     pub frames_dropped: usize,
     pub recording: Option<PathBuf>,
     pub ended_by: EndedBy,
+    /// Where the call was handed on to (`EndedBy::Transferred`).
+    pub transferred_to: Option<String>,
     pub errors: Vec<String>,
 }
 
@@ -105,9 +149,11 @@ impl CallSummary {
             interruptions: Vec::new(),
             echo_segments_ignored: 0,
             drafts_discarded: 0,
+            backchannels: 0,
             frames_dropped: 0,
             recording: None,
             ended_by: EndedBy::Error,
+            transferred_to: None,
             errors: vec![error],
         }
     }

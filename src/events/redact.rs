@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CallInfo, CallSummary, Event, EventKind, TurnRecord};
 use crate::engines::{ChatMessage, Role};
+use crate::persona::VARIABLE_PREFIX;
 
 /// How much of the caller's personal data observers are shown.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -59,10 +60,13 @@ impl Redact {
             return None;
         }
         let kind = match &event.kind {
-            EventKind::CallStarted { info, persona } => EventKind::CallStarted {
-                info: self.info(info),
-                persona: persona.clone(),
-            },
+            EventKind::CallStarted { info, persona } => {
+                let values = self.values(info);
+                EventKind::CallStarted {
+                    info: self.info(info),
+                    persona: persona.map(&mut |t| masked(t, &values)),
+                }
+            }
             EventKind::Transcript { text, stt_ms } => EventKind::Transcript {
                 text: self.said(text).into_owned(),
                 stt_ms: *stt_ms,
@@ -96,9 +100,15 @@ impl Redact {
         if self == Redact::Off {
             return s;
         }
+        let values = self.values(&s.info);
         s.info = self.info(&s.info);
         for m in &mut s.history {
-            *m = self.message(m);
+            *m = match m.role {
+                // The persona: the owner's words, but filled with the
+                // call's variables.
+                Role::System => ChatMessage::new(m.role, masked(&m.content, &values)),
+                _ => self.message(m),
+            };
         }
         for t in &mut s.turns {
             *t = self.record(t);
@@ -113,10 +123,29 @@ impl Redact {
         let mut info = info.clone();
         // The numbers of an outbound call, and any parameter a TwiML or a
         // dial-out request passed in: any of them may name the caller.
-        for v in info.params.values_mut() {
-            *v = self.number(v).into_owned();
+        for (k, v) in info.params.iter_mut() {
+            *v = if k.starts_with(VARIABLE_PREFIX) {
+                self.said(v).into_owned()
+            } else {
+                self.number(v).into_owned()
+            };
         }
         info
+    }
+
+    /// A dial-out's variables (a name, an appointment) and their masks:
+    /// personal data the persona was filled with, masked like what was
+    /// said wherever it appears.
+    fn values(self, info: &CallInfo) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = info
+            .params
+            .iter()
+            .filter(|(k, v)| k.starts_with(VARIABLE_PREFIX) && !v.is_empty())
+            .map(|(_, v)| (v.clone(), self.said(v).into_owned()))
+            .collect();
+        // The longest first: a value inside another is masked with it.
+        v.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        v
     }
 
     fn record(self, r: &TurnRecord) -> TurnRecord {
@@ -135,6 +164,13 @@ impl Redact {
             _ => ChatMessage::new(m.role, self.said(&m.content)),
         }
     }
+}
+
+/// `text` with each value replaced by its mask.
+fn masked(text: &str, values: &[(String, String)]) -> String {
+    values
+        .iter()
+        .fold(text.to_string(), |t, (v, mask)| t.replace(v.as_str(), mask))
 }
 
 fn mask_digits(s: &str) -> Cow<'_, str> {
@@ -206,6 +242,43 @@ mod tests {
         assert_eq!(s.history[1].content, "my card is **** **** **** ****");
         let s = Redact::Text.summary(&summary());
         assert_eq!(s.history[1].content, "[redacted: 30 chars]");
+    }
+
+    #[test]
+    fn a_dial_outs_variables_are_masked_where_the_persona_was_filled() {
+        let mut s = summary();
+        s.info
+            .params
+            .insert(format!("{VARIABLE_PREFIX}name"), "Alice Smith".into());
+        s.history[0] = ChatMessage::new(Role::System, "You are calling Alice Smith.");
+        let r = Redact::Text.summary(&s);
+        assert_eq!(r.info.params["var.name"], "[redacted: 11 chars]");
+        assert_eq!(
+            r.history[0].content,
+            "You are calling [redacted: 11 chars]."
+        );
+        let e = Event {
+            call_sid: "CA0".into(),
+            at_ms: 0.0,
+            kind: EventKind::CallStarted {
+                info: s.info.clone(),
+                persona: crate::config::Persona {
+                    name: "Sam".into(),
+                    system: "Call Alice Smith.".into(),
+                    greeting: "Hi Alice Smith!".into(),
+                    idle_prompt: String::new(),
+                    goodbye: "Bye, Alice Smith.".into(),
+                    transfer_message: String::new(),
+                },
+            },
+        };
+        let json = serde_json::to_string(&Redact::Text.event(&e).unwrap()).unwrap();
+        assert!(!json.contains("Alice"), "{json}");
+        // Unmasked when redaction is off.
+        assert_eq!(
+            Redact::Off.summary(&s).history[0].content,
+            "You are calling Alice Smith."
+        );
     }
 
     #[test]

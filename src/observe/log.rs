@@ -92,10 +92,38 @@ impl Observer for LogObserver {
             EventKind::Interruption {
                 turn,
                 onset_to_clear_ms,
+                cut_off,
             } => tracing::info!(
                 call,
                 turn,
-                "interrupted by the caller ({onset_to_clear_ms:.0} ms after speech onset)"
+                cut_off,
+                "interrupted by the caller ({onset_to_clear_ms:.0} ms after speech onset){}",
+                if *cut_off { ": a cut-off, the caller was still going on" } else { "" }
+            ),
+            EventKind::BotPaused { turn } => {
+                tracing::debug!(call, turn, "caller speech over the bot: paused")
+            }
+            EventKind::Backchannel { turn, paused_ms } => tracing::info!(
+                call,
+                turn,
+                "backchannel: the bot goes on after a {paused_ms:.0} ms pause"
+            ),
+            EventKind::TurnEnded { end, silence_ms } => tracing::debug!(
+                call,
+                rule = end.as_str(),
+                "turn ended after {silence_ms:.0} ms of silence"
+            ),
+            EventKind::ToolCall {
+                turn,
+                call: tool,
+                outcome,
+                ms,
+            } => tracing::info!(
+                call,
+                turn,
+                tool = tool.name(),
+                outcome,
+                "tool {outcome} after {ms:.0} ms"
             ),
             EventKind::IdlePrompt { .. } => {
                 tracing::info!(call, "caller silent: the bot carries on")

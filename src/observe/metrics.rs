@@ -30,6 +30,18 @@ pub struct Metrics {
     pub calls: IntCounterVec,
     pub turns: IntCounter,
     pub interruptions: IntCounter,
+    /// Interruptions that were the caller going on with a turn the bot had
+    /// taken for finished.
+    pub cut_offs: IntCounter,
+    /// Speech over the bot that was only "uh-huh", "okay": it went on.
+    pub backchannels: IntCounter,
+    /// `rule` = smart_turn | words | silence: what ended caller turns.
+    pub turn_ends: IntCounterVec,
+    /// `tool` = end_call | transfer_call, `outcome` = started | ok |
+    /// cancelled.
+    pub tool_calls: IntCounterVec,
+    /// `tool`: from the choice to the use (the reply before it played).
+    pub tool_seconds: HistogramVec,
     pub idle_prompts: IntCounter,
     pub dtmf: IntCounter,
     /// `kind` = the failing part (stt, llm, tts, turn, input, rest, …).
@@ -41,7 +53,7 @@ pub struct Metrics {
     pub observer_dropped: IntCounterVec,
     /// `engine`.
     pub model_load: GaugeVec,
-    /// Twilio REST operations: `op` = create_call | record | hang_up,
+    /// Twilio REST operations: `op` = create_call | record | hang_up | transfer,
     /// `outcome` = ok | already_ended | failed (after retries).
     pub twilio_requests: IntCounterVec,
     /// Status callbacks of placed calls, by `status`.
@@ -108,6 +120,29 @@ impl Metrics {
             "callbox_interruptions_total",
             "Bot replies interrupted by the caller",
         );
+        let cut_offs = single(
+            "callbox_cut_offs_total",
+            "Bot replies that started while the caller was still going on with the turn",
+        );
+        let backchannels = single(
+            "callbox_backchannels_total",
+            "Caller backchannels over the bot (uh-huh, okay) that did not stop it",
+        );
+        let turn_ends = counter(
+            "callbox_turn_ends_total",
+            "Caller turns by the rule that ended them (smart_turn, words, silence)",
+            &["rule"],
+        );
+        let tool_calls = counter(
+            "callbox_tool_calls_total",
+            "Tools the bot chose, by tool and outcome (started, ok, cancelled)",
+            &["tool", "outcome"],
+        );
+        let tool_seconds = hist(
+            "callbox_tool_seconds",
+            "From choosing a tool to using it (its reply said and heard)",
+            &["tool"],
+        );
         let idle_prompts = single(
             "callbox_idle_prompts_total",
             "Times the bot carried on after caller silence",
@@ -173,6 +208,11 @@ impl Metrics {
             calls,
             turns,
             interruptions,
+            cut_offs,
+            backchannels,
+            turn_ends,
+            tool_calls,
+            tool_seconds,
             idle_prompts,
             dtmf,
             errors,
@@ -263,7 +303,28 @@ impl Observer for Metrics {
                     self.greeting.observe(t / 1e3);
                 }
             }
-            EventKind::Interruption { .. } => self.interruptions.inc(),
+            EventKind::Interruption { cut_off, .. } => {
+                self.interruptions.inc();
+                if *cut_off {
+                    self.cut_offs.inc();
+                }
+            }
+            EventKind::Backchannel { .. } => self.backchannels.inc(),
+            EventKind::ToolCall {
+                call, outcome, ms, ..
+            } => {
+                self.tool_calls
+                    .with_label_values(&[call.name(), outcome])
+                    .inc();
+                if *outcome == "ok" {
+                    self.tool_seconds
+                        .with_label_values(&[call.name()])
+                        .observe(ms / 1e3);
+                }
+            }
+            EventKind::TurnEnded { end, .. } => {
+                self.turn_ends.with_label_values(&[end.as_str()]).inc()
+            }
             EventKind::IdlePrompt { .. } => self.idle_prompts.inc(),
             EventKind::Dtmf { .. } => self.dtmf.inc(),
             EventKind::Error { kind, .. } => self.errors.with_label_values(&[kind.as_str()]).inc(),

@@ -58,6 +58,8 @@ pub struct Counters {
     pub echo_segments_ignored: usize,
     pub drafts_discarded: usize,
     pub frames_dropped: usize,
+    /// Speech over the bot that was only a backchannel.
+    pub backchannels: usize,
 }
 
 impl<'a> Trace<'a> {
@@ -89,6 +91,7 @@ impl<'a> Trace<'a> {
                 echo_segments_ignored: summary.echo_segments_ignored,
                 drafts_discarded: summary.drafts_discarded,
                 frames_dropped: summary.frames_dropped,
+                backchannels: summary.backchannels,
             },
             errors: &summary.errors,
             events: events.iter().collect(),

@@ -99,7 +99,7 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, permit: tokio::sync::Owne
     };
     // Before the session starts, so that its first events are seen.
     let watch = app.live.watch(&call_sid);
-    let (line, wire) = Line::open(&app, info, permit);
+    let (line, wire) = Line::open(&app, info, permit, false);
     let hello = json!({"event": "start", "call_sid": call_sid, "rate": TWILIO_RATE});
     let _ = sink.send(Message::Text(hello.to_string().into())).await;
     let (done_tx, done_rx) = oneshot::channel();

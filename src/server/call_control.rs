@@ -1,5 +1,6 @@
 //! Twilio call control around a live call: the dual-channel recording that
-//! starts with the stream, and the hang-up when the session ends.
+//! starts with the stream, and when the session ends the hang-up — or the
+//! transfer the bot announced.
 //!
 //! Both run beside the conversation and never inside it: a failing REST API
 //! costs a recording or leaves Twilio to end the call itself, and is logged
@@ -50,5 +51,34 @@ pub async fn hang_up(app: &AppState, call_sid: &str) {
             tracing::debug!(call = call_sid, "call had already ended");
         }
         Err(e) => failed(app, "hang_up", call_sid, &e),
+    }
+}
+
+/// Hands the live call on to `to` (the bot's `transfer_call`): a call update
+/// whose TwiML dials the number, which also ends our stream. Without REST
+/// credentials, or when Twilio refuses, the call is hung up instead: the
+/// caller was told they would be put through, but a silent open line is
+/// worse.
+pub async fn transfer(app: &AppState, call_sid: &str, to: &str) {
+    let Some(rest) = app.twilio.as_ref() else {
+        tracing::error!(
+            call = call_sid,
+            "transfer asked for, but no Twilio REST credentials are configured"
+        );
+        return;
+    };
+    match rest
+        .redirect(call_sid, &crate::twilio::twiml::dial(to))
+        .await
+    {
+        Ok(()) => {
+            app.metrics.twilio_request("transfer", "ok");
+            let to = crate::events::Redact::Digits.number(to);
+            tracing::info!(call = call_sid, %to, "call transferred");
+        }
+        Err(e) => {
+            failed(app, "transfer", call_sid, &e);
+            hang_up(app, call_sid).await;
+        }
     }
 }

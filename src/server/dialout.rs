@@ -5,7 +5,7 @@
 //! none is configured. Twilio then dials and, when the person answers,
 //! fetches `POST /twiml`, which connects the call to the usual websocket.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use super::auth::{error, unless_owner};
 use super::AppState;
 use crate::config::Config;
 use crate::events::Direction;
+use crate::persona::VARIABLE_PREFIX;
 use crate::twilio::rest::{is_e164, RestError, TwilioRest};
 
 /// Twilio's final statuses of a call: its line is free again.
@@ -143,11 +144,90 @@ fn allowed_destination(cfg: &Config, to: &str, from: &str) -> Result<(), String>
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DialRequest {
     pub to_number: Option<String>,
     pub from_number: Option<String>,
+    /// Values for the persona's `{{name}}` placeholders, for this call.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// One of `personas.named`, instead of the outbound persona.
+    #[serde(default)]
+    pub persona: Option<String>,
+}
+
+/// Variables one call may carry, and the longest value: they ride in the
+/// TwiML URL Twilio fetches (at most 4,000 characters) and on to the
+/// stream's parameters.
+pub const MAX_VARIABLES: usize = 16;
+pub const MAX_VALUE_CHARS: usize = 200;
+
+/// A dial-out's context, checked: the named persona exists, the variables
+/// are few, named and short, and together with the call's own values they
+/// fill every placeholder of the persona (a missing one is the caller's
+/// 400, not a blank in the greeting). The result is the `/twiml` query.
+pub fn context(cfg: &Config, req: &DialRequest) -> Result<Vec<(String, String)>, DialError> {
+    let bad = |m: String| Err(DialError::BadRequest(m));
+    let persona = match &req.persona {
+        None => &cfg.personas.outbound,
+        Some(name) => match cfg.personas.named.get(name) {
+            Some(p) => p,
+            None => {
+                return bad(format!(
+                    "persona {name:?} is not configured (personas.named has {})",
+                    cfg.personas
+                        .named
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        },
+    };
+    if req.variables.len() > MAX_VARIABLES {
+        return bad(format!("at most {MAX_VARIABLES} variables"));
+    }
+    for (k, v) in &req.variables {
+        if !crate::persona::is_variable_name(k) {
+            return bad(format!(
+                "variable {k:?}: names are lower-case letters, digits and _, at most 32"
+            ));
+        }
+        if crate::persona::CALL_VARIABLES.contains(&k.as_str()) {
+            return bad(format!("variable {k:?} is the call's own"));
+        }
+        if v.chars().count() > MAX_VALUE_CHARS || v.chars().any(char::is_control) {
+            return bad(format!(
+                "variable {k:?}: at most {MAX_VALUE_CHARS} characters, no control characters"
+            ));
+        }
+    }
+    let names = persona
+        .placeholders()
+        .map_err(|e| DialError::BadRequest(format!("the persona: {e}")))?;
+    let missing: Vec<&str> = names
+        .into_iter()
+        .filter(|n| !crate::persona::CALL_VARIABLES.contains(n) && !req.variables.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        return bad(format!(
+            "the persona needs variables {}",
+            missing.join(", ")
+        ));
+    }
+    let mut query: Vec<(String, String)> = req
+        .persona
+        .iter()
+        .map(|p| ("persona".to_string(), p.clone()))
+        .collect();
+    query.extend(
+        req.variables
+            .iter()
+            .map(|(k, v)| (format!("{VARIABLE_PREFIX}{k}"), v.clone())),
+    );
+    Ok(query)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -183,15 +263,20 @@ pub async fn dial(
     base_url: &str,
 ) -> Result<Dialed, DialError> {
     let (to, from) = numbers(cfg, req)?;
+    let query = context(cfg, req)?;
     let rest = rest.ok_or(DialError::NoCredentials)?;
     let base = base_url.trim_end_matches('/');
+    // The context travels in the URL Twilio fetches when the callee
+    // answers: signed by Twilio, and the same whichever container takes it.
+    let mut twiml = format!("{base}/twiml");
+    if !query.is_empty() {
+        let q = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&query)
+            .finish();
+        twiml = format!("{twiml}?{q}");
+    }
     let call = rest
-        .create_call(
-            &to,
-            &from,
-            &format!("{base}/twiml"),
-            &format!("{base}/status"),
-        )
+        .create_call(&to, &from, &twiml, &format!("{base}/status"))
         .await?;
     Ok(Dialed {
         call_sid: call.sid,
@@ -250,12 +335,12 @@ pub(super) async fn dialout(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("the body must be JSON {{\"to_number\", \"from_number\"}}: {e}"),
+                format!("the body must be JSON {{\"to_number\", \"from_number\", \"variables\", \"persona\"}}: {e}"),
             )
         }
     };
     // Checked before a line or the minute's budget is spent on it.
-    if let Err(e) = numbers(&app.cfg, &req) {
+    if let Err(e) = numbers(&app.cfg, &req).and_then(|_| context(&app.cfg, &req)) {
         return dial_error(&app, e);
     }
     // The line first: a burst places no more calls than there are lines.

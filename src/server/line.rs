@@ -26,19 +26,29 @@ pub struct Line {
 impl Line {
     /// Starts the session of `info` on the line `permit` (a phone line or
     /// a demo line, held until the call closes); with it, what the transport
-    /// must send (closed when the session ends).
+    /// must send (closed when the session ends). Only a call Twilio can
+    /// redirect (`can_transfer`: Twilio's, with REST credentials) is offered
+    /// the transfer tool.
     pub fn open(
         app: &Arc<AppState>,
         info: CallInfo,
         permit: OwnedSemaphorePermit,
+        can_transfer: bool,
     ) -> (Line, mpsc::Receiver<Wire>) {
         let (in_tx, in_rx) = mpsc::channel::<CallInput>(256);
         let (wire_tx, wire_rx) = mpsc::channel::<Wire>(64);
         let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
         let direction = info.direction.as_str();
         app.count_call(1);
+        let cfg = if app.cfg.call.transfer_to.is_some() && !can_transfer {
+            let mut cfg = (*app.cfg).clone();
+            cfg.call.transfer_to = None;
+            Arc::new(cfg)
+        } else {
+            app.cfg.clone()
+        };
         let session = tokio::spawn(Session::run(
-            app.cfg.clone(),
+            cfg,
             app.engines.clone(),
             info,
             in_rx,

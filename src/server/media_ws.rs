@@ -200,7 +200,8 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
         let _ = sink.send(Message::Close(None)).await;
         return;
     };
-    let (line, wire_rx) = super::line::Line::open(&app, info, permit);
+    let can_transfer = twilio_call.is_some() && app.twilio.is_some();
+    let (line, wire_rx) = super::line::Line::open(&app, info, permit, can_transfer);
     let in_tx = &line.inputs;
     let stalled = CancellationToken::new();
     let writer = tokio::spawn(write_wire(
@@ -258,6 +259,7 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
         }
     }
     let summary = line.close().await;
+    let transfer_to = summary.as_ref().and_then(|s| s.transferred_to.clone());
     if summary.is_some() && malformed.count > 0 {
         tracing::warn!(stream = %stream_sid, malformed = malformed.count, "malformed messages during the call");
     }
@@ -268,7 +270,10 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
         if let Some(r) = recording {
             r.abort();
         }
-        super::call_control::hang_up(&app, &sid).await;
+        match transfer_to {
+            Some(to) => super::call_control::transfer(&app, &sid, &to).await,
+            None => super::call_control::hang_up(&app, &sid).await,
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod http;
 pub mod limits;
 pub mod line;
 pub mod media_ws;
+mod status;
 pub mod stream_token;
 pub mod webhooks;
 
@@ -20,11 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -462,10 +462,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twiml", post(webhooks::outbound_answered))
         .route("/status", post(webhooks::call_status))
         .route("/dialout", post(dialout::dialout))
-        .route("/health", get(health))
+        .route("/health", get(status::health))
         .route("/ws", get(media_ws::upgrade))
-        .route("/calls", get(calls))
-        .route("/metrics", get(metrics))
+        .route("/calls", get(status::calls))
+        .route("/metrics", get(status::metrics))
         .merge(demo::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -572,44 +572,4 @@ pub async fn shutdown_signal() {
         _ = term => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
-}
-
-/// Open to all: a load balancer's probe carries no credential, and the
-/// answer holds nothing about any call.
-async fn health(State(app): State<Arc<AppState>>) -> Response {
-    let active = app.active_calls();
-    if app.draining() {
-        let body = Json(serde_json::json!({"status": "draining", "active_calls": active}));
-        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
-    }
-    Json(serde_json::json!({
-        "status": "ok",
-        "active_calls": active,
-        "build": if crate::engines::device::CUDA_BUILD { "cuda" } else { "cpu" },
-        "devices": app.devices(),
-    }))
-    .into_response()
-}
-
-/// The owner's, unless `server.metrics_public`.
-async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !app.cfg.server.metrics_public {
-        if let Some(refused) = auth::unless_owner(&app, &headers, "GET /metrics") {
-            return refused;
-        }
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
-}
-
-/// The owner's alone: what callers said (as [`AppState::record`] kept it).
-async fn calls(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = auth::unless_owner(&app, &headers, "GET /calls") {
-        return refused;
-    }
-    let f = app.finished.lock().unwrap_or_else(|p| p.into_inner());
-    Json(f.iter().cloned().collect::<Vec<_>>()).into_response()
 }

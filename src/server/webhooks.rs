@@ -94,6 +94,8 @@ fn signed_by_twilio(
 /// request is refused with 403), with the headers that locate us.
 pub(super) struct TwilioForm {
     form: Vec<(String, String)>,
+    /// The webhook URL's query (signed with it): a dial-out's context.
+    query: Vec<(String, String)>,
     headers: HeaderMap,
 }
 
@@ -121,8 +123,12 @@ impl FromRequest<Arc<AppState>> for TwilioForm {
         if !signed_by_twilio(app, &parts.headers, &urls, &form) {
             return Err(StatusCode::FORBIDDEN);
         }
+        let query = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
         Ok(Self {
             form,
+            query,
             headers: parts.headers,
         })
     }
@@ -189,9 +195,17 @@ fn connect(
     ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
 }
 
-/// `POST /`: someone called our number.
+/// `POST /`: someone called our number. Its numbers go to the session
+/// as the persona's `{{from_number}}` and `{{to_number}}`.
 pub(super) async fn incoming_call(State(app): State<Arc<AppState>>, req: TwilioForm) -> Response {
-    connect(&app, &req, Direction::Inbound, &[])
+    let to = req.field("To").unwrap_or_default();
+    let from = req.field("From").unwrap_or_default();
+    connect(
+        &app,
+        &req,
+        Direction::Inbound,
+        &[("to_number", to), ("from_number", from)],
+    )
 }
 
 /// `POST /twiml`: the person we dialled answered; the bot greets first, as
@@ -206,12 +220,19 @@ pub(super) async fn outbound_answered(
         call = req.field("CallSid").unwrap_or_default(),
         "outbound call answered"
     );
-    connect(
-        &app,
-        &req,
-        Direction::Outbound,
-        &[("to_number", to), ("from_number", from)],
-    )
+    // The dial-out's persona and variables, from the URL we gave Twilio
+    // (checked when the call was placed; only these names pass on).
+    let context = req
+        .query
+        .iter()
+        .filter(|(k, _)| k == "persona" || k.starts_with(crate::persona::VARIABLE_PREFIX));
+    let mut params = vec![("to_number", to), ("from_number", from)];
+    params.extend(
+        context
+            .take(super::dialout::MAX_VARIABLES + 1)
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    connect(&app, &req, Direction::Outbound, &params)
 }
 
 /// `POST /status`: Twilio's progress reports on a call we placed (initiated,

@@ -40,9 +40,10 @@ use tokio::sync::mpsc;
 use crate::audio::{wav, Audio, Frame};
 use crate::config::Config;
 use crate::engines::{contained, LlmSession, SttStream, VadEvent, MODEL_RATE};
-use crate::events::{CallInfo, CallSummary, Direction, EndedBy, EventKind};
+use crate::events::{CallInfo, CallSummary, EndedBy, EventKind};
 use crate::observe::Publisher;
 use crate::stack::Engines;
+use crate::tools::ToolCall;
 use buffer::TurnBuffer;
 use input::{InputEvent, TWILIO_RATE};
 use machine::{Action, Input, Levels, TurnMachine};
@@ -95,6 +96,8 @@ pub struct Session {
     ahead_logged: bool,
     /// Audio at a rate other than the phone's has been logged (once a call).
     odd_rate_logged: bool,
+    /// A tool ended the call: how, and where it was handed on to.
+    acted: Option<(EndedBy, Option<String>)>,
     /// The STT engine's stream of this call, when it listens as the caller
     /// speaks; otherwise each turn's audio is transcribed when it ends.
     listener: Option<Arc<dyn SttStream>>,
@@ -118,27 +121,31 @@ impl Session {
         events: Publisher,
     ) -> CallSummary {
         let start = Instant::now();
-        let persona = match info.direction {
-            Direction::Inbound => cfg.personas.inbound.clone(),
-            Direction::Outbound => cfg.personas.outbound.clone(),
+        let fail = |kind: &str, message: String, info: CallInfo| {
+            events.emit(EventKind::Error {
+                kind: kind.into(),
+                message: message.clone(),
+            });
+            let summary = CallSummary::failed(info, message);
+            events.emit(EventKind::CallEnded {
+                summary: Box::new(summary.clone()),
+            });
+            summary
+        };
+        // Checked when the call was placed; a gap now (the configuration
+        // changed meanwhile) ends the call rather than speak a hole.
+        let persona = match crate::persona::for_call(&cfg.personas, &info) {
+            Ok(p) => p,
+            Err(e) => return fail("persona", e, info),
         };
         let llm: Box<dyn LlmSession> = match engines.llm.session() {
             Ok(s) => s,
-            Err(e) => {
-                events.emit(EventKind::Error {
-                    kind: "llm".into(),
-                    message: format!("cannot open an LLM session: {e}"),
-                });
-                let summary = CallSummary::failed(info, e.to_string());
-                events.emit(EventKind::CallEnded {
-                    summary: Box::new(summary.clone()),
-                });
-                return summary;
-            }
+            Err(e) => return fail("llm", format!("cannot open an LLM session: {e}"), info),
         };
         let track = BotTrack::default();
         // Bounded: the output reports a first frame per reply and a drain
-        // per burst, and drops a report (try_send) rather than wait.
+        // per burst, and drops such a report (try_send) rather than wait; a
+        // pause's report it waits to deliver (this loop always drains it).
         let (out_ev_tx, mut out_ev_rx) = mpsc::channel(64);
         let out = output::spawn(
             start,
@@ -176,6 +183,7 @@ impl Session {
             frames_dropped: 0,
             ahead_logged: false,
             odd_rate_logged: false,
+            acted: None,
             listener,
             results_tx,
             events,
@@ -197,7 +205,14 @@ impl Session {
                     Some(CallInput::Stop) => break EndedBy::Stop,
                     Some(CallInput::End(reason)) => break reason,
                     Some(CallInput::Audio(frame)) => s.on_frame(frame, &frames),
-                    Some(CallInput::Mark(name)) => s.feed(Input::Mark(name)),
+                    Some(CallInput::Mark(name)) => {
+                        // The output's news first: a pause it reported
+                        // tells which of these marks only came back early.
+                        while let Ok(ev) = out_ev_rx.try_recv() {
+                            s.feed(ev.into());
+                        }
+                        s.feed(Input::Mark(name))
+                    }
                     Some(CallInput::Dtmf(d)) => s.feed(Input::Dtmf(d)),
                 },
                 Some(ev) = in_rx.recv() => match ev {
@@ -210,12 +225,14 @@ impl Session {
                 },
                 Some(input) = results_rx.recv() => s.feed(input),
                 Some(ev) = reply_rx.recv() => s.feed(Input::Reply(ev)),
-                Some(ev) = out_ev_rx.recv() => s.feed(match ev {
-                    OutEvent::FirstFrame { epoch, at } => Input::FirstFrame { epoch, at },
-                    OutEvent::Drained { until } => Input::Drained { until },
-                }),
+                Some(ev) = out_ev_rx.recv() => s.feed(ev.into()),
                 _ = tick.tick() => s.feed(Input::Tick),
                 _ = &mut deadline => break EndedBy::MaxDuration,
+            }
+            // The bot ended the call itself (its goodbye heard, or a
+            // transfer announced).
+            if let Some((ended_by, _)) = &s.acted {
+                break *ended_by;
             }
         };
         let summary = s.finish(ended_by);
@@ -317,7 +334,7 @@ impl Session {
                 levels: self.levels_since(onset),
             },
             VadEvent::Paused { end } => Input::SpeechPaused { end },
-            VadEvent::Resumed { .. } => Input::SpeechResumed,
+            VadEvent::Resumed { at } => Input::SpeechResumed { at },
             VadEvent::Stopped { end, at } => Input::SpeechStopped { end, at },
         };
         self.feed(input);
@@ -377,6 +394,19 @@ impl Session {
                     let _ = self.out.try_send(OutCmd::Clear { upto });
                 }
                 Action::Prefill(messages) => self.prefill(messages),
+                // As for the clear: never waited on.
+                Action::PauseReply { epoch } => {
+                    let _ = self.out.try_send(OutCmd::Pause { epoch });
+                }
+                Action::ResumeReply { epoch } => {
+                    let _ = self.out.try_send(OutCmd::Resume { epoch });
+                }
+                Action::Act(tool) => {
+                    self.acted = Some(match tool {
+                        ToolCall::EndCall => (EndedBy::Bot, None),
+                        ToolCall::TransferCall { to } => (EndedBy::Transferred, Some(to)),
+                    })
+                }
             }
         }
     }
@@ -439,14 +469,26 @@ impl Session {
             interruptions: ended.interruptions,
             echo_segments_ignored: ended.echo_segments_ignored,
             drafts_discarded: ended.drafts_discarded,
+            backchannels: ended.backchannels,
             frames_dropped: self.frames_dropped,
             recording,
             ended_by,
+            transferred_to: self.acted.and_then(|(_, to)| to),
             errors: ended.errors,
         };
         self.events.emit(EventKind::CallEnded {
             summary: Box::new(summary.clone()),
         });
         summary
+    }
+}
+
+impl From<OutEvent> for Input {
+    fn from(ev: OutEvent) -> Self {
+        match ev {
+            OutEvent::FirstFrame { epoch, at } => Input::FirstFrame { epoch, at },
+            OutEvent::Drained { until } => Input::Drained { until },
+            OutEvent::Paused { epoch, marks } => Input::Paused { epoch, marks },
+        }
     }
 }

@@ -31,6 +31,10 @@ pub struct SimTurn {
     pub barge_in_after_ms: Option<u64>,
     /// Digits to press before speaking.
     pub dtmf: Option<String>,
+    /// A listener's "uh-huh" over the bot (with `barge_in_after_ms`): no
+    /// reply is expected, and the bot's audio that follows still answers
+    /// the turn before.
+    pub backchannel: bool,
 }
 
 impl SimTurn {
@@ -40,7 +44,16 @@ impl SimTurn {
             text,
             barge_in_after_ms: None,
             dtmf: None,
+            backchannel: false,
         }
+    }
+
+    /// `self`, spoken `after_ms` into the previous turn's reply as a
+    /// backchannel.
+    pub fn backchannel(mut self, after_ms: u64) -> Self {
+        self.barge_in_after_ms = Some(after_ms);
+        self.backchannel = true;
+        self
     }
 }
 
@@ -126,10 +139,15 @@ pub struct SimTurnReport {
     pub bot_audio: Vec<i16>,
     /// A `clear` arrived while this turn's reply played.
     pub cleared: bool,
+    /// More of the reply came after the `clear`: the bot paused (for a
+    /// backchannel) and went on.
+    pub resumed: bool,
     /// Bot audio received while this turn was still being spoken (8 kHz
     /// samples): the rest of the previous reply when talking over it,
     /// otherwise a bot that did not wait for the caller to finish.
     pub audio_while_speaking: usize,
+    /// A backchannel spoken over the previous reply (no reply of its own).
+    pub backchannel: bool,
     /// When the bot's first audio for this turn arrived, in ms from the
     /// stream's start (the server's clock for the call starts with it, give
     /// or take the network): matches the reply to the server's record.
@@ -317,6 +335,7 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                                                 reply_started = Some(Instant::now());
                                             }
                                         }
+                                        r.resumed |= r.cleared;
                                         r.bot_audio.extend(&pcm);
                                     }
                                 }
@@ -338,8 +357,13 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         played += buffer.len();
                         received = played;
                         buffer.clear();
+                        // While a barge-in is being spoken, the reply
+                        // cleared is the previous turn's.
+                        let barging = current.is_some_and(|i| {
+                            i > 0 && speech_end.is_none() && opts.turns[i].barge_in_after_ms.is_some()
+                        });
                         if let Some(i) = current {
-                            report.turns[i].cleared = true;
+                            report.turns[if barging { i - 1 } else { i }].cleared = true;
                         }
                         while let Some((name, _)) = marks.pop_front() {
                             send_mark(&mut tx, &stream_sid, &name).await?;
@@ -384,7 +408,9 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                             Phase::Linger(now + Duration::from_secs_f32(opts.linger_secs))
                         } else {
                             start_turn(&opts, i, &mut report, &mut tx, &stream_sid, &mut current).await?;
-                            speech_end = None;
+                            if !opts.turns[i].backchannel {
+                                speech_end = None;
+                            }
                             Phase::Speaking(i, 0)
                         }
                     }
@@ -395,7 +421,10 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                                 *s = crate::audio::f32_to_i16(v);
                             }
                         }
-                        if off + FRAME >= a.len() {
+                        if off + FRAME >= a.len() && opts.turns[i].backchannel {
+                            // Back to listening to the reply it kept going.
+                            Phase::Waiting(current.unwrap_or(i), now)
+                        } else if off + FRAME >= a.len() {
                             speech_end = Some(now + Duration::from_millis(20));
                             reply_started = None;
                             Phase::Waiting(i, now)
@@ -404,10 +433,12 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                         }
                     }
                     Phase::Waiting(i, since) => {
-                        let next = opts.turns.get(i + 1);
+                        // The next turn to speak: after a backchannel, not i + 1.
+                        let n = report.turns.len();
+                        let next = opts.turns.get(n);
                         let barge = next.and_then(|t| t.barge_in_after_ms).zip(reply_started)
                             .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
-                        let hang_up = i + 1 == opts.turns.len()
+                        let hang_up = n == opts.turns.len()
                             && opts.hang_up_after_ms.zip(reply_started)
                                 .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
                         if hang_up {
@@ -421,9 +452,11 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                             }
                         }
                         if barge {
-                            start_turn(&opts, i + 1, &mut report, &mut tx, &stream_sid, &mut current).await?;
-                            speech_end = None;
-                            Phase::Speaking(i + 1, 0)
+                            start_turn(&opts, n, &mut report, &mut tx, &stream_sid, &mut current).await?;
+                            if !opts.turns[n].backchannel {
+                                speech_end = None;
+                            }
+                            Phase::Speaking(n, 0)
                         } else if replied || timeout {
                             Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))
                         } else { phase }
@@ -489,9 +522,14 @@ where
     report.turns.push(SimTurnReport {
         index: i,
         said: opts.turns[i].text.clone(),
+        backchannel: opts.turns[i].backchannel,
         ..Default::default()
     });
-    *current = Some(i);
+    // A backchannel's report stays empty: the bot's audio meanwhile is
+    // still the reply to the turn before.
+    if !opts.turns[i].backchannel {
+        *current = Some(i);
+    }
     Ok(())
 }
 

@@ -185,6 +185,15 @@ impl TwilioRest {
         }
     }
 
+    /// Replaces what a live call is doing with `twiml` (its stream ends):
+    /// how a call is handed on. Not retried after a timeout: it may have
+    /// been carried out.
+    pub async fn redirect(&self, call_sid: &str, twiml: &str) -> Result<(), RestError> {
+        let path = format!("Calls/{}.json", segment(call_sid));
+        self.post(&path, &[("Twiml", twiml)], false).await?;
+        Ok(())
+    }
+
     /// POSTs a form under the account, retrying what Twilio asks us to
     /// retry; `idempotent` requests are also retried after a timeout.
     async fn post(

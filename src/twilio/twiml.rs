@@ -65,6 +65,15 @@ pub fn connect_stream(ws_url: &str, params: &[(&str, &str)]) -> String {
     xml
 }
 
+/// A cold transfer: the live call dials `number` (what a call update with
+/// this TwiML does to a call whose stream it replaces).
+pub fn dial(number: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{}</Dial></Response>"#,
+        escape(number)
+    )
+}
+
 /// A polite refusal (busy, draining).
 pub fn say_and_hang_up(text: &str) -> String {
     format!(

@@ -99,6 +99,20 @@ impl FakeTwilio {
         fake
     }
 
+    /// A server whose Twilio REST API is this fake, changed by `tweak`.
+    pub async fn server(
+        &self,
+        tweak: impl FnOnce(&mut callbox::config::Config),
+    ) -> (Arc<callbox::server::AppState>, SocketAddr) {
+        let base = self.api_base();
+        super::server::start(|c| {
+            c.twilio.account_sid = Some(ACCOUNT_SID.into());
+            c.twilio.api_base = base;
+            tweak(c);
+        })
+        .await
+    }
+
     pub fn api_base(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -142,7 +156,12 @@ impl FakeTwilio {
             && rest.ends_with(".json")
             && rest.matches('/').count() == 1
         {
-            "hang_up"
+            // The same resource: new TwiML (a transfer) or a status.
+            if form.iter().any(|(k, _)| k == "Twiml") {
+                "update_call"
+            } else {
+                "hang_up"
+            }
         } else {
             "unknown"
         };
@@ -223,6 +242,9 @@ impl FakeTwilio {
                                   "call_sid": call_sid, "status": "in-progress",
                                   "channels": if req.field("RecordingChannels") == Some("dual") { 2 } else { 1 }});
                 (StatusCode::CREATED, Json(body)).into_response()
+            }
+            "update_call" => {
+                Json(json!({"sid": call_sid, "status": "in-progress"})).into_response()
             }
             _ => {
                 if req.field("Status") != Some("completed") {

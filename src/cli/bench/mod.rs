@@ -13,6 +13,7 @@
 
 mod chart;
 mod report;
+mod script;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::child::{machine, Sample, Server};
-use super::sim::{synth, SCRIPT};
 use super::Cli;
-use crate::audio::wav;
 use crate::events::TurnRecord;
 use crate::fakes::{ApiStack, Latency, REPLY};
 use crate::sim::{self, SimOptions, SimReport, SimTurn};
@@ -68,7 +67,11 @@ pub struct BenchArgs {
     pub turns: usize,
     /// A script: one caller turn a line, either text to speak (synthesised
     /// with the local voice) or `@file.wav | what it says`; `#` starts a
-    /// comment.
+    /// comment. `{models}/` in a path is the model cache. Text may hold
+    /// `[pause MS]`. A line may begin `>MS ` to talk over the previous reply
+    /// MS ms after it began (a barge-in, answered), or `~MS ` to say a
+    /// backchannel over it ("uh-huh": no reply expected). See
+    /// scripts/bench/turn-taking.txt.
     #[arg(long)]
     pub script: Option<PathBuf>,
     /// The server's configuration file (default: built-in).
@@ -129,53 +132,6 @@ pub(super) fn parse_latency(s: &str) -> Result<Latency, String> {
     })
 }
 
-/// One caller turn of the script: its audio and what it says.
-fn load_script(cli: &Cli, a: &BenchArgs) -> anyhow::Result<Vec<SimTurn>> {
-    let lines: Vec<String> = match &a.script {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading the script {}", p.display()))?
-            .lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect(),
-        None => SCRIPT
-            .iter()
-            .take(a.turns.clamp(1, SCRIPT.len()))
-            .map(|s| s.to_string())
-            .collect(),
-    };
-    anyhow::ensure!(!lines.is_empty(), "the script has no turns");
-    let base = a
-        .script
-        .as_deref()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."));
-    let mut tts = None;
-    let mut turns = Vec::new();
-    for line in lines {
-        if let Some(rest) = line.strip_prefix('@') {
-            let (file, text) = rest.split_once('|').unwrap_or((rest, ""));
-            let path = base.join(file.trim());
-            let audio = wav::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let text = text.trim();
-            turns.push(SimTurn::new(
-                audio,
-                (!text.is_empty()).then(|| text.to_string()),
-            ));
-        } else {
-            if tts.is_none() {
-                tts = Some(crate::stack::caller_voice(
-                    &cli.paths()?,
-                    &mut Default::default(),
-                )?);
-            }
-            let voice = tts.as_ref().expect("loaded");
-            turns.push(SimTurn::new(synth(voice.as_ref(), &line)?, Some(line)));
-        }
-    }
-    Ok(turns)
-}
-
 pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.callers >= 1 && a.rounds >= 1,
@@ -187,7 +143,7 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     eprintln!("bench: preparing the callers' voices…");
-    let turns = Arc::new(load_script(cli, a)?);
+    let turns = Arc::new(script::load_script(cli, a)?);
     let fakes = match a.fake_apis {
         true => {
             eprintln!("bench: starting the fake API stack (its STT hears with the local Whisper)…");
@@ -426,6 +382,9 @@ async fn callers(
 #[derive(Default)]
 struct Traces {
     calls: HashMap<String, Vec<TurnRecord>>,
+    /// By call SID: (backchannels the bot went on through, interruptions
+    /// that were not cut-offs).
+    turn_taking: HashMap<String, (usize, usize)>,
     models: Vec<crate::stack::ModelInfo>,
 }
 
@@ -439,6 +398,14 @@ fn read_traces(dir: &Path) -> Traces {
         if out.models.is_empty() {
             out.models = serde_json::from_value(t["models"].take()).unwrap_or_default();
         }
+        let barge_ins = t["interruptions"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|i| i["cut_off"].as_bool() != Some(true))
+                .count()
+        });
+        let backchannels = t["counters"]["backchannels"].as_u64().unwrap_or(0) as usize;
+        out.turn_taking
+            .insert(sid.clone(), (backchannels, barge_ins));
         match serde_json::from_value::<Vec<TurnRecord>>(t["turns"].take()) {
             Ok(turns) => {
                 out.calls.insert(sid, turns);
@@ -504,14 +471,23 @@ fn build(
                 row.greeting_ms = r.greeting_ms;
                 row.late_frames = r.late_frames;
                 for (i, turn) in turns.iter().enumerate() {
+                    if turn.backchannel {
+                        continue; // no reply of its own to measure
+                    }
                     let said = turn.text.clone().unwrap_or_default();
                     match r.turns.get(i) {
-                        Some(t) => rows.push(report::turn_row(
-                            (run.caller, run.round, i),
-                            &said,
-                            t,
-                            report::match_reply(recs, t.first_audio_at_ms),
-                        )),
+                        Some(t) => {
+                            let mut row = report::turn_row(
+                                (run.caller, run.round, i),
+                                &said,
+                                t,
+                                report::match_reply(recs, t.first_audio_at_ms),
+                            );
+                            // Talking over the reply before is a barge-in:
+                            // what it heard meanwhile is that reply's.
+                            row.cut_off &= turn.barge_in_after_ms.is_none();
+                            rows.push(row);
+                        }
                         // The call ended before this turn was spoken.
                         None => rows.push(report::TurnRow {
                             caller: run.caller,
@@ -540,11 +516,24 @@ fn build(
         calls.iter().filter_map(|c| c.greeting_ms).collect(),
     );
     let answered = rows.iter().filter(|t| t.answered).count();
+    let taking = |f: fn(&(usize, usize)) -> usize| -> usize {
+        calls
+            .iter()
+            .filter_map(|c| traces.turn_taking.get(&c.call_sid))
+            .map(f)
+            .sum()
+    };
     let quality = Quality {
         caller_turns: rows.len(),
         answered,
         unanswered: rows.len() - answered,
         cut_offs: rows.iter().filter(|t| t.cut_off).count(),
+        fallback_waits: rows
+            .iter()
+            .filter(|t| t.turn_end == Some(crate::events::TurnEnd::Silence))
+            .count(),
+        backchannels: taking(|t| t.0),
+        barge_ins: taking(|t| t.1),
         wer: (!wer_pairs.is_empty()).then(|| {
             crate::text::wer::corpus_wer(wer_pairs.iter().map(|(r, h)| (r.as_str(), h.as_str())))
         }),

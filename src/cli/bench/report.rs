@@ -68,6 +68,9 @@ pub struct TurnRow {
     pub answered: bool,
     /// The reply began while the caller was still speaking.
     pub cut_off: bool,
+    /// The rule that ended the turn on the server.
+    #[serde(default)]
+    pub turn_end: Option<crate::events::TurnEnd>,
     /// Caller side: end of the caller's audio → first bot audio received.
     pub caller_ms: Option<f64>,
     /// Server side, as the latency table defines them.
@@ -140,6 +143,15 @@ pub struct Quality {
     pub unanswered: usize,
     /// Replies that began while the caller was mid-utterance.
     pub cut_offs: usize,
+    /// Turns that waited out the silence fallback (`call.turn_timeout_secs`).
+    #[serde(default)]
+    pub fallback_waits: usize,
+    /// Backchannels over the bot that it went on through (server side).
+    #[serde(default)]
+    pub backchannels: usize,
+    /// Replies the caller interrupted (server side, cut-offs excluded).
+    #[serde(default)]
+    pub barge_ins: usize,
     /// Word error rate of the server's transcripts against the script,
     /// over all calls (None when no turn has reference text).
     pub wer: Option<f64>,
@@ -197,6 +209,7 @@ pub fn turn_row(
     };
     if let Some(r) = server {
         row.heard = Some(r.user_text.clone());
+        row.turn_end = r.turn_end;
         row.total_ms = r.total_ms;
         row.end_of_speech_ms = r.end_of_speech_ms;
         row.vad_stop_ms = r
@@ -258,12 +271,16 @@ fn quality_lines(s: &StackReport) -> String {
     let q = &s.quality;
     let mut out = format!(
         "- caller turns answered: {} of {} ({} unanswered); replies that cut the caller off: {}\n\
+         - turns that waited the silence fallback: {}; backchannels the bot went on through: {}; real barge-ins: {}\n\
          - STT word error rate against the script: {}\n\
          - late bot audio (20 ms ticks the phone's buffer ran dry mid-sentence): {}; calls failed: {}\n",
         q.answered,
         q.caller_turns,
         q.unanswered,
         q.cut_offs,
+        q.fallback_waits,
+        q.backchannels,
+        q.barge_ins,
         q.wer.map_or("-".into(), |w| format!("{:.1} %", w * 100.0)),
         q.late_frames,
         q.calls_failed,
@@ -283,12 +300,12 @@ fn quality_lines(s: &StackReport) -> String {
 
 fn turn_rows(s: &StackReport) -> String {
     let mut out = String::from(
-        "| caller | call | turn | said | heard | caller-side | Total | End-of-speech | VAD stop | STT | Smart Turn | LLM TTFB | TTS TTFB | cut off |\n\
-         |---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| caller | call | turn | said | heard | caller-side | Total | End-of-speech | VAD stop | STT | Smart Turn | LLM TTFB | TTS TTFB | turn end | cut off |\n\
+         |---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for t in &s.turns {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             t.caller,
             t.round,
             t.turn,
@@ -302,6 +319,7 @@ fn turn_rows(s: &StackReport) -> String {
             ms(t.smart_turn_ms),
             ms(t.llm_ttfb_ms),
             ms(t.tts_ttfb_ms),
+            t.turn_end.map_or("", |e| e.as_str()),
             if t.cut_off { "yes" } else { "" }
         ));
     }

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::child::{machine, sample, Sample, Server};
 use super::percentile;
-use super::sim::{synth, SCRIPT};
+use super::sim::{said, synth, SCRIPT};
 use super::Cli;
 use crate::sim::{self, SimOptions, SimTurn};
 use report::{markdown, summarise};
@@ -140,9 +140,11 @@ pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
     // The callers' voices, made once.
     let paths = cli.paths()?;
     let tts = crate::stack::caller_voice(&paths, &mut Default::default())?;
+    // Not the goodbye: the bot would hang up in the middle of a soak call.
     let phrases: Vec<SimTurn> = SCRIPT
         .iter()
-        .map(|s| Ok(SimTurn::new(synth(tts.as_ref(), s)?, Some(s.to_string()))))
+        .filter(|s| crate::tools::intent::intent(s) != crate::tools::intent::Intent::EndCall)
+        .map(|s| Ok(SimTurn::new(synth(tts.as_ref(), s)?, Some(said(s)))))
         .collect::<anyhow::Result<_>>()?;
     drop(tts);
 

@@ -17,9 +17,16 @@
 //! - the VAD's pause (its first silent window): the turn so far is sent to
 //!   STT and, with the transcript, a draft reply starts, its audio held;
 //! - speech resumes before the stop: the candidate and its draft are dropped;
-//! - the VAD's stop: Smart Turn is asked; a verdict above the threshold — or
-//!   `turn_timeout_secs` of silence after the stop — with a transcript
-//!   completes the turn, and the draft is released (or a reply starts);
+//! - the VAD's stop: Smart Turn is asked, and asked again each
+//!   `rescore_secs` of further silence while it doubts; with a transcript,
+//!   the turn is complete on a verdict above the threshold, on words that
+//!   finish a sentence after `sentence_wait_secs`, or after
+//!   `turn_timeout_secs` of silence whatever was said — but words that go
+//!   on (a lone greeting, a trailing "and") wait for that fallback
+//!   ([`words`]); the draft is then released (or a reply starts);
+//! - speech over the bot pauses it until its words are known: a
+//!   backchannel ("uh-huh") lets it go on where it stopped, anything else
+//!   (or speech longer than `backchannel_max_secs`) interrupts it;
 //! - a reply is over when all of it was generated, queued and acknowledged by
 //!   its marks; an interrupted one leaves in the history what the caller
 //!   heard of it;
@@ -30,6 +37,7 @@ mod reply;
 #[cfg(test)]
 mod tests;
 mod turn;
+pub mod words;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +56,9 @@ const PRE_SPEECH_SECS: f64 = 0.5;
 /// The same for Whisper: enough for a soft first consonant, and every
 /// second less is encoder time the caller does not wait for.
 const STT_PRE_SPEECH_SECS: f64 = 0.2;
+/// How far before the VAD's "resumed" speech is taken to start: one of
+/// its 32 ms windows and then some (16 kHz samples).
+const RESUME_LOOKBACK: u64 = 1600;
 
 /// What happened on the call. Stream positions are 16 kHz samples of the
 /// caller's audio since the call started.
@@ -71,8 +82,10 @@ pub enum Input {
     SpeechPaused {
         end: u64,
     },
-    /// Speech again before the VAD's stop window ran out.
-    SpeechResumed,
+    /// Speech again at `at`, before the VAD's stop window ran out.
+    SpeechResumed {
+        at: u64,
+    },
     /// Silence confirmed at `at`; the speech ended at `end`.
     SpeechStopped {
         end: u64,
@@ -99,6 +112,13 @@ pub enum Input {
     },
     /// The transport played everything before this mark.
     Mark(String),
+    /// The output paused reply `epoch`: the transport will report these
+    /// marks at once (a `clear` returns every pending mark), though their
+    /// audio is still to play.
+    Paused {
+        epoch: u64,
+        marks: Vec<String>,
+    },
     Dtmf(String),
     /// Time passes (the fallback and the idle rule look at the clock).
     Tick,
@@ -136,10 +156,18 @@ pub enum Action {
     ReleaseReply { epoch: u64 },
     /// Stop reply `epoch` and forget it (also sent for replies that ended).
     CancelReply { epoch: u64 },
+    /// Silence reply `epoch` at once (what the transport buffered too) but
+    /// keep the rest of it, to go on with or to drop.
+    PauseReply { epoch: u64 },
+    /// Play the rest of paused reply `epoch` from where it stopped.
+    ResumeReply { epoch: u64 },
     /// Flush what the transport buffered of replies up to `upto`.
     Clear { upto: u64 },
     /// Bring the LLM's context up to these messages ahead of the next reply.
     Prefill(Vec<ChatMessage>),
+    /// Use a tool: its reply has been said and heard, and the call ends
+    /// (hung up, or handed on).
+    Act(crate::tools::ToolCall),
 }
 
 /// What is left of a call once it ended.
@@ -149,6 +177,7 @@ pub struct Ended {
     pub interruptions: Vec<Interruption>,
     pub echo_segments_ignored: usize,
     pub drafts_discarded: usize,
+    pub backchannels: usize,
     pub errors: Vec<String>,
 }
 
@@ -173,6 +202,9 @@ pub struct TurnMachine {
     clock: StreamClock,
     turn_start: Option<u64>,
     in_speech: bool,
+    /// Where the caller's current unbroken stretch of speech began (none in
+    /// a pause): how long speech over the bot has gone on.
+    speaking_since: Option<u64>,
     segment_is_echo: bool,
     segment_onset: u64,
     barge_in_at: Option<Instant>,
@@ -185,6 +217,7 @@ pub struct TurnMachine {
     bot_until: Instant,
     echo_ignored: usize,
     drafts_discarded: usize,
+    backchannels: usize,
     errors: Vec<String>,
     /// The actions of the input being handled.
     out: Vec<Action>,
@@ -209,6 +242,7 @@ impl TurnMachine {
             clock: StreamClock::new(MODEL_RATE),
             turn_start: None,
             in_speech: false,
+            speaking_since: None,
             segment_is_echo: false,
             segment_onset: 0,
             barge_in_at: None,
@@ -220,6 +254,7 @@ impl TurnMachine {
             bot_until: start,
             echo_ignored: 0,
             drafts_discarded: 0,
+            backchannels: 0,
             errors: Vec::new(),
             out: Vec::new(),
         }
@@ -236,17 +271,26 @@ impl TurnMachine {
             Input::SpeechPaused { end } => {
                 // A barge-in needs speech that lasts: a pause stops the count.
                 self.barge_in_at = None;
+                self.speaking_since = None;
                 if !self.segment_is_echo && self.turn_start.is_some() {
                     self.begin_turn(end, self.position, now);
                 }
             }
-            Input::SpeechResumed => {
+            Input::SpeechResumed { at } => {
+                self.speaking_since = Some(at);
                 if self
                     .pending
                     .as_ref()
                     .is_some_and(|p| p.vad_stop_at.is_none())
                 {
                     self.discard_pending();
+                }
+                if !self.segment_is_echo && self.turn_start.is_none() {
+                    // What came before was a backchannel, and is gone:
+                    // this is new speech (from a VAD window back).
+                    let onset = at.saturating_sub(RESUME_LOOKBACK);
+                    self.turn_start = Some(onset);
+                    self.segment_onset = onset;
                 }
                 if !self.segment_is_echo && self.bot_speaking(now) {
                     self.arm_barge_in(now);
@@ -269,6 +313,7 @@ impl TurnMachine {
             Input::FirstFrame { epoch, at } => self.on_first_frame(epoch, at),
             Input::Drained { until } => self.bot_until = until,
             Input::Mark(name) => self.on_mark(&name, now),
+            Input::Paused { epoch, marks } => self.on_paused(epoch, &marks),
             Input::Dtmf(digit) => self.on_dtmf(digit, now),
             Input::Tick => self.on_tick(now),
         }
@@ -281,7 +326,10 @@ impl TurnMachine {
     pub fn finish(&mut self, now: Instant) -> (Vec<Action>, Ended) {
         if let Some(a) = self.active.take() {
             self.cancel(a.epoch);
-            let heard = a.heard_by(now);
+            if let Some((tool, since)) = &a.then {
+                self.tool_used(&a, tool, "cancelled", *since, now);
+            }
+            let heard = a.heard_by(a.paused_at.unwrap_or(now));
             let spoke = a.first_frame_at.is_some();
             self.close_reply(&a, heard, spoke);
         }
@@ -294,6 +342,7 @@ impl TurnMachine {
             interruptions: std::mem::take(&mut self.interruptions),
             echo_segments_ignored: self.echo_ignored,
             drafts_discarded: self.drafts_discarded,
+            backchannels: self.backchannels,
             errors: std::mem::take(&mut self.errors),
         };
         (std::mem::take(&mut self.out), ended)
@@ -352,8 +401,18 @@ impl TurnMachine {
         if let Some(at) = self.barge_in_at {
             if now >= at && self.in_speech {
                 self.barge_in_at = None;
-                self.interrupt(now);
+                self.barge_in(now);
             }
+        }
+        // No backchannel lasts this long: whatever the words, it is an
+        // interruption.
+        let max = (self.rules.backchannel_max_secs as f64 * MODEL_RATE as f64) as u64;
+        if self.paused().is_some()
+            && self
+                .speaking_since
+                .is_some_and(|since| end.saturating_sub(since) > max)
+        {
+            self.interrupt(now);
         }
     }
 
@@ -367,6 +426,7 @@ impl TurnMachine {
             onset_ms: pos_ms(onset),
         });
         self.in_speech = true;
+        self.speaking_since = Some(onset);
         self.segment_onset = onset;
         // Echo is quieter than what we played a moment earlier; a caller
         // talking over the bot is not.
@@ -393,9 +453,23 @@ impl TurnMachine {
     fn arm_barge_in(&mut self, now: Instant) {
         let min = self.rules.barge_in_min_secs;
         if min <= 0.0 {
-            self.interrupt(now);
+            self.barge_in(now);
         } else {
             self.barge_in_at = Some(now + Duration::from_secs_f32(min));
+        }
+    }
+
+    /// Speech over the bot: it stops at once either way; with
+    /// `backchannels` it only pauses until the words are known.
+    fn barge_in(&mut self, now: Instant) {
+        let audible = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.first_frame_at.is_some());
+        if self.rules.backchannels && audible {
+            self.pause_reply(now);
+        } else {
+            self.interrupt(now);
         }
     }
 
@@ -437,9 +511,11 @@ impl TurnMachine {
                     .is_some_and(|at| now.saturating_duration_since(at).as_secs_f32() >= timeout)
             {
                 p.timed_out = true;
-                self.maybe_complete_turn(now);
             }
         }
+        // The words' rule waits on the clock; Smart Turn may be asked again.
+        self.maybe_complete_turn(now);
+        self.maybe_rescore();
         let idle = self.rules.idle_secs;
         if idle > 0.0
             && self.activity_seen

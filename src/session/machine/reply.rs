@@ -7,6 +7,8 @@ use super::{ms, Action, TurnMachine};
 use crate::engines::{ChatMessage, Role};
 use crate::events::{EventKind, Interruption, TurnKind, TurnRecord};
 use crate::session::reply::{ReplyEvent, Source};
+use crate::tools::ToolCall;
+use std::time::Duration;
 
 /// A piece of a reply queued for playback, followed by its mark.
 #[derive(Debug)]
@@ -15,7 +17,15 @@ pub(super) struct Piece {
     text: String,
     secs: f64,
     acked: bool,
+    /// Taken back unplayed by a pause: the transport's early report of its
+    /// mark is not an acknowledgement, the one after the resume is.
+    replay: bool,
 }
+
+/// Too soon after the bot started for the caller's speech to answer what
+/// it said (people need about half a second to react to speech): they were
+/// going on with their turn, and the reply cut them off.
+const REACTION_SECS: f64 = 0.5;
 
 /// The reply playing (or about to).
 #[derive(Debug)]
@@ -29,6 +39,10 @@ pub(super) struct Active {
     last_ack_at: Option<Instant>,
     spoken: bool,
     generated: Option<String>,
+    /// Since when the caller's speech over it has it paused.
+    pub(super) paused_at: Option<Instant>,
+    /// The tool to use once it has played to its end, and since when.
+    pub(super) then: Option<(ToolCall, Instant)>,
 }
 
 impl Active {
@@ -77,13 +91,19 @@ impl TurnMachine {
         end_of_speech_at: Option<Instant>,
         now: Instant,
     ) -> usize {
-        let bot_text = match &source {
-            Source::Text(t) => t.clone(),
-            Source::Llm(_) => String::new(),
+        let text = match &source {
+            Source::Text(t) => Some(t.clone()),
+            Source::Llm(_) => None,
         };
         let epoch = self.next_epoch(source, false);
         let index = self.adopt(epoch, kind, user_text, vad_stop_at, end_of_speech_at, now);
-        self.records[index].bot_text = bot_text;
+        if let Some(t) = text {
+            self.records[index].bot_text = t.clone();
+            // Written already: it is over once spoken and played.
+            if let Some(a) = self.active.as_mut() {
+                a.generated = Some(t);
+            }
+        }
         index
     }
 
@@ -111,8 +131,62 @@ impl TurnMachine {
             last_ack_at: None,
             spoken: false,
             generated: None,
+            paused_at: None,
+            then: None,
         });
         index
+    }
+
+    /// When the reply playing was paused by speech over it.
+    pub(super) fn paused(&self) -> Option<Instant> {
+        self.active.as_ref().and_then(|a| a.paused_at)
+    }
+
+    /// Speech over the bot: silence it at once, keeping the rest, until the
+    /// words say whether it goes on.
+    pub(super) fn pause_reply(&mut self, now: Instant) {
+        let Some(a) = self.active.as_mut().filter(|a| a.paused_at.is_none()) else {
+            return;
+        };
+        a.paused_at = Some(now);
+        let (epoch, turn) = (a.epoch, self.records[a.record].index);
+        self.out.push(Action::PauseReply { epoch });
+        self.bot_until = now;
+        self.emit(EventKind::BotPaused { turn });
+    }
+
+    /// The output's report of a pause: these marks come back early.
+    pub(super) fn on_paused(&mut self, epoch: u64, marks: &[String]) {
+        let Some(a) = self.active.as_mut().filter(|a| a.epoch == epoch) else {
+            return;
+        };
+        for p in a.pieces.iter_mut().filter(|p| marks.contains(&p.name)) {
+            p.acked = false;
+            p.replay = true;
+        }
+    }
+
+    /// The speech over the bot was a backchannel: it goes on where it
+    /// stopped, its clock moved on by the pause.
+    pub(super) fn resume_reply(&mut self, now: Instant) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(since) = a.paused_at.take() else {
+            return;
+        };
+        let paused = now.saturating_duration_since(since);
+        let shift = |t: &mut Option<Instant>| *t = t.map(|t| t + paused);
+        shift(&mut a.first_frame_at);
+        shift(&mut a.last_ack_at);
+        let (epoch, turn) = (a.epoch, self.records[a.record].index);
+        self.out.push(Action::ResumeReply { epoch });
+        self.backchannels += 1;
+        self.emit(EventKind::Backchannel {
+            turn,
+            paused_ms: ms(paused),
+        });
+        self.maybe_finish_reply(now);
     }
 
     pub(super) fn on_reply(&mut self, ev: ReplyEvent, now: Instant) {
@@ -149,6 +223,7 @@ impl TurnMachine {
                     text,
                     secs,
                     acked: false,
+                    replay: false,
                 });
                 return self.maybe_finish_reply(now);
             }
@@ -217,8 +292,13 @@ impl TurnMachine {
 
     pub(super) fn on_mark(&mut self, name: &str, now: Instant) {
         if let Some(a) = self.active.as_mut() {
+            let paused = a.paused_at.is_some();
             if let Some(p) = a.pieces.iter_mut().find(|p| p.name == name) {
+                if paused && p.replay {
+                    return; // the pause's `clear` returning it, unplayed
+                }
                 p.acked = true;
+                p.replay = false;
                 a.last_ack_at = Some(now);
             }
         }
@@ -230,7 +310,7 @@ impl TurnMachine {
         let done = self.active.as_ref().is_some_and(|a| {
             let generated =
                 a.generated.is_some() || self.records[a.record].kind == TurnKind::Greeting;
-            a.spoken && generated && a.pieces.iter().all(|p| p.acked)
+            a.spoken && generated && a.paused_at.is_none() && a.pieces.iter().all(|p| p.acked)
         });
         if !done {
             return;
@@ -240,6 +320,12 @@ impl TurnMachine {
         let heard = a.joined();
         self.close_reply(&a, heard, false);
         self.last_activity = now;
+        if let Some((tool, since)) = &a.then {
+            // Said and heard to the end: now the call is ended or handed on.
+            self.tool_used(&a, tool, "ok", *since, now);
+            self.out.push(Action::Act(tool.clone()));
+            return;
+        }
         // The caller is listening to the end of it: time enough to evaluate
         // the reply as it will appear in the next prompt.
         if self.pending.is_none() {
@@ -268,29 +354,60 @@ impl TurnMachine {
     }
 
     /// Barge-in (or a new turn): stop the reply, flush what the transport
-    /// buffered, and keep in the history only what the caller heard.
+    /// buffered, and keep in the history only what the caller heard (up to
+    /// the pause, if speech over it paused it first).
     pub(super) fn interrupt(&mut self, now: Instant) {
         let Some(a) = self.active.take() else { return };
         self.cancel(a.epoch);
         self.out.push(Action::Clear { upto: a.epoch });
-        self.bot_until = now;
+        let stopped = a.paused_at.unwrap_or(now);
+        self.bot_until = stopped;
+        if let Some((tool, since)) = &a.then {
+            // The caller went on: they were not done after all.
+            self.tool_used(&a, tool, "cancelled", *since, now);
+        }
         let onset = self.pos_time(self.segment_onset, now);
-        let heard = a.heard_by(now);
+        let heard = a.heard_by(stopped);
         // A reply the caller never heard was abandoned, not interrupted.
         let spoke = a.first_frame_at.is_some();
         self.close_reply(&a, heard, spoke);
         if !spoke {
             return;
         }
-        let turn = self.records[a.record].index;
-        let onset_to_clear_ms = ms(now.saturating_duration_since(onset));
+        let r = &self.records[a.record];
+        let turn = r.index;
+        let reaction = Duration::from_secs_f64(REACTION_SECS);
+        let cut_off = r.kind == TurnKind::Turn
+            && a.first_frame_at
+                .is_some_and(|first| onset < first + reaction);
+        let onset_to_clear_ms = ms(stopped.saturating_duration_since(onset));
         self.emit(EventKind::Interruption {
             turn,
             onset_to_clear_ms,
+            cut_off,
         });
         self.interruptions.push(Interruption {
             turn,
             onset_to_clear_ms,
+            cut_off,
+        });
+    }
+
+    /// Reports what became of reply `a`'s tool.
+    pub(super) fn tool_used(
+        &mut self,
+        a: &Active,
+        tool: &ToolCall,
+        outcome: &'static str,
+        since: Instant,
+        now: Instant,
+    ) {
+        let turn = self.records[a.record].index;
+        self.emit(EventKind::ToolCall {
+            turn,
+            call: tool.clone(),
+            outcome,
+            ms: ms(now.saturating_duration_since(since)),
         });
     }
 }

@@ -1,0 +1,197 @@
+//! Which built-in tool a caller's line asks for, read from its words: a
+//! closed set of intents, decided in microseconds, before the LLM writes a
+//! word. The phrases are English, as the default persona and Whisper model
+//! are. A line that asks for something more ("Bye — oh wait, what time is
+//! it?") is a question, not a farewell.
+
+/// What the caller's line asks the bot to do, beyond answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Nothing: an ordinary turn.
+    None,
+    /// The caller is done: "Thanks, that's all, goodbye".
+    EndCall,
+    /// The caller wants a person: "Can I speak to a human?"
+    Transfer,
+}
+
+/// Farewells that end a call when the line asks nothing more.
+const FAREWELLS: [&str; 14] = [
+    "goodbye",
+    "good bye",
+    "bye",
+    "bye bye",
+    "that's all",
+    "that is all",
+    "that's everything",
+    "that's it for now",
+    "hang up",
+    "i have to go",
+    "i've got to go",
+    "gotta go",
+    "talk to you later",
+    "have a good day",
+];
+
+/// Who the caller may ask for.
+const PEOPLE: [&str; 14] = [
+    "a person",
+    "a real person",
+    "a human",
+    "a real human",
+    "a human being",
+    "someone",
+    "somebody",
+    "an agent",
+    "a live agent",
+    "a representative",
+    "an operator",
+    "the operator",
+    "a manager",
+    "customer service",
+];
+
+/// How they ask.
+const ASKS: [&str; 9] = [
+    "speak to",
+    "speak with",
+    "talk to",
+    "talk with",
+    "transfer me to",
+    "put me through to",
+    "connect me to",
+    "connect me with",
+    "get me",
+];
+
+/// Said straight out, without an "ask" before it.
+const TRANSFER_ALONE: [&str; 4] = [
+    "transfer me",
+    "put me through",
+    "representative please",
+    "operator please",
+];
+
+/// A negation before the request turns it around ("I don't want to talk to
+/// a person").
+const NEGATIONS: [&str; 6] = ["don't", "do not", "not", "never", "no need to", "without"];
+
+/// The caller's words as the word error rate counts them (lower-case, no
+/// punctuation but apostrophes), padded with spaces so that phrases match
+/// whole words.
+fn normalise(text: &str) -> String {
+    format!(" {} ", crate::text::wer::normalize(text).join(" "))
+}
+
+fn has(line: &str, phrase: &str) -> Option<usize> {
+    line.find(&format!(" {phrase} "))
+}
+
+/// The intent of a finished caller turn.
+pub fn intent(text: &str) -> Intent {
+    let line = normalise(text);
+    let asks_for_person = ASKS.iter().any(|ask| {
+        PEOPLE.iter().any(|who| {
+            has(&line, &format!("{ask} {who}")).is_some_and(|at| {
+                let before = &line[..at + 1];
+                !NEGATIONS.iter().any(|n| has(before, n).is_some())
+            })
+        })
+    }) || TRANSFER_ALONE.iter().any(|p| has(&line, p).is_some());
+    if asks_for_person {
+        return Intent::Transfer;
+    }
+    // A question anywhere, or a sentence after the farewell ("That's all
+    // very interesting. Tell me more."), keeps the call going.
+    if text.contains('?') {
+        return Intent::None;
+    }
+    let last = text
+        .trim()
+        .trim_end_matches(['.', '!', ' '])
+        .rsplit(['.', '!'])
+        .next()
+        .unwrap_or_default();
+    let last = normalise(last);
+    if FAREWELLS.iter().any(|f| has(&last, f).is_some()) {
+        return Intent::EndCall;
+    }
+    Intent::None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scripted set: what callers say, and what the bot should do.
+    /// Lines are written the way Whisper punctuates them.
+    pub(crate) const LINES: [(&str, Intent); 40] = [
+        ("Thanks, that's all, goodbye.", Intent::EndCall),
+        ("Goodbye!", Intent::EndCall),
+        ("Bye.", Intent::EndCall),
+        ("Okay, bye bye.", Intent::EndCall),
+        ("That's all I needed, thank you.", Intent::EndCall),
+        ("Thank you so much, have a good day.", Intent::EndCall),
+        ("I have to go now, bye.", Intent::EndCall),
+        ("That is all, thanks.", Intent::EndCall),
+        ("Great, talk to you later.", Intent::EndCall),
+        ("You can hang up now.", Intent::EndCall),
+        ("Alright, that's everything. Goodbye.", Intent::EndCall),
+        ("Thank you, Miss Harper, goodbye!", Intent::EndCall),
+        ("Can I speak to a person?", Intent::Transfer),
+        ("I'd like to talk to a human, please.", Intent::Transfer),
+        ("Transfer me to an agent.", Intent::Transfer),
+        ("Can you put me through to someone?", Intent::Transfer),
+        ("Let me speak with a representative.", Intent::Transfer),
+        ("I want to talk to a real person.", Intent::Transfer),
+        ("Operator, please.", Intent::Transfer),
+        (
+            "Could you connect me to customer service?",
+            Intent::Transfer,
+        ),
+        ("Get me a manager.", Intent::Transfer),
+        (
+            "Is there somebody I can talk to? Can I talk to somebody?",
+            Intent::Transfer,
+        ),
+        ("Why is the sky blue?", Intent::None),
+        ("What time do you open tomorrow?", Intent::None),
+        ("Thank you.", Intent::None),
+        ("Hi Miss Harper!", Intent::None),
+        ("How do you say goodbye in French?", Intent::None),
+        ("Bye the way, what is thunder?", Intent::None),
+        (
+            "I don't want to talk to a person, just tell me.",
+            Intent::None,
+        ),
+        ("Is that all there is to it?", Intent::None),
+        ("Before I go, what is the biggest animal?", Intent::None),
+        ("My brother is a human being too.", Intent::None),
+        ("Tell me about someone famous.", Intent::None),
+        ("What does an operator do?", Intent::None),
+        ("Okay.", Intent::None),
+        ("Yes, that's right.", Intent::None),
+        ("That's all very interesting. Tell me more.", Intent::None),
+        ("Goodbye is a hard word to say?", Intent::None),
+        ("Talk to you later?", Intent::None),
+        ("No, thank you.", Intent::None),
+    ];
+
+    #[test]
+    fn the_scripted_lines_get_the_right_intent() {
+        let wrong: Vec<String> = LINES
+            .iter()
+            .filter(|(line, want)| intent(line) != *want)
+            .map(|(line, want)| format!("{line:?}: {:?}, not {want:?}", intent(line)))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn words_match_whole() {
+        // "goodbyes" and "byelaws" are not farewells, "someones" nobody.
+        assert_eq!(intent("He said his goodbyes."), Intent::None);
+        assert_eq!(intent("The byelaws are strict."), Intent::None);
+        assert_eq!(intent("What a weird day, bye."), Intent::EndCall);
+    }
+}
