@@ -140,8 +140,18 @@ impl Redact {
         let mut v: Vec<(String, String)> = info
             .params
             .iter()
-            .filter(|(k, v)| k.starts_with(VARIABLE_PREFIX) && !v.is_empty())
-            .map(|(_, v)| (v.clone(), self.said(v).into_owned()))
+            .filter(|(_, v)| !v.is_empty())
+            .filter_map(|(k, v)| {
+                let mask = if k.starts_with(VARIABLE_PREFIX) {
+                    self.said(v)
+                } else if crate::persona::CALL_VARIABLES.contains(&k.as_str()) {
+                    // `{{from_number}}` in a persona: masked as in the params.
+                    self.number(v)
+                } else {
+                    return None;
+                };
+                Some((v.clone(), mask.into_owned()))
+            })
             .collect();
         // The longest first: a value inside another is masked with it.
         v.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));

@@ -54,11 +54,11 @@ pub async fn hang_up(app: &AppState, call_sid: &str) {
     }
 }
 
-/// Hands the live call on to `to` (the bot's `transfer_call`): a call update
-/// whose TwiML dials the number, which also ends our stream. Without REST
-/// credentials, or when Twilio refuses, the call is hung up instead: the
-/// caller was told they would be put through, but a silent open line is
-/// worse.
+/// Hands the live call on to `to` (the bot's `transfer_call`, offered only
+/// when REST credentials are configured): a call update whose TwiML dials
+/// the number, which also ends our stream. When Twilio refuses, the call is
+/// hung up instead: the caller was told they would be put through, but a
+/// silent open line is worse.
 pub async fn transfer(app: &AppState, call_sid: &str, to: &str) {
     let Some(rest) = app.twilio.as_ref() else {
         tracing::error!(

@@ -75,7 +75,8 @@ fn signed_by_twilio(
         .and_then(|h| h.to_str().ok())
     else {
         if app.may_log() {
-            let url = limits::quoted(&urls[0]);
+            // Without the query: a dial-out's variables are personal data.
+            let url = limits::quoted(urls[0].split('?').next().unwrap_or_default());
             tracing::warn!(url, "request refused: no X-Twilio-Signature");
         }
         return false;
@@ -84,7 +85,8 @@ fn signed_by_twilio(
         .iter()
         .any(|u| signature::is_valid(&token, u, form, sig));
     if !ok && app.may_log() {
-        let url = limits::quoted(&urls[0]);
+        // Without the query: a dial-out's variables are personal data.
+        let url = limits::quoted(urls[0].split('?').next().unwrap_or_default());
         tracing::warn!(url, "request refused: X-Twilio-Signature does not match");
     }
     ok

@@ -15,12 +15,20 @@ pub enum Intent {
     Transfer,
 }
 
-/// Farewells that end a call when the line asks nothing more.
-const FAREWELLS: [&str; 14] = [
+/// Farewells that end a call wherever they stand in its last sentence.
+const FAREWELLS: [&str; 6] = [
     "goodbye",
     "good bye",
     "bye",
     "bye bye",
+    "talk to you later",
+    "have a good day",
+];
+
+/// Phrases that end a call only when nothing but closing words follows
+/// them ("That's all, thanks" — not "That's all wrong", "I have to go to
+/// the bank").
+const CLOSINGS: [&str; 8] = [
     "that's all",
     "that is all",
     "that's everything",
@@ -29,8 +37,12 @@ const FAREWELLS: [&str; 14] = [
     "i have to go",
     "i've got to go",
     "gotta go",
-    "talk to you later",
-    "have a good day",
+];
+
+/// Words that may follow a closing phrase.
+const CLOSING_WORDS: [&str; 16] = [
+    "now", "then", "thanks", "thank", "you", "so", "much", "for", "today", "i", "needed", "wanted",
+    "bye", "goodbye", "okay", "please",
 ];
 
 /// Who the caller may ask for.
@@ -65,12 +77,7 @@ const ASKS: [&str; 9] = [
 ];
 
 /// Said straight out, without an "ask" before it.
-const TRANSFER_ALONE: [&str; 4] = [
-    "transfer me",
-    "put me through",
-    "representative please",
-    "operator please",
-];
+const TRANSFER_ALONE: [&str; 3] = ["transfer me", "representative please", "operator please"];
 
 /// A negation before the request turns it around ("I don't want to talk to
 /// a person").
@@ -87,17 +94,28 @@ fn has(line: &str, phrase: &str) -> Option<usize> {
     line.find(&format!(" {phrase} "))
 }
 
+/// Whether `sentence` (normalised) holds `phrase` with no negation before
+/// it in the same sentence.
+fn says(sentence: &str, phrase: &str) -> Option<usize> {
+    let at = has(sentence, phrase)?;
+    let before = &sentence[..at + 1];
+    (!NEGATIONS.iter().any(|n| has(before, n).is_some())).then_some(at)
+}
+
 /// The intent of a finished caller turn.
 pub fn intent(text: &str) -> Intent {
-    let line = normalise(text);
-    let asks_for_person = ASKS.iter().any(|ask| {
-        PEOPLE.iter().any(|who| {
-            has(&line, &format!("{ask} {who}")).is_some_and(|at| {
-                let before = &line[..at + 1];
-                !NEGATIONS.iter().any(|n| has(before, n).is_some())
-            })
-        })
-    }) || TRANSFER_ALONE.iter().any(|p| has(&line, p).is_some());
+    let sentences: Vec<String> = text
+        .split(['.', '!', '?'])
+        .map(normalise)
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    let asks_for_person = sentences.iter().any(|s| {
+        ASKS.iter().any(|ask| {
+            PEOPLE
+                .iter()
+                .any(|who| says(s, &format!("{ask} {who}")).is_some())
+        }) || TRANSFER_ALONE.iter().any(|p| says(s, p).is_some())
+    });
     if asks_for_person {
         return Intent::Transfer;
     }
@@ -106,17 +124,22 @@ pub fn intent(text: &str) -> Intent {
     if text.contains('?') {
         return Intent::None;
     }
-    let last = text
-        .trim()
-        .trim_end_matches(['.', '!', ' '])
-        .rsplit(['.', '!'])
-        .next()
-        .unwrap_or_default();
-    let last = normalise(last);
-    if FAREWELLS.iter().any(|f| has(&last, f).is_some()) {
-        return Intent::EndCall;
+    let Some(last) = sentences.last() else {
+        return Intent::None;
+    };
+    let farewell = FAREWELLS.iter().any(|f| says(last, f).is_some());
+    let closing = CLOSINGS.iter().any(|c| {
+        says(last, c).is_some_and(|at| {
+            last[at + c.len() + 1..]
+                .split_whitespace()
+                .all(|w| CLOSING_WORDS.contains(&w))
+        })
+    });
+    if farewell || closing {
+        Intent::EndCall
+    } else {
+        Intent::None
     }
-    Intent::None
 }
 
 #[cfg(test)]
@@ -125,7 +148,7 @@ mod tests {
 
     /// The scripted set: what callers say, and what the bot should do.
     /// Lines are written the way Whisper punctuates them.
-    pub(crate) const LINES: [(&str, Intent); 40] = [
+    pub(crate) const LINES: [(&str, Intent); 46] = [
         ("Thanks, that's all, goodbye.", Intent::EndCall),
         ("Goodbye!", Intent::EndCall),
         ("Bye.", Intent::EndCall),
@@ -175,6 +198,12 @@ mod tests {
         ("Goodbye is a hard word to say?", Intent::None),
         ("Talk to you later?", Intent::None),
         ("No, thank you.", Intent::None),
+        ("Please don't hang up.", Intent::None),
+        ("I have to go to the bank first.", Intent::None),
+        ("That's all wrong.", Intent::None),
+        ("That put me through a lot.", Intent::None),
+        ("I'm not sure. Can I talk to a person?", Intent::Transfer),
+        ("Goodbye, Miss Harper!", Intent::EndCall),
     ];
 
     #[test]

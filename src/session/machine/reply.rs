@@ -8,6 +8,7 @@ use crate::engines::{ChatMessage, Role};
 use crate::events::{EventKind, Interruption, TurnKind, TurnRecord};
 use crate::session::reply::{ReplyEvent, Source};
 use crate::tools::ToolCall;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// A piece of a reply queued for playback, followed by its mark.
@@ -17,9 +18,6 @@ pub(super) struct Piece {
     text: String,
     secs: f64,
     acked: bool,
-    /// Taken back unplayed by a pause: the transport's early report of its
-    /// mark is not an acknowledgement, the one after the resume is.
-    replay: bool,
 }
 
 /// Too soon after the bot started for the caller's speech to answer what
@@ -41,6 +39,13 @@ pub(super) struct Active {
     generated: Option<String>,
     /// Since when the caller's speech over it has it paused.
     pub(super) paused_at: Option<Instant>,
+    /// Marks a pause took back unplayed, and how many early reports of each
+    /// (a `clear` returns every pending mark at once) are still to come:
+    /// those are not acknowledgements, whenever they arrive.
+    early: HashMap<String, u32>,
+    /// When the caller first heard it: unlike `first_frame_at`, not moved on
+    /// by pauses.
+    began_at: Option<Instant>,
     /// The tool to use once it has played to its end, and since when.
     pub(super) then: Option<(ToolCall, Instant)>,
 }
@@ -132,6 +137,8 @@ impl TurnMachine {
             spoken: false,
             generated: None,
             paused_at: None,
+            early: HashMap::new(),
+            began_at: None,
             then: None,
         });
         index
@@ -160,15 +167,18 @@ impl TurnMachine {
         let Some(a) = self.active.as_mut().filter(|a| a.epoch == epoch) else {
             return;
         };
-        for p in a.pieces.iter_mut().filter(|p| marks.contains(&p.name)) {
-            p.acked = false;
-            p.replay = true;
+        for name in marks {
+            *a.early.entry(name.clone()).or_default() += 1;
+            if let Some(p) = a.pieces.iter_mut().find(|p| &p.name == name) {
+                p.acked = false;
+            }
         }
     }
 
-    /// The speech over the bot was a backchannel: it goes on where it
-    /// stopped, its clock moved on by the pause.
-    pub(super) fn resume_reply(&mut self, now: Instant) {
+    /// The speech over the bot was a backchannel (or its words could not
+    /// be known: `backchannel` false): it goes on where it stopped, its clock
+    /// moved on by the pause.
+    pub(super) fn resume_reply(&mut self, now: Instant, backchannel: bool) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
@@ -181,11 +191,13 @@ impl TurnMachine {
         shift(&mut a.last_ack_at);
         let (epoch, turn) = (a.epoch, self.records[a.record].index);
         self.out.push(Action::ResumeReply { epoch });
-        self.backchannels += 1;
-        self.emit(EventKind::Backchannel {
-            turn,
-            paused_ms: ms(paused),
-        });
+        if backchannel {
+            self.backchannels += 1;
+            self.emit(EventKind::Backchannel {
+                turn,
+                paused_ms: ms(paused),
+            });
+        }
         self.maybe_finish_reply(now);
     }
 
@@ -223,7 +235,6 @@ impl TurnMachine {
                     text,
                     secs,
                     acked: false,
-                    replay: false,
                 });
                 return self.maybe_finish_reply(now);
             }
@@ -246,7 +257,14 @@ impl TurnMachine {
                 EventKind::TtsUsage { turn, characters }
             }
             ReplyEvent::Failed { error, .. } => {
-                self.active = None;
+                let a = self.active.take().expect("matched above");
+                if a.paused_at.is_some() {
+                    // The output holds its rest: let it go.
+                    self.out.push(Action::Clear { upto: epoch });
+                }
+                if let Some((tool, since)) = &a.then {
+                    self.tool_used(&a, tool, "cancelled", *since, now);
+                }
                 self.cancel(epoch);
                 self.error("reply", format!("reply failed: {error}"));
                 if epoch != self.apology_epoch {
@@ -268,6 +286,7 @@ impl TurnMachine {
             return;
         };
         a.first_frame_at = Some(at);
+        a.began_at = Some(at);
         let r = &mut self.records[a.record];
         r.first_frame_at_ms = Some(ms(at.saturating_duration_since(self.start)));
         let mut since_call_start_ms = None;
@@ -292,13 +311,12 @@ impl TurnMachine {
 
     pub(super) fn on_mark(&mut self, name: &str, now: Instant) {
         if let Some(a) = self.active.as_mut() {
-            let paused = a.paused_at.is_some();
+            if let Some(n) = a.early.get_mut(name).filter(|n| **n > 0) {
+                *n -= 1; // a pause's `clear` returning it, unplayed
+                return;
+            }
             if let Some(p) = a.pieces.iter_mut().find(|p| p.name == name) {
-                if paused && p.replay {
-                    return; // the pause's `clear` returning it, unplayed
-                }
                 p.acked = true;
-                p.replay = false;
                 a.last_ack_at = Some(now);
             }
         }
@@ -377,9 +395,8 @@ impl TurnMachine {
         let r = &self.records[a.record];
         let turn = r.index;
         let reaction = Duration::from_secs_f64(REACTION_SECS);
-        let cut_off = r.kind == TurnKind::Turn
-            && a.first_frame_at
-                .is_some_and(|first| onset < first + reaction);
+        let cut_off =
+            r.kind == TurnKind::Turn && a.began_at.is_some_and(|first| onset < first + reaction);
         let onset_to_clear_ms = ms(stopped.saturating_duration_since(onset));
         self.emit(EventKind::Interruption {
             turn,

@@ -197,7 +197,7 @@ impl TurnMachine {
                         // A listener's signal: no turn, and the bot goes on.
                         self.discard_pending();
                         self.turn_start = None;
-                        self.resume_reply(now);
+                        self.resume_reply(now, true);
                         return;
                     }
                     self.interrupt(now);
@@ -207,7 +207,7 @@ impl TurnMachine {
             (Err(e), Some(p)) if p.id == id => {
                 self.error("stt", format!("stt: {e}"));
                 // Words unknown: a paused reply goes on rather than be lost.
-                self.resume_reply(now);
+                self.resume_reply(now, false);
                 self.discard_pending();
                 self.turn_start = None;
                 // The caller said something and would otherwise wait for an
@@ -296,6 +296,19 @@ impl TurnMachine {
             if let Some(d) = p.draft {
                 self.cancel(d.epoch);
             }
+            return;
+        }
+        // A backchannel the pause rule never saw (speech shorter than
+        // `barge_in_min_secs`): the bot talks on, and it is no turn.
+        let over_bot = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.first_frame_at.is_some());
+        if self.rules.backchannels && over_bot && words::is_backchannel(&text) {
+            if let Some(d) = p.draft {
+                self.discard_draft(d);
+            }
+            self.backchannels += 1;
             return;
         }
         let stt_ms = ms(at.saturating_duration_since(p.end_of_speech_at));

@@ -300,3 +300,23 @@ fn a_backchannel_in_two_breaths_is_heard_out_twice() {
     assert_eq!(ended.backchannels, 2);
     assert!(ended.interruptions.is_empty());
 }
+
+#[test]
+fn marks_a_pause_returns_early_are_ignored_even_after_the_resume() {
+    let mut c = Call::new(rules());
+    let epoch = bot_talking(&mut c);
+    c.speech(2500, 2700, -20.0, -23.0);
+    c.feed(Input::Paused {
+        epoch,
+        marks: vec![format!("{epoch}:2")],
+    });
+    c.vad(2832, VadEvent::Paused { end: 2800 * PER_MS });
+    c.transcript("Yeah.");
+    // The transport's early report comes after the resume (a slow link).
+    c.marks(epoch, 1);
+    c.feed(Input::Mark(format!("{epoch}:2")));
+    assert!(c.finished_turns().is_empty(), "the second piece is unheard");
+    c.until(3800);
+    c.feed(Input::Mark(format!("{epoch}:2")));
+    assert_eq!(c.finished_turns().len(), 1);
+}
