@@ -43,9 +43,6 @@ pub(super) struct Active {
     /// (a `clear` returns every pending mark at once) are still to come:
     /// those are not acknowledgements, whenever they arrive.
     early: HashMap<String, u32>,
-    /// When the caller first heard it: unlike `first_frame_at`, not moved on
-    /// by pauses.
-    began_at: Option<Instant>,
     /// The tool to use once it has played to its end, and since when.
     pub(super) then: Option<(ToolCall, Instant)>,
 }
@@ -138,7 +135,6 @@ impl TurnMachine {
             generated: None,
             paused_at: None,
             early: HashMap::new(),
-            began_at: None,
             then: None,
         });
         index
@@ -286,7 +282,6 @@ impl TurnMachine {
             return;
         };
         a.first_frame_at = Some(at);
-        a.began_at = Some(at);
         let r = &mut self.records[a.record];
         r.first_frame_at_ms = Some(ms(at.saturating_duration_since(self.start)));
         let mut since_call_start_ms = None;
@@ -395,8 +390,13 @@ impl TurnMachine {
         let r = &self.records[a.record];
         let turn = r.index;
         let reaction = Duration::from_secs_f64(REACTION_SECS);
+        // The record's first frame, unlike `first_frame_at`, is not moved on
+        // by pauses.
+        let began = r
+            .first_frame_at_ms
+            .map(|ms| self.start + Duration::from_secs_f64(ms / 1e3));
         let cut_off =
-            r.kind == TurnKind::Turn && a.began_at.is_some_and(|first| onset < first + reaction);
+            r.kind == TurnKind::Turn && began.is_some_and(|first| onset < first + reaction);
         let onset_to_clear_ms = ms(stopped.saturating_duration_since(onset));
         self.emit(EventKind::Interruption {
             turn,

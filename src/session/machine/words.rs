@@ -44,9 +44,10 @@ const OPEN_ENDED: [&str; 12] = [
 ];
 
 /// Words a listener says to keep a speaker going.
-const BACKCHANNELS: [&str; 24] = [
-    "uh-huh", "uh", "huh", "mm-hmm", "mhm", "mm", "hmm", "mmm", "yeah", "yes", "yep", "yup",
-    "okay", "ok", "right", "sure", "alright", "oh", "ah", "wow", "cool", "great", "nice", "see",
+/// Hyphenated ones ("uh-huh", "mm-hmm") come as their halves.
+const BACKCHANNELS: [&str; 22] = [
+    "uh", "huh", "mhm", "mm", "hmm", "mmm", "yeah", "yes", "yep", "yup", "okay", "ok", "right",
+    "sure", "alright", "oh", "ah", "wow", "cool", "great", "nice", "see",
 ];
 /// Two-word backchannels' second words ("I see", "got it", "all right").
 const BACKCHANNEL_PAIRS: [(&str, &str); 4] = [
@@ -58,16 +59,10 @@ const BACKCHANNEL_PAIRS: [(&str, &str); 4] = [
 /// More words than this are something said, not a signal.
 const BACKCHANNEL_MAX_WORDS: usize = 3;
 
-/// The words of `text`, lower-case, without punctuation (hyphens and
-/// apostrophes inside words kept: "uh-huh", "what's").
+/// The words of `text` as the word error rate counts them: lower-case,
+/// without punctuation; "uh-huh" is "uh huh".
 fn words(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
+    crate::text::wer::normalize(text)
 }
 
 /// What the transcript of a turn says about whether it is over. `name` is
