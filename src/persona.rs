@@ -19,6 +19,10 @@ pub const TEACHER_GOODBYE: &str = "It was lovely talking with you. Goodbye!";
 /// Any persona's, unless it says otherwise.
 pub const GOODBYE: &str = "Thank you for calling. Goodbye!";
 pub const TRANSFER_MESSAGE: &str = "Let me put you through to a person now. Please hold.";
+pub const TOOL_FILLER: &str = "One moment while I check that.";
+pub const TOOL_APOLOGY: &str = "Sorry, I couldn't get that information just now.";
+pub const VOICEMAIL: &str =
+    "Hello, this is an automated assistant calling with a message. Please call us back when you can. Goodbye!";
 
 /// Outbound: a friendly assistant placing a call on someone's behalf.
 pub const ASSISTANT_NAME: &str = "Sam";
@@ -106,6 +110,9 @@ impl crate::config::Persona {
             &self.idle_prompt,
             &self.goodbye,
             &self.transfer_message,
+            &self.tool_filler,
+            &self.tool_apology,
+            &self.voicemail,
         ] {
             for n in placeholders(text)? {
                 if !all.contains(&n) {
@@ -125,6 +132,9 @@ impl crate::config::Persona {
             idle_prompt: f(&self.idle_prompt),
             goodbye: f(&self.goodbye),
             transfer_message: f(&self.transfer_message),
+            tool_filler: f(&self.tool_filler),
+            tool_apology: f(&self.tool_apology),
+            voicemail: f(&self.voicemail),
         }
     }
 

@@ -32,6 +32,9 @@ fn persona(greeting: &str) -> Persona {
         idle_prompt: "(Check that {{name}} is still there.)".into(),
         goodbye: "Goodbye, {{name}}!".into(),
         transfer_message: "Putting you through.".into(),
+        tool_filler: "One moment.".into(),
+        tool_apology: "Sorry, that failed.".into(),
+        voicemail: "Please call back.".into(),
     }
 }
 

@@ -33,6 +33,10 @@ pub struct EvalArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "eval-report.json")]
     pub out: PathBuf,
+    /// Score the choice of tools instead of the answers, on this set of
+    /// tools and lines (e.g. eval/tool-lines.toml).
+    #[arg(long, conflicts_with_all = ["lines", "only"])]
+    pub tools: Option<PathBuf>,
 }
 
 /// One line's outcome in the report.
@@ -79,6 +83,9 @@ struct Report<'a> {
 }
 
 pub fn run(cli: &Cli, a: &EvalArgs) -> anyhow::Result<()> {
+    if let Some(file) = &a.tools {
+        return super::eval_tools::run(cli, a.config.as_deref(), file, &a.out);
+    }
     let cfg = Config::load(a.config.as_deref())?;
     let set = match &a.lines {
         Some(p) => LineSet::parse(

@@ -5,6 +5,7 @@
 mod bench_engines;
 mod call;
 mod eval;
+mod eval_tools;
 mod models;
 mod tools;
 // What drives a server from outside — simulated callers, load, the fake

@@ -33,6 +33,8 @@ pub struct Config {
     pub twilio: TwilioConfig,
     /// Where each engine runs (CPU or a CUDA GPU).
     pub devices: Devices,
+    /// The owner's tools (`[[tools]]`): HTTP endpoints the bot may call.
+    pub tools: Vec<crate::tools::http::HttpTool>,
 }
 
 /// Silero VAD's settings, per call: when speech counts as started and as
@@ -395,6 +397,16 @@ pub struct Persona {
     /// What the bot says before a transfer (`call.transfer_to`).
     #[serde(default = "default_transfer_message")]
     pub transfer_message: String,
+    /// Said while a slow tool runs (a tool's own `filler` wins).
+    #[serde(default = "default_tool_filler")]
+    pub tool_filler: String,
+    /// Said when a tool fails or runs out of time; the call goes on.
+    #[serde(default = "default_tool_apology")]
+    pub tool_apology: String,
+    /// Left on an answering machine after its beep (dial-out with
+    /// `twilio.machine_detection`); the call then hangs up.
+    #[serde(default = "default_voicemail")]
+    pub voicemail: String,
 }
 
 fn default_goodbye() -> String {
@@ -403,6 +415,18 @@ fn default_goodbye() -> String {
 
 fn default_transfer_message() -> String {
     crate::persona::TRANSFER_MESSAGE.into()
+}
+
+fn default_tool_filler() -> String {
+    crate::persona::TOOL_FILLER.into()
+}
+
+fn default_tool_apology() -> String {
+    crate::persona::TOOL_APOLOGY.into()
+}
+
+fn default_voicemail() -> String {
+    crate::persona::VOICEMAIL.into()
 }
 
 impl Default for ServerConfig {
@@ -468,6 +492,9 @@ impl Default for Personas {
                 name: crate::persona::TEACHER_NAME.into(),
                 goodbye: crate::persona::TEACHER_GOODBYE.into(),
                 transfer_message: crate::persona::TRANSFER_MESSAGE.into(),
+                tool_filler: crate::persona::TOOL_FILLER.into(),
+                tool_apology: crate::persona::TOOL_APOLOGY.into(),
+                voicemail: crate::persona::VOICEMAIL.into(),
                 system: crate::persona::TEACHER.into(),
                 greeting: crate::persona::TEACHER_GREETING.into(),
                 idle_prompt: "(The child has been quiet for a few seconds. Carry on teaching with one short, \
@@ -478,6 +505,9 @@ impl Default for Personas {
                 name: crate::persona::ASSISTANT_NAME.into(),
                 goodbye: crate::persona::GOODBYE.into(),
                 transfer_message: crate::persona::TRANSFER_MESSAGE.into(),
+                tool_filler: crate::persona::TOOL_FILLER.into(),
+                tool_apology: crate::persona::TOOL_APOLOGY.into(),
+                voicemail: crate::persona::VOICEMAIL.into(),
                 system: crate::persona::ASSISTANT.into(),
                 greeting: crate::persona::ASSISTANT_GREETING.into(),
                 idle_prompt: "(The person has been quiet for a few seconds. Briefly check that they are still \

@@ -167,6 +167,7 @@ impl Config {
         }
         self.devices.validate()?;
         self.validate_personas()?;
+        self.validate_tools()?;
         if let Some(to) = &self.call.transfer_to {
             if !crate::twilio::rest::is_e164(to) {
                 return bad(format!(
@@ -283,6 +284,69 @@ impl Config {
             return Err(Error::Config(format!(
                 "personas.named.{bad}: a persona's name is lower-case letters, digits and _"
             )));
+        }
+        Ok(())
+    }
+}
+
+/// Names the built-in tools hold.
+const BUILT_IN_TOOLS: [&str; 3] = ["end_call", "transfer_call", "none"];
+
+impl Config {
+    /// Each `[[tools]]` entry: a unique name a model can write, an object
+    /// schema for its arguments, an endpoint and times that make sense.
+    fn validate_tools(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let mut seen = Vec::new();
+        for (i, t) in self.tools.iter().enumerate() {
+            let at = format!("tools[{i}] ({:?})", t.name);
+            if !crate::persona::is_variable_name(&t.name)
+                || BUILT_IN_TOOLS.contains(&t.name.as_str())
+            {
+                return bad(format!(
+                    "{at}: a tool's name is lower-case letters, digits and _ (not end_call, transfer_call or none)"
+                ));
+            }
+            if seen.contains(&&t.name) {
+                return bad(format!("{at}: two tools have this name"));
+            }
+            seen.push(&t.name);
+            if t.description.trim().is_empty() {
+                return bad(format!(
+                    "{at}: the description is what the model chooses by; it cannot be empty"
+                ));
+            }
+            let p = &t.parameters;
+            if p["type"] != "object"
+                || !(p.get("properties").is_none() || p["properties"].is_object())
+            {
+                return bad(format!(
+                    "{at}: parameters must be a JSON schema of an object (type = \"object\", properties = {{ … }})"
+                ));
+            }
+            let url = &t.url;
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || reqwest::Url::parse(url).is_err()
+            {
+                return bad(format!(
+                    "{at}: url must be an http:// or https:// URL, not {url:?}"
+                ));
+            }
+            for (name, v) in [
+                ("timeout_secs", t.timeout_secs),
+                ("filler_after_secs", t.filler_after_secs),
+            ] {
+                if !(v > 0.0 && v <= MAX_REQUEST_SECS) {
+                    return bad(format!(
+                        "{at}: {name} must be above 0 and at most {MAX_REQUEST_SECS} s, not {v}"
+                    ));
+                }
+            }
+            for text in [&t.say, &t.filler].into_iter().flatten() {
+                if let Err(e) = crate::persona::placeholders(text) {
+                    return bad(format!("{at}: {e}"));
+                }
+            }
         }
         Ok(())
     }

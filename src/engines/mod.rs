@@ -165,6 +165,12 @@ pub struct GenerationOptions {
     /// Penalty on tokens of the last 64; small models loop without it.
     pub repeat_penalty: f32,
     pub seed: u32,
+    /// The owner's tools the model may call instead of answering (a
+    /// caller's turn only); the reply is then [`Generation::tool_use`].
+    pub tools: Option<Arc<crate::tools::http::ToolSet>>,
+    /// A llama.cpp grammar (GBNF, root rule `root`) the output must match;
+    /// engines without grammars ignore it.
+    pub grammar: Option<String>,
 }
 
 impl Default for GenerationOptions {
@@ -174,6 +180,8 @@ impl Default for GenerationOptions {
             temperature: 0.0,
             repeat_penalty: 1.15,
             seed: 42,
+            tools: None,
+            grammar: None,
         }
     }
 }
@@ -193,6 +201,9 @@ pub struct Generation {
     pub cancelled: bool,
     /// The model ended its turn (rather than running into `max_tokens`).
     pub finished: bool,
+    /// The model called one of [`GenerationOptions::tools`] rather than
+    /// answering (`text` is then empty).
+    pub tool_use: Option<crate::tools::http::ToolUse>,
 }
 
 /// A large language model shared by all calls.

@@ -6,7 +6,7 @@
 mod record;
 mod redact;
 
-pub use record::{CallSummary, Interruption, TurnEnd, TurnRecord};
+pub use record::{CallSummary, Interruption, ToolRecord, TurnEnd, TurnRecord};
 pub use redact::Redact;
 
 use std::collections::HashMap;

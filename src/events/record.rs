@@ -36,6 +36,9 @@ pub struct TurnRecord {
     #[serde(default)]
     pub turn_end: Option<TurnEnd>,
     pub llm_ttfb_ms: Option<f64>,
+    /// The owner's tool the reply used.
+    #[serde(default)]
+    pub tool: Option<ToolRecord>,
     pub tts_ttfb_ms: Option<f64>,
     pub prompt_tokens: usize,
     pub prefilled_tokens: usize,
@@ -68,6 +71,7 @@ impl TurnRecord {
             smart_turn_scores: 0,
             turn_end: None,
             llm_ttfb_ms: None,
+            tool: None,
             tts_ttfb_ms: None,
             prompt_tokens: 0,
             prefilled_tokens: 0,
@@ -78,6 +82,20 @@ impl TurnRecord {
             first_frame_at_ms: None,
         }
     }
+}
+
+/// One use of an owner's tool within a reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    pub name: String,
+    pub arguments: serde_json::Value,
+    /// `ok`, `timeout`, `failed` or `cancelled`.
+    pub outcome: String,
+    /// What the endpoint answered (cut at 2,000 characters), or why it
+    /// failed.
+    pub result: Option<String>,
+    /// From the request to its answer (or to giving up).
+    pub ms: f64,
 }
 
 /// What ended a caller's turn: the rule that let the bot answer.

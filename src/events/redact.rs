@@ -74,6 +74,20 @@ impl Redact {
             EventKind::Dtmf { digit } => EventKind::Dtmf {
                 digit: self.said(digit).into_owned(),
             },
+            EventKind::ToolCall {
+                turn,
+                call: crate::tools::ToolCall::Http { name, arguments },
+                outcome,
+                ms,
+            } => EventKind::ToolCall {
+                turn: *turn,
+                call: crate::tools::ToolCall::Http {
+                    name: name.clone(),
+                    arguments: self.json(arguments),
+                },
+                outcome,
+                ms: *ms,
+            },
             EventKind::TurnFinished { record } => EventKind::TurnFinished {
                 record: self.record(record),
             },
@@ -102,11 +116,13 @@ impl Redact {
         }
         let values = self.values(&s.info);
         s.info = self.info(&s.info);
-        for m in &mut s.history {
+        for (i, m) in s.history.iter_mut().enumerate() {
             *m = match m.role {
                 // The persona: the owner's words, but filled with the
                 // call's variables.
-                Role::System => ChatMessage::new(m.role, masked(&m.content, &values)),
+                Role::System if i == 0 => ChatMessage::new(m.role, masked(&m.content, &values)),
+                // Later system messages carry what a tool answered about
+                // the caller.
                 _ => self.message(m),
             };
         }
@@ -164,15 +180,20 @@ impl Redact {
         // The bot repeats what it was told ("so that's 4111…").
         r.bot_text = self.said(&r.bot_text).into_owned();
         r.heard_text = self.said(&r.heard_text).into_owned();
+        if let Some(t) = r.tool.as_mut() {
+            t.arguments = self.json(&t.arguments);
+            t.result = t.result.as_deref().map(|s| self.said(s).into_owned());
+        }
         r
     }
 
+    /// A tool's arguments: what the caller told the bot.
+    fn json(self, v: &serde_json::Value) -> serde_json::Value {
+        serde_json::Value::String(self.said(&v.to_string()).into_owned())
+    }
+
     fn message(self, m: &ChatMessage) -> ChatMessage {
-        match m.role {
-            // The persona: the owner's words, not the caller's.
-            Role::System => m.clone(),
-            _ => ChatMessage::new(m.role, self.said(&m.content)),
-        }
+        ChatMessage::new(m.role, self.said(&m.content))
     }
 }
 
@@ -279,6 +300,9 @@ mod tests {
                     idle_prompt: String::new(),
                     goodbye: "Bye, Alice Smith.".into(),
                     transfer_message: String::new(),
+                    tool_filler: String::new(),
+                    tool_apology: String::new(),
+                    voicemail: String::new(),
                 },
             },
         };

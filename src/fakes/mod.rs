@@ -98,6 +98,7 @@ impl ApiStack {
                 reply: reply.to_string(),
                 first_token: ms(latency.llm_ms),
                 per_token: Duration::from_millis(latency.llm_token_ms),
+                tool_call: None,
             },
         )
         .await?;

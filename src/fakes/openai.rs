@@ -43,6 +43,10 @@ pub struct Behaviour {
     pub first_token: Duration,
     /// Between chunks.
     pub per_token: Duration,
+    /// What the "model" calls when a request offers this tool and ends with
+    /// the caller's words: the function's name and its arguments. A
+    /// request that ends with anything else (a tool's result) gets `reply`.
+    pub tool_call: Option<(String, Value)>,
 }
 
 impl Default for Behaviour {
@@ -52,6 +56,7 @@ impl Default for Behaviour {
             reply: "Rain is water falling from clouds.".into(),
             first_token: Duration::from_millis(20),
             per_token: Duration::from_millis(5),
+            tool_call: None,
         }
     }
 }
@@ -141,6 +146,22 @@ async fn completions(
         )
             .into_response();
     }
+    let offered = |name: &str| {
+        body["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == name))
+    };
+    let last_is_user = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "user");
+    if let Some((name, arguments)) = b
+        .tool_call
+        .clone()
+        .filter(|(n, _)| offered(n) && last_is_user)
+    {
+        return call_tool(b.first_token, &name, &arguments);
+    }
     let words: Vec<String> = b.reply.split_inclusive(' ').map(str::to_string).collect();
     let n = words.len();
     let prompt_tokens = body["messages"].as_array().map_or(0, |m| {
@@ -202,6 +223,39 @@ async fn completions(
         let usage = json!({"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}});
         send(chunk(json!({}), Some("stop"), Some(("x_groq", usage)))).await;
         send("data: [DONE]\n\n".to_string()).await;
+    });
+    streamed("text/event-stream", rx)
+}
+
+/// A streamed tool call as OpenAI sends one: the function's name with an
+/// id, its JSON arguments in two pieces, `finish_reason: "tool_calls"`.
+fn call_tool(first_token: Duration, name: &str, arguments: &Value) -> Response {
+    let args = arguments.to_string();
+    let (head, tail) = args.split_at(args.len() / 2);
+    let call = |function: Value| json!({"tool_calls": [{"index": 0, "id": "call_fake", "type": "function", "function": function}]});
+    let mut events = vec![chunk(
+        {
+            let mut d = call(json!({"name": name, "arguments": ""}));
+            d["role"] = json!("assistant");
+            d["content"] = Value::Null;
+            d
+        },
+        None,
+        None,
+    )];
+    for piece in [head, tail] {
+        events.push(chunk(call(json!({"arguments": piece})), None, None));
+    }
+    events.push(chunk(json!({}), Some("tool_calls"), None));
+    events.push("data: [DONE]\n\n".to_string());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::spawn(async move {
+        tokio::time::sleep(first_token).await;
+        for e in events {
+            if tx.send(Ok(Bytes::from(e))).await.is_err() {
+                return;
+            }
+        }
     });
     streamed("text/event-stream", rx)
 }

@@ -14,6 +14,16 @@ pub fn latency_table(turns: &[TurnRecord]) -> String {
         .iter()
         .filter(|t| t.kind == TurnKind::Turn && t.first_frame_at_ms.is_some())
         .collect();
+    // The owner's tools get a column when a turn used one.
+    let tools = rows.iter().any(|t| t.tool.is_some());
+    if tools {
+        s.insert_str(s.len() - 1, " | Tool");
+    }
+    let tool = |t: &TurnRecord| {
+        t.tool.as_ref().map_or(String::new(), |u| {
+            format!(" | {} {:.0}ms {}", u.name, u.ms, u.outcome)
+        })
+    };
     for t in &rows {
         s.push_str(&format!(
             "{:>4} | {:>5} | {:>8} | {:>10} | {:>8} | {:>8} | {:>10} | {:>9} | {:>13}\n",
@@ -27,6 +37,9 @@ pub fn latency_table(turns: &[TurnRecord]) -> String {
             t.tts_characters,
             f(t.end_of_speech_ms)
         ));
+        if tools {
+            s.insert_str(s.len() - 1, &tool(t));
+        }
     }
     let avg = |g: fn(&TurnRecord) -> Option<f64>| {
         let v: Vec<f64> = rows.iter().filter_map(|t| g(t)).collect();
@@ -67,5 +80,26 @@ mod tests {
         assert!(lines[1].starts_with("   1 | 200ms"), "{t}");
         assert!(lines[2].starts_with("   3 | 400ms"), "{t}");
         assert!(lines[3].starts_with(" Avg | 300ms"), "{t}");
+    }
+
+    #[test]
+    fn a_tool_turn_adds_the_tool_column() {
+        let mut plain = TurnRecord::new(1, TurnKind::Turn, "hi".into(), 0.0);
+        plain.first_frame_at_ms = Some(900.0);
+        assert!(!latency_table(std::slice::from_ref(&plain)).contains("Tool"));
+        let mut looked_up = TurnRecord::new(2, TurnKind::Turn, "my order".into(), 0.0);
+        looked_up.first_frame_at_ms = Some(1900.0);
+        looked_up.tool = Some(crate::events::ToolRecord {
+            name: "order_status".into(),
+            arguments: serde_json::json!({"order_number": "4512"}),
+            outcome: "ok".into(),
+            result: None,
+            ms: 182.4,
+        });
+        let t = latency_table(&[plain, looked_up]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("| End-of-speech | Tool"), "{t}");
+        assert!(lines[1].ends_with("-"), "{t}");
+        assert!(lines[2].ends_with("| order_status 182ms ok"), "{t}");
     }
 }

@@ -98,6 +98,8 @@ pub struct Session {
     odd_rate_logged: bool,
     /// A tool ended the call: how, and where it was handed on to.
     acted: Option<(EndedBy, Option<String>)>,
+    /// The owner's tools, offered on the caller's turns.
+    tools: Option<Arc<crate::tools::http::ToolSet>>,
     /// The STT engine's stream of this call, when it listens as the caller
     /// speaks; otherwise each turn's audio is transcribed when it ends.
     listener: Option<Arc<dyn SttStream>>,
@@ -167,7 +169,12 @@ impl Session {
             None
         });
         let machine = TurnMachine::new(cfg.call.clone(), persona.clone(), &info.call_sid, start);
-        let workers = Workers::spawn(llm, engines.tts.clone(), out.clone(), reply_tx);
+        let lines = reply::ToolLines {
+            rt: tokio::runtime::Handle::current(),
+            filler: persona.tool_filler.clone(),
+            apology: persona.tool_apology.clone(),
+        };
+        let workers = Workers::spawn(llm, engines.tts.clone(), out.clone(), reply_tx, lines);
         let mut s = Session {
             cfg: cfg.clone(),
             engines,
@@ -184,6 +191,7 @@ impl Session {
             ahead_logged: false,
             odd_rate_logged: false,
             acted: None,
+            tools: crate::tools::http::ToolSet::new(&cfg.tools),
             listener,
             results_tx,
             events,
@@ -372,7 +380,10 @@ impl Session {
                     source,
                     draft,
                 } => {
-                    let options = self.cfg.llm.generation();
+                    let mut options = self.cfg.llm.generation();
+                    if matches!(source, reply::Source::Turn(_)) {
+                        options.tools = self.tools.clone();
+                    }
                     let reply = self.workers.start(reply::Job {
                         epoch,
                         source,
@@ -405,6 +416,8 @@ impl Session {
                     self.acted = Some(match tool {
                         ToolCall::EndCall => (EndedBy::Bot, None),
                         ToolCall::TransferCall { to } => (EndedBy::Transferred, Some(to)),
+                        // The owner's tools run within the reply and end nothing.
+                        ToolCall::Http { .. } => continue,
                     })
                 }
             }

@@ -30,8 +30,11 @@ use tokio::sync::mpsc;
 
 use super::output::OutCmd;
 use crate::audio::Audio;
-use crate::engines::{contained, ChatMessage, Generation, GenerationOptions, LlmSession, Tts};
+use crate::engines::{
+    contained, ChatMessage, Generation, GenerationOptions, LlmSession, Role, Tts,
+};
 use crate::text::sentence::SentenceAggregator;
+use crate::tools::http::{self, ToolResult, ToolUse};
 
 #[derive(Debug)]
 pub enum Source {
@@ -39,6 +42,8 @@ pub enum Source {
     Text(String),
     /// The LLM's answer to this conversation.
     Llm(Vec<ChatMessage>),
+    /// The LLM's answer to a caller's turn: the owner's tools are offered.
+    Turn(Vec<ChatMessage>),
 }
 
 #[derive(Debug)]
@@ -74,6 +79,18 @@ pub enum ReplyEvent {
         epoch: u64,
         error: String,
     },
+    /// The owner's tool `call` ran, `ms` long.
+    Tool {
+        epoch: u64,
+        call: ToolUse,
+        result: ToolResult,
+        ms: f64,
+        /// What the conversation keeps of the result for later turns: the
+        /// message the LLM answered from. A templated answer is in the
+        /// reply itself (and a small model reads such a message back
+        /// aloud).
+        remember: Option<String>,
+    },
 }
 
 impl ReplyEvent {
@@ -84,7 +101,8 @@ impl ReplyEvent {
             | ReplyEvent::Piece { epoch, .. }
             | ReplyEvent::Generated { epoch, .. }
             | ReplyEvent::Spoken { epoch, .. }
-            | ReplyEvent::Failed { epoch, .. } => *epoch,
+            | ReplyEvent::Failed { epoch, .. }
+            | ReplyEvent::Tool { epoch, .. } => *epoch,
         }
     }
 }
@@ -191,6 +209,8 @@ struct LlmPart {
     history: Vec<ChatMessage>,
     options: GenerationOptions,
     cancel: Arc<AtomicBool>,
+    /// A draft's gate: its tool is called only once it opens.
+    gate: Arc<Gate>,
     pieces: std_mpsc::SyncSender<String>,
     /// Closed by Piper once the first piece is synthesised.
     spoken: std_mpsc::Receiver<()>,
@@ -221,6 +241,7 @@ impl Workers {
         tts: Arc<dyn Tts>,
         out: mpsc::Sender<OutCmd>,
         events: mpsc::Sender<ReplyEvent>,
+        lines: ToolLines,
     ) -> Self {
         let (llm_tx, llm_rx) = std_mpsc::sync_channel::<LlmJob>(JOB_QUEUE);
         let (tts_tx, tts_rx) = std_mpsc::sync_channel::<TtsPart>(JOB_QUEUE);
@@ -230,7 +251,7 @@ impl Workers {
             .spawn(move || {
                 while let Ok(job) = llm_rx.recv() {
                     match job {
-                        LlmJob::Reply(part) => part.run(llm.as_mut(), &llm_events),
+                        LlmJob::Reply(part) => part.run(llm.as_mut(), &llm_events, &lines),
                         LlmJob::Prefill { messages, then } => {
                             then(contained("llm", || llm.prefill(&messages)))
                         }
@@ -307,7 +328,7 @@ impl Workers {
                 }
                 (None, rx)
             }
-            Source::Llm(history) => {
+            Source::Llm(history) | Source::Turn(history) => {
                 // Bounded: a full queue holds the LLM back when Piper is far
                 // behind.
                 let (tx, rx) = std_mpsc::sync_channel(PIECE_QUEUE);
@@ -318,7 +339,7 @@ impl Workers {
             epoch,
             pieces: piece_rx,
             cancel: cancel.clone(),
-            gate,
+            gate: gate.clone(),
             spoken: spoken_tx,
         };
         let queued = self.tts.try_send(tts).is_ok()
@@ -328,6 +349,7 @@ impl Workers {
                     history,
                     options,
                     cancel,
+                    gate,
                     pieces,
                     spoken: spoken_rx,
                 };
@@ -343,52 +365,38 @@ impl Workers {
 }
 
 impl LlmPart {
-    fn run(self, llm: &mut dyn LlmSession, events: &mpsc::Sender<ReplyEvent>) {
-        let LlmPart {
-            epoch,
-            history,
-            options,
-            cancel,
-            pieces,
-            spoken,
-        } = self;
-        if cancel.load(Ordering::Relaxed) {
+    fn run(self, llm: &mut dyn LlmSession, events: &mpsc::Sender<ReplyEvent>, lines: &ToolLines) {
+        if self.cancel.load(Ordering::Relaxed) {
             return; // dropped unheard before it began
         }
-        let mut agg = SentenceAggregator::new();
-        let mut first = true;
-        let mut count = 0;
-        let t0 = Instant::now();
+        let mut out = Speaker {
+            epoch: self.epoch,
+            pieces: &self.pieces,
+            spoken: &self.spoken,
+            events,
+            agg: SentenceAggregator::new(),
+            count: 0,
+            first: true,
+            t0: Instant::now(),
+        };
+        let cancel = &self.cancel;
         let result = contained("llm", || {
-            llm.generate(&history, &options, &cancel, &mut |text| {
-                if first {
-                    first = false;
-                    let _ = events.blocking_send(ReplyEvent::FirstToken {
-                        epoch,
-                        ms: t0.elapsed().as_secs_f64() * 1e3,
-                    });
-                }
-                for p in agg.push(text) {
-                    count += 1;
-                    if pieces.send(p).is_err() {
-                        return false;
-                    }
-                    if count == 1 {
-                        let _ = spoken.recv_timeout(FIRST_PIECE_PAUSE);
-                    }
-                }
-                true
-            })
+            let g = llm.generate(&self.history, &self.options, cancel, &mut |t| out.text(t))?;
+            match g.tool_use.clone() {
+                Some(call) => Ok(self.use_tool(llm, call, g, &mut out, lines)),
+                None => Ok(g),
+            }
         });
         // A sentence cut off by the token limit is not spoken unless it is
         // all there is.
-        let cut_off = result.as_ref().is_ok_and(|g| !g.finished) && count > 0;
+        let cut_off = result.as_ref().is_ok_and(|g| !g.finished) && out.count > 0;
         if !cancel.load(Ordering::Relaxed) && !cut_off {
-            if let Some(p) = agg.flush() {
-                let _ = pieces.send(p);
+            if let Some(p) = out.agg.flush() {
+                let _ = self.pieces.send(p);
             }
         }
-        drop(pieces);
+        let epoch = self.epoch;
+        drop(self);
         let _ = match result {
             Ok(generation) => events.blocking_send(ReplyEvent::Generated { epoch, generation }),
             Err(e) => events.blocking_send(ReplyEvent::Failed {
@@ -396,6 +404,142 @@ impl LlmPart {
                 error: e.to_string(),
             }),
         };
+    }
+
+    /// Runs the tool the model chose and answers with what it returned: by
+    /// the tool's template, else by the LLM with the result in view; by the
+    /// apology when it failed. A draft's tool waits until the turn is
+    /// confirmed: calling it may change something for the caller.
+    fn use_tool(
+        &self,
+        llm: &mut dyn LlmSession,
+        call: ToolUse,
+        choice: Generation,
+        out: &mut Speaker,
+        lines: &ToolLines,
+    ) -> Generation {
+        let said = |text: &str| Generation {
+            text: text.to_string(),
+            finished: true,
+            ..choice.clone()
+        };
+        let Some(tools) = self.options.tools.clone() else {
+            return said(&lines.apology);
+        };
+        if !self.gate.wait(&self.cancel) {
+            return Generation {
+                cancelled: true,
+                ..choice
+            };
+        }
+        let tool = tools.get(&call.name).cloned();
+        let filler = tool
+            .as_ref()
+            .and_then(|t| t.filler.clone())
+            .unwrap_or_else(|| lines.filler.clone());
+        let t0 = Instant::now();
+        let result = tools.run(&lines.rt, &call, &self.cancel, &mut || out.say(&filler));
+        let templated = tool.as_ref().is_some_and(|t| t.say.is_some());
+        let _ = out.events.blocking_send(ReplyEvent::Tool {
+            epoch: self.epoch,
+            call: call.clone(),
+            result: result.clone(),
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+            remember: match &result {
+                ToolResult::Ok(body) if !templated => Some(http::result_message(&call, body)),
+                _ => None,
+            },
+        });
+        let body = match result {
+            ToolResult::Ok(body) => body,
+            ToolResult::Cancelled => {
+                return Generation {
+                    cancelled: true,
+                    ..choice
+                }
+            }
+            ToolResult::Timeout | ToolResult::Failed(_) => {
+                out.say(&lines.apology);
+                return said(&lines.apology);
+            }
+        };
+        if let Some(template) = tool.and_then(|t| t.say) {
+            let line = http::say(&template, &call, &body).unwrap_or_else(|| {
+                tracing::warn!(tool = %call.name, "the tool's answer lacks a field its `say` template names");
+                lines.apology.clone()
+            });
+            out.say(&line);
+            return said(&line);
+        }
+        let mut history = self.history.clone();
+        history.push(ChatMessage::new(
+            Role::System,
+            http::result_message(&call, &body),
+        ));
+        let mut options = self.options.clone();
+        options.tools = None;
+        match llm.generate(&history, &options, &self.cancel, &mut |t| out.text(t)) {
+            Ok(mut g) => {
+                g.total_ms += choice.total_ms;
+                g
+            }
+            Err(e) => {
+                tracing::warn!("answering with the tool's result failed: {e}");
+                out.say(&lines.apology);
+                said(&lines.apology)
+            }
+        }
+    }
+}
+
+/// What the persona says around the owner's tools, and the runtime their
+/// requests run on.
+pub struct ToolLines {
+    pub rt: tokio::runtime::Handle,
+    pub filler: String,
+    pub apology: String,
+}
+
+/// Turns a reply's text into pieces for Piper as it is written.
+struct Speaker<'a> {
+    epoch: u64,
+    pieces: &'a std_mpsc::SyncSender<String>,
+    spoken: &'a std_mpsc::Receiver<()>,
+    events: &'a mpsc::Sender<ReplyEvent>,
+    agg: SentenceAggregator,
+    count: usize,
+    first: bool,
+    t0: Instant,
+}
+
+impl Speaker<'_> {
+    /// The LLM's next text; `false` when nobody listens any more.
+    fn text(&mut self, text: &str) -> bool {
+        if self.first {
+            self.first = false;
+            let _ = self.events.blocking_send(ReplyEvent::FirstToken {
+                epoch: self.epoch,
+                ms: self.t0.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        for p in self.agg.push(text) {
+            self.count += 1;
+            if self.pieces.send(p).is_err() {
+                return false;
+            }
+            if self.count == 1 {
+                let _ = self.spoken.recv_timeout(FIRST_PIECE_PAUSE);
+            }
+        }
+        true
+    }
+
+    /// A fixed line (a filler, an apology, a tool's answer), whole.
+    fn say(&mut self, line: &str) {
+        let mut agg = SentenceAggregator::new();
+        for p in agg.push(line).into_iter().chain(agg.flush()) {
+            let _ = self.pieces.send(p);
+        }
     }
 }
 

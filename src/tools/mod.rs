@@ -3,11 +3,16 @@
 //! (its goodbye, "let me put you through"), played to the last mark, so
 //! the caller never loses the end of a sentence to a hang-up.
 //!
-//! Which tool a caller's line asks for is decided by [`intent`], from the
-//! words, before any reply is written: the default CPU model (SmolLM2-135M)
-//! cannot be trusted to choose, and a wrong hang-up is the worst thing a
-//! phone bot can do.
+//! Which built-in tool a caller's line asks for is decided by [`intent`],
+//! from the words, before any reply is written: the default CPU model
+//! (SmolLM2-135M) cannot be trusted to choose, and a wrong hang-up is the
+//! worst thing a phone bot can do. The owner's own tools ([`http`]) are
+//! chosen by the LLM as the reply starts: by a grammar-constrained step
+//! ([`choose`]) with the local model, through the `tools` field with an
+//! OpenAI-compatible API.
 
+pub mod choose;
+pub mod http;
 pub mod intent;
 
 use serde::Serialize;
@@ -21,14 +26,20 @@ pub enum ToolCall {
     /// Cold transfer: the live call is redirected to `to` with TwiML
     /// `<Dial>`.
     TransferCall { to: String },
+    /// One of the owner's `[[tools]]`, with the arguments the model chose.
+    Http {
+        name: String,
+        arguments: serde_json::Value,
+    },
 }
 
 impl ToolCall {
     /// As a metric label and in logs.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             ToolCall::EndCall => "end_call",
             ToolCall::TransferCall { .. } => "transfer_call",
+            ToolCall::Http { name, .. } => name,
         }
     }
 }

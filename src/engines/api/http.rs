@@ -80,7 +80,7 @@ impl LazyClient {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         format!("no answer in time: {e}")
     } else if e.is_connect() {

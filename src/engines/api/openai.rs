@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::http::{describe_io, send, Endpoint, LazyClient};
 use crate::engines::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
+use crate::tools::http::ToolUse;
 
 pub struct OpenAiChat(Arc<Inner>);
 
@@ -75,6 +76,8 @@ impl LlmSession for OpenAiSession {
 
         let mut gen = Generation::default();
         let mut finish_seen = false;
+        // A tool call streams as its name and then its arguments in pieces.
+        let mut tool: Option<(String, String)> = None;
         // The body as the byte stream an SSE parser takes, read on this
         // thread as it arrives.
         let body = std::iter::from_fn(move || {
@@ -130,10 +133,26 @@ impl LlmSession for OpenAiSession {
                     break;
                 }
             }
+            if let Some(name) = chunk.tool_name {
+                tool.get_or_insert_with(Default::default).0 = name;
+            }
+            if let Some((_, args)) = tool.as_mut() {
+                args.push_str(&chunk.tool_arguments);
+            }
             if let Some(reason) = chunk.finish.as_deref() {
                 finish_seen = true;
                 gen.finished = reason != "length";
             }
+        }
+        if let Some((name, args)) = tool.filter(|_| options.tools.is_some()) {
+            let arguments = if args.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&args).map_err(|e| {
+                    err(&format!("the model called {name} with arguments that are not JSON ({e}): {args:.200}"))
+                })?
+            };
+            gen.tool_use = Some(ToolUse { name, arguments });
         }
         gen.total_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(gen)
@@ -148,7 +167,7 @@ fn request_body(model: &str, messages: &[ChatMessage], options: &GenerationOptio
     // No repeat penalty: the API's frequency and presence penalties are
     // other measures, and the large hosted models do not loop the way a
     // small local one does.
-    json!({
+    let mut body = json!({
         "model": model,
         "messages": messages,
         "stream": true,
@@ -156,7 +175,12 @@ fn request_body(model: &str, messages: &[ChatMessage], options: &GenerationOptio
         "max_tokens": options.max_tokens,
         "temperature": options.temperature,
         "seed": options.seed,
-    })
+    });
+    if let Some(tools) = &options.tools {
+        body["tools"] = tools.openai();
+        body["tool_choice"] = json!("auto");
+    }
+    body
 }
 
 /// What one streamed chunk adds to the reply.
@@ -167,6 +191,10 @@ pub struct Chunk {
     /// (prompt, completion) tokens: OpenAI sends them in a last chunk of
     /// their own when asked, Groq under `x_groq` in its final chunk.
     pub usage: Option<(usize, usize)>,
+    /// The function a tool call names (in its first chunk).
+    pub tool_name: Option<String>,
+    /// The next piece of the call's JSON arguments.
+    pub tool_arguments: String,
 }
 
 /// Reads one `data:` payload of the stream. A provider that fails after
@@ -196,10 +224,20 @@ pub fn parse_chunk(data: &str) -> std::result::Result<Chunk, String> {
                 u["completion_tokens"].as_u64()? as usize,
             ))
         });
+    // One call per reply is all a phone turn uses; later ones are ignored.
+    let call = choice.and_then(|c| c["delta"]["tool_calls"].get(0));
+    let function = call.map(|c| &c["function"]);
     Ok(Chunk {
         text,
         finish,
         usage,
+        tool_name: function
+            .and_then(|f| f["name"].as_str())
+            .map(str::to_string),
+        tool_arguments: function
+            .and_then(|f| f["arguments"].as_str())
+            .unwrap_or_default()
+            .to_string(),
     })
 }
 
@@ -237,6 +275,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.usage, Some((5, 2)));
+        let c = parse_chunk(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"order_status","arguments":"{\"order"}}]},"finish_reason":null}]}"#).unwrap();
+        assert_eq!(
+            (c.tool_name.as_deref(), c.tool_arguments.as_str()),
+            (Some("order_status"), "{\"order")
+        );
         let e = parse_chunk(r#"{"error":{"message":"over capacity"}}"#).unwrap_err();
         assert!(e.contains("over capacity"), "{e}");
         assert!(parse_chunk("<html>").unwrap_err().contains("not JSON"));

@@ -498,7 +498,7 @@ impl TurnMachine {
         self.history
             .push(ChatMessage::new(Role::User, text.clone()));
         if self.active.is_none() && self.pending.is_none() {
-            let source = Source::Llm(self.history.clone());
+            let source = Source::Turn(self.history.clone());
             self.start_reply(TurnKind::Dtmf, source, text, None, None, now);
         }
     }

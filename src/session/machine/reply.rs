@@ -7,6 +7,7 @@ use super::{ms, Action, TurnMachine};
 use crate::engines::{ChatMessage, Role};
 use crate::events::{EventKind, Interruption, TurnKind, TurnRecord};
 use crate::session::reply::{ReplyEvent, Source};
+use crate::tools::http::ToolResult;
 use crate::tools::ToolCall;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -95,7 +96,7 @@ impl TurnMachine {
     ) -> usize {
         let text = match &source {
             Source::Text(t) => Some(t.clone()),
-            Source::Llm(_) => None,
+            Source::Llm(_) | Source::Turn(_) => None,
         };
         let epoch = self.next_epoch(source, false);
         let index = self.adopt(epoch, kind, user_text, vad_stop_at, end_of_speech_at, now);
@@ -251,6 +252,38 @@ impl TurnMachine {
                 r.tts_characters = characters;
                 a.spoken = true;
                 EventKind::TtsUsage { turn, characters }
+            }
+            ReplyEvent::Tool {
+                call,
+                result,
+                ms,
+                remember,
+                ..
+            } => {
+                r.tool = Some(crate::events::ToolRecord {
+                    name: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                    outcome: result.outcome().into(),
+                    result: match &result {
+                        ToolResult::Ok(body) => Some(body.clone()),
+                        ToolResult::Failed(why) => Some(why.clone()),
+                        ToolResult::Timeout | ToolResult::Cancelled => None,
+                    },
+                    ms,
+                });
+                if let Some(seen) = remember {
+                    // Later turns may ask about it ("when does it arrive?").
+                    self.history.push(ChatMessage::new(Role::System, seen));
+                }
+                EventKind::ToolCall {
+                    turn,
+                    call: ToolCall::Http {
+                        name: call.name,
+                        arguments: call.arguments,
+                    },
+                    outcome: result.outcome(),
+                    ms,
+                }
             }
             ReplyEvent::Failed { error, .. } => {
                 let a = self.active.take().expect("matched above");

@@ -239,7 +239,7 @@ impl TurnMachine {
         }
         let mut history = self.history.clone();
         history.push(ChatMessage::new(Role::User, text));
-        let epoch = self.next_epoch(Source::Llm(history), true);
+        let epoch = self.next_epoch(Source::Turn(history), true);
         tracing::debug!(call = %self.call, epoch, "draft reply started");
         if let Some(p) = self.pending.as_mut() {
             p.draft = Some(Draft {
@@ -338,6 +338,7 @@ impl TurnMachine {
                 let line = match tool {
                     ToolCall::EndCall => self.persona.goodbye.clone(),
                     ToolCall::TransferCall { .. } => self.persona.transfer_message.clone(),
+                    ToolCall::Http { .. } => unreachable!("tool_for gives built-in tools only"),
                 };
                 let idx =
                     self.start_reply(TurnKind::Turn, Source::Text(line), text, stop, eos, now);
@@ -361,7 +362,7 @@ impl TurnMachine {
                 idx
             }
             (None, None) => {
-                let source = Source::Llm(self.history.clone());
+                let source = Source::Turn(self.history.clone());
                 self.start_reply(TurnKind::Turn, source, text, stop, eos, now)
             }
         };

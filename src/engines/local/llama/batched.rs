@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use super::tools;
 use super::{
     backend, check_fits, common_prefix, context_params, reusable, sampler, BatchStats, Detokenizer,
-    Inner, Step, Window, N_BATCH,
+    Inner, Sampler, Step, Window, N_BATCH,
 };
 use crate::engines::{ChatMessage, Generation, GenerationOptions, LlmSession};
 use crate::error::{Error, Result};
@@ -90,7 +90,7 @@ enum Job {
 }
 
 struct Reply {
-    sampler: LlamaSampler,
+    sampler: Sampler,
     max_tokens: usize,
     /// Set by the session when the call no longer wants the reply.
     stop: Arc<AtomicBool>,
@@ -249,6 +249,9 @@ impl LlmSession for BatchedSession {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        if options.tools.is_some() {
+            return tools::generate_with_tools(self, messages, options, cancel, on_text);
+        }
         let t0 = Instant::now();
         let prompt = self
             .window
@@ -259,7 +262,7 @@ impl LlmSession for BatchedSession {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let reply = Reply {
-            sampler: sampler(&self.engine, &prompt, options),
+            sampler: sampler(&self.engine, &prompt, options)?,
             max_tokens: options.max_tokens,
             stop: stop.clone(),
         };

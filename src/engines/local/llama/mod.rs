@@ -19,6 +19,8 @@ mod prompt;
 #[cfg(feature = "testkit")]
 mod reference;
 mod sample;
+mod tools;
+pub use tools::choose_tool;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -38,7 +40,7 @@ use crate::engines::device::{Device, CUDA_BUILD};
 use crate::engines::{ChatMessage, Generation, GenerationOptions, Llm, LlmSession};
 use crate::error::{Error, Result};
 use prompt::{check_fits, common_prefix, reusable, Window};
-use sample::{sampler, Detokenizer, Step};
+use sample::{sampler, Detokenizer, Sampler, Step};
 
 #[derive(Debug, Clone)]
 pub struct LlamaOptions {
@@ -353,11 +355,14 @@ impl LlmSession for LlamaSession {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        if options.tools.is_some() {
+            return tools::generate_with_tools(self, messages, options, cancel, on_text);
+        }
         let t0 = Instant::now();
         let n_ctx = self.ctx.n_ctx() as usize;
         let prompt = self.window.reply_prompt(&self.engine, n_ctx, messages)?;
         let (prefilled, cached) = self.sync(&prompt)?;
-        let mut sampler = sampler(&self.engine, &prompt, options);
+        let mut sampler = sampler(&self.engine, &prompt, options)?;
         let mut gen = Generation {
             prefilled_tokens: prefilled,
             cached_tokens: cached,

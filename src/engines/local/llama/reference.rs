@@ -71,7 +71,6 @@ impl LlamaEngine {
         let mut idx = -1;
         for n in 0..options.max_tokens {
             let token = sampler.sample(&ctx, idx);
-            sampler.accept(token);
             if vocab.is_eog(token) {
                 break;
             }

@@ -2,10 +2,13 @@
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
 use super::Inner;
 use crate::engines::GenerationOptions;
+use crate::error::{Error, Result};
 
 /// The sampler of one reply to `prompt`: greedy at temperature 0, else
 /// top-k/top-p, with the repetition penalty in front.
@@ -16,11 +19,20 @@ use crate::engines::GenerationOptions;
 /// the previous reply instead (as this once did) penalised the greeting's
 /// plain words in the first answer and pushed a small model into odd
 /// registers ("Ze sky is blue"), which the history then carried on.
+///
+/// With a grammar (a tool choice) it is greedy within the grammar and
+/// nothing else: the prompt's tokens are not fed to it, as they would
+/// advance the grammar.
 pub(super) fn sampler(
     engine: &Inner,
     prompt: &[LlamaToken],
     options: &GenerationOptions,
-) -> LlamaSampler {
+) -> Result<Sampler> {
+    if let Some(grammar) = &options.grammar {
+        let g = LlamaSampler::grammar(engine.model, grammar, "root")
+            .map_err(|e| Error::engine("llama", format!("the grammar is refused: {e}")))?;
+        return Ok(Sampler::Grammar(g));
+    }
     let penalties = LlamaSampler::penalties(
         engine.model.n_vocab(),
         PENALTY_WINDOW,
@@ -43,7 +55,63 @@ pub(super) fn sampler(
     for &t in &prompt[window..] {
         sampler.accept(t);
     }
-    sampler
+    Ok(Sampler::Chain(sampler))
+}
+
+/// How a reply's tokens are picked.
+pub(super) enum Sampler {
+    /// The reply's chain (penalties, then greedy or random).
+    Chain(LlamaSampler),
+    /// Greedy within a grammar. The grammar is asked about the most likely
+    /// token first, and only when it refuses that one is it applied to the
+    /// whole vocabulary (as llama.cpp's own common sampler does): checking
+    /// 150,000 tokens against it at every step is most of the time a
+    /// grammar-bound choice takes on a CPU.
+    Grammar(LlamaSampler),
+}
+
+impl Sampler {
+    fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
+        let grammar = match self {
+            // `sample` has the chain accept the token itself (llama.cpp's
+            // `llama_sampler_sample`): accepting it again would count it
+            // twice in the penalty's window.
+            Sampler::Chain(chain) => return chain.sample(ctx, idx),
+            Sampler::Grammar(g) => g,
+        };
+        let logits = ctx.get_logits_ith(idx);
+        let best = argmax(logits.iter().copied().enumerate());
+        let mut one = LlamaTokenDataArray::new(
+            vec![LlamaTokenData::new(
+                LlamaToken::new(best as i32),
+                logits[best],
+                0.0,
+            )],
+            false,
+        );
+        one.apply_sampler(grammar);
+        let token = if one.data[0].logit().is_finite() {
+            LlamaToken::new(best as i32)
+        } else {
+            let mut all = ctx.token_data_array_ith(idx);
+            all.apply_sampler(grammar);
+            let pick = argmax(all.data.iter().map(|d| (d.id().0 as usize, d.logit())));
+            LlamaToken::new(pick as i32)
+        };
+        grammar.accept(token);
+        token
+    }
+}
+
+/// The index of the largest finite value (the first of equals).
+fn argmax(values: impl Iterator<Item = (usize, f32)>) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, v) in values {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
 }
 
 /// What a sampled token means for the reply.
@@ -66,12 +134,11 @@ impl Detokenizer {
     pub(super) fn step(
         &mut self,
         engine: &Inner,
-        sampler: &mut LlamaSampler,
+        sampler: &mut Sampler,
         ctx: &LlamaContext<'_>,
         idx: i32,
     ) -> (LlamaToken, Step) {
         let token = sampler.sample(ctx, idx);
-        sampler.accept(token);
         let vocab = engine.model.vocab();
         if vocab.is_eog(token) {
             return (token, Step::End);

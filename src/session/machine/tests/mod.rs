@@ -39,6 +39,9 @@ fn persona() -> Persona {
         idle_prompt: "[the caller is silent]".into(),
         goodbye: "Goodbye!".into(),
         transfer_message: "Putting you through.".into(),
+        tool_filler: "One moment.".into(),
+        tool_apology: "Sorry, that failed.".into(),
+        voicemail: "Please call back.".into(),
     }
 }
 
