@@ -106,6 +106,69 @@ async fn tokens_stream_in_order_with_usage_and_the_request_is_groqs() {
     assert_eq!(body["max_tokens"], GenerationOptions::default().max_tokens);
 }
 
+/// The owner's tools go out in OpenAI's `tools` field; a streamed call
+/// comes back as the generation's tool use, and the tool's result, as the
+/// last message, gets a spoken answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_go_in_the_tools_field_and_a_call_comes_back_whole() {
+    let fake = FakeOpenAi::start(Behaviour {
+        reply: "Your order is on its way.".into(),
+        tool_call: Some((
+            "order_status".into(),
+            serde_json::json!({"order_number": "4512"}),
+        )),
+        ..Behaviour::default()
+    })
+    .await
+    .unwrap();
+    let tools = callbox::tools::http::ToolSet::new(&[callbox::tools::http::HttpTool {
+        name: "order_status".into(),
+        description: "Look up an order".into(),
+        parameters: serde_json::json!({"type": "object", "properties": {"order_number": {"type": "string"}}}),
+        triggers: Vec::new(),
+        url: "http://127.0.0.1:9/orders".into(),
+        timeout_secs: 1.0,
+        filler: None,
+        filler_after_secs: 0.5,
+        say: None,
+    }]);
+    let llm = chat(&fake, Duration::from_secs(10));
+    let options = GenerationOptions {
+        tools,
+        ..GenerationOptions::default()
+    };
+    let run = |messages: Vec<ChatMessage>, options: GenerationOptions| {
+        let mut session = llm.session().unwrap();
+        session
+            .generate(&messages, &options, &AtomicBool::new(false), &mut |_| true)
+            .unwrap()
+    };
+    let g = tokio::task::block_in_place(|| run(conversation(), options.clone()));
+    let call = g.tool_use.clone().expect("a tool call");
+    assert_eq!(
+        (call.name.as_str(), call.arguments),
+        ("order_status", serde_json::json!({"order_number": "4512"}))
+    );
+    assert!(g.text.is_empty(), "{g:?}");
+    let (body, _) = fake.requests().pop().unwrap();
+    assert_eq!(body["tools"][0]["function"]["name"], "order_status");
+    assert_eq!(body["tool_choice"], "auto");
+    // With the result as the last message, the model answers.
+    let mut after = conversation();
+    after.push(ChatMessage::new(
+        Role::System,
+        "(order_status answered: on its way)",
+    ));
+    let plain = GenerationOptions::default();
+    let g = tokio::task::block_in_place(|| run(after, plain));
+    assert_eq!(
+        (g.text.as_str(), g.tool_use),
+        ("Your order is on its way.", None)
+    );
+    let (body, _) = fake.requests().pop().unwrap();
+    assert!(body.get("tools").is_none());
+}
+
 #[tokio::test]
 async fn server_errors_and_a_wrong_key_fail_the_reply_with_the_providers_words() {
     let fake = FakeOpenAi::start(Behaviour {

@@ -64,7 +64,9 @@ async fn wait_for(fake: &FakeTwilio, op: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialout_places_a_call_that_greets_first_and_hangs_up_once() {
-    let callee = vec![turn_of("Who is this?")];
+    // The callee says goodbye and the bot ends the call: a callee who hangs
+    // up first ends it on Twilio's side, with nothing left to hang up.
+    let callee = vec![turn_of("Who is this?"), turn_of("Okay, thanks, goodbye.")];
     let fake = FakeTwilio::start(
         AUTH_TOKEN,
         Behaviour {
@@ -256,7 +258,11 @@ async fn the_call_goes_on_when_twilio_rest_fails() {
         Behaviour {
             failing: vec!["record"],
             stalling: vec!["hang_up"],
-            callee: Some(vec![turn_of("What time is it?")]),
+            callee: Some(vec![
+                turn_of("What time is it?"),
+                turn_of("Okay, thanks, goodbye."),
+            ]),
+            ..Default::default()
         },
     )
     .await;
@@ -358,4 +364,127 @@ async fn callbox_dial_places_the_same_call_from_the_command_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("public_url"));
+}
+
+/// The persona's voicemail message, with the callee's name from the
+/// dial-out's variables.
+const VOICEMAIL: &str =
+    "Hello {{name}}, this is Sam from the dental office. Please call us back about your appointment. Goodbye!";
+
+async fn place_with_detection(
+    answered_by: &'static str,
+    callee: Vec<callbox::sim::SimTurn>,
+) -> (
+    std::sync::Arc<FakeTwilio>,
+    std::sync::Arc<callbox::server::AppState>,
+    std::net::SocketAddr,
+    String,
+) {
+    let fake = FakeTwilio::start(
+        AUTH_TOKEN,
+        Behaviour {
+            callee: Some(callee),
+            answered_by: Some(answered_by),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (state, addr) = start_against(&fake, |c| {
+        c.twilio.record_calls = false;
+        c.personas.outbound.voicemail = VOICEMAIL.into();
+    })
+    .await;
+    let mut body = numbers();
+    body["machine_detection"] = true.into();
+    body["variables"] = serde_json::json!({"name": "Alice"});
+    let (status, body) = dialout(addr, Some(API_TOKEN), body).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["call_sid"].as_str().unwrap().to_string();
+    let create = &fake.requests_for("create_call")[0];
+    assert_eq!(create.field("MachineDetection"), Some("DetectMessageEnd"));
+    assert_eq!(create.field("AsyncAmd"), Some("true"));
+    let callback = create.field("AsyncAmdStatusCallback").unwrap();
+    assert!(
+        callback.starts_with("https://") && callback.contains("/amd?"),
+        "{callback}"
+    );
+    (fake, state, addr, sid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_gets_the_voicemail_after_its_beep_and_the_call_is_hung_up() {
+    let (fake, state, addr, sid) = place_with_detection("machine_end_beep", Vec::new()).await;
+    // Twilio's verdict moves the call to a new stream: the message.
+    wait_for(&fake, "update_call", 1).await;
+    let update = &fake.requests_for("update_call")[0];
+    let twiml = update.field("Twiml").unwrap();
+    let stream = callbox::twilio::twiml::parse_stream(twiml).expect("a stream");
+    assert_eq!(stream.params["answered_by"], "machine_end_beep");
+    wait_for(&fake, "hang_up", 1).await;
+    let played = fake.played().await;
+    let legs: Vec<_> = played
+        .into_iter()
+        .map(|p| p.expect("a leg played"))
+        .collect();
+    assert_eq!(legs.len(), 2, "the greeting's stream and the message's");
+    // The first stream was stopped by the redirect, not hung up.
+    assert_eq!(legs[0].status_callback, 0);
+    let message = stt()
+        .transcribe(&Audio::from_i16(&legs[1].report.greeting_audio, 8000))
+        .unwrap()
+        .text
+        .to_lowercase();
+    assert!(
+        message.contains("alice") && message.contains("call us back"),
+        "the machine recorded {message:?}"
+    );
+    // One hang-up, once the message had played to its end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.requests_for("hang_up").len(),
+        1,
+        "{:#?}",
+        fake.requests()
+    );
+    let calls = state.finished.lock().unwrap().clone();
+    let leg = calls
+        .iter()
+        .find(|s| s.info.call_sid == sid && s.info.params.contains_key("answered_by"))
+        .expect("the message's stream");
+    assert_eq!(leg.answered_by.as_deref(), Some("machine_end_beep"));
+    assert_eq!(leg.ended_by, callbox::events::EndedBy::Bot);
+    // The greeting's stream heard the verdict too, and was not hung up.
+    let first = calls
+        .iter()
+        .find(|s| s.info.call_sid == sid && !s.info.params.contains_key("answered_by"))
+        .expect("the greeting's stream");
+    assert_eq!(first.ended_by, callbox::events::EndedBy::Stop);
+    assert_eq!(first.answered_by.as_deref(), Some("machine_end_beep"));
+    let said = &leg.turns[0];
+    assert_eq!(
+        said.heard_text,
+        VOICEMAIL.replace("{{name}}", "Alice"),
+        "played to its last mark"
+    );
+    let m = scrape(addr).await;
+    let verdicts = |v| sample(&m, "callbox_answered_by_total", &[("answered_by", v)]);
+    assert_eq!(verdicts("machine_end_beep"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_gets_the_greeting_and_the_conversation() {
+    let callee = vec![turn_of("Who is this?")];
+    let (fake, state, addr, sid) = place_with_detection("human", callee).await;
+    let p = fake.played().await.pop().unwrap().expect("the call played");
+    assert!(p.report.greeting_ms.is_some());
+    assert!(p.report.turns[0].latency_ms.is_some(), "no reply");
+    let s = summary(&state, &sid).await;
+    assert_eq!(s.answered_by.as_deref(), Some("human"));
+    assert_eq!(s.turns[0].bot_text, callbox::persona::ASSISTANT_GREETING);
+    assert!(fake.requests_for("update_call").is_empty());
+    let m = scrape(addr).await;
+    assert_eq!(
+        sample(&m, "callbox_answered_by_total", &[("answered_by", "human")]),
+        1.0
+    );
 }

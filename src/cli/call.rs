@@ -51,6 +51,10 @@ pub struct DialArgs {
     /// One of `personas.named` instead of the outbound persona.
     #[arg(long)]
     pub persona: Option<String>,
+    /// Detect an answering machine and leave the persona's voicemail
+    /// message on it (else `twilio.machine_detection`).
+    #[arg(long)]
+    pub machine_detection: bool,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -75,6 +79,7 @@ pub async fn dial(a: &DialArgs) -> anyhow::Result<()> {
         from_number: a.from.clone(),
         variables: a.vars.iter().cloned().collect(),
         persona: a.persona.clone(),
+        machine_detection: a.machine_detection.then_some(true),
     };
     let dialed = server::dialout::dial(&cfg, rest.as_ref(), &req, &base).await?;
     println!("{}", serde_json::to_string(&dialed)?);

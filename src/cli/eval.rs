@@ -37,6 +37,10 @@ pub struct EvalArgs {
     /// tools and lines (e.g. eval/tool-lines.toml).
     #[arg(long, conflicts_with_all = ["lines", "only"])]
     pub tools: Option<PathBuf>,
+    /// With --tools: leave every choice to the model (no triggers, no
+    /// arguments read from the words), to measure the model alone.
+    #[arg(long, requires = "tools")]
+    pub model_only: bool,
 }
 
 /// One line's outcome in the report.
@@ -84,7 +88,7 @@ struct Report<'a> {
 
 pub fn run(cli: &Cli, a: &EvalArgs) -> anyhow::Result<()> {
     if let Some(file) = &a.tools {
-        return super::eval_tools::run(cli, a.config.as_deref(), file, &a.out);
+        return super::eval_tools::run(cli, a.config.as_deref(), file, &a.out, a.model_only);
     }
     let cfg = Config::load(a.config.as_deref())?;
     let set = match &a.lines {

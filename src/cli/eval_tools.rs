@@ -51,6 +51,9 @@ struct LineReport<'a> {
     right_arguments: bool,
     /// The model's choice (none for the built-in intents).
     choice_ms: Option<f64>,
+    /// The model wrote part of the choice (a name or arguments), rather
+    /// than the words deciding it all.
+    model_asked: bool,
 }
 
 #[derive(Serialize)]
@@ -61,6 +64,8 @@ struct Report<'a> {
     right_tool: usize,
     /// Lines that should call no tool and called one.
     false_calls: usize,
+    /// Lines where the model wrote part of the choice.
+    model_asked: usize,
     choice_ms_p50_no_tool: f64,
     choice_ms_p95_no_tool: f64,
     choice_ms_p50_tool: f64,
@@ -76,13 +81,24 @@ fn norm(v: &str) -> String {
         .collect()
 }
 
-pub fn run(cli: &Cli, config: Option<&Path>, file: &Path, out: &Path) -> anyhow::Result<()> {
+pub fn run(
+    cli: &Cli,
+    config: Option<&Path>,
+    file: &Path,
+    out: &Path,
+    model_only: bool,
+) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
     let set: ToolLines = toml::from_str(
         &std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
     )
     .with_context(|| format!("parsing {}", file.display()))?;
-    let tools = ToolSet::new(&set.tools).context("the file declares no [[tools]]")?;
+    let tools = if model_only {
+        ToolSet::model_only(&set.tools)
+    } else {
+        ToolSet::new(&set.tools)
+    }
+    .context("the file declares no [[tools]]")?;
     let paths = cli.paths()?;
     let device = cfg.devices.resolve(Engine::Llm)?;
     let llm = stack::llm_for(&cfg.llm, device, 0, &paths, &mut LoadTimes::default())?;
@@ -96,18 +112,19 @@ pub fn run(cli: &Cli, config: Option<&Path>, file: &Path, out: &Path) -> anyhow:
     eprintln!("{} lines through {}…", set.lines.len(), llm.name());
     let mut results = Vec::new();
     for line in &set.lines {
-        let (chosen, arguments, choice_ms) = match intent(&line.say) {
-            Intent::EndCall => ("end_call".to_string(), Value::Null, None),
-            Intent::Transfer => ("transfer_call".to_string(), Value::Null, None),
+        let (chosen, arguments, choice_ms, model_asked) = match intent(&line.say) {
+            Intent::EndCall => ("end_call".to_string(), Value::Null, None, false),
+            Intent::Transfer => ("transfer_call".to_string(), Value::Null, None, false),
             Intent::None => {
                 // Prefilled while the caller speaks, as in a call.
                 session.prefill(&opening)?;
                 let mut history = opening.clone();
                 history.push(ChatMessage::new(Role::User, line.say.clone()));
                 let (choice, g) = choose_tool(session.as_mut(), &history, &tools, &options, &no)?;
+                let asked = g.completion_tokens > 0;
                 match choice {
-                    Some(u) => (u.name, u.arguments, Some(g.total_ms)),
-                    None => ("none".to_string(), Value::Null, Some(g.total_ms)),
+                    Some(u) => (u.name, u.arguments, Some(g.total_ms), asked),
+                    None => ("none".to_string(), Value::Null, Some(g.total_ms), asked),
                 }
             }
         };
@@ -137,6 +154,7 @@ pub fn run(cli: &Cli, config: Option<&Path>, file: &Path, out: &Path) -> anyhow:
             right_tool,
             right_arguments,
             choice_ms,
+            model_asked,
         });
     }
     let times = |tool: bool| -> Vec<f64> {
@@ -156,6 +174,7 @@ pub fn run(cli: &Cli, config: Option<&Path>, file: &Path, out: &Path) -> anyhow:
             .iter()
             .filter(|r| r.expected == "none" && r.chosen != "none")
             .count(),
+        model_asked: results.iter().filter(|r| r.model_asked).count(),
         choice_ms_p50_no_tool: percentile(&plain, 0.5),
         choice_ms_p95_no_tool: percentile(&plain, 0.95),
         choice_ms_p50_tool: percentile(&tooled, 0.5),
@@ -166,6 +185,10 @@ pub fn run(cli: &Cli, config: Option<&Path>, file: &Path, out: &Path) -> anyhow:
     println!(
         "right tool and arguments {}/{} · right tool {}/{} · tools called when none was needed: {}",
         report.right, report.lines, report.right_tool, report.lines, report.false_calls
+    );
+    println!(
+        "the model wrote part of the choice on {} lines; the words decided the rest",
+        report.model_asked
     );
     println!(
         "the choice adds p50 {:.0} ms, p95 {:.0} ms to a turn without a tool (p50 {:.0} ms, p95 {:.0} ms before a tool runs)",

@@ -99,6 +99,11 @@ pub struct TwilioConfig {
     /// (`from_number`): a leaked API token must not ring premium numbers
     /// abroad on the owner's bill. `["+"]` allows every number.
     pub dialout_prefixes: Option<Vec<String>>,
+    /// Ask Twilio for answering-machine detection on dial-out (billed per
+    /// call by Twilio): on a machine the bot waits for the beep, leaves the
+    /// persona's `voicemail` message and hangs up. A dial-out's
+    /// `machine_detection` overrides it.
+    pub machine_detection: bool,
 }
 
 impl Default for TwilioConfig {
@@ -114,6 +119,7 @@ impl Default for TwilioConfig {
             timeout_secs: 10.0,
             retries: 3,
             dialout_prefixes: None,
+            machine_detection: false,
         }
     }
 }

@@ -135,3 +135,39 @@ fn a_public_deployment_is_refused_weak_or_cleartext_settings() {
         Ok(())
     });
 }
+
+#[test]
+fn tools_are_checked_at_startup() {
+    let tool = |extra: &str| {
+        format!(
+            "[[tools]]\nname = \"order_status\"\ndescription = \"Look up an order\"\nurl = \"http://127.0.0.1:9/o\"\n{extra}"
+        )
+    };
+    let ok = Config::from_toml_str(&tool(
+        "parameters = { type = \"object\", properties = { n = { type = \"string\", pattern = \"^[0-9]{4,12}$\" } } }",
+    ))
+    .unwrap();
+    assert_eq!(ok.tools[0].timeout_secs, 3.0);
+    for (extra, says) in [
+        ("triggers = [\" \"]", "a trigger must hold a word"),
+        (
+            "parameters = { type = \"string\" }",
+            "JSON schema of an object",
+        ),
+        ("filler = \"Hold on {{name}}\"", "takes no placeholders"),
+        ("timeout_secs = 0.0", "timeout_secs"),
+        ("say = \"{{Bad Name}}\"", "placeholder"),
+    ] {
+        let e = Config::from_toml_str(&tool(extra)).unwrap_err().to_string();
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+    let e = Config::from_toml_str(&tool("").replace("order_status", "end_call"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not end_call"), "{e}");
+    let twice = format!("{}\n{}", tool(""), tool(""));
+    assert!(Config::from_toml_str(&twice)
+        .unwrap_err()
+        .to_string()
+        .contains("two tools"));
+}

@@ -342,10 +342,27 @@ impl Config {
                     ));
                 }
             }
-            for text in [&t.say, &t.filler].into_iter().flatten() {
-                if let Err(e) = crate::persona::placeholders(text) {
+            if let Some(say) = &t.say {
+                if let Err(e) = crate::persona::placeholders(say) {
                     return bad(format!("{at}: {e}"));
                 }
+            }
+            if t.filler.as_deref().is_some_and(|f| f.contains("{{")) {
+                return bad(format!(
+                    "{at}: a filler is said as it is; it takes no placeholders"
+                ));
+            }
+            if t.triggers
+                .iter()
+                .any(|w| crate::text::wer::normalize(w).is_empty())
+            {
+                return bad(format!("{at}: a trigger must hold a word"));
+            }
+            // The local model is held to it by a grammar llama.cpp builds
+            // from it: one it cannot build is refused here, not on a call.
+            let (_, schema) = crate::tools::choose::arguments(t);
+            if let Err(e) = crate::engines::local::llama::grammar_of(&schema) {
+                return bad(format!("{at}: parameters: {e}"));
             }
         }
         Ok(())

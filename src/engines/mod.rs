@@ -168,8 +168,9 @@ pub struct GenerationOptions {
     /// The owner's tools the model may call instead of answering (a
     /// caller's turn only); the reply is then [`Generation::tool_use`].
     pub tools: Option<Arc<crate::tools::http::ToolSet>>,
-    /// A llama.cpp grammar (GBNF, root rule `root`) the output must match;
-    /// engines without grammars ignore it.
+    /// A llama.cpp grammar (GBNF, root rule `root`) the output must match:
+    /// the local model's steps to a tool. An API engine ignores it (its
+    /// model chooses through `tools`).
     pub grammar: Option<String>,
 }
 

@@ -153,6 +153,9 @@ pub struct CallSummary {
     pub ended_by: EndedBy,
     /// Where the call was handed on to (`EndedBy::Transferred`).
     pub transferred_to: Option<String>,
+    /// What answered a call we placed, as Twilio's answering-machine
+    /// detection heard it (`human`, `machine_end_beep`, …).
+    pub answered_by: Option<String>,
     pub errors: Vec<String>,
 }
 
@@ -172,6 +175,7 @@ impl CallSummary {
             recording: None,
             ended_by: EndedBy::Error,
             transferred_to: None,
+            answered_by: None,
             errors: vec![error],
         }
     }

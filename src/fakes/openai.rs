@@ -231,7 +231,11 @@ async fn completions(
 /// id, its JSON arguments in two pieces, `finish_reason: "tool_calls"`.
 fn call_tool(first_token: Duration, name: &str, arguments: &Value) -> Response {
     let args = arguments.to_string();
-    let (head, tail) = args.split_at(args.len() / 2);
+    let mid = args
+        .char_indices()
+        .nth(args.chars().count() / 2)
+        .map_or(args.len(), |(i, _)| i);
+    let (head, tail) = args.split_at(mid);
     let call = |function: Value| json!({"tool_calls": [{"index": 0, "id": "call_fake", "type": "function", "function": function}]});
     let mut events = vec![chunk(
         {

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub twilio_requests: IntCounterVec,
     /// Status callbacks of placed calls, by `status`.
     pub twilio_call_status: IntCounterVec,
+    /// What answered the calls we placed (answering-machine detection).
+    pub answered_by: IntCounterVec,
     /// Clients turned away before they were a call, by `reason`:
     /// `pending_full` (too many media websockets waiting for `start`),
     /// `start_timeout` (no `start` in time), `dialout_rate`.
@@ -170,6 +172,11 @@ impl Metrics {
             "Status callbacks of the calls we placed",
             &["status"],
         );
+        let answered_by = counter(
+            "callbox_answered_by_total",
+            "What answered the calls we placed, as Twilio's answering-machine detection heard it",
+            &["answered_by"],
+        );
         let refused = counter(
             "callbox_refused_total",
             "Clients turned away before they became a call, by reason",
@@ -222,6 +229,7 @@ impl Metrics {
             model_load,
             twilio_requests,
             twilio_call_status,
+            answered_by,
             refused,
         }
     }

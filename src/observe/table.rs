@@ -20,7 +20,7 @@ pub fn latency_table(turns: &[TurnRecord]) -> String {
         s.insert_str(s.len() - 1, " | Tool");
     }
     let tool = |t: &TurnRecord| {
-        t.tool.as_ref().map_or(String::new(), |u| {
+        t.tool.as_ref().map_or(" | -".to_string(), |u| {
             format!(" | {} {:.0}ms {}", u.name, u.ms, u.outcome)
         })
     };
@@ -99,7 +99,7 @@ mod tests {
         let t = latency_table(&[plain, looked_up]);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].ends_with("| End-of-speech | Tool"), "{t}");
-        assert!(lines[1].ends_with("-"), "{t}");
+        assert!(lines[1].ends_with("- | -"), "{t}");
         assert!(lines[2].ends_with("| order_status 182ms ok"), "{t}");
     }
 }

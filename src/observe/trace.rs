@@ -51,6 +51,7 @@ pub struct CallMeta<'a> {
     pub duration_secs: f64,
     pub ended_by: &'a str,
     pub recording: Option<String>,
+    pub answered_by: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +82,7 @@ impl<'a> Trace<'a> {
                 duration_secs: summary.duration_secs,
                 ended_by: summary.ended_by.as_str(),
                 recording: summary.recording.as_ref().map(|p| p.display().to_string()),
+                answered_by: summary.answered_by.as_deref(),
             },
             persona,
             models,

@@ -155,6 +155,10 @@ pub struct DialRequest {
     /// One of `personas.named`, instead of the outbound persona.
     #[serde(default)]
     pub persona: Option<String>,
+    /// Answering-machine detection for this call (else
+    /// `twilio.machine_detection`).
+    #[serde(default)]
+    pub machine_detection: Option<bool>,
 }
 
 /// Variables one call may carry, and the longest value: they ride in the
@@ -268,15 +272,31 @@ pub async fn dial(
     let base = base_url.trim_end_matches('/');
     // The context travels in the URL Twilio fetches when the callee
     // answers: signed by Twilio, and the same whichever container takes it.
-    let mut twiml = format!("{base}/twiml");
-    if !query.is_empty() {
-        let q = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&query)
-            .finish();
-        twiml = format!("{twiml}?{q}");
-    }
+    let with_context = |path: &str| {
+        if query.is_empty() {
+            format!("{base}{path}")
+        } else {
+            let q = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&query)
+                .finish();
+            format!("{base}{path}?{q}")
+        }
+    };
+    let twiml = with_context("/twiml");
+    // The machine's answer comes with the same context: the voicemail
+    // message is filled from it, by whichever container takes it.
+    let amd = req
+        .machine_detection
+        .unwrap_or(cfg.twilio.machine_detection)
+        .then(|| with_context("/amd"));
     let call = rest
-        .create_call(&to, &from, &twiml, &format!("{base}/status"))
+        .create_call(
+            &to,
+            &from,
+            &twiml,
+            &format!("{base}/status"),
+            amd.as_deref(),
+        )
         .await?;
     Ok(Dialed {
         call_sid: call.sid,

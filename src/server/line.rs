@@ -17,6 +17,7 @@ use crate::session::{CallInput, Session};
 pub struct Line {
     /// What the transport delivers to the call.
     pub inputs: mpsc::Sender<CallInput>,
+    call_sid: String,
     session: JoinHandle<CallSummary>,
     direction: &'static str,
     app: Arc<AppState>,
@@ -38,6 +39,11 @@ impl Line {
         let (in_tx, in_rx) = mpsc::channel::<CallInput>(256);
         let (wire_tx, wire_rx) = mpsc::channel::<Wire>(64);
         let events = Publisher::new(app.bus.clone(), &info.call_sid, Instant::now());
+        // A machine-detection verdict that came before the stream.
+        if let Some(verdict) = app.verdicts.attach(&info.call_sid, in_tx.clone()) {
+            let _ = in_tx.try_send(CallInput::AnsweredBy(verdict.to_string()));
+        }
+        let call_sid = info.call_sid.clone();
         let direction = info.direction.as_str();
         app.count_call(1);
         let cfg = if app.cfg.call.transfer_to.is_some() && !can_transfer {
@@ -57,6 +63,7 @@ impl Line {
         ));
         let line = Line {
             inputs: in_tx,
+            call_sid,
             session,
             direction,
             app: app.clone(),
@@ -70,12 +77,14 @@ impl Line {
     pub async fn close(self) -> Option<CallSummary> {
         let Line {
             inputs,
+            call_sid,
             session,
             direction,
             app,
             _permit,
         } = self;
         drop(inputs);
+        app.verdicts.detach(&call_sid);
         let summary = match session.await {
             Ok(summary) => {
                 app.metrics

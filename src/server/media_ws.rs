@@ -164,7 +164,14 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
             Err("callSid is not a Twilio call SID")
         } else {
             match start.custom_parameters.get("stream_token") {
-                Some(t) => app.redeem_token(t, &claims),
+                Some(t) => app.redeem_token(
+                    t,
+                    &claims,
+                    start
+                        .custom_parameters
+                        .get(crate::session::ANSWERED_BY)
+                        .map(|_| "voicemail"),
+                ),
                 None => Err("no stream token"),
             }
         };
@@ -270,8 +277,14 @@ async fn handle(socket: WebSocket, app: Arc<AppState>, pending: Pending) {
         if let Some(r) = recording {
             r.abort();
         }
+        let stopped = summary
+            .as_ref()
+            .is_some_and(|s| s.ended_by == crate::events::EndedBy::Stop);
         match transfer_to {
             Some(to) => super::call_control::transfer(&app, &sid, &to).await,
+            // Twilio ended the stream: the call is over, or goes on under
+            // other TwiML (a voicemail's stream) that a hang-up would cut.
+            None if stopped => {}
             None => super::call_control::hang_up(&app, &sid).await,
         }
     }

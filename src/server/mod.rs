@@ -1,6 +1,7 @@
 //! The HTTP side: Twilio's webhooks, the media websocket (`/ws`), the
 //! owner's dial-out, health, Prometheus metrics, and recent calls.
 
+pub mod amd;
 pub mod auth;
 pub mod browser_ws;
 pub mod call_control;
@@ -80,6 +81,8 @@ pub struct AppState {
     closing: CancellationToken,
     /// Calls watched live (the browser demo).
     pub live: LiveFeed,
+    /// Answering-machine verdicts, on their way to the calls' sessions.
+    pub verdicts: amd::Verdicts,
 }
 
 impl AppState {
@@ -170,6 +173,7 @@ impl AppState {
             end_calls: CancellationToken::new(),
             closing: CancellationToken::new(),
             live,
+            verdicts: Default::default(),
         })
     }
 
@@ -352,14 +356,21 @@ impl AppState {
     /// Whether `token` lets this stream in: issued by any process of the
     /// deployment for exactly this call, not expired, and the call not yet
     /// served here. The error says why not, for the log.
+    /// A call has a second stream when an answering machine took it (the
+    /// voicemail's, `leg`).
     pub fn redeem_token(
         &self,
         token: &str,
         claims: &stream_token::Claims<'_>,
+        leg: Option<&str>,
     ) -> Result<(), &'static str> {
         let now = SystemTime::now();
         let expires = self.token_key.check(token, claims, now)?;
-        if !self.redeemed.first(claims.call_sid, expires, now) {
+        let key = match leg {
+            Some(leg) => format!("{}/{leg}", claims.call_sid),
+            None => claims.call_sid.to_string(),
+        };
+        if !self.redeemed.first(&key, expires, now) {
             return Err("this call's stream was already served");
         }
         Ok(())
@@ -461,6 +472,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", post(webhooks::incoming_call))
         .route("/twiml", post(webhooks::outbound_answered))
         .route("/status", post(webhooks::call_status))
+        .route("/amd", post(webhooks::answered))
         .route("/dialout", post(dialout::dialout))
         .route("/health", get(status::health))
         .route("/ws", get(media_ws::upgrade))

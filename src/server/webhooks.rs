@@ -170,10 +170,25 @@ fn connect(
     direction: Direction,
     params: &[(&str, &str)],
 ) -> Response {
+    match stream_twiml(app, req, direction, params) {
+        Ok(xml) => ([(header::CONTENT_TYPE, "text/xml")], xml).into_response(),
+        Err(refused) => *refused,
+    }
+}
+
+/// The TwiML of [`connect`]; the error is the answer to give instead.
+fn stream_twiml(
+    app: &AppState,
+    req: &TwilioForm,
+    direction: Direction,
+    params: &[(&str, &str)],
+) -> Result<String, Box<Response>> {
     let call_sid = req.field("CallSid").unwrap_or_default();
     if let Some(refusal) = app.turn_away(direction, Some(call_sid)) {
         let xml = twiml::say_and_hang_up(refusal.spoken());
-        return ([(header::CONTENT_TYPE, "text/xml")], xml).into_response();
+        return Err(Box::new(
+            ([(header::CONTENT_TYPE, "text/xml")], xml).into_response(),
+        ));
     }
     // Twilio's calls always have one; the token is bound to it, and it
     // goes into REST paths later.
@@ -181,7 +196,9 @@ fn connect(
         if app.may_log() {
             tracing::warn!("webhook refused: CallSid is not a Twilio call SID");
         }
-        return (StatusCode::BAD_REQUEST, "CallSid is not a Twilio call SID").into_response();
+        return Err(Box::new(
+            (StatusCode::BAD_REQUEST, "CallSid is not a Twilio call SID").into_response(),
+        ));
     }
     // The token travels back in `start.customParameters`: the websocket
     // serves only the stream of the call our TwiML answered.
@@ -193,8 +210,17 @@ fn connect(
     let token = app.issue_token(&claims);
     let mut all = vec![("direction", direction.as_str()), ("stream_token", &token)];
     all.extend_from_slice(params);
-    let xml = twiml::connect_stream(&ws_url(&app.cfg, &req.headers), &all);
-    ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
+    Ok(twiml::connect_stream(&ws_url(&app.cfg, &req.headers), &all))
+}
+
+/// A dial-out's persona and variables, from the URL we gave Twilio (checked
+/// when the call was placed; only these names pass on).
+fn dialout_context(req: &TwilioForm) -> impl Iterator<Item = (&str, &str)> {
+    req.query
+        .iter()
+        .filter(|(k, _)| k == "persona" || k.starts_with(crate::persona::VARIABLE_PREFIX))
+        .take(super::dialout::MAX_VARIABLES + 1)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
 /// `POST /`: someone called our number. Its numbers go to the session
@@ -222,18 +248,8 @@ pub(super) async fn outbound_answered(
         call = req.field("CallSid").unwrap_or_default(),
         "outbound call answered"
     );
-    // The dial-out's persona and variables, from the URL we gave Twilio
-    // (checked when the call was placed; only these names pass on).
-    let context = req
-        .query
-        .iter()
-        .filter(|(k, _)| k == "persona" || k.starts_with(crate::persona::VARIABLE_PREFIX));
     let mut params = vec![("to_number", to), ("from_number", from)];
-    params.extend(
-        context
-            .take(super::dialout::MAX_VARIABLES + 1)
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
+    params.extend(dialout_context(&req));
     connect(&app, &req, Direction::Outbound, &params)
 }
 
@@ -263,5 +279,55 @@ pub(super) async fn call_status(State(app): State<Arc<AppState>>, req: TwilioFor
         duration_secs = req.field("CallDuration").unwrap_or_default(),
         "call status"
     );
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /amd`: what answered a call we placed, as Twilio's
+/// answering-machine detection heard it ([`super::amd`]). A machine whose
+/// greeting has ended gets the persona's voicemail message on a new
+/// stream; a fax is hung up on.
+pub(super) async fn answered(State(app): State<Arc<AppState>>, req: TwilioForm) -> Response {
+    let sid = req.field("CallSid").unwrap_or_default().to_string();
+    let verdict = super::amd::label(req.field("AnsweredBy").unwrap_or("unknown"));
+    app.metrics.answered_by.with_label_values(&[verdict]).inc();
+    tracing::info!(
+        call = %sid,
+        answered_by = verdict,
+        detection_ms = req.field("MachineDetectionDuration").unwrap_or_default(),
+        "answering-machine detection"
+    );
+    app.verdicts.deliver(&sid, verdict);
+    let Some(rest) = app.twilio.clone() else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    if verdict == "fax" {
+        let app = app.clone();
+        tokio::spawn(async move { super::call_control::hang_up(&app, &sid).await });
+    } else if crate::session::is_machine_end(verdict) {
+        let to = req.field("To").unwrap_or_default();
+        let from = req.field("From").unwrap_or_default();
+        let mut params = vec![
+            ("to_number", to),
+            ("from_number", from),
+            (crate::session::ANSWERED_BY, verdict),
+        ];
+        params.extend(dialout_context(&req));
+        let xml = match stream_twiml(&app, &req, Direction::Outbound, &params) {
+            Ok(xml) => xml,
+            // No line for the message: the call ends rather than talk to
+            // a recorder in silence.
+            Err(_) => twiml::say_and_hang_up(""),
+        };
+        // Answered at once (Twilio waits on us); the redirect follows.
+        tokio::spawn(async move {
+            match rest.redirect(&sid, &xml).await {
+                Ok(()) => app.metrics.twilio_request("voicemail", "ok"),
+                Err(e) => {
+                    app.metrics.twilio_request("voicemail", "failed");
+                    tracing::error!(call = %sid, "leaving a voicemail failed: {}", e.brief());
+                }
+            }
+        });
+    }
     StatusCode::NO_CONTENT.into_response()
 }

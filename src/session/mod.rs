@@ -61,6 +61,17 @@ pub enum CallInput {
     Stop,
     /// The server or the transport ends the call.
     End(EndedBy),
+    /// What answered the call we placed (answering-machine detection).
+    AnsweredBy(String),
+}
+
+/// The stream parameter that says an answering machine answered.
+pub const ANSWERED_BY: &str = "answered_by";
+
+/// Whether Twilio's `AnsweredBy` is a machine whose greeting has ended:
+/// the moment to leave a message.
+pub fn is_machine_end(answered_by: &str) -> bool {
+    answered_by.starts_with("machine_end")
 }
 
 /// How far the caller's audio may run ahead of the call's clock. Twilio
@@ -100,6 +111,8 @@ pub struct Session {
     acted: Option<(EndedBy, Option<String>)>,
     /// The owner's tools, offered on the caller's turns.
     tools: Option<Arc<crate::tools::http::ToolSet>>,
+    /// What answered the call (answering-machine detection on dial-out).
+    answered_by: Option<String>,
     /// The STT engine's stream of this call, when it listens as the caller
     /// speaks; otherwise each turn's audio is transcribed when it ends.
     listener: Option<Arc<dyn SttStream>>,
@@ -168,7 +181,13 @@ impl Session {
             tracing::warn!(call = %info.call_sid, "the STT cannot stream ({e}); each turn is sent whole");
             None
         });
-        let machine = TurnMachine::new(cfg.call.clone(), persona.clone(), &info.call_sid, start);
+        let mut machine =
+            TurnMachine::new(cfg.call.clone(), persona.clone(), &info.call_sid, start);
+        // The stream Twilio opened again once the machine's greeting ended.
+        let answered_by = info.params.get(ANSWERED_BY).cloned();
+        if answered_by.as_deref().is_some_and(is_machine_end) {
+            machine.leave_voicemail();
+        }
         let lines = reply::ToolLines {
             rt: tokio::runtime::Handle::current(),
             filler: persona.tool_filler.clone(),
@@ -192,6 +211,7 @@ impl Session {
             odd_rate_logged: false,
             acted: None,
             tools: crate::tools::http::ToolSet::new(&cfg.tools),
+            answered_by,
             listener,
             results_tx,
             events,
@@ -222,6 +242,7 @@ impl Session {
                         s.feed(Input::Mark(name))
                     }
                     Some(CallInput::Dtmf(d)) => s.feed(Input::Dtmf(d)),
+                    Some(CallInput::AnsweredBy(a)) => s.answered_by = Some(a),
                 },
                 Some(ev) = in_rx.recv() => match ev {
                     InputEvent::Audio { samples, end } => s.on_audio(samples, end),
@@ -487,6 +508,7 @@ impl Session {
             recording,
             ended_by,
             transferred_to: self.acted.and_then(|(_, to)| to),
+            answered_by: self.answered_by,
             errors: ended.errors,
         };
         self.events.emit(EventKind::CallEnded {

@@ -15,8 +15,10 @@
 //! it thinks and synthesises as usual, but its audio waits behind a gate that
 //! the session opens once the turn is confirmed (or the draft is cancelled,
 //! having cost some CPU and nothing the caller can hear). A held draft keeps
-//! the Piper worker waiting at its gate; the turn machine never starts
-//! another reply before it has released or cancelled the draft.
+//! the Piper worker waiting at its gate — and the LLM worker too when the
+//! draft chose one of the owner's tools, which is called only once the turn
+//! is confirmed; the turn machine never starts another reply before it has
+//! released or cancelled the draft.
 //!
 //! The LLM worker owns the call's LLM session, so prefilling the next prompt
 //! is a job on it too: nothing else ever touches the session.

@@ -89,6 +89,9 @@ pub struct SimOptions {
     /// Told the index of each turn when it is over (answered or given up
     /// on): a benchmark's progress.
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
+    /// Ends the stream as Twilio does when the call moves on to other
+    /// TwiML (a redirect): `stop`, and the report so far.
+    pub stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl SimOptions {
@@ -108,6 +111,7 @@ impl SimOptions {
             auth_token: None,
             webhook: None,
             progress: None,
+            stop: None,
         }
     }
 
@@ -298,191 +302,213 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
 
-    loop {
-        tokio::select! {
-            msg = rx.next() => {
-                let Some(msg) = msg else { break };
-                let Message::Text(text) = msg? else { continue };
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                match v["event"].as_str() {
-                    Some("media") => {
-                        report.media_messages += 1;
-                        let payload = v["media"]["payload"].as_str().unwrap_or("");
-                        use base64::Engine;
-                        match base64::engine::general_purpose::STANDARD.decode(payload) {
-                            Ok(b) if !b.is_empty() && b.len() % FRAME == 0 => {
-                                let pcm = ulaw::decode(&b);
-                                // The sentence went on after a dry spell.
-                                report.late_frames += std::mem::take(&mut dry);
-                                in_piece = true;
-                                received += pcm.len();
-                                buffer.extend(pcm.iter().copied());
-                                last_media = Instant::now();
-                                match current {
-                                    None => {
-                                        report.greeting_ms.get_or_insert(ms(t0.elapsed()));
-                                        report.greeting_audio.extend(&pcm);
-                                    }
-                                    Some(i) => {
-                                        let r = &mut report.turns[i];
-                                        if speech_end.is_none() {
-                                            r.audio_while_speaking += pcm.len();
+    let stopped = opts.stop.clone().unwrap_or_default();
+    // The server may close the stream while we send (the bot hung up):
+    // that ends the call like its own close does.
+    let played: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = stopped.cancelled(), if opts.stop.is_some() => break,
+                msg = rx.next() => {
+                    let Some(msg) = msg else { break };
+                    let Message::Text(text) = msg? else { continue };
+                    let v: serde_json::Value = serde_json::from_str(&text)?;
+                    match v["event"].as_str() {
+                        Some("media") => {
+                            report.media_messages += 1;
+                            let payload = v["media"]["payload"].as_str().unwrap_or("");
+                            use base64::Engine;
+                            match base64::engine::general_purpose::STANDARD.decode(payload) {
+                                Ok(b) if !b.is_empty() && b.len() % FRAME == 0 => {
+                                    let pcm = ulaw::decode(&b);
+                                    // The sentence went on after a dry spell.
+                                    report.late_frames += std::mem::take(&mut dry);
+                                    in_piece = true;
+                                    received += pcm.len();
+                                    buffer.extend(pcm.iter().copied());
+                                    last_media = Instant::now();
+                                    match current {
+                                        None => {
+                                            report.greeting_ms.get_or_insert(ms(t0.elapsed()));
+                                            report.greeting_audio.extend(&pcm);
                                         }
-                                        if r.latency_ms.is_none() {
-                                            if let Some(end) = speech_end {
-                                                r.latency_ms = Some(ms(end.elapsed()));
-                                                r.first_audio_at_ms = Some(ms(t0.elapsed()));
-                                                reply_started = Some(Instant::now());
+                                        Some(i) => {
+                                            let r = &mut report.turns[i];
+                                            if speech_end.is_none() {
+                                                r.audio_while_speaking += pcm.len();
                                             }
+                                            if r.latency_ms.is_none() {
+                                                if let Some(end) = speech_end {
+                                                    r.latency_ms = Some(ms(end.elapsed()));
+                                                    r.first_audio_at_ms = Some(ms(t0.elapsed()));
+                                                    reply_started = Some(Instant::now());
+                                                }
+                                            }
+                                            r.resumed |= r.cleared;
+                                            r.bot_audio.extend(&pcm);
                                         }
-                                        r.resumed |= r.cleared;
-                                        r.bot_audio.extend(&pcm);
                                     }
+                                    let lead = (received - played) as f64 / 8.0;
+                                    report.max_lead_ms = report.max_lead_ms.max(lead);
                                 }
-                                let lead = (received - played) as f64 / 8.0;
-                                report.max_lead_ms = report.max_lead_ms.max(lead);
+                                _ => report.invalid_media += 1,
                             }
-                            _ => report.invalid_media += 1,
+                        }
+                        Some("mark") => {
+                            // A sentence ended: silence after it is no gap in it.
+                            (in_piece, dry) = (false, 0);
+                            let name = v["mark"]["name"].as_str().unwrap_or("").to_string();
+                            marks.push_back((name, received));
+                        }
+                        Some("clear") => {
+                            (in_piece, dry) = (false, 0);
+                            report.clears.push(t0.elapsed());
+                            played += buffer.len();
+                            received = played;
+                            buffer.clear();
+                            // While a barge-in is being spoken, the reply
+                            // cleared is the previous turn's.
+                            let barging = current.is_some_and(|i| {
+                                i > 0 && speech_end.is_none() && opts.turns[i].barge_in_after_ms.is_some()
+                            });
+                            if let Some(i) = current {
+                                report.turns[if barging { i - 1 } else { i }].cleared = true;
+                            }
+                            while let Some((name, _)) = marks.pop_front() {
+                                send_mark(&mut tx, &stream_sid, &name).await?;
+                                report.marks_echoed += 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    // Play 20 ms of the bot.
+                    let mut out = [0i16; FRAME];
+                    for s in out.iter_mut() {
+                        if let Some(v) = buffer.pop_front() {
+                            *s = v;
+                            played += 1;
                         }
                     }
-                    Some("mark") => {
-                        // A sentence ended: silence after it is no gap in it.
-                        (in_piece, dry) = (false, 0);
-                        let name = v["mark"]["name"].as_str().unwrap_or("").to_string();
-                        marks.push_back((name, received));
+                    if buffer.is_empty() && in_piece {
+                        dry += 1;
                     }
-                    Some("clear") => {
-                        (in_piece, dry) = (false, 0);
-                        report.clears.push(t0.elapsed());
-                        played += buffer.len();
-                        received = played;
-                        buffer.clear();
-                        // While a barge-in is being spoken, the reply
-                        // cleared is the previous turn's.
-                        let barging = current.is_some_and(|i| {
-                            i > 0 && speech_end.is_none() && opts.turns[i].barge_in_after_ms.is_some()
-                        });
-                        if let Some(i) = current {
-                            report.turns[if barging { i - 1 } else { i }].cleared = true;
-                        }
-                        while let Some((name, _)) = marks.pop_front() {
-                            send_mark(&mut tx, &stream_sid, &name).await?;
-                            report.marks_echoed += 1;
-                        }
+                    report.bot_track.extend_from_slice(&out);
+                    while marks.front().is_some_and(|(_, at)| *at <= played) {
+                        let (name, _) = marks.pop_front().unwrap();
+                        send_mark(&mut tx, &stream_sid, &name).await?;
+                        report.marks_echoed += 1;
                     }
-                    _ => {}
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                // Play 20 ms of the bot.
-                let mut out = [0i16; FRAME];
-                for s in out.iter_mut() {
-                    if let Some(v) = buffer.pop_front() {
-                        *s = v;
-                        played += 1;
-                    }
-                }
-                if buffer.is_empty() && in_piece {
-                    dry += 1;
-                }
-                report.bot_track.extend_from_slice(&out);
-                while marks.front().is_some_and(|(_, at)| *at <= played) {
-                    let (name, _) = marks.pop_front().unwrap();
-                    send_mark(&mut tx, &stream_sid, &name).await?;
-                    report.marks_echoed += 1;
-                }
-                let idle = buffer.is_empty() && now.duration_since(last_media) > Duration::from_millis(800);
+                    let idle = buffer.is_empty() && now.duration_since(last_media) > Duration::from_millis(800);
 
-                // The caller's next 20 ms.
-                let mut frame = [0i16; FRAME];
-                phase = match phase {
-                    Phase::Greeting => {
-                        if (report.greeting_ms.is_some() && idle) || now.duration_since(t0) > Duration::from_secs_f32(opts.reply_timeout_secs) {
-                            Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))
-                        } else { phase }
-                    }
-                    Phase::Pause(until) if now >= until => {
-                        let i = report.turns.len();
-                        if i >= opts.turns.len() {
-                            Phase::Linger(now + Duration::from_secs_f32(opts.linger_secs))
-                        } else {
-                            start_turn(&opts, i, &mut report, &mut tx, &stream_sid, &mut current).await?;
-                            if !opts.turns[i].backchannel {
-                                speech_end = None;
-                            }
-                            Phase::Speaking(i, 0)
+                    // The caller's next 20 ms.
+                    let mut frame = [0i16; FRAME];
+                    phase = match phase {
+                        Phase::Greeting => {
+                            if (report.greeting_ms.is_some() && idle) || now.duration_since(t0) > Duration::from_secs_f32(opts.reply_timeout_secs) {
+                                Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))
+                            } else { phase }
                         }
-                    }
-                    Phase::Speaking(i, off) => {
-                        let a = &opts.turns[i].audio.samples;
-                        for (k, s) in frame.iter_mut().enumerate() {
-                            if let Some(&v) = a.get(off + k) {
-                                *s = crate::audio::f32_to_i16(v);
+                        Phase::Pause(until) if now >= until => {
+                            let i = report.turns.len();
+                            if i >= opts.turns.len() {
+                                Phase::Linger(now + Duration::from_secs_f32(opts.linger_secs))
+                            } else {
+                                start_turn(&opts, i, &mut report, &mut tx, &stream_sid, &mut current).await?;
+                                if !opts.turns[i].backchannel {
+                                    speech_end = None;
+                                }
+                                Phase::Speaking(i, 0)
                             }
                         }
-                        if off + FRAME >= a.len() && opts.turns[i].backchannel {
-                            // Back to listening to the reply it kept going.
-                            Phase::Waiting(current.unwrap_or(i), now)
-                        } else if off + FRAME >= a.len() {
-                            speech_end = Some(now + Duration::from_millis(20));
-                            reply_started = None;
-                            Phase::Waiting(i, now)
-                        } else {
-                            Phase::Speaking(i, off + FRAME)
+                        Phase::Speaking(i, off) => {
+                            let a = &opts.turns[i].audio.samples;
+                            for (k, s) in frame.iter_mut().enumerate() {
+                                if let Some(&v) = a.get(off + k) {
+                                    *s = crate::audio::f32_to_i16(v);
+                                }
+                            }
+                            if off + FRAME >= a.len() && opts.turns[i].backchannel {
+                                // Back to listening to the reply it kept going.
+                                Phase::Waiting(current.unwrap_or(i), now)
+                            } else if off + FRAME >= a.len() {
+                                speech_end = Some(now + Duration::from_millis(20));
+                                reply_started = None;
+                                Phase::Waiting(i, now)
+                            } else {
+                                Phase::Speaking(i, off + FRAME)
+                            }
                         }
-                    }
-                    Phase::Waiting(i, since) => {
-                        // The next turn to speak: after a backchannel, not i + 1.
-                        let n = report.turns.len();
-                        let next = opts.turns.get(n);
-                        let barge = next.and_then(|t| t.barge_in_after_ms).zip(reply_started)
-                            .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
-                        let hang_up = n == opts.turns.len()
-                            && opts.hang_up_after_ms.zip(reply_started)
+                        Phase::Waiting(i, since) => {
+                            // The next turn to speak: after a backchannel, not i + 1.
+                            let n = report.turns.len();
+                            let next = opts.turns.get(n);
+                            let barge = next.and_then(|t| t.barge_in_after_ms).zip(reply_started)
                                 .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
-                        if hang_up {
-                            break;
+                            let hang_up = n == opts.turns.len()
+                                && opts.hang_up_after_ms.zip(reply_started)
+                                    .is_some_and(|(after, at)| now.duration_since(at) >= Duration::from_millis(after));
+                            if hang_up {
+                                break;
+                            }
+                            let replied = report.turns[i].latency_ms.is_some() && idle;
+                            let timeout = now.duration_since(since) > Duration::from_secs_f32(opts.reply_timeout_secs);
+                            if barge || replied || timeout {
+                                if let Some(p) = &opts.progress {
+                                    let _ = p.send(i);
+                                }
+                            }
+                            if barge {
+                                start_turn(&opts, n, &mut report, &mut tx, &stream_sid, &mut current).await?;
+                                if !opts.turns[n].backchannel {
+                                    speech_end = None;
+                                }
+                                Phase::Speaking(n, 0)
+                            } else if replied || timeout {
+                                Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))
+                            } else { phase }
                         }
-                        let replied = report.turns[i].latency_ms.is_some() && idle;
-                        let timeout = now.duration_since(since) > Duration::from_secs_f32(opts.reply_timeout_secs);
-                        if barge || replied || timeout {
-                            if let Some(p) = &opts.progress {
-                                let _ = p.send(i);
+                        Phase::Linger(until) if now >= until => break,
+                        p => p,
+                    };
+                    if let Some((db, delay_ms)) = opts.echo {
+                        let gain = 10f32.powf(-db / 20.0);
+                        let lag = (delay_ms as usize) * 8;
+                        let n = report.bot_track.len();
+                        for (k, s) in frame.iter_mut().enumerate() {
+                            let idx = (n - FRAME + k).checked_sub(lag);
+                            if let Some(e) = idx.and_then(|j| report.bot_track.get(j)) {
+                                *s = s.saturating_add((*e as f32 * gain) as i16);
                             }
                         }
-                        if barge {
-                            start_turn(&opts, n, &mut report, &mut tx, &stream_sid, &mut current).await?;
-                            if !opts.turns[n].backchannel {
-                                speech_end = None;
-                            }
-                            Phase::Speaking(n, 0)
-                        } else if replied || timeout {
-                            Phase::Pause(now + Duration::from_secs_f32(opts.pause_secs))
-                        } else { phase }
                     }
-                    Phase::Linger(until) if now >= until => break,
-                    p => p,
-                };
-                if let Some((db, delay_ms)) = opts.echo {
-                    let gain = 10f32.powf(-db / 20.0);
-                    let lag = (delay_ms as usize) * 8;
-                    let n = report.bot_track.len();
-                    for (k, s) in frame.iter_mut().enumerate() {
-                        let idx = (n - FRAME + k).checked_sub(lag);
-                        if let Some(e) = idx.and_then(|j| report.bot_track.get(j)) {
-                            *s = s.saturating_add((*e as f32 * gain) as i16);
-                        }
-                    }
+                    report.caller_track.extend_from_slice(&frame);
+                    seq += 1;
+                    let chunk = seq - 1;
+                    use base64::Engine;
+                    let payload = base64::engine::general_purpose::STANDARD.encode(ulaw::encode(&frame));
+                    tx.send(Message::text(json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": stream_sid,
+                        "media": {"track": "inbound", "chunk": chunk.to_string(), "timestamp": (chunk * 20).to_string(), "payload": payload}}).to_string())).await?;
                 }
-                report.caller_track.extend_from_slice(&frame);
-                seq += 1;
-                let chunk = seq - 1;
-                use base64::Engine;
-                let payload = base64::engine::general_purpose::STANDARD.encode(ulaw::encode(&frame));
-                tx.send(Message::text(json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": stream_sid,
-                    "media": {"track": "inbound", "chunk": chunk.to_string(), "timestamp": (chunk * 20).to_string(), "payload": payload}}).to_string())).await?;
             }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = played {
+        use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError};
+        let closed = matches!(
+            e.downcast_ref::<WsError>(),
+            Some(
+                WsError::AlreadyClosed
+                    | WsError::ConnectionClosed
+                    | WsError::Protocol(ProtocolError::SendAfterClosing)
+            )
+        );
+        if !closed {
+            return Err(e);
         }
     }
     seq += 1;

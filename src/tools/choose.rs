@@ -30,12 +30,16 @@ fn words(text: &str) -> String {
     format!(" {} ", crate::text::wer::normalize(text).join(" "))
 }
 
-/// Letters and digits only: "4,512" and "4512" are the same order number.
-fn squeezed(text: &str) -> String {
-    text.chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
+/// Whole words as grounding compares them (the line as a pattern reads
+/// it, cut at anything but letters and digits), padded: "45" is not said
+/// in "order 4,512", "4512" is.
+fn tokens(text: &str) -> String {
+    let plain = plain(text);
+    let words: Vec<&str> = plain
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    format!(" {} ", words.join(" "))
 }
 
 /// Step 1: the tools the caller's `line` may call for: a trigger at the
@@ -131,7 +135,7 @@ pub fn parse_name(text: &str) -> Result<Option<String>, String> {
     match serde_json::from_str::<Value>(text.trim()) {
         Ok(Value::String(s)) if s == "none" => Ok(None),
         Ok(Value::String(s)) => Ok(Some(s)),
-        _ => Err(format!("the tool's name is not a JSON string: {text:.200}")),
+        _ => Err("the tool's name is not a JSON string".to_string()),
     }
 }
 
@@ -207,41 +211,47 @@ pub fn said_arguments(tool: &HttpTool, line: &str) -> (serde_json::Map<String, V
 }
 
 /// Steps 3 and 4: the arguments the model wrote, their strings trimmed of
-/// stray punctuation, if every one of them is something the caller said
-/// in `conversation` (the call's caller lines).
+/// stray punctuation, if every string and number of them is something the
+/// caller said, as whole words, in `conversation` (the call's caller
+/// lines).
 pub fn grounded(
     tool: &HttpTool,
     text: &str,
     conversation: &[ChatMessage],
+    read_words: bool,
 ) -> Result<Option<ToolUse>, String> {
     let mut args: Value = serde_json::from_str(text.trim())
-        .map_err(|e| format!("the tool's arguments are not JSON ({e}): {text:.200}"))?;
+        .map_err(|e| format!("the tool's arguments are not JSON ({e})"))?;
     let Some(map) = args.as_object_mut() else {
-        return Err(format!(
-            "the tool's arguments are not an object: {text:.200}"
-        ));
+        return Err("the tool's arguments are not an object".to_string());
     };
     // A choice the caller named outright wins over the model's.
     let line = conversation
         .iter()
         .rfind(|m| m.role == Role::User)
         .map_or("", |m| m.content.as_str());
-    map.extend(said_arguments(tool, line).0);
+    if read_words {
+        map.extend(said_arguments(tool, line).0);
+    }
     let said: String = conversation
         .iter()
         .filter(|m| m.role == Role::User)
-        .map(|m| squeezed(&m.content))
-        .collect::<Vec<_>>()
-        .join(" ");
+        .map(|m| tokens(&m.content))
+        .collect();
     for (name, v) in map.iter_mut() {
-        let Value::String(s) = v else { continue };
-        let trimmed = s.trim_matches(|c: char| !c.is_alphanumeric()).to_string();
-        let key = squeezed(&trimmed);
-        if key.is_empty() || !said.contains(&key) {
-            tracing::debug!(tool = %tool.name, argument = %name, value = %s, "argument not said by the caller: no tool");
+        let value = match v {
+            Value::String(s) => {
+                *s = s.trim_matches(|c: char| !c.is_alphanumeric()).to_string();
+                s.clone()
+            }
+            Value::Number(n) => n.to_string(),
+            _ => continue,
+        };
+        let key = tokens(&value);
+        if key.trim().is_empty() || !said.contains(&key) {
+            tracing::debug!(tool = %tool.name, argument = %name, "argument not said by the caller: no tool");
             return Ok(None);
         }
-        *s = trimmed;
     }
     Ok(Some(ToolUse {
         name: tool.name.clone(),
@@ -345,7 +355,9 @@ mod tests {
         assert!(!said_arguments(&t, "When do you open?").1);
         // And is overruled when it guessed another.
         let said = user("Are you open on Sunday?");
-        let call = grounded(&t, r#"{"day": "today"}"#, &said).unwrap().unwrap();
+        let call = grounded(&t, r#"{"day": "today"}"#, &said, true)
+            .unwrap()
+            .unwrap();
         assert_eq!(call.arguments, json!({"day": "sunday"}));
     }
 
@@ -381,22 +393,36 @@ mod tests {
     fn only_arguments_the_caller_said_make_a_call() {
         let t = tool("order_status", &[]);
         let said = user("Where is my order 4,512?");
-        let call = grounded(&t, r#"{"order_number": ", 4512."}"#, &said)
+        let call = grounded(&t, r#"{"order_number": ", 4512."}"#, &said, true)
             .unwrap()
             .unwrap();
         assert_eq!(call.arguments, json!({"order_number": "4512"}));
-        // Invented: no call.
+        // Invented, or a part of what was said: no call.
+        for invented in [
+            r#"{"order_number": "12345"}"#,
+            r#"{"order_number": "45"}"#,
+            r#"{"order_number": 12}"#,
+        ] {
+            assert_eq!(grounded(&t, invented, &said, true), Ok(None), "{invented}");
+        }
+        // The model alone: the words do not overrule it.
+        let mut days = tool("opening_hours", &[]);
+        days.parameters = json!({"type": "object", "properties": {"day": {"type": "string", "enum": ["sunday", "today"]}}});
+        let sunday = user("Open on Sunday? Or today?");
+        let call = grounded(&days, r#"{"day": "today"}"#, &sunday, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(call.arguments, json!({"day": "today"}));
         assert_eq!(
-            grounded(&t, r#"{"order_number": "12345"}"#, &said),
+            grounded(&t, r#"{"order_number": ""}"#, &said, true),
             Ok(None)
         );
-        assert_eq!(grounded(&t, r#"{"order_number": ""}"#, &said), Ok(None));
         // Said in an earlier line of the call.
         let mut later = said.clone();
         later.push(ChatMessage::new(Role::User, "It's the lamp."));
-        assert!(grounded(&t, r#"{"order_number": "4512"}"#, &later)
+        assert!(grounded(&t, r#"{"order_number": "4512"}"#, &later, true)
             .unwrap()
             .is_some());
-        assert!(grounded(&t, "[1]", &said).is_err());
+        assert!(grounded(&t, "[1]", &said, true).is_err());
     }
 }

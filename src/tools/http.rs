@@ -22,6 +22,8 @@ pub struct HttpTool {
     /// What the model calls it: `[a-z][a-z0-9_]*`.
     pub name: String,
     /// What it does, for the model choosing: "Look up the status of an order".
+    /// (A trigger is matched at the start of a word: "order" also finds
+    /// "ordered".)
     pub description: String,
     /// A JSON schema of an object: the arguments the model fills in.
     #[serde(default = "no_parameters")]
@@ -93,11 +95,15 @@ impl ToolResult {
     }
 }
 
-/// The configured tools of a server, with the client that calls them;
-/// shared by every call.
+/// The configured tools, with the client that calls them: one per call
+/// (a client's connections are kept for the call's later turns).
 #[derive(Debug)]
 pub struct ToolSet {
     pub tools: Vec<HttpTool>,
+    /// Arguments the caller's words give outright are read without the
+    /// model ([`super::choose::said_arguments`]); off only to measure the
+    /// model alone.
+    pub read_words: bool,
     client: reqwest::Client,
 }
 
@@ -107,9 +113,16 @@ impl PartialEq for ToolSet {
     }
 }
 
-/// The longest answer kept of an endpoint: what the LLM reads and the trace
-/// holds.
-const MAX_RESULT_CHARS: usize = 2000;
+/// The longest answer kept of an endpoint for the LLM to read and the
+/// trace to hold (a template reads the whole answer).
+pub const MAX_RESULT_CHARS: usize = 2000;
+/// The longest answer taken at all: more is a failed tool, not memory.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// `result` cut to [`MAX_RESULT_CHARS`].
+pub fn kept(result: &str) -> String {
+    result.chars().take(MAX_RESULT_CHARS).collect()
+}
 
 impl ToolSet {
     /// `None` when no tool is configured: replies then skip choosing.
@@ -117,7 +130,28 @@ impl ToolSet {
         (!tools.is_empty()).then(|| {
             Arc::new(Self {
                 tools: tools.to_vec(),
+                read_words: true,
                 client: reqwest::Client::new(),
+            })
+        })
+    }
+
+    /// The same tools with every choice left to the model: no triggers
+    /// (each tool is put to it on every turn) and no arguments read from
+    /// the words. What `callbox eval --tools --model-only` measures.
+    pub fn model_only(tools: &[HttpTool]) -> Option<Arc<Self>> {
+        let bare: Vec<HttpTool> = tools
+            .iter()
+            .map(|t| HttpTool {
+                triggers: Vec::new(),
+                ..t.clone()
+            })
+            .collect();
+        Self::new(&bare).map(|set| {
+            Arc::new(Self {
+                read_words: false,
+                tools: set.tools.clone(),
+                client: set.client.clone(),
             })
         })
     }
@@ -166,28 +200,31 @@ impl ToolSet {
                 .json(&call.arguments)
                 .send();
             let answer = async {
-                let response = request.await.map_err(|e| {
+                // The URL stays out of the message: it is in the trace, and
+                // an owner's endpoint may carry a key in its query.
+                let failed = |e: reqwest::Error| {
                     if e.is_timeout() {
                         ToolResult::Timeout
                     } else {
-                        ToolResult::Failed(crate::engines::api::http::describe(&e))
+                        ToolResult::Failed(crate::engines::api::http::describe(&e.without_url()))
                     }
-                })?;
+                };
+                let mut response = request.await.map_err(failed)?;
                 let status = response.status();
-                let body = response.text().await.map_err(|e| {
-                    if e.is_timeout() {
-                        ToolResult::Timeout
-                    } else {
-                        ToolResult::Failed(e.to_string())
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(failed)? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_BODY_BYTES {
+                        return Err(ToolResult::Failed(format!(
+                            "the answer is longer than {MAX_BODY_BYTES} bytes"
+                        )));
                     }
-                })?;
-                if !status.is_success() {
-                    return Err(ToolResult::Failed(format!(
-                        "HTTP {status}: {:.200}",
-                        body.trim()
-                    )));
                 }
-                Ok(body.chars().take(MAX_RESULT_CHARS).collect::<String>())
+                let body = String::from_utf8_lossy(&body).into_owned();
+                if !status.is_success() {
+                    return Err(ToolResult::Failed(format!("HTTP {status}")));
+                }
+                Ok(body)
             };
             tokio::pin!(answer);
             let mut filled = false;
@@ -215,7 +252,9 @@ pub fn result_message(call: &ToolUse, result: &str) -> String {
     format!(
         "(The {} tool was used with {} and answered: {}. Tell the caller what it says, in one or two \
          short spoken sentences.)",
-        call.name, call.arguments, result
+        call.name,
+        call.arguments,
+        kept(result)
     )
 }
 

@@ -136,15 +136,18 @@ impl TwilioRest {
 
     /// Asks Twilio to dial `to` from `from`; when the callee answers Twilio
     /// POSTs to `twiml_url` for instructions, and reports the call's
-    /// progress to `status_callback`.
+    /// progress to `status_callback`. With `amd_callback`, Twilio listens
+    /// for an answering machine while the call goes on, until its greeting
+    /// ends (`DetectMessageEnd`), and POSTs what answered there.
     pub async fn create_call(
         &self,
         to: &str,
         from: &str,
         twiml_url: &str,
         status_callback: &str,
+        amd_callback: Option<&str>,
     ) -> Result<CallResource, RestError> {
-        let form = [
+        let mut form = vec![
             ("To", to),
             ("From", from),
             ("Url", twiml_url),
@@ -156,6 +159,14 @@ impl TwilioRest {
             ("StatusCallbackEvent", "answered"),
             ("StatusCallbackEvent", "completed"),
         ];
+        if let Some(url) = amd_callback {
+            form.extend([
+                ("MachineDetection", "DetectMessageEnd"),
+                ("AsyncAmd", "true"),
+                ("AsyncAmdStatusCallback", url),
+                ("AsyncAmdStatusCallbackMethod", "POST"),
+            ]);
+        }
         // Not idempotent: a request that timed out may still have placed the
         // call, so only answers that say it was not taken are retried.
         let resp = self.post("Calls.json", &form, false).await?;

@@ -58,7 +58,8 @@ pub struct Played {
     /// The stream the `/twiml` answer connected.
     pub stream: StreamTarget,
     pub report: SimReport,
-    /// Our server's answer to the `completed` status callback.
+    /// Our server's answer to the `completed` status callback (0: none was
+    /// sent, the stream was stopped by a redirect).
     pub status_callback: u16,
 }
 
@@ -70,6 +71,9 @@ pub struct Behaviour {
     pub stalling: Vec<&'static str>,
     /// The callee's turns once the call is answered; `None`: nobody answers.
     pub callee: Option<Vec<SimTurn>>,
+    /// What answering-machine detection hears, for calls placed with
+    /// `AsyncAmd`: posted to their callback two seconds into the stream.
+    pub answered_by: Option<&'static str>,
 }
 
 pub struct FakeTwilio {
@@ -78,6 +82,8 @@ pub struct FakeTwilio {
     behaviour: Mutex<Behaviour>,
     requests: Mutex<Vec<Request>>,
     calls: Mutex<Vec<tokio::task::JoinHandle<anyhow::Result<Played>>>>,
+    /// The stream each live call plays, to end when the call is redirected.
+    streams: Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
 }
 
 impl FakeTwilio {
@@ -89,6 +95,7 @@ impl FakeTwilio {
             behaviour: Mutex::new(behaviour),
             requests: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
+            streams: Mutex::new(Default::default()),
         });
         let f = fake.clone();
         let app = axum::Router::new().fallback(move |method, uri, headers, body| {
@@ -222,14 +229,24 @@ impl FakeTwilio {
                     );
                 };
                 let sid = format!("CA{:032x}", rand::random::<u128>());
-                let callee = self.behaviour.lock().unwrap().callee.clone();
+                let (callee, answered_by) = {
+                    let b = self.behaviour.lock().unwrap();
+                    (b.callee.clone(), b.answered_by)
+                };
                 if let Some(turns) = callee {
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    self.streams
+                        .lock()
+                        .unwrap()
+                        .insert(sid.clone(), stop.clone());
                     let call = answer(
                         self.auth_token.clone(),
                         sid.clone(),
                         req.clone(),
-                        url.to_string(),
+                        Leg::Twiml(url.to_string()),
                         turns,
+                        stop,
+                        answered_by.filter(|_| req.field("AsyncAmd") == Some("true")),
                     );
                     self.calls.lock().unwrap().push(tokio::spawn(call));
                 }
@@ -244,6 +261,30 @@ impl FakeTwilio {
                 (StatusCode::CREATED, Json(body)).into_response()
             }
             "update_call" => {
+                // New TwiML with a stream: Twilio stops the call's stream
+                // and plays the new one (here: a recorder, silent).
+                let twiml = req.field("Twiml").unwrap_or_default();
+                if let Some(stream) = callbox::twilio::twiml::parse_stream(twiml) {
+                    let old = self.streams.lock().unwrap().remove(&call_sid);
+                    if let Some(old) = old {
+                        old.cancel();
+                        let create = self
+                            .requests()
+                            .into_iter()
+                            .find(|r| r.op == "create_call")
+                            .unwrap_or_else(|| req.clone());
+                        let call = answer(
+                            self.auth_token.clone(),
+                            call_sid.clone(),
+                            create,
+                            Leg::Stream(stream),
+                            Vec::new(),
+                            tokio_util::sync::CancellationToken::new(),
+                            None,
+                        );
+                        self.calls.lock().unwrap().push(tokio::spawn(call));
+                    }
+                }
                 Json(json!({"sid": call_sid, "status": "in-progress"})).into_response()
             }
             _ => {
@@ -262,13 +303,25 @@ fn via_proxy(url: &str) -> String {
         .replacen("wss://", "ws://", 1)
 }
 
-/// Twilio's part once the callee picks up.
+/// Where a leg of a call gets its stream: the TwiML URL Twilio fetches
+/// when the callee answers, or a stream a call update named.
+enum Leg {
+    Twiml(String),
+    Stream(StreamTarget),
+}
+
+/// Twilio's part once the callee picks up (or once the call was redirected
+/// to a new stream): the stream, an answering-machine verdict when one was
+/// asked for, and the `completed` callback — unless the stream was stopped
+/// because the call moved on.
 async fn answer(
     auth_token: String,
     call_sid: String,
     created: Request,
-    twiml_url: String,
+    leg: Leg,
     turns: Vec<SimTurn>,
+    stop: tokio_util::sync::CancellationToken,
+    answered_by: Option<&'static str>,
 ) -> anyhow::Result<Played> {
     let form: Vec<(String, String)> = [
         ("AccountSid", ACCOUNT_SID),
@@ -281,22 +334,49 @@ async fn answer(
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    // Signed over the URL Twilio was given, sent through the proxy.
-    let resp = sim::post_signed(&auth_token, &twiml_url, &via_proxy(&twiml_url), &form).await?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "/twiml answered {}",
-        resp.status()
-    );
-    let twiml = resp.text().await?;
-    let stream = callbox::twilio::twiml::parse_stream(&twiml)
-        .ok_or_else(|| anyhow::anyhow!("no stream in {twiml}"))?;
+    let stream = match leg {
+        Leg::Stream(stream) => stream,
+        Leg::Twiml(twiml_url) => {
+            // Signed over the URL Twilio was given, sent through the proxy.
+            let resp =
+                sim::post_signed(&auth_token, &twiml_url, &via_proxy(&twiml_url), &form).await?;
+            anyhow::ensure!(
+                resp.status().is_success(),
+                "/twiml answered {}",
+                resp.status()
+            );
+            let twiml = resp.text().await?;
+            callbox::twilio::twiml::parse_stream(&twiml)
+                .ok_or_else(|| anyhow::anyhow!("no stream in {twiml}"))?
+        }
+    };
+
+    if let Some(verdict) = answered_by {
+        let callback = created
+            .field("AsyncAmdStatusCallback")
+            .unwrap_or_default()
+            .to_string();
+        let mut amd = form.clone();
+        amd.push(("AnsweredBy".into(), verdict.into()));
+        amd.push(("MachineDetectionDuration".into(), "2000".into()));
+        let token = auth_token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let _ = sim::post_signed(&token, &callback, &via_proxy(&callback), &amd).await;
+        });
+    }
 
     let mut opts = SimOptions::new(via_proxy(&stream.url), turns);
     opts.call_sid = call_sid.clone();
     opts.account_sid = ACCOUNT_SID.into();
     opts.params = stream.params.clone();
     opts.auth_token = Some(auth_token.clone());
+    opts.stop = Some(stop.clone());
+    if opts.turns.is_empty() {
+        // A recorder says nothing back: it stays on the line until the bot
+        // is done or the call moves on.
+        opts.linger_secs = 20.0;
+    }
     let report = sim::run(opts).await?;
 
     let mut done = form.clone();
@@ -307,10 +387,14 @@ async fn answer(
         .field("StatusCallback")
         .unwrap_or_default()
         .to_string();
-    let status_callback = sim::post_signed(&auth_token, &callback, &via_proxy(&callback), &done)
-        .await?
-        .status()
-        .as_u16();
+    let status_callback = if stop.is_cancelled() {
+        0
+    } else {
+        sim::post_signed(&auth_token, &callback, &via_proxy(&callback), &done)
+            .await?
+            .status()
+            .as_u16()
+    };
     Ok(Played {
         call_sid,
         stream,

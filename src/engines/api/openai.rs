@@ -144,12 +144,19 @@ impl LlmSession for OpenAiSession {
                 gen.finished = reason != "length";
             }
         }
-        if let Some((name, args)) = tool.filter(|_| options.tools.is_some()) {
+        if let (Some((name, args)), Some(tools)) = (tool, &options.tools) {
+            // Neither the arguments nor an unknown name go into the error:
+            // it is logged, and they are what the caller said.
+            if tools.get(&name).is_none() {
+                return Err(err(&"the model called a tool that is not configured"));
+            }
             let arguments = if args.trim().is_empty() {
                 json!({})
             } else {
                 serde_json::from_str(&args).map_err(|e| {
-                    err(&format!("the model called {name} with arguments that are not JSON ({e}): {args:.200}"))
+                    err(&format!(
+                        "the model called {name} with arguments that are not JSON ({e})"
+                    ))
                 })?
             };
             gen.tool_use = Some(ToolUse { name, arguments });
@@ -179,6 +186,8 @@ fn request_body(model: &str, messages: &[ChatMessage], options: &GenerationOptio
     if let Some(tools) = &options.tools {
         body["tools"] = tools.openai();
         body["tool_choice"] = json!("auto");
+        // One call per turn: the reply speaks one tool's answer.
+        body["parallel_tool_calls"] = json!(false);
     }
     body
 }
@@ -224,8 +233,11 @@ pub fn parse_chunk(data: &str) -> std::result::Result<Chunk, String> {
                 u["completion_tokens"].as_u64()? as usize,
             ))
         });
-    // One call per reply is all a phone turn uses; later ones are ignored.
-    let call = choice.and_then(|c| c["delta"]["tool_calls"].get(0));
+    // One call per reply is all a phone turn uses: a provider that sends
+    // more anyway has the others ignored (each chunk names its call's index).
+    let call = choice
+        .and_then(|c| c["delta"]["tool_calls"].as_array())
+        .and_then(|calls| calls.iter().find(|c| c["index"].as_u64().unwrap_or(0) == 0));
     let function = call.map(|c| &c["function"]);
     Ok(Chunk {
         text,

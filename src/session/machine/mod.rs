@@ -221,6 +221,9 @@ pub struct TurnMachine {
     errors: Vec<String>,
     /// The actions of the input being handled.
     out: Vec<Action>,
+    /// An answering machine took the call: the bot leaves its message and
+    /// hears nothing.
+    voicemail: bool,
 }
 
 impl TurnMachine {
@@ -257,11 +260,32 @@ impl TurnMachine {
             backchannels: 0,
             errors: Vec::new(),
             out: Vec::new(),
+            voicemail: false,
         }
+    }
+
+    /// Leaves the persona's voicemail message instead of the greeting
+    /// (an answering machine's beep has gone), takes no turns, and hangs up
+    /// once the message has played to its last mark.
+    pub fn leave_voicemail(&mut self) {
+        self.voicemail = true;
     }
 
     /// Handles one input that happened at `now`.
     pub fn on(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let heard = matches!(
+            input,
+            Input::SpeechStarted { .. }
+                | Input::SpeechPaused { .. }
+                | Input::SpeechResumed { .. }
+                | Input::SpeechStopped { .. }
+                | Input::Dtmf(_)
+                | Input::Tick
+        );
+        if self.voicemail && heard {
+            // A recorder's noise is nobody to answer or to stop for.
+            return Vec::new();
+        }
         match input {
             Input::Start => self.on_start(now),
             Input::Audio { end } => self.on_audio(end, now),
@@ -374,6 +398,21 @@ impl TurnMachine {
     /// Greets while the system prompt is prefilled: the caller's first turn
     /// then pays only for its own tokens.
     fn on_start(&mut self, now: Instant) {
+        if self.voicemail {
+            let message = self.persona.voicemail.clone();
+            self.start_reply(
+                TurnKind::Greeting,
+                Source::Text(message),
+                String::new(),
+                None,
+                None,
+                now,
+            );
+            if let Some(a) = self.active.as_mut() {
+                a.then = Some((crate::tools::ToolCall::EndCall, now));
+            }
+            return;
+        }
         let mut prefix = self.history.clone();
         if self.rules.greet && !self.persona.greeting.is_empty() {
             let greeting = self.persona.greeting.clone();

@@ -265,7 +265,7 @@ impl TurnMachine {
                     arguments: call.arguments.clone(),
                     outcome: result.outcome().into(),
                     result: match &result {
-                        ToolResult::Ok(body) => Some(body.clone()),
+                        ToolResult::Ok(body) => Some(crate::tools::http::kept(body)),
                         ToolResult::Failed(why) => Some(why.clone()),
                         ToolResult::Timeout | ToolResult::Cancelled => None,
                     },

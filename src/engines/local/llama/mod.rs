@@ -20,7 +20,7 @@ mod prompt;
 mod reference;
 mod sample;
 mod tools;
-pub use tools::choose_tool;
+pub use tools::{choose_tool, grammar_of};
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};

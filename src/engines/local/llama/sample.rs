@@ -31,7 +31,10 @@ pub(super) fn sampler(
     if let Some(grammar) = &options.grammar {
         let g = LlamaSampler::grammar(engine.model, grammar, "root")
             .map_err(|e| Error::engine("llama", format!("the grammar is refused: {e}")))?;
-        return Ok(Sampler::Grammar(g));
+        return Ok(Sampler::Grammar {
+            grammar: g,
+            end: engine.model.vocab().eos(),
+        });
     }
     let penalties = LlamaSampler::penalties(
         engine.model.n_vocab(),
@@ -67,20 +70,29 @@ pub(super) enum Sampler {
     /// whole vocabulary (as llama.cpp's own common sampler does): checking
     /// 150,000 tokens against it at every step is most of the time a
     /// grammar-bound choice takes on a CPU.
-    Grammar(LlamaSampler),
+    Grammar {
+        grammar: LlamaSampler,
+        /// Given when the grammar allows no token at all.
+        end: LlamaToken,
+    },
 }
 
 impl Sampler {
     fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
-        let grammar = match self {
+        let (grammar, end) = match self {
             // `sample` has the chain accept the token itself (llama.cpp's
             // `llama_sampler_sample`): accepting it again would count it
             // twice in the penalty's window.
             Sampler::Chain(chain) => return chain.sample(ctx, idx),
-            Sampler::Grammar(g) => g,
+            Sampler::Grammar { grammar, end } => (grammar, *end),
         };
         let logits = ctx.get_logits_ith(idx);
-        let best = argmax(logits.iter().copied().enumerate());
+        let best = logits
+            .iter()
+            .enumerate()
+            // The first of equals, as greedy sampling takes it.
+            .min_by(|a, b| b.1.total_cmp(a.1))
+            .map_or(0, |(i, _)| i);
         let mut one = LlamaTokenDataArray::new(
             vec![LlamaTokenData::new(
                 LlamaToken::new(best as i32),
@@ -95,23 +107,17 @@ impl Sampler {
         } else {
             let mut all = ctx.token_data_array_ith(idx);
             all.apply_sampler(grammar);
-            let pick = argmax(all.data.iter().map(|d| (d.id().0 as usize, d.logit())));
-            LlamaToken::new(pick as i32)
+            let allowed = all.data.iter().filter(|d| d.logit().is_finite());
+            match allowed.min_by(|a, b| b.logit().total_cmp(&a.logit())) {
+                Some(d) => d.id(),
+                // The grammar allows nothing more: the choice ends here
+                // (accepting an end token it does not allow would abort).
+                None => return end,
+            }
         };
         grammar.accept(token);
         token
     }
-}
-
-/// The index of the largest finite value (the first of equals).
-fn argmax(values: impl Iterator<Item = (usize, f32)>) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, v) in values {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
 }
 
 /// What a sampled token means for the reply.

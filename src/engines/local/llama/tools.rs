@@ -63,8 +63,7 @@ pub fn choose_tool(
         return Ok((None, spent));
     };
     let mut step = |system: String, schema: serde_json::Value| -> Result<Option<String>> {
-        let grammar = llama_cpp_2::json_schema_to_grammar(&schema.to_string())
-            .map_err(|e| Error::engine("llama", format!("a tool's schema has no grammar: {e}")))?;
+        let grammar = grammar_of(&schema)?;
         let choosing = GenerationOptions {
             max_tokens: choose::MAX_CHOICE_TOKENS,
             temperature: 0.0,
@@ -83,9 +82,17 @@ pub fn choose_tool(
         spent.cancelled |= g.cancelled;
         Ok((!g.cancelled && g.finished).then_some(g.text))
     };
+    // A step that fails (a grammar llama.cpp refuses) is a turn without a
+    // tool, not a failed turn.
+    let mut step = |system: String, schema: serde_json::Value| {
+        step(system, schema).unwrap_or_else(|e| {
+            tracing::warn!("choosing a tool failed: {e}; answering without one");
+            None
+        })
+    };
     let tool = if choose::needs_naming(&candidates) {
         let (system, schema) = choose::naming(&candidates);
-        let Some(answer) = step(system, schema)? else {
+        let Some(answer) = step(system, schema) else {
             return Ok((None, spent));
         };
         match choose::parse_name(&answer) {
@@ -102,7 +109,8 @@ pub fn choose_tool(
     let Some(tool) = tool else {
         return Ok((None, spent));
     };
-    if let (said, true) = choose::said_arguments(tool, line) {
+    let (said, complete) = choose::said_arguments(tool, line);
+    if tools.read_words && complete {
         let call = ToolUse {
             name: tool.name.clone(),
             arguments: serde_json::Value::Object(said),
@@ -110,12 +118,18 @@ pub fn choose_tool(
         return Ok((Some(call), spent));
     }
     let (system, schema) = choose::arguments(tool);
-    let Some(answer) = step(system, schema)? else {
+    let Some(answer) = step(system, schema) else {
         return Ok((None, spent));
     };
-    let chosen = choose::grounded(tool, &answer, messages).unwrap_or_else(|e| {
+    let chosen = choose::grounded(tool, &answer, messages, tools.read_words).unwrap_or_else(|e| {
         tracing::warn!("{e}; answering without a tool");
         None
     });
     Ok((chosen, spent))
+}
+
+/// The llama.cpp grammar of a JSON schema.
+pub fn grammar_of(schema: &serde_json::Value) -> Result<String> {
+    llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+        .map_err(|e| Error::engine("llama", format!("a tool's schema has no grammar: {e}")))
 }
