@@ -72,15 +72,15 @@ async fn dialout_variables_reach_the_greeting_and_missing_ones_are_refused() {
     for (extra, words) in [
         (serde_json::json!({}), "needs variables name"),
         (
-            serde_json::json!({"persona": "reminder", "variables": {"name": "Alice"}}),
+            serde_json::json!({"persona": "reminder", "variables": {"name": "Maria"}}),
             "needs variables thing",
         ),
         (
-            serde_json::json!({"persona": "nope", "variables": {"name": "Alice"}}),
+            serde_json::json!({"persona": "nope", "variables": {"name": "Maria"}}),
             "not configured",
         ),
         (
-            serde_json::json!({"variables": {"Name": "Alice"}}),
+            serde_json::json!({"variables": {"Name": "Maria"}}),
             "lower-case",
         ),
         (
@@ -88,7 +88,7 @@ async fn dialout_variables_reach_the_greeting_and_missing_ones_are_refused() {
             "at most 200",
         ),
         (
-            serde_json::json!({"variables": {"name": "Alice", "to_number": "+1"}}),
+            serde_json::json!({"variables": {"name": "Maria", "to_number": "+1"}}),
             "the call's own",
         ),
     ] {
@@ -104,7 +104,7 @@ async fn dialout_variables_reach_the_greeting_and_missing_ones_are_refused() {
     // The variables travel in the URL Twilio fetches, and fill the greeting.
     let (status, body) = dialout(
         addr,
-        to(serde_json::json!({"variables": {"name": "Alice"}})),
+        to(serde_json::json!({"variables": {"name": "Maria"}})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -112,7 +112,7 @@ async fn dialout_variables_reach_the_greeting_and_missing_ones_are_refused() {
     let created = fake.requests_for("create_call");
     assert_eq!(
         created[0].field("Url"),
-        Some(format!("https://{addr}/twiml?var.name=Alice").as_str())
+        Some(format!("https://{addr}/twiml?var.name=Maria").as_str())
     );
     let played = fake.played().await;
     let p = played.into_iter().next().unwrap().expect("the call played");
@@ -121,13 +121,13 @@ async fn dialout_variables_reach_the_greeting_and_missing_ones_are_refused() {
         .unwrap()
         .text
         .to_lowercase();
-    assert!(heard.contains("alice"), "greeting heard as {heard:?}");
+    assert!(heard.contains("maria"), "greeting heard as {heard:?}");
     let s = summary(&state, &sid).await;
     assert_eq!(
         s.turns[0].bot_text,
-        "Hello Alice, this is Sam from the clinic."
+        "Hello Maria, this is Sam from the clinic."
     );
-    assert_eq!(s.info.params["var.name"], "Alice");
+    assert_eq!(s.info.params["var.name"], "Maria");
 
     // A named persona, chosen per call.
     let extra = serde_json::json!({"persona": "reminder", "variables": {"name": "Bob", "thing": "dentist visit"}});

@@ -396,7 +396,7 @@ async fn place_with_detection(
     .await;
     let mut body = numbers();
     body["machine_detection"] = true.into();
-    body["variables"] = serde_json::json!({"name": "Alice"});
+    body["variables"] = serde_json::json!({"name": "Maria"});
     let (status, body) = dialout(addr, Some(API_TOKEN), body).await;
     assert_eq!(status, 200, "{body}");
     let sid = body["call_sid"].as_str().unwrap().to_string();
@@ -435,7 +435,7 @@ async fn a_machine_gets_the_voicemail_after_its_beep_and_the_call_is_hung_up() {
         .text
         .to_lowercase();
     assert!(
-        message.contains("alice") && message.contains("call us back"),
+        message.contains("maria") && message.contains("call us back"),
         "the machine recorded {message:?}"
     );
     // One hang-up, once the message had played to its end.
@@ -463,7 +463,7 @@ async fn a_machine_gets_the_voicemail_after_its_beep_and_the_call_is_hung_up() {
     let said = &leg.turns[0];
     assert_eq!(
         said.heard_text,
-        VOICEMAIL.replace("{{name}}", "Alice"),
+        VOICEMAIL.replace("{{name}}", "Maria"),
         "played to its last mark"
     );
     let m = scrape(addr).await;

@@ -334,6 +334,8 @@ async fn answer(
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    let recorder =
+        matches!(leg, Leg::Stream(_)) || answered_by.is_some_and(|v| v.starts_with("machine"));
     let stream = match leg {
         Leg::Stream(stream) => stream,
         Leg::Twiml(twiml_url) => {
@@ -372,7 +374,7 @@ async fn answer(
     opts.params = stream.params.clone();
     opts.auth_token = Some(auth_token.clone());
     opts.stop = Some(stop.clone());
-    if opts.turns.is_empty() {
+    if recorder {
         // A recorder says nothing back: it stays on the line until the bot
         // is done or the call moves on.
         opts.linger_secs = 20.0;

@@ -77,7 +77,10 @@ pub struct BenchArgs {
     /// The server's configuration file (default: built-in).
     #[arg(long, short, env = "CALLBOX_CONFIG", conflicts_with = "compare")]
     pub config: Option<PathBuf>,
-    /// Two configuration files: the same callers against each, one report.
+    /// Two targets, the same callers against each, one report: a
+    /// configuration file (a server of ours started with it) or the
+    /// `ws://`/`wss://` URL of any Twilio Media Streams server (another
+    /// bot, measured from the caller's side only).
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub compare: Vec<PathBuf>,
     /// Start local fakes of Deepgram and Groq (the API stack) and point
@@ -155,20 +158,24 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
         false => None,
     };
 
-    let configs: Vec<Option<PathBuf>> = if a.compare.is_empty() {
-        vec![a.config.clone()]
-    } else {
-        a.compare.iter().cloned().map(Some).collect()
+    let targets: Vec<Target> = match (&a.url, a.compare.is_empty()) {
+        (Some(url), _) => vec![Target::Url(url.clone())],
+        (None, true) => vec![Target::Config(a.config.clone())],
+        (None, false) => a.compare.iter().map(|c| Target::of(c)).collect(),
     };
     let mut stacks = Vec::new();
-    for (i, config) in configs.iter().enumerate() {
-        let label = label(config.as_deref(), i, &stacks);
+    for (i, target) in targets.iter().enumerate() {
+        let config = match target {
+            Target::Config(c) => c.clone(),
+            Target::Url(_) => None,
+        };
+        let label = label(target, i, &stacks);
         let dir = out.join(&label);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let stack = match &a.url {
-            Some(url) => external(a, url, &label, &turns).await?,
-            None => {
+        let stack = match target {
+            Target::Url(url) => external(a, url, &label, &turns).await?,
+            Target::Config(_) => {
                 own_server(
                     cli,
                     a,
@@ -214,11 +221,49 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A stack's name: its configuration file's stem (made unique), else "local".
-fn label(config: Option<&Path>, i: usize, before: &[StackReport]) -> String {
-    let base = config
-        .and_then(|c| c.file_stem())
-        .map_or("local".to_string(), |s| s.to_string_lossy().to_string());
+/// What a run measures.
+enum Target {
+    /// A server of ours, started with this configuration (the built-in one
+    /// when none).
+    Config(Option<PathBuf>),
+    /// Any Twilio Media Streams server already running at this websocket
+    /// URL: ours with `--traces`, or another bot.
+    Url(String),
+}
+
+impl Target {
+    fn of(arg: &Path) -> Self {
+        let s = arg.to_string_lossy();
+        if s.starts_with("ws://") || s.starts_with("wss://") {
+            Target::Url(s.into_owned())
+        } else {
+            Target::Config(Some(arg.to_path_buf()))
+        }
+    }
+}
+
+/// A stack's name: its configuration file's stem, a URL's host and port,
+/// else "local" (made unique).
+fn label(target: &Target, i: usize, before: &[StackReport]) -> String {
+    let base = match target {
+        Target::Config(config) => config
+            .as_deref()
+            .and_then(|c| c.file_stem())
+            .map_or("local".to_string(), |s| s.to_string_lossy().to_string()),
+        Target::Url(url) => {
+            let host = url.split("://").nth(1).unwrap_or(url);
+            let host = host.split('/').next().unwrap_or(host);
+            host.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        }
+    };
     if before.iter().any(|s| s.label == base) {
         format!("{base}-{}", i + 1)
     } else {

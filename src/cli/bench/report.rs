@@ -91,11 +91,12 @@ pub struct TurnRow {
 /// How to read a stage's figure from a row.
 pub type Stage = (&'static str, fn(&TurnRow) -> Option<f64>);
 
-/// The stages in table order.
+/// The stages in table order. Caller-side leads: it is the one figure
+/// every target has, ours or any other Media Streams server.
 pub const STAGES: [Stage; 8] = [
+    ("Caller-side", |t| t.caller_ms),
     ("Total", |t| t.total_ms),
     ("End-of-speech", |t| t.end_of_speech_ms),
-    ("Caller-side", |t| t.caller_ms),
     ("VAD stop", |t| t.vad_stop_ms),
     ("STT", |t| t.stt_ms),
     ("Smart Turn", |t| t.smart_turn_ms),
