@@ -71,6 +71,8 @@ impl LlamaEngine {
         let mut idx = -1;
         for n in 0..options.max_tokens {
             let token = sampler.sample(&ctx, idx);
+            // As callbox's own sampling does (see `sample::Sampler`).
+            sampler.accept(token);
             if vocab.is_eog(token) {
                 break;
             }

