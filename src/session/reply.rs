@@ -32,11 +32,13 @@ use tokio::sync::mpsc;
 
 use super::output::OutCmd;
 use crate::audio::Audio;
-use crate::engines::{
-    contained, ChatMessage, Generation, GenerationOptions, LlmSession, Role, Tts,
-};
+use crate::engines::{contained, ChatMessage, Generation, GenerationOptions, LlmSession, Tts};
 use crate::text::sentence::SentenceAggregator;
-use crate::tools::http::{self, ToolResult, ToolUse};
+use crate::tools::http::{ToolResult, ToolUse};
+
+mod tool;
+use tool::Speaker;
+pub use tool::ToolLines;
 
 #[derive(Debug)]
 pub enum Source {
@@ -406,142 +408,6 @@ impl LlmPart {
                 error: e.to_string(),
             }),
         };
-    }
-
-    /// Runs the tool the model chose and answers with what it returned: by
-    /// the tool's template, else by the LLM with the result in view; by the
-    /// apology when it failed. A draft's tool waits until the turn is
-    /// confirmed: calling it may change something for the caller.
-    fn use_tool(
-        &self,
-        llm: &mut dyn LlmSession,
-        call: ToolUse,
-        choice: Generation,
-        out: &mut Speaker,
-        lines: &ToolLines,
-    ) -> Generation {
-        let said = |text: &str| Generation {
-            text: text.to_string(),
-            finished: true,
-            ..choice.clone()
-        };
-        let Some(tools) = self.options.tools.clone() else {
-            return said(&lines.apology);
-        };
-        if !self.gate.wait(&self.cancel) {
-            return Generation {
-                cancelled: true,
-                ..choice
-            };
-        }
-        let tool = tools.get(&call.name).cloned();
-        let filler = tool
-            .as_ref()
-            .and_then(|t| t.filler.clone())
-            .unwrap_or_else(|| lines.filler.clone());
-        let t0 = Instant::now();
-        let result = tools.run(&lines.rt, &call, &self.cancel, &mut || out.say(&filler));
-        let templated = tool.as_ref().is_some_and(|t| t.say.is_some());
-        let _ = out.events.blocking_send(ReplyEvent::Tool {
-            epoch: self.epoch,
-            call: call.clone(),
-            result: result.clone(),
-            ms: t0.elapsed().as_secs_f64() * 1e3,
-            remember: match &result {
-                ToolResult::Ok(body) if !templated => Some(http::result_message(&call, body)),
-                _ => None,
-            },
-        });
-        let body = match result {
-            ToolResult::Ok(body) => body,
-            ToolResult::Cancelled => {
-                return Generation {
-                    cancelled: true,
-                    ..choice
-                }
-            }
-            ToolResult::Timeout | ToolResult::Failed(_) => {
-                out.say(&lines.apology);
-                return said(&lines.apology);
-            }
-        };
-        if let Some(template) = tool.and_then(|t| t.say) {
-            let line = http::say(&template, &call, &body).unwrap_or_else(|| {
-                tracing::warn!(tool = %call.name, "the tool's answer lacks a field its `say` template names");
-                lines.apology.clone()
-            });
-            out.say(&line);
-            return said(&line);
-        }
-        let mut history = self.history.clone();
-        history.push(ChatMessage::new(
-            Role::System,
-            http::result_message(&call, &body),
-        ));
-        let mut options = self.options.clone();
-        options.tools = None;
-        match llm.generate(&history, &options, &self.cancel, &mut |t| out.text(t)) {
-            Ok(mut g) => {
-                g.total_ms += choice.total_ms;
-                g
-            }
-            Err(e) => {
-                tracing::warn!("answering with the tool's result failed: {e}");
-                out.say(&lines.apology);
-                said(&lines.apology)
-            }
-        }
-    }
-}
-
-/// What the persona says around the owner's tools, and the runtime their
-/// requests run on.
-pub struct ToolLines {
-    pub rt: tokio::runtime::Handle,
-    pub filler: String,
-    pub apology: String,
-}
-
-/// Turns a reply's text into pieces for Piper as it is written.
-struct Speaker<'a> {
-    epoch: u64,
-    pieces: &'a std_mpsc::SyncSender<String>,
-    spoken: &'a std_mpsc::Receiver<()>,
-    events: &'a mpsc::Sender<ReplyEvent>,
-    agg: SentenceAggregator,
-    count: usize,
-    first: bool,
-    t0: Instant,
-}
-
-impl Speaker<'_> {
-    /// The LLM's next text; `false` when nobody listens any more.
-    fn text(&mut self, text: &str) -> bool {
-        if self.first {
-            self.first = false;
-            let _ = self.events.blocking_send(ReplyEvent::FirstToken {
-                epoch: self.epoch,
-                ms: self.t0.elapsed().as_secs_f64() * 1e3,
-            });
-        }
-        for p in self.agg.push(text) {
-            self.count += 1;
-            if self.pieces.send(p).is_err() {
-                return false;
-            }
-            if self.count == 1 {
-                let _ = self.spoken.recv_timeout(FIRST_PIECE_PAUSE);
-            }
-        }
-        true
-    }
-
-    /// A fixed line (a filler, an apology, a tool's answer), whole.
-    fn say(&mut self, line: &str) {
-        let mut agg = SentenceAggregator::new();
-        for p in agg.push(line).into_iter().chain(agg.flush()) {
-            let _ = self.pieces.send(p);
-        }
     }
 }
 

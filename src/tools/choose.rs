@@ -16,6 +16,7 @@
 use serde_json::{json, Value};
 
 use super::http::{HttpTool, ToolSet, ToolUse};
+use super::intent::normalise as words;
 use crate::engines::{ChatMessage, Role};
 
 /// Longest string argument the grammar lets a model write, when the schema
@@ -23,12 +24,6 @@ use crate::engines::{ChatMessage, Role};
 const MAX_STRING: u64 = 64;
 /// Tokens a step may take.
 pub const MAX_CHOICE_TOKENS: usize = 96;
-
-/// The caller's words, as triggers and grounding compare them: lower-case
-/// words without punctuation, padded so that phrases match whole words.
-fn words(text: &str) -> String {
-    format!(" {} ", crate::text::wer::normalize(text).join(" "))
-}
 
 /// Whole words as grounding compares them (the line as a pattern reads
 /// it, cut at anything but letters and digits), padded: "45" is not said

@@ -140,18 +140,17 @@ impl ToolSet {
     /// (each tool is put to it on every turn) and no arguments read from
     /// the words. What `callbox eval --tools --model-only` measures.
     pub fn model_only(tools: &[HttpTool]) -> Option<Arc<Self>> {
-        let bare: Vec<HttpTool> = tools
-            .iter()
-            .map(|t| HttpTool {
-                triggers: Vec::new(),
-                ..t.clone()
-            })
-            .collect();
-        Self::new(&bare).map(|set| {
+        (!tools.is_empty()).then(|| {
             Arc::new(Self {
+                tools: tools
+                    .iter()
+                    .map(|t| HttpTool {
+                        triggers: Vec::new(),
+                        ..t.clone()
+                    })
+                    .collect(),
                 read_words: false,
-                tools: set.tools.clone(),
-                client: set.client.clone(),
+                client: reqwest::Client::new(),
             })
         })
     }

@@ -85,8 +85,8 @@ const NEGATIONS: [&str; 6] = ["don't", "do not", "not", "never", "no need to", "
 
 /// The caller's words as the word error rate counts them (lower-case, no
 /// punctuation but apostrophes), padded with spaces so that phrases match
-/// whole words.
-fn normalise(text: &str) -> String {
+/// whole words. The owner's tools' triggers are matched the same way.
+pub(crate) fn normalise(text: &str) -> String {
     format!(" {} ", crate::text::wer::normalize(text).join(" "))
 }
 

@@ -273,17 +273,18 @@ impl TurnMachine {
 
     /// Handles one input that happened at `now`.
     pub fn on(&mut self, input: Input, now: Instant) -> Vec<Action> {
-        let heard = matches!(
-            input,
-            Input::SpeechStarted { .. }
-                | Input::SpeechPaused { .. }
-                | Input::SpeechResumed { .. }
-                | Input::SpeechStopped { .. }
-                | Input::Dtmf(_)
-                | Input::Tick
-        );
-        if self.voicemail && heard {
-            // A recorder's noise is nobody to answer or to stop for.
+        // A recorder's noise is nobody to answer or to stop for.
+        if self.voicemail
+            && matches!(
+                input,
+                Input::SpeechStarted { .. }
+                    | Input::SpeechPaused { .. }
+                    | Input::SpeechResumed { .. }
+                    | Input::SpeechStopped { .. }
+                    | Input::Dtmf(_)
+                    | Input::Tick
+            )
+        {
             return Vec::new();
         }
         match input {
@@ -509,72 +510,6 @@ impl TurnMachine {
             self.pause_reply(now);
         } else {
             self.interrupt(now);
-        }
-    }
-
-    fn on_dtmf(&mut self, digit: String, now: Instant) {
-        // Each key becomes a line of the history and may start a reply: a
-        // flood of them must not grow the prompt (and the model's work)
-        // without bound. A person enters a card number, a date or a menu
-        // choice in far fewer.
-        if self.dtmf_taken >= MAX_DTMF {
-            if self.dtmf_taken == MAX_DTMF {
-                self.dtmf_taken += 1;
-                let message = format!("more than {MAX_DTMF} keypad digits: the rest are ignored");
-                self.error("dtmf", message);
-            }
-            return;
-        }
-        self.dtmf_taken += 1;
-        let text = format!("[caller pressed {digit}]");
-        self.emit(EventKind::Dtmf { digit });
-        self.activity_seen = true;
-        self.last_activity = now;
-        if let Some(d) = self.pending.as_mut().and_then(|p| p.draft.take()) {
-            // Its context no longer matches the conversation.
-            self.discard_draft(d);
-        }
-        self.history
-            .push(ChatMessage::new(Role::User, text.clone()));
-        if self.active.is_none() && self.pending.is_none() {
-            let source = Source::Turn(self.history.clone());
-            self.start_reply(TurnKind::Dtmf, source, text, None, None, now);
-        }
-    }
-
-    fn on_tick(&mut self, now: Instant) {
-        let timeout = self.rules.turn_timeout_secs;
-        if let Some(p) = self.pending.as_mut() {
-            if !p.timed_out
-                && p.vad_stop_at
-                    .is_some_and(|at| now.saturating_duration_since(at).as_secs_f32() >= timeout)
-            {
-                p.timed_out = true;
-            }
-        }
-        // The words' rule waits on the clock; Smart Turn may be asked again.
-        self.maybe_complete_turn(now);
-        self.maybe_rescore();
-        let idle = self.rules.idle_secs;
-        if idle > 0.0
-            && self.activity_seen
-            && self.active.is_none()
-            && self.pending.is_none()
-            && !self.in_speech
-            && self.turn_start.is_none()
-            && now
-                .saturating_duration_since(self.last_activity.max(self.bot_until))
-                .as_secs_f32()
-                >= idle
-        {
-            self.history.push(ChatMessage::new(
-                Role::User,
-                self.persona.idle_prompt.clone(),
-            ));
-            let source = Source::Llm(self.history.clone());
-            let turn = self.start_reply(TurnKind::Idle, source, String::new(), None, None, now);
-            self.emit(EventKind::IdlePrompt { turn });
-            self.last_activity = now;
         }
     }
 
