@@ -10,6 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -25,12 +26,18 @@ const DELAY_MS: u64 = 400;
 /// the bot.
 const IGNORED: usize = 4;
 
+/// The `start` messages a bot received, in order.
+type Starts = Arc<Mutex<Vec<Value>>>;
+
 /// The bot: one caller at a time, μ-law in, a 1 s tone out.
-async fn tone_bot() -> SocketAddr {
+async fn tone_bot() -> (SocketAddr, Starts) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let starts = Starts::default();
+    let seen = starts.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
                     return;
@@ -42,7 +49,10 @@ async fn tone_bot() -> SocketAddr {
                 while let Some(Ok(Message::Text(text))) = rx.next().await {
                     let v: Value = serde_json::from_str(&text).unwrap_or_default();
                     match v["event"].as_str() {
-                        Some("start") => stream_sid = v["streamSid"].as_str().unwrap_or("").into(),
+                        Some("start") => {
+                            stream_sid = v["streamSid"].as_str().unwrap_or("").into();
+                            seen.lock().unwrap().push(v["start"].clone());
+                        }
                         Some("media") => {
                             let bytes = base64::engine::general_purpose::STANDARD
                                 .decode(v["media"]["payload"].as_str().unwrap_or(""))
@@ -84,7 +94,43 @@ async fn tone_bot() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, starts)
+}
+
+/// What the bot's webhook was sent: the signature and the form.
+type Posted = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+/// The bot's TwiML webhook, as a Twilio number's voice URL points at one:
+/// it connects the call to the bot's stream with a parameter of its own.
+async fn webhook_for(bot: SocketAddr) -> (String, Posted) {
+    use axum::extract::{Form, State};
+    use axum::http::HeaderMap;
+    let posted = Posted::default();
+    let app = axum::Router::new()
+        .route(
+            "/voice",
+            axum::routing::post(
+                move |State(posted): State<Posted>,
+                      headers: HeaderMap,
+                      Form(form): Form<Vec<(String, String)>>| async move {
+                    let signature = headers
+                        .get("x-twilio-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    posted.lock().unwrap().push((signature, form));
+                    callbox::twilio::twiml::connect_stream(
+                        &format!("ws://{bot}/"),
+                        &[("tenant", "acme")],
+                    )
+                },
+            ),
+        )
+        .with_state(posted.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/voice", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, posted)
 }
 
 /// A 440 Hz tone at 8 kHz, loud from its first sample to its last.
@@ -115,9 +161,38 @@ fn wav(path: &Path, parts: &[(f32, bool)]) {
     w.finalize().unwrap();
 }
 
+/// `callbox bench ARGS --script SCRIPT --out DIR/out`, which must succeed;
+/// its report.
+async fn bench(args: &[String], script: &Path, dir: &Path) -> Value {
+    let (args, script, out) = (args.to_vec(), script.to_path_buf(), dir.join("out"));
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_callbox"))
+            .arg("--models")
+            .arg(&common::store().root)
+            .arg("bench")
+            .args(&args)
+            .arg("--script")
+            .arg(&script)
+            .arg("--out")
+            .arg(&out)
+            .env_remove("TWILIO_AUTH_TOKEN")
+            .output()
+            .expect("callbox runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(dir.join("out/report.json")).unwrap()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_media_streams_server_is_measured_from_the_callers_side() {
-    let bot = tone_bot().await;
+    let (bot, _) = tone_bot().await;
     let dir = std::env::temp_dir().join(format!("callbox-bench-peer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -137,31 +212,14 @@ async fn any_media_streams_server_is_measured_from_the_callers_side() {
         ),
     )
     .unwrap();
-    let out = dir.join("out");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_callbox"))
-            .arg("--models")
-            .arg(&common::store().root)
-            .args(["bench", "--reply-timeout-secs", "4", "--url"])
-            .arg(format!("ws://{bot}/"))
-            .arg("--script")
-            .arg(&script)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .expect("callbox runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("out/report.json")).unwrap())
-            .unwrap();
+    let args = [
+        "--reply-timeout-secs",
+        "4",
+        "--url",
+        &format!("ws://{bot}/"),
+    ]
+    .map(String::from);
+    let report = bench(&args, &script, &dir).await;
     let stack = &report["stacks"][0];
     let rows = stack["turns"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "{stack:#}");
@@ -194,4 +252,58 @@ async fn any_media_streams_server_is_measured_from_the_callers_side() {
     assert!(rows.iter().all(|r| r["total_ms"].is_null()));
     let md = std::fs::read_to_string(dir.join("out/report.md")).unwrap();
     assert!(md.contains("Caller-side"), "{md}");
+}
+
+/// A bot known only by its webhook: the bench POSTs the call as Twilio
+/// does, signed with the owner's token, and opens the stream the TwiML
+/// names, carrying its parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_is_reached_through_its_twiml_webhook() {
+    let (bot, starts) = tone_bot().await;
+    let (webhook, posted) = webhook_for(bot).await;
+    let dir = std::env::temp_dir().join(format!("callbox-bench-hook-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    wav(&dir.join("plain.wav"), &[(1.0, true)]);
+    let script = dir.join("script.txt");
+    std::fs::write(&script, format!("@{}/plain.wav | only\n", dir.display())).unwrap();
+    let args = [
+        "--reply-timeout-secs",
+        "3",
+        "--auth-token",
+        "owner-token",
+        "--url",
+        &webhook,
+    ]
+    .map(String::from);
+    let report = bench(&args, &script, &dir).await;
+    let posted = posted.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let (signature, form) = &posted[0];
+    assert_eq!(
+        signature,
+        &callbox::twilio::signature::sign("owner-token", &webhook, form),
+        "the webhook is signed as Twilio signs it"
+    );
+    let call_sid = form
+        .iter()
+        .find(|(k, _)| k == "CallSid")
+        .map(|(_, v)| v.clone());
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(
+        starts[0]["customParameters"]["tenant"], "acme",
+        "{:#}",
+        starts[0]
+    );
+    assert_eq!(starts[0]["callSid"].as_str().map(str::to_string), call_sid);
+    let row = &report["stacks"][0]["turns"][0];
+    let ms = row["caller_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("unanswered: {row:#}"));
+    let expected = (SILENCE_MS + DELAY_MS) as f64;
+    assert!(
+        (expected - 25.0..=expected + 60.0).contains(&ms),
+        "{ms} ms against {expected} ms"
+    );
 }

@@ -86,6 +86,9 @@ pub struct SimOptions {
     /// with the parameters of the TwiML it answers (its one-time token
     /// included). Without it the stream starts with `params` alone.
     pub webhook: Option<String>,
+    /// Open the stream the webhook's TwiML names instead of `url`: a bot
+    /// known only by its webhook, as Twilio knows it.
+    pub follow_twiml: bool,
     /// Told the index of each turn when it is over (answered or given up
     /// on): a benchmark's progress.
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
@@ -110,6 +113,7 @@ impl SimOptions {
             expect_greeting: true,
             auth_token: None,
             webhook: None,
+            follow_twiml: false,
             progress: None,
             stop: None,
         }
@@ -130,6 +134,17 @@ impl SimOptions {
         self.webhook = Some(webhook.unwrap_or_else(|| self.url.clone()));
         self.auth_token = Some(auth_token.to_string());
         self
+    }
+
+    /// A call to whatever server the TwiML webhook at `url` connects, as
+    /// Twilio places it: the webhook POSTed (signed when `auth_token` is
+    /// given), then the stream its `<Connect><Stream>` names.
+    pub fn via_webhook(url: &str, auth_token: Option<&str>, turns: Vec<SimTurn>) -> Self {
+        let mut opts = Self::new(String::new(), turns);
+        opts.webhook = Some(url.to_string());
+        opts.follow_twiml = true;
+        opts.auth_token = auth_token.map(str::to_string);
+        opts
     }
 }
 
@@ -166,7 +181,9 @@ pub struct SimReport {
     pub clears: Vec<Duration>,
     pub marks_echoed: usize,
     pub media_messages: usize,
-    /// Media payloads that were not whole 20 ms frames of valid base64.
+    /// Media payloads Twilio would not play: not base64, or empty. (Any
+    /// length is played; ours are whole 20 ms frames, Pipecat's 40 ms
+    /// chunks, others' whatever their TTS gave.)
     pub invalid_media: usize,
     /// Largest amount of bot audio buffered ahead of playback.
     pub max_lead_ms: f64,
@@ -255,6 +272,9 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
         let form = incoming_form_of(&opts.call_sid, &opts.account_sid);
         let target = webhook(url, token, &form).await?;
         opts.params.extend(target.params);
+        if opts.follow_twiml {
+            opts.url = target.url;
+        }
     }
     let mut request = opts.url.as_str().into_client_request()?;
     if let Some(token) = &opts.auth_token {
@@ -319,7 +339,7 @@ pub async fn run(mut opts: SimOptions) -> anyhow::Result<SimReport> {
                             let payload = v["media"]["payload"].as_str().unwrap_or("");
                             use base64::Engine;
                             match base64::engine::general_purpose::STANDARD.decode(payload) {
-                                Ok(b) if !b.is_empty() && b.len() % FRAME == 0 => {
+                                Ok(b) if !b.is_empty() => {
                                     let pcm = ulaw::decode(&b);
                                     // The sentence went on after a dry spell.
                                     report.late_frames += std::mem::take(&mut dry);

@@ -1,9 +1,5 @@
 //! TwiML that connects a call to our media websocket.
 
-use std::sync::LazyLock;
-
-use regex::Regex;
-
 /// Escapes text for an XML attribute.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -11,15 +7,6 @@ pub fn escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&apos;")
-}
-
-/// The inverse of [`escape`].
-pub fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
 }
 
 /// A stream that TwiML connects: where Twilio opens the websocket, and the
@@ -30,21 +17,22 @@ pub struct StreamTarget {
     pub params: std::collections::HashMap<String, String>,
 }
 
-/// The stream of TwiML as [`connect_stream`] writes it, or `None` when it
-/// starts no stream (a refusal).
+/// The stream that TwiML connects the call to, or `None` when it connects
+/// none (a refusal, a `<Say>`). Any server's TwiML, not only ours, so it is
+/// read as XML: attributes in any order and either quote, entities decoded.
+/// A `<Start><Stream>` only forks a copy of the audio and is not the call's
+/// stream.
 pub fn parse_stream(xml: &str) -> Option<StreamTarget> {
-    // Compiled once: a simulated caller parses TwiML on every call.
-    static STREAM: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r#"<Stream url="([^"]*)""#).expect("a valid pattern"));
-    static PARAMETER: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r#"<Parameter name="([^"]*)" value="([^"]*)"/>"#).expect("a valid pattern")
-    });
-    let url = STREAM.captures(xml)?;
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let stream = doc.descendants().find(|n| {
+        n.has_tag_name("Stream") && n.parent().is_some_and(|p| p.has_tag_name("Connect"))
+    })?;
     Some(StreamTarget {
-        url: unescape(&url[1]),
-        params: PARAMETER
-            .captures_iter(xml)
-            .map(|c| (unescape(&c[1]), unescape(&c[2])))
+        url: stream.attribute("url")?.to_string(),
+        params: stream
+            .children()
+            .filter(|n| n.has_tag_name("Parameter"))
+            .filter_map(|p| Some((p.attribute("name")?.into(), p.attribute("value")?.into())))
             .collect(),
     })
 }
@@ -99,5 +87,21 @@ mod tests {
         assert_eq!(s.params["token"], "a&b");
         assert_eq!(s.params["direction"], "inbound");
         assert_eq!(parse_stream(&say_and_hang_up("Busy.")), None);
+    }
+
+    #[test]
+    fn another_servers_twiml_is_read_as_xml() {
+        let x = "<?xml version='1.0'?>\n<Response>\n  <Start><Stream url='wss://fork.example/'/></Start>\n  \
+                 <Connect>\n    <Stream name='bot' url='ws://127.0.0.1:8765/ws?a=1&amp;b=2'>\n      \
+                 <Parameter value='x &lt; y' name='note'/>\n    </Stream>\n  </Connect>\n</Response>";
+        let s = parse_stream(x).unwrap();
+        assert_eq!(s.url, "ws://127.0.0.1:8765/ws?a=1&b=2");
+        assert_eq!(s.params.len(), 1);
+        assert_eq!(s.params["note"], "x < y");
+        assert_eq!(
+            parse_stream("<Response><Connect><Stream/></Connect></Response>"),
+            None
+        );
+        assert_eq!(parse_stream("not xml"), None);
     }
 }

@@ -77,11 +77,12 @@ pub struct BenchArgs {
     /// The server's configuration file (default: built-in).
     #[arg(long, short, env = "CALLBOX_CONFIG", conflicts_with = "compare")]
     pub config: Option<PathBuf>,
-    /// Two targets, the same callers against each, one report: a
-    /// configuration file (a server of ours started with it) or the
-    /// `ws://`/`wss://` URL of any Twilio Media Streams server (another
-    /// bot, measured from the caller's side only).
-    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    /// Two or more targets, the same callers against each in turn, one
+    /// report: a configuration file (a server of ours started with it) or
+    /// any Twilio Media Streams server, by its `ws://`/`wss://` stream or
+    /// its `http(s)://` TwiML webhook (another bot, measured from the
+    /// caller's side only); `NAME=URL` names it in the report.
+    #[arg(long, num_args = 2.., value_names = ["A", "B"])]
     pub compare: Vec<PathBuf>,
     /// Start local fakes of Deepgram and Groq (the API stack) and point
     /// every API backend of the configuration(s) at them.
@@ -89,15 +90,18 @@ pub struct BenchArgs {
     pub fake_apis: bool,
     /// The fakes' latencies in ms: STT after Finalize, LLM to the first
     /// token, TTS to the first byte, network round trip.
-    #[arg(long, default_value = "195,268,23,40", value_parser = parse_latency)]
+    #[arg(long, default_value = "195,268,23,0", value_parser = parse_latency)]
     pub fake_latency: Latency,
     /// Reply length for the server (llm.max_tokens): a phone answer.
     #[arg(long, default_value_t = 40)]
     pub max_tokens: usize,
-    /// A running server's media websocket instead of starting one.
+    /// A running server's media websocket (`ws(s)://`), or the TwiML
+    /// webhook that names it (`http(s)://`, POSTed as Twilio does),
+    /// instead of starting one; `NAME=URL` names it in the report.
     #[arg(long, conflicts_with = "compare")]
     pub url: Option<String>,
-    /// The auth token of the server at --url, if it checks signatures.
+    /// The auth token of the server at --url, if it checks signatures: the
+    /// webhook and the stream are signed with it.
     #[arg(
         long,
         env = "TWILIO_AUTH_TOKEN",
@@ -147,19 +151,26 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
         .map_or(0, |d| d.as_secs());
     eprintln!("bench: preparing the callers' voices…");
     let turns = Arc::new(script::load_script(cli, a)?);
+    // Our Whisper hears every bot's replies after its calls (and is the
+    // fake Deepgram's ears).
+    let ears = crate::stack::stt(&cli.paths()?, &mut Default::default())?;
     let fakes = match a.fake_apis {
         true => {
             eprintln!("bench: starting the fake API stack (its STT hears with the local Whisper)…");
-            let ears = crate::stack::stt(&cli.paths()?, &mut Default::default())?;
             // Tones, not a second Piper competing with the server under test.
-            let parts = (ears, crate::fakes::deepgram::Voice::Tones);
+            let parts = (ears.clone(), crate::fakes::deepgram::Voice::Tones);
             Some(ApiStack::start("127.0.0.1", (0, 0), a.fake_latency, parts, REPLY).await?)
         }
         false => None,
     };
 
     let targets: Vec<Target> = match (&a.url, a.compare.is_empty()) {
-        (Some(url), _) => vec![Target::Url(url.clone())],
+        (Some(url), _) => match Target::of(Path::new(url)) {
+            Target::Config(_) => {
+                anyhow::bail!("--url {url}: not a ws(s):// stream or an http(s):// webhook")
+            }
+            target => vec![target],
+        },
         (None, true) => vec![Target::Config(a.config.clone())],
         (None, false) => a.compare.iter().map(|c| Target::of(c)).collect(),
     };
@@ -167,14 +178,14 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     for (i, target) in targets.iter().enumerate() {
         let config = match target {
             Target::Config(c) => c.clone(),
-            Target::Url(_) => None,
+            Target::Url { .. } => None,
         };
         let label = label(target, i, &stacks);
         let dir = out.join(&label);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let stack = match target {
-            Target::Url(url) => external(a, url, &label, &turns).await?,
+        let (mut stack, runs) = match target {
+            Target::Url { url, .. } => external(a, url, &label, &turns).await?,
             Target::Config(_) => {
                 own_server(
                     cli,
@@ -188,6 +199,7 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
                 .await?
             }
         };
+        hear_replies(&ears, &runs, &mut stack.turns).await;
         stacks.push(stack);
     }
 
@@ -226,43 +238,69 @@ enum Target {
     /// A server of ours, started with this configuration (the built-in one
     /// when none).
     Config(Option<PathBuf>),
-    /// Any Twilio Media Streams server already running at this websocket
-    /// URL: ours with `--traces`, or another bot.
-    Url(String),
+    /// Any Twilio Media Streams server already running, at its websocket
+    /// URL or at the TwiML webhook that names it (`http(s)://`): ours with
+    /// `--traces`, or another bot; named in the report when given as
+    /// `NAME=URL`.
+    Url { url: String, name: Option<String> },
 }
 
 impl Target {
     fn of(arg: &Path) -> Self {
         let s = arg.to_string_lossy();
-        if s.starts_with("ws://") || s.starts_with("wss://") {
-            Target::Url(s.into_owned())
+        let (name, rest) = match s.split_once('=') {
+            Some((name, rest)) if !name.contains(['/', ':']) => (Some(name.to_string()), rest),
+            _ => (None, s.as_ref()),
+        };
+        if is_stream(rest) || is_webhook(rest) {
+            Target::Url {
+                url: rest.to_string(),
+                name,
+            }
         } else {
             Target::Config(Some(arg.to_path_buf()))
         }
     }
 }
 
-/// A stack's name: its configuration file's stem, a URL's host and port,
-/// else "local" (made unique).
+/// A Twilio Media Streams websocket.
+fn is_stream(url: &str) -> bool {
+    url.starts_with("ws://") || url.starts_with("wss://")
+}
+
+/// A TwiML webhook, which names the stream.
+fn is_webhook(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// A stack's name: the one given, its configuration file's stem, a URL's
+/// host and port, else "local" (made unique).
 fn label(target: &Target, i: usize, before: &[StackReport]) -> String {
-    let base = match target {
+    let raw = match target {
         Target::Config(config) => config
             .as_deref()
             .and_then(|c| c.file_stem())
             .map_or("local".to_string(), |s| s.to_string_lossy().to_string()),
-        Target::Url(url) => {
+        Target::Url {
+            name: Some(name), ..
+        } => name.clone(),
+        Target::Url { url, name: None } => {
             let host = url.split("://").nth(1).unwrap_or(url);
-            let host = host.split('/').next().unwrap_or(host);
-            host.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '.' {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .collect()
+            host.split('/').next().unwrap_or(host).to_string()
         }
+    };
+    // The label names the stack's folder under --out, which is emptied
+    // first: nothing in it may climb out.
+    let base: String = raw
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || "._-".contains(c) {
+            true => c,
+            false => '-',
+        })
+        .collect();
+    let base = match base.trim_start_matches(['.', '-']) {
+        "" => format!("stack-{}", i + 1),
+        b => b.to_string(),
     };
     if before.iter().any(|s| s.label == base) {
         format!("{base}-{}", i + 1)
@@ -287,7 +325,7 @@ async fn own_server(
     dir: &Path,
     turns: &Arc<Vec<SimTurn>>,
     fakes: Option<&ApiStack>,
-) -> anyhow::Result<StackReport> {
+) -> anyhow::Result<(StackReport, Vec<CallerRun>)> {
     let traces = dir.join("traces");
     let mut env: Vec<(String, String)> = vec![
         (
@@ -318,15 +356,8 @@ async fn own_server(
     let exit_status = server.stop().await?;
     let cost = cost(idle, &samples, exit_status);
     let traces = read_traces(&traces);
-    Ok(build(
-        label,
-        config,
-        turns,
-        runs,
-        &traces,
-        Some(cost),
-        wall_secs,
-    ))
+    let stack = build(label, config, turns, &runs, &traces, Some(cost), wall_secs);
+    Ok((stack, runs))
 }
 
 async fn external(
@@ -334,14 +365,43 @@ async fn external(
     url: &str,
     label: &str,
     turns: &Arc<Vec<SimTurn>>,
-) -> anyhow::Result<StackReport> {
+) -> anyhow::Result<(StackReport, Vec<CallerRun>)> {
     let t0 = Instant::now();
     let runs = callers(a, url, a.auth_token.as_deref(), turns, label).await;
     let wall_secs = t0.elapsed().as_secs_f64();
     // The server writes a call's trace as the call ends: a moment's grace.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let traces = a.traces.as_deref().map(read_traces).unwrap_or_default();
-    Ok(build(label, None, turns, runs, &traces, None, wall_secs))
+    let stack = build(label, None, turns, &runs, &traces, None, wall_secs);
+    Ok((stack, runs))
+}
+
+/// Each answered turn's reply, as its caller heard it, through our STT:
+/// after the calls, so the transcription takes nothing from them.
+async fn hear_replies(
+    ears: &Arc<dyn crate::engines::Stt>,
+    runs: &[CallerRun],
+    rows: &mut [report::TurnRow],
+) {
+    for run in runs {
+        let Ok(report) = &run.result else { continue };
+        for (i, turn) in report.turns.iter().enumerate() {
+            if turn.bot_audio.is_empty() {
+                continue;
+            }
+            let audio = crate::audio::Audio::from_i16(&turn.bot_audio, 8000);
+            let ears = ears.clone();
+            let heard = tokio::task::spawn_blocking(move || ears.transcribe(&audio)).await;
+            let Ok(Ok(t)) = heard else { continue };
+            let text = t.text.trim();
+            if let Some(row) = rows
+                .iter_mut()
+                .find(|r| (r.caller, r.round, r.turn) == (run.caller, run.round, i))
+            {
+                row.reply = (!text.is_empty()).then(|| text.to_string());
+            }
+        }
+    }
 }
 
 /// `a.callers` callers, joining over the ramp-up, each calling `a.rounds`
@@ -384,8 +444,11 @@ async fn callers(
             tokio::time::sleep(delay).await;
             let mut runs = Vec::new();
             for round in 0..rounds {
-                let mut opts = SimOptions::new(&url, turns.to_vec());
-                if let Some(t) = &token {
+                let mut opts = match is_webhook(&url) {
+                    true => SimOptions::via_webhook(&url, token.as_deref(), turns.to_vec()),
+                    false => SimOptions::new(&url, turns.to_vec()),
+                };
+                if let (Some(t), false) = (&token, is_webhook(&url)) {
                     opts = opts.signed(t);
                 }
                 // Twilio's shape, which a validating server requires; the
@@ -480,7 +543,7 @@ fn build(
     label: &str,
     config: Option<&Path>,
     turns: &[SimTurn],
-    runs: Vec<CallerRun>,
+    runs: &[CallerRun],
     traces: &Traces,
     server: Option<ServerCost>,
     wall_secs: f64,
@@ -596,5 +659,53 @@ fn build(
         greeting,
         quality,
         server,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(t: &Target) -> Option<(&str, Option<&str>)> {
+        match t {
+            Target::Url { url, name } => Some((url.as_str(), name.as_deref())),
+            Target::Config(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_target_is_a_configuration_a_url_or_a_named_url() {
+        let t = Target::of(Path::new("scripts/bench/local.toml"));
+        assert!(url(&t).is_none());
+        let t = Target::of(Path::new("ws://127.0.0.1:8765/ws"));
+        assert_eq!(url(&t), Some(("ws://127.0.0.1:8765/ws", None)));
+        let t = Target::of(Path::new("pipecat-api=wss://bot.example/ws?a=b"));
+        assert_eq!(
+            url(&t),
+            Some(("wss://bot.example/ws?a=b", Some("pipecat-api")))
+        );
+        // An `=` inside a path or URL is not a name.
+        let t = Target::of(Path::new("dir/a=b.toml"));
+        assert!(url(&t).is_none());
+        let t = Target::of(Path::new("ws://h/ws?x=ws://y"));
+        assert_eq!(url(&t), Some(("ws://h/ws?x=ws://y", None)));
+    }
+
+    #[test]
+    fn a_label_names_a_folder_inside_out() {
+        let named = |n: &str| Target::Url {
+            url: "ws://h/ws".into(),
+            name: Some(n.into()),
+        };
+        assert_eq!(label(&named("pipecat-local"), 0, &[]), "pipecat-local");
+        assert_eq!(label(&named(".."), 1, &[]), "stack-2");
+        assert_eq!(label(&named("../x"), 0, &[]), "x");
+        assert_eq!(label(&named("a b"), 0, &[]), "a-b");
+        let host = Target::Url {
+            url: "ws://127.0.0.1:8080/ws".into(),
+            name: None,
+        };
+        assert_eq!(label(&host, 0, &[]), "127.0.0.1-8080");
+        assert_eq!(label(&Target::Config(None), 0, &[]), "local");
     }
 }

@@ -65,6 +65,10 @@ pub struct TurnRow {
     pub said: String,
     /// The server's transcript of the reply's turn.
     pub heard: Option<String>,
+    /// The bot's reply as the caller heard it, transcribed by our STT
+    /// after the calls: what any bot said, ours or not.
+    #[serde(default)]
+    pub reply: Option<String>,
     pub answered: bool,
     /// The reply began while the caller was still speaking.
     pub cut_off: bool,
@@ -301,17 +305,18 @@ fn quality_lines(s: &StackReport) -> String {
 
 fn turn_rows(s: &StackReport) -> String {
     let mut out = String::from(
-        "| caller | call | turn | said | heard | caller-side | Total | End-of-speech | VAD stop | STT | Smart Turn | LLM TTFB | TTS TTFB | turn end | cut off |\n\
-         |---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+        "| caller | call | turn | said | heard | reply | caller-side | Total | End-of-speech | VAD stop | STT | Smart Turn | LLM TTFB | TTS TTFB | turn end | cut off |\n\
+         |---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for t in &s.turns {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             t.caller,
             t.round,
             t.turn,
             t.said.replace('|', "/"),
-            t.heard.as_deref().unwrap_or("(no reply)").replace('|', "/"),
+            t.heard.as_deref().unwrap_or("-").replace('|', "/"),
+            t.reply.as_deref().unwrap_or("(no reply)").replace('|', "/"),
             ms(t.caller_ms),
             ms(t.total_ms),
             ms(t.end_of_speech_ms),
@@ -402,7 +407,8 @@ pub fn markdown(r: &BenchReport) -> String {
     }
     out.push_str(
         "\nTotal: the VAD's \"user stopped speaking\" → first bot audio sent. End-of-speech: the end of the caller's speech (the VAD's stop minus its silence window) → the same frame. \
-         Caller-side: the end of the caller's audio → the first bot audio the caller received. First greeting: call start → first greeting audio received.\n",
+         Caller-side: the end of the caller's audio → the first bot audio the caller received. First greeting: call start → first greeting audio received. \
+         Heard: the server's transcript of the turn (servers of ours). Reply: what the bot said, as the caller heard it, through our Whisper.\n",
     );
     out
 }
