@@ -25,6 +25,7 @@ use callbox::sim;
 use callbox::stack::{self, Engines, LoadTimes};
 use callbox::text::wer::wer;
 use common::server::*;
+use serde_json::json;
 
 /// Deepgram's fake with our own voice and ears, so what it says and hears
 /// is real speech.
@@ -698,6 +699,68 @@ async fn deepgram_websocket_speaks_sentence_after_sentence_on_one_connection() {
             q["sample_rate"].as_str()
         ),
         ("aura-2-thalia-en", "linear16", "8000")
+    );
+}
+
+/// Deepgram speaks its buffer once it holds a sentence, without waiting
+/// for `Flush`: a client that streams a reply sentence by sentence and
+/// flushes only at its end (Pipecat's) hears the first sentence at once.
+/// The fake must too, or it charges such a client a whole reply of delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_speaks_a_finished_sentence_before_any_flush() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let fake = FakeDeepgram::start(dg::Behaviour::default(), dg::Voice::Tones, None)
+        .await
+        .unwrap();
+    let mut request = format!(
+        "{}/v1/speak?model=aura-2-thalia-en&encoding=linear16&sample_rate=8000",
+        fake.ws_url()
+    )
+    .into_client_request()
+    .unwrap();
+    let token = format!("Token {}", dg::API_KEY).parse().unwrap();
+    request.headers_mut().insert("Authorization", token);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let speak = |t: &str| Message::text(json!({"type": "Speak", "text": t}).to_string());
+    // Waits for the next message; None when nothing comes in `secs`.
+    async fn next(
+        ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+        secs: f32,
+    ) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs_f32(secs), ws.next())
+            .await
+            .ok()
+            .flatten()
+            .map(Result::unwrap)
+    }
+    // Half a sentence: nothing yet.
+    ws.send(speak("The sky looks blue")).await.unwrap();
+    assert!(next(&mut ws, 0.5).await.is_none(), "spoke half a sentence");
+    // Its end: audio, with no Flush sent.
+    ws.send(speak(" because air scatters blue light. "))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut ws, 2.0).await, Some(Message::Binary(_))));
+    // The rest of the reply, then Flush: all its audio, then Flushed.
+    ws.send(speak("Isn't that neat")).await.unwrap();
+    ws.send(Message::text(r#"{"type":"Flush"}"#)).await.unwrap();
+    let mut after = 0;
+    loop {
+        match next(&mut ws, 5.0).await {
+            Some(Message::Binary(b)) => after += b.len(),
+            Some(Message::Text(t)) => {
+                assert!(t.contains("Flushed"), "{t}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let whole = dg::tones("The sky looks blue because air scatters blue light. ", 8000).len()
+        + dg::tones("Isn't that neat", 8000).len();
+    assert!(
+        after > 0 && after < whole * 2,
+        "{after} bytes after the first piece"
     );
 }
 

@@ -21,7 +21,7 @@ pub struct FakeApisArgs {
     pub deepgram_port: u16,
     /// STT after Finalize, LLM to the first token, TTS to the first byte,
     /// network round trip, ms.
-    #[arg(long, default_value = "195,268,23,40", value_parser = super::bench::parse_latency)]
+    #[arg(long, default_value = "195,268,23,0", value_parser = super::bench::parse_latency)]
     pub latency: Latency,
     /// Speak with the local Piper voice instead of tones (the replies can
     /// then be heard and transcribed, at Piper's cost on this machine).

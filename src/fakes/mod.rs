@@ -48,22 +48,27 @@ pub struct Latency {
     pub llm_token_ms: u64,
     /// Request → first byte of audio.
     pub tts_ms: u64,
-    /// Added to each of the above: the hop to the provider and back.
+    /// Added to each of the above: a hop to the provider and back that
+    /// the figures above do not hold already.
     pub network_ms: u64,
 }
 
 impl Latency {
     /// What the API stack measured per stage (Deepgram nova-3 195 ms,
     /// Groq llama-3.3-70b 268 ms to the first token and about 250 tokens a
-    /// second after it, Deepgram aura-2 23 ms to the first byte), with a
-    /// 40 ms round trip to each provider.
+    /// second after it, Deepgram aura-2 23 ms to the first byte). Those are
+    /// Pipecat's time-to-first-byte metrics, taken on the bot's side of
+    /// each connection, so the round trip to the provider is already in
+    /// them: no network time is added. (It once was, 40 ms a hop, and the
+    /// Pipecat peer's calibration showed every stage 40–50 ms above the
+    /// seed's table; README, "Against the Pipecat bot".)
     pub fn api_stack() -> Self {
         Self {
             stt_ms: 195,
             llm_ms: 268,
             llm_token_ms: 4,
             tts_ms: 23,
-            network_ms: 40,
+            network_ms: 0,
         }
     }
 }

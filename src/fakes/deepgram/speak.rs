@@ -68,10 +68,14 @@ pub(super) async fn speak(
     streamed("audio/l16", rx)
 }
 
-/// The speak websocket: `Speak` texts gather until `Flush`, whose audio
-/// goes out in binary pieces followed by `Flushed`; `Clear` drops what is
-/// still to be sent and answers `Cleared`; `Close` ends it. The behaviour's
-/// modes apply as on the REST endpoint, counting the connection's bytes.
+/// The speak websocket: `Speak` texts gather in a buffer, which is spoken
+/// as soon as it ends a sentence (Deepgram generates from its buffer
+/// without waiting for more text; a client that sends a reply sentence by
+/// sentence and flushes only at its end, as Pipecat does, hears the first
+/// sentence at once); `Flush` speaks whatever is left and is answered with
+/// `Flushed` after the audio; `Clear` drops what is still to be sent and
+/// answers `Cleared`; `Close` ends it. The behaviour's modes apply as on the
+/// REST endpoint, counting the connection's bytes.
 pub(super) async fn speak_ws(
     State(fake): State<Arc<FakeDeepgram>>,
     Query(query): Query<HashMap<String, String>>,
@@ -125,6 +129,16 @@ async fn speak_session(
                     _ => continue,
                 };
                 let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                let asked = tokio::time::Instant::now();
+                // Speaks the buffer: its audio joins the queue, the first
+                // piece held to the first-byte latency when nothing plays.
+                let mut speak = |pcm: Vec<i16>, queue: &mut std::collections::VecDeque<Out>| {
+                    let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+                    if queue.is_empty() {
+                        next_at = asked + b.first_byte;
+                    }
+                    queue.extend(bytes.chunks(b.piece).map(|c| Out::Audio(Bytes::copy_from_slice(c))));
+                };
                 let answer = match v["type"].as_str() {
                     Some("Speak") => {
                         let piece = v["text"].as_str().unwrap_or_default();
@@ -134,19 +148,22 @@ async fn speak_session(
                             body: json!({"text": piece}),
                             authorised: true,
                         });
+                        if text.trim_end().ends_with(['.', '!', '?']) {
+                            let Ok(pcm) = fake.say(&std::mem::take(&mut text), rate).await else {
+                                return;
+                            };
+                            speak(pcm, &mut queue);
+                        }
                         None
                     }
                     Some("Flush") => {
-                        let asked = tokio::time::Instant::now();
-                        let Ok(pcm) = fake.say(&std::mem::take(&mut text), rate).await else {
-                            return;
-                        };
-                        let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-                        if queue.is_empty() {
-                            next_at = asked + b.first_byte;
+                        if !text.trim().is_empty() {
+                            let Ok(pcm) = fake.say(&std::mem::take(&mut text), rate).await else {
+                                return;
+                            };
+                            speak(pcm, &mut queue);
                         }
-                        let pieces = bytes.chunks(b.piece).map(|c| Out::Audio(Bytes::copy_from_slice(c)));
-                        queue.extend(pieces);
+                        text.clear();
                         queue.push_back(Out::Flushed(flushes));
                         flushes += 1;
                         None
