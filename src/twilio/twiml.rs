@@ -1,12 +1,35 @@
 //! TwiML that connects a call to our media websocket.
 
-/// Escapes text for an XML attribute.
+/// Escapes text for an XML attribute. Tabs and line breaks become
+/// character references, since an XML parser (Twilio's, or ours reading
+/// another server's TwiML) turns literal ones in an attribute into spaces;
+/// characters XML cannot hold at all (most control characters) become
+/// U+FFFD, as [`xml_safe`] says.
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(xml_safe(c)),
+        }
+    }
+    out
+}
+
+/// `c`, or U+FFFD where XML 1.0 allows no such character, not even
+/// escaped.
+pub fn xml_safe(c: char) -> char {
+    match c {
+        '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'.. => c,
+        _ => '\u{FFFD}',
+    }
 }
 
 /// A stream that TwiML connects: where Twilio opens the websocket, and the
@@ -103,5 +126,15 @@ mod tests {
             None
         );
         assert_eq!(parse_stream("not xml"), None);
+    }
+
+    #[test]
+    fn any_text_survives_the_round_trip_through_our_twiml() {
+        let odd = "a\tb\nc\rd \u{1}e\u{FFFF}f \"'<&>";
+        let s = parse_stream(&connect_stream("wss://h/ws?x=\u{0}", &[("k\n", odd)])).unwrap();
+        assert_eq!(s.url, "wss://h/ws?x=\u{FFFD}");
+        let safe: String = odd.chars().map(xml_safe).collect();
+        assert_eq!(s.params["k\n"], safe);
+        assert_eq!(safe, "a\tb\nc\rd \u{FFFD}e\u{FFFD}f \"'<&>");
     }
 }
