@@ -129,40 +129,38 @@ async fn speak_session(
                     _ => continue,
                 };
                 let v: Value = serde_json::from_str(&t).unwrap_or_default();
-                let asked = tokio::time::Instant::now();
-                // Speaks the buffer: its audio joins the queue, the first
-                // piece held to the first-byte latency when nothing plays.
-                let mut speak = |pcm: Vec<i16>, queue: &mut std::collections::VecDeque<Out>| {
+                let kind = v["type"].as_str();
+                if kind == Some("Speak") {
+                    let piece = v["text"].as_str().unwrap_or_default();
+                    text.push_str(piece);
+                    fake.requests.lock().unwrap().push(Request {
+                        query: query.clone(),
+                        body: json!({"text": piece}),
+                        authorised: true,
+                    });
+                }
+                // The buffer is spoken once it ends a sentence, or at a
+                // Flush; its audio joins the queue, the first piece held to
+                // the first-byte latency when nothing plays.
+                let due = match kind {
+                    Some("Speak") => text.trim_end().ends_with(['.', '!', '?']),
+                    Some("Flush") => true,
+                    _ => false,
+                };
+                if due && !text.trim().is_empty() {
+                    let asked = tokio::time::Instant::now();
+                    let Ok(pcm) = fake.say(&std::mem::take(&mut text), rate).await else {
+                        return;
+                    };
                     let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
                     if queue.is_empty() {
                         next_at = asked + b.first_byte;
                     }
                     queue.extend(bytes.chunks(b.piece).map(|c| Out::Audio(Bytes::copy_from_slice(c))));
-                };
-                let answer = match v["type"].as_str() {
-                    Some("Speak") => {
-                        let piece = v["text"].as_str().unwrap_or_default();
-                        text.push_str(piece);
-                        fake.requests.lock().unwrap().push(Request {
-                            query: query.clone(),
-                            body: json!({"text": piece}),
-                            authorised: true,
-                        });
-                        if text.trim_end().ends_with(['.', '!', '?']) {
-                            let Ok(pcm) = fake.say(&std::mem::take(&mut text), rate).await else {
-                                return;
-                            };
-                            speak(pcm, &mut queue);
-                        }
-                        None
-                    }
+                }
+                let answer = match kind {
+                    Some("Speak") => None,
                     Some("Flush") => {
-                        if !text.trim().is_empty() {
-                            let Ok(pcm) = fake.say(&std::mem::take(&mut text), rate).await else {
-                                return;
-                            };
-                            speak(pcm, &mut queue);
-                        }
                         text.clear();
                         queue.push_back(Out::Flushed(flushes));
                         flushes += 1;
