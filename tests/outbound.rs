@@ -438,28 +438,39 @@ async fn a_machine_gets_the_voicemail_after_its_beep_and_the_call_is_hung_up() {
         message.contains("maria") && message.contains("call us back"),
         "the machine recorded {message:?}"
     );
-    // One hang-up, once the message had played to its end.
+    // One hang-up, once the message had played to its end: the message's
+    // stream asked for it, and the greeting's, stopped by the redirect, did not.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        fake.requests_for("hang_up").len(),
-        1,
-        "{:#?}",
-        fake.requests()
-    );
     let calls = state.finished.lock().unwrap().clone();
+    let ended: Vec<_> = calls
+        .iter()
+        .map(|s| {
+            (
+                &s.info.stream_sid,
+                s.info.params.get("answered_by"),
+                s.ended_by,
+            )
+        })
+        .collect();
     let leg = calls
         .iter()
         .find(|s| s.info.call_sid == sid && s.info.params.contains_key("answered_by"))
         .expect("the message's stream");
     assert_eq!(leg.answered_by.as_deref(), Some("machine_end_beep"));
-    assert_eq!(leg.ended_by, callbox::events::EndedBy::Bot);
+    assert_eq!(leg.ended_by, callbox::events::EndedBy::Bot, "{ended:?}");
     // The greeting's stream heard the verdict too, and was not hung up.
     let first = calls
         .iter()
         .find(|s| s.info.call_sid == sid && !s.info.params.contains_key("answered_by"))
         .expect("the greeting's stream");
-    assert_eq!(first.ended_by, callbox::events::EndedBy::Stop);
+    assert_eq!(first.ended_by, callbox::events::EndedBy::Stop, "{ended:?}");
     assert_eq!(first.answered_by.as_deref(), Some("machine_end_beep"));
+    assert_eq!(
+        fake.requests_for("hang_up").len(),
+        1,
+        "streams ended: {ended:?}; requests: {:#?}",
+        fake.requests()
+    );
     let said = &leg.turns[0];
     assert_eq!(
         said.heard_text,

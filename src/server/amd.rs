@@ -60,8 +60,17 @@ impl Verdicts {
         g.early.remove(at).map(|(_, v)| v)
     }
 
-    pub fn detach(&self, call_sid: &str) {
-        self.lock().live.remove(call_sid);
+    /// The stream of `inputs` ended. A call redirected to a new stream has
+    /// two under one SID for a moment, and the old one may close after the
+    /// new one attached: only its own entry goes.
+    pub fn detach(&self, call_sid: &str, inputs: &mpsc::Sender<CallInput>) {
+        let mut g = self.lock();
+        if g.live
+            .get(call_sid)
+            .is_some_and(|tx| tx.same_channel(inputs))
+        {
+            g.live.remove(call_sid);
+        }
     }
 
     /// Hands `verdict` to the call's session when it runs here, else keeps
@@ -90,10 +99,23 @@ mod tests {
         v.deliver("CA1", label("human"));
         let (tx, mut rx) = mpsc::channel(4);
         assert_eq!(v.attach("CA1", tx.clone()), Some("human"));
+        let tx_old = tx.clone();
         assert_eq!(v.attach("CA1", tx), None);
         v.deliver("CA1", label("machine_end_beep"));
         assert!(matches!(rx.try_recv(), Ok(CallInput::AnsweredBy(a)) if a == "machine_end_beep"));
-        v.detach("CA1");
+        // A newer stream of the same call stays when the old one closes.
+        let (newer, mut newer_rx) = mpsc::channel(4);
+        v.attach("CA1", newer.clone());
+        v.detach("CA1", &tx_old);
+        v.deliver("CA1", label("human"));
+        assert!(matches!(newer_rx.try_recv(), Ok(CallInput::AnsweredBy(a)) if a == "human"));
+        v.detach("CA1", &newer);
+        v.deliver("CA1", label("fax"));
+        assert_eq!(
+            v.attach("CA1", newer),
+            Some("fax"),
+            "kept for a stream to come"
+        );
         for i in 0..EARLY + 10 {
             v.deliver(&format!("CA{i}x"), "unknown");
         }

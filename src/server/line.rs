@@ -83,8 +83,8 @@ impl Line {
             app,
             _permit,
         } = self;
+        app.verdicts.detach(&call_sid, &inputs);
         drop(inputs);
-        app.verdicts.detach(&call_sid);
         let summary = match session.await {
             Ok(summary) => {
                 app.metrics
