@@ -38,7 +38,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The command that provisions the default model set; quoted in every
 /// "missing model" message.
-pub const FETCH_COMMAND: &str = "callbox models fetch";
+pub(crate) const FETCH_COMMAND: &str = "callbox models fetch";
 
 impl Error {
     pub fn engine(engine: &'static str, reason: impl std::fmt::Display) -> Self {
@@ -48,7 +48,7 @@ impl Error {
         }
     }
 
-    pub fn missing(what: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn missing(what: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         Error::Missing {
             what: what.into(),
             path: path.into(),
@@ -56,7 +56,7 @@ impl Error {
         }
     }
 
-    pub fn corrupt(
+    pub(crate) fn corrupt(
         what: impl Into<String>,
         path: impl Into<PathBuf>,
         reason: impl ToString,

@@ -2,7 +2,7 @@
 //! lists or symbols that a voice cannot say.
 
 /// Inbound default: an elementary school teacher who answers the phone.
-pub const TEACHER_NAME: &str = "Miss Harper";
+pub(crate) const TEACHER_NAME: &str = "Miss Harper";
 pub const TEACHER: &str = "You are Miss Harper, a warm and patient elementary school teacher talking with a \
 child on the phone. Everything you write is spoken aloud, so answer in one to three short sentences of plain \
 words, with no lists, symbols, emojis or formatting. Explain things simply, with small everyday examples, and \
@@ -17,16 +17,16 @@ pub const TEACHER_GREETING: &str =
 pub const TEACHER_GOODBYE: &str = "It was lovely talking with you. Goodbye!";
 
 /// Any persona's, unless it says otherwise.
-pub const GOODBYE: &str = "Thank you for calling. Goodbye!";
+pub(crate) const GOODBYE: &str = "Thank you for calling. Goodbye!";
 pub const TRANSFER_MESSAGE: &str = "Let me put you through to a person now. Please hold.";
 pub const TOOL_FILLER: &str = "One moment while I check that.";
 pub const TOOL_APOLOGY: &str = "Sorry, I couldn't get that information just now.";
-pub const VOICEMAIL: &str =
+pub(crate) const VOICEMAIL: &str =
     "Hello, this is an automated assistant calling with a message. Please call us back when you can. Goodbye!";
 
 /// Outbound: a friendly assistant placing a call on someone's behalf.
-pub const ASSISTANT_NAME: &str = "Sam";
-pub const ASSISTANT: &str = "You are Sam, a friendly assistant calling someone on behalf of a small business. \
+pub(crate) const ASSISTANT_NAME: &str = "Sam";
+pub(crate) const ASSISTANT: &str = "You are Sam, a friendly assistant calling someone on behalf of a small business. \
 Everything you write is spoken aloud, so use one or two short sentences of plain words, with no lists, \
 symbols or formatting. You called them, so be polite, get to the point, listen, and end the call kindly \
 when they want to.";
@@ -36,14 +36,14 @@ pub const ASSISTANT_GREETING: &str =
 
 /// Per-call values every call has, for `{{…}}` in any persona: the numbers
 /// (the caller's and ours, or whom we called and from where) and the call.
-pub const CALL_VARIABLES: [&str; 3] = ["from_number", "to_number", "call_sid"];
+pub(crate) const CALL_VARIABLES: [&str; 3] = ["from_number", "to_number", "call_sid"];
 /// A dial-out variable's stream parameter: `var.` and its name, apart
 /// from the stream's own parameters.
-pub const VARIABLE_PREFIX: &str = "var.";
+pub(crate) const VARIABLE_PREFIX: &str = "var.";
 
 /// The names of the `{{name}}` placeholders in `text`, in order, each once;
 /// an opened `{{` that is not a closed name is the error.
-pub fn placeholders(text: &str) -> Result<Vec<&str>, String> {
+pub(crate) fn placeholders(text: &str) -> Result<Vec<&str>, String> {
     let mut names: Vec<&str> = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find("{{") {
@@ -66,7 +66,7 @@ pub fn placeholders(text: &str) -> Result<Vec<&str>, String> {
 }
 
 /// A per-call variable's name: `[a-z][a-z0-9_]*`, at most 32 characters.
-pub fn is_variable_name(name: &str) -> bool {
+pub(crate) fn is_variable_name(name: &str) -> bool {
     name.len() <= 32
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -76,7 +76,10 @@ pub fn is_variable_name(name: &str) -> bool {
 
 /// `text` with each `{{name}}` replaced by its value; the names `values`
 /// lacks are the error (a greeting with a hole in it is worse than none).
-pub fn fill(text: &str, values: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+pub(crate) fn fill(
+    text: &str,
+    values: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Vec<String>> {
     let names = placeholders(text).map_err(|e| vec![e])?;
     let missing: Vec<String> = names
         .iter()
@@ -101,7 +104,7 @@ pub fn fill(text: &str, values: &dyn Fn(&str) -> Option<String>) -> Result<Strin
 
 impl crate::config::Persona {
     /// Every placeholder of the persona's texts.
-    pub fn placeholders(&self) -> Result<Vec<&str>, String> {
+    pub(crate) fn placeholders(&self) -> Result<Vec<&str>, String> {
         let mut all: Vec<&str> = Vec::new();
         for text in [
             &self.name,
@@ -124,7 +127,7 @@ impl crate::config::Persona {
     }
 
     /// The persona with `f` applied to each of its texts.
-    pub fn map(&self, f: &mut dyn FnMut(&str) -> String) -> Self {
+    pub(crate) fn map(&self, f: &mut dyn FnMut(&str) -> String) -> Self {
         Self {
             name: f(&self.name),
             system: f(&self.system),
@@ -139,7 +142,10 @@ impl crate::config::Persona {
     }
 
     /// The persona for one call, its placeholders filled from `values`.
-    pub fn filled(&self, values: &dyn Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
+    pub(crate) fn filled(
+        &self,
+        values: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Vec<String>> {
         let mut missing = Vec::new();
         let mut one = |text: &str| {
             fill(text, values).unwrap_or_else(|m| {
@@ -161,7 +167,7 @@ impl crate::config::Persona {
 /// The persona of a call: the dial-out's named one, else its direction's,
 /// filled with the call's values (its numbers and SID, a dial-out's
 /// variables). The placeholders left unfilled are the error.
-pub fn for_call(
+pub(crate) fn for_call(
     personas: &crate::config::Personas,
     info: &crate::events::CallInfo,
 ) -> Result<crate::config::Persona, String> {

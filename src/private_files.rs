@@ -10,7 +10,7 @@ use std::path::Path;
 /// Creates `dir` (and any missing parents) private. A folder that already
 /// exists is left as its owner made it: it may be shared on purpose (a
 /// volume, `/tmp`), and the files in it are private anyway.
-pub fn create_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -18,7 +18,7 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates (or truncates) `path` for writing, private, in a private folder.
-pub fn create(path: &Path) -> io::Result<File> {
+pub(crate) fn create(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dir(dir)?;
     }
@@ -35,7 +35,7 @@ pub fn create(path: &Path) -> io::Result<File> {
 
 /// Writes `bytes` to `path` whole or not at all (readers may look while it
 /// is written): a private temporary file beside it, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("part");
     let mut f = create(&tmp)?;

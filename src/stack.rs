@@ -283,7 +283,7 @@ pub struct ModelInfo {
     pub engine: String,
     pub file: String,
     /// `package==version` (or the download's name and version).
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
 }
 
 /// The models of `set` in `manifest`.
@@ -338,7 +338,7 @@ pub struct Engines {
 }
 
 impl Engines {
-    pub fn load(paths: &ModelPaths, cfg: &Config) -> Result<Self> {
+    pub(crate) fn load(paths: &ModelPaths, cfg: &Config) -> Result<Self> {
         let mut t = LoadTimes::default();
         let on = |e| cfg.devices.resolve(e);
         Ok(Self {

@@ -16,14 +16,14 @@ use realfft::{RealFftPlanner, RealToComplex};
 
 use crate::error::{Error, Result};
 
-pub const N_FFT: usize = 400;
-pub const HOP: usize = 160;
-pub const N_FREQS: usize = N_FFT / 2 + 1;
+pub(crate) const N_FFT: usize = 400;
+pub(crate) const HOP: usize = 160;
+pub(crate) const N_FREQS: usize = N_FFT / 2 + 1;
 
 /// A mel filter bank, `n_mels × 201`, row-major.
 #[derive(Clone)]
-pub struct MelFilters {
-    pub n_mels: usize,
+pub(crate) struct MelFilters {
+    pub(crate) n_mels: usize,
     weights: Vec<f32>,
     /// First and one-past-last non-zero bin of each filter: the bank is ~95%
     /// zeros, and skipping them makes the projection ten times cheaper.
@@ -32,7 +32,7 @@ pub struct MelFilters {
 
 impl MelFilters {
     /// Loads `mel_<n_mels>` from OpenAI's `mel_filters.npz`.
-    pub fn load_npz(path: &Path, n_mels: usize) -> Result<Self> {
+    pub(crate) fn load_npz(path: &Path, n_mels: usize) -> Result<Self> {
         if !path.exists() {
             return Err(Error::missing("mel filter bank", path));
         }
@@ -59,7 +59,7 @@ impl MelFilters {
         Ok(Self::from_weights(n_mels, weights))
     }
 
-    pub fn from_weights(n_mels: usize, weights: Vec<f32>) -> Self {
+    pub(crate) fn from_weights(n_mels: usize, weights: Vec<f32>) -> Self {
         let spans = weights
             .chunks(N_FREQS)
             .map(|row| {
@@ -78,14 +78,14 @@ impl MelFilters {
 
 /// Computes `log10` mel power spectrograms.
 #[derive(Clone)]
-pub struct LogMel {
+pub(crate) struct LogMel {
     filters: MelFilters,
     fft: Arc<dyn RealToComplex<f32>>,
     window: Vec<f32>,
 }
 
 impl LogMel {
-    pub fn new(filters: MelFilters) -> Self {
+    pub(crate) fn new(filters: MelFilters) -> Self {
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
         // Periodic Hann, as torch.hann_window(400) computes it.
         let window = (0..N_FFT)
@@ -98,14 +98,14 @@ impl LogMel {
         }
     }
 
-    pub fn n_mels(&self) -> usize {
+    pub(crate) fn n_mels(&self) -> usize {
         self.filters.n_mels
     }
 
     /// `log10(max(mel, 1e-10))` for the first `n_frames` STFT frames of
     /// `samples` (16 kHz), with `center=True` reflect padding. Frame `t` is
     /// centred on sample `t * 160`. Returns `n_mels × n_frames`, row-major.
-    pub fn log_mel(&self, samples: &[f32], n_frames: usize) -> Vec<f32> {
+    pub(crate) fn log_mel(&self, samples: &[f32], n_frames: usize) -> Vec<f32> {
         let n_mels = self.filters.n_mels;
         let mut out = vec![0f32; n_mels * n_frames];
         let mut frame = self.fft.make_input_vec();
@@ -158,7 +158,7 @@ fn sample_reflected(x: &[f32], n: isize, i: isize) -> f32 {
 
 /// Whisper's dynamic-range clamp and scaling: `max(x, max - 8)`, then
 /// `(x + 4) / 4`.
-pub fn whisper_normalise(log_mel: &mut [f32]) {
+pub(crate) fn whisper_normalise(log_mel: &mut [f32]) {
     let max = log_mel.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in log_mel.iter_mut() {
         *v = (v.max(max - 8.0) + 4.0) / 4.0;

@@ -3,7 +3,7 @@
 //! the Whisper-style log-mel front end and WAV I/O.
 
 pub mod mel;
-pub mod resample;
+pub(crate) mod resample;
 pub mod ulaw;
 pub mod wav;
 
@@ -44,11 +44,6 @@ impl Audio {
         assert_eq!(self.rate, other.rate, "appending audio of another rate");
         self.samples.extend_from_slice(&other.samples);
     }
-
-    /// Root-mean-square level in dBFS (-inf for digital silence).
-    pub fn rms_dbfs(&self) -> f32 {
-        rms_dbfs(&self.samples)
-    }
 }
 
 /// Caller audio as a transport hands it to a call: 16-bit PCM, its rate,
@@ -56,15 +51,15 @@ impl Audio {
 /// wire format (Twilio's μ-law, the browser's PCM), so everything after them
 /// sees one type.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
-    pub pcm: Vec<i16>,
+pub(crate) struct Frame {
+    pub(crate) pcm: Vec<i16>,
     pub rate: u32,
     /// Milliseconds from the start of the stream by the sender's clock
     /// (Twilio's media `timestamp`); `None` when the transport has no clock.
-    pub at_ms: Option<u64>,
+    pub(crate) at_ms: Option<u64>,
 }
 
-pub fn f32_to_i16(s: f32) -> i16 {
+pub(crate) fn f32_to_i16(s: f32) -> i16 {
     (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }
 

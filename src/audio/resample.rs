@@ -11,7 +11,7 @@ use rubato::{FftFixedIn, Resampler};
 /// Block size for offline conversion: large blocks amortise the FFTs.
 const OFFLINE_CHUNK: usize = 1024;
 
-pub fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
+pub(crate) fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
     if from == to || input.is_empty() {
         return input.to_vec();
     }
@@ -45,7 +45,7 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
 /// A resampler for live audio: push any number of samples, get back whatever
 /// the filter can produce so far. Its group delay (a few ms) is constant, so
 /// timestamps stay comparable within a call.
-pub struct Stream {
+pub(crate) struct Stream {
     inner: Option<FftFixedIn<f32>>,
     pending: Vec<f32>,
 }
@@ -53,7 +53,7 @@ pub struct Stream {
 impl Stream {
     /// `frame` is the typical push size; it sets the FFT block and therefore
     /// the delay (one frame).
-    pub fn new(from: u32, to: u32, frame: usize) -> Self {
+    pub(crate) fn new(from: u32, to: u32, frame: usize) -> Self {
         let inner = (from != to).then(|| {
             FftFixedIn::<f32>::new(from as usize, to as usize, frame, 1, 1)
                 .expect("valid sample rates")
@@ -64,7 +64,7 @@ impl Stream {
         }
     }
 
-    pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) {
+    pub(crate) fn push(&mut self, input: &[f32], out: &mut Vec<f32>) {
         let Some(r) = self.inner.as_mut() else {
             out.extend_from_slice(input);
             return;
@@ -83,7 +83,8 @@ impl Stream {
     }
 
     /// Output samples by which this stream lags its input.
-    pub fn delay(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn delay(&self) -> usize {
         self.inner.as_ref().map_or(0, |r| r.output_delay())
     }
 }

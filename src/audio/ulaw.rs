@@ -8,10 +8,7 @@ use std::sync::OnceLock;
 const BIAS: i32 = 0x84;
 const CLIP: i32 = 32635;
 
-/// μ-law silence: what Twilio pads with, and what we send for a pause.
-pub const SILENCE: u8 = 0xFF;
-
-pub fn encode_sample(sample: i16) -> u8 {
+pub(crate) fn encode_sample(sample: i16) -> u8 {
     let mut pcm = sample as i32;
     let sign = if pcm < 0 { 0x80 } else { 0 };
     if pcm < 0 {
@@ -42,7 +39,7 @@ fn table() -> &'static [i16; 256] {
     TABLE.get_or_init(|| std::array::from_fn(|i| decode_uncached(i as u8)))
 }
 
-pub fn decode_sample(byte: u8) -> i16 {
+pub(crate) fn decode_sample(byte: u8) -> i16 {
     table()[byte as usize]
 }
 

@@ -36,7 +36,7 @@ pub fn read(path: &Path) -> Result<Audio> {
 
 /// Writes 16-bit PCM, mono or interleaved stereo. The file is private to
 /// the server's user ([`crate::private_files`]): the WAVs we write are calls.
-pub fn write_i16(path: &Path, rate: u32, channels: u16, samples: &[i16]) -> Result<()> {
+pub(crate) fn write_i16(path: &Path, rate: u32, channels: u16, samples: &[i16]) -> Result<()> {
     let file = crate::private_files::create(path)?;
     let spec = hound::WavSpec {
         channels,
@@ -55,7 +55,7 @@ pub fn write_i16(path: &Path, rate: u32, channels: u16, samples: &[i16]) -> Resu
 }
 
 /// Two tracks side by side (left, right), the shorter padded with silence.
-pub fn write_stereo(path: &Path, rate: u32, left: &[i16], right: &[i16]) -> Result<()> {
+pub(crate) fn write_stereo(path: &Path, rate: u32, left: &[i16], right: &[i16]) -> Result<()> {
     let n = left.len().max(right.len());
     let mut interleaved = Vec::with_capacity(2 * n);
     for i in 0..n {

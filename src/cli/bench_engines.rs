@@ -16,10 +16,10 @@ use crate::stack::{self, LoadTimes};
 use crate::text::wer::corpus_wer;
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Repetitions of each measurement.
     #[arg(long, default_value_t = 5)]
-    pub runs: usize,
+    pub(crate) runs: usize,
 }
 
 const SENTENCES: [&str; 3] = [
@@ -36,7 +36,7 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     let paths = cli.paths()?;
     let mut times = LoadTimes::default();
     let runs = a.runs.max(1);

@@ -9,16 +9,16 @@ use crate::server::{self, AppState};
 use crate::stack::{self, Engines};
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Configuration file (TOML); `CALLBOX_*` variables override it.
     #[arg(long, short, env = "CALLBOX_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Listen address (overrides server.bind).
     #[arg(long)]
     pub bind: Option<String>,
 }
 
-pub async fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
     if let Some(b) = &a.bind {
         cfg.server.bind = b.clone();
@@ -36,25 +36,25 @@ pub async fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct DialArgs {
+pub(crate) struct DialArgs {
     /// The number to call, E.164 (+14155550100).
-    pub to: String,
+    pub(crate) to: String,
     /// Caller ID (default: twilio.from_number / TWILIO_PHONE_NUMBER).
     #[arg(long)]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// Configuration file (TOML) of the server that will take the call.
     #[arg(long, short, env = "CALLBOX_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// A value for the persona's `{{NAME}}`: `--var name=Alice`; repeat.
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
-    pub vars: Vec<(String, String)>,
+    pub(crate) vars: Vec<(String, String)>,
     /// One of `personas.named` instead of the outbound persona.
     #[arg(long)]
-    pub persona: Option<String>,
+    pub(crate) persona: Option<String>,
     /// Detect an answering machine and leave the persona's voicemail
     /// message on it (else `twilio.machine_detection`).
     #[arg(long)]
-    pub machine_detection: bool,
+    pub(crate) machine_detection: bool,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -65,7 +65,7 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 
 /// Places an outbound call that Twilio connects to the server at
 /// `server.public_url`, exactly as `POST /dialout` does.
-pub async fn dial(a: &DialArgs) -> anyhow::Result<()> {
+pub(crate) async fn dial(a: &DialArgs) -> anyhow::Result<()> {
     let cfg = Config::load(a.config.as_deref())?;
     let Some(base) = cfg.server.public_url.clone() else {
         anyhow::bail!(

@@ -14,23 +14,23 @@ use super::Cli;
 
 /// One reading of the server process.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// From the start of the measurement.
-    pub secs: f64,
-    pub rss_kib: u64,
-    pub fds: usize,
+    pub(crate) secs: f64,
+    pub(crate) rss_kib: u64,
+    pub(crate) fds: usize,
     /// User and system CPU time so far.
-    pub cpu_secs: f64,
+    pub(crate) cpu_secs: f64,
 }
 
-pub struct Server {
-    pub child: tokio::process::Child,
-    pub pid: u32,
+pub(crate) struct Server {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pid: u32,
     /// `http://127.0.0.1:PORT`.
-    pub base: String,
+    pub(crate) base: String,
     /// The auth token its webhooks are signed with.
-    pub token: String,
-    pub log: PathBuf,
+    pub(crate) token: String,
+    pub(crate) log: PathBuf,
 }
 
 impl Server {
@@ -38,7 +38,7 @@ impl Server {
     /// of `cli`, the configuration file `config`, and `env` on top (the
     /// caller's folders, limits and keys), logging to `log`; returns once it
     /// answers `/health`.
-    pub async fn start(
+    pub(crate) async fn start(
         cli: &Cli,
         config: Option<&Path>,
         env: &[(String, String)],
@@ -81,7 +81,7 @@ impl Server {
         Ok(server)
     }
 
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("{}/ws", self.base.replacen("http", "ws", 1))
     }
 
@@ -115,12 +115,12 @@ impl Server {
         Ok(status.code())
     }
 
-    pub fn sample(&self, t0: Instant) -> Option<Sample> {
+    pub(crate) fn sample(&self, t0: Instant) -> Option<Sample> {
         sample(self.pid, t0)
     }
 
     /// Samples the server every `period` until [`Sampler::stop`].
-    pub fn sampler(&self, t0: Instant, period: Duration) -> Sampler {
+    pub(crate) fn sampler(&self, t0: Instant, period: Duration) -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (kept, pid) = (samples.clone(), self.pid);
         let task = tokio::spawn(async move {
@@ -136,7 +136,7 @@ impl Server {
 }
 
 /// The server's readings, taken on a task of their own.
-pub struct Sampler {
+pub(crate) struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -150,7 +150,7 @@ impl Sampler {
 }
 
 /// The process's resident memory, open descriptors and CPU time, from /proc.
-pub fn sample(pid: u32, t0: Instant) -> Option<Sample> {
+pub(crate) fn sample(pid: u32, t0: Instant) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = status
         .lines()
@@ -177,7 +177,7 @@ pub fn sample(pid: u32, t0: Instant) -> Option<Sample> {
 
 /// The call traces a server wrote into `dir` (see `observe::trace`), each
 /// parsed; unreadable files are skipped, as a trace still being written is.
-pub fn traces(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+pub(crate) fn traces(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -191,7 +191,7 @@ pub fn traces(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
 }
 
 /// This machine in a line, for reports.
-pub fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

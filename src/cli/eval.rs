@@ -20,19 +20,19 @@ use crate::eval::{heard, scores, LineSet, Verdict};
 use crate::stack::{self, LoadTimes};
 
 #[derive(Debug, Args)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// A configuration file: the persona, the LLM backend and its settings.
     #[arg(long, short, env = "CALLBOX_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// A set of lines other than the built-in one (eval/phone-lines.toml).
     #[arg(long)]
-    pub lines: Option<PathBuf>,
+    pub(crate) lines: Option<PathBuf>,
     /// Only the lines whose id contains this (e.g. "follow-up").
     #[arg(long)]
-    pub only: Option<String>,
+    pub(crate) only: Option<String>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "eval-report.json")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Score the choice of tools instead of the answers, on this set of
     /// tools and lines (e.g. eval/tool-lines.toml).
     #[arg(long, conflicts_with_all = ["lines", "only"])]
@@ -40,7 +40,7 @@ pub struct EvalArgs {
     /// With --tools: leave every choice to the model (no triggers, no
     /// arguments read from the words), to measure the model alone.
     #[arg(long, requires = "tools")]
-    pub model_only: bool,
+    pub(crate) model_only: bool,
 }
 
 /// One line's outcome in the report.
@@ -86,7 +86,7 @@ struct Report<'a> {
     lines: Vec<LineReport<'a>>,
 }
 
-pub fn run(cli: &Cli, a: &EvalArgs) -> anyhow::Result<()> {
+pub(crate) fn run(cli: &Cli, a: &EvalArgs) -> anyhow::Result<()> {
     if let Some(file) = &a.tools {
         return super::eval_tools::run(cli, a.config.as_deref(), file, &a.out, a.model_only);
     }

@@ -81,7 +81,7 @@ fn norm(v: &str) -> String {
         .collect()
 }
 
-pub fn run(
+pub(crate) fn run(
     cli: &Cli,
     config: Option<&Path>,
     file: &Path,

@@ -9,30 +9,30 @@ use crate::fakes::deepgram::Voice;
 use crate::fakes::{ApiStack, Latency, REPLY};
 
 #[derive(Debug, Args)]
-pub struct FakeApisArgs {
+pub(crate) struct FakeApisArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
+    pub(crate) host: String,
     /// Port of the OpenAI-compatible chat API (Groq's).
     #[arg(long, default_value_t = 8790)]
-    pub llm_port: u16,
+    pub(crate) llm_port: u16,
     /// Port of Deepgram's listen websocket and speak API.
     #[arg(long, default_value_t = 8791)]
-    pub deepgram_port: u16,
+    pub(crate) deepgram_port: u16,
     /// STT after Finalize, LLM to the first token, TTS to the first byte,
     /// network round trip, ms.
     #[arg(long, default_value = "195,268,23,0", value_parser = super::bench::parse_latency)]
-    pub latency: Latency,
+    pub(crate) latency: Latency,
     /// Speak with the local Piper voice instead of tones (the replies can
     /// then be heard and transcribed, at Piper's cost on this machine).
     #[arg(long)]
-    pub piper: bool,
+    pub(crate) piper: bool,
     /// The LLM's reply to every request.
     #[arg(long, default_value = REPLY)]
-    pub reply: String,
+    pub(crate) reply: String,
 }
 
-pub async fn run(cli: &Cli, a: &FakeApisArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(cli: &Cli, a: &FakeApisArgs) -> anyhow::Result<()> {
     let paths = cli.paths()?;
     let ears = crate::stack::stt(&paths, &mut Default::default())?;
     let voice = match a.piper {

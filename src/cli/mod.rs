@@ -29,7 +29,7 @@ use crate::models::{ModelPaths, ModelStore};
 
 /// The model set a build uses unless told otherwise: the larger models only
 /// pay off on a GPU.
-pub const DEFAULT_SET: &str = if cfg!(feature = "cuda") {
+pub(crate) const DEFAULT_SET: &str = if cfg!(feature = "cuda") {
     "gpu"
 } else {
     "default"
@@ -44,7 +44,7 @@ pub const DEFAULT_SET: &str = if cfg!(feature = "cuda") {
 pub struct Cli {
     /// Model cache folder.
     #[arg(long, global = true, env = "CALLBOX_MODELS")]
-    pub models: Option<PathBuf>,
+    pub(crate) models: Option<PathBuf>,
     /// Model set from the manifest (default, gpu, qwen-0.5b, qwen-1.5b); `gpu` in CUDA builds.
     #[arg(
         long,
@@ -52,7 +52,7 @@ pub struct Cli {
         env = "CALLBOX_MODEL_SET",
         default_value = DEFAULT_SET
     )]
-    pub set: String,
+    pub(crate) set: String,
     /// A manifest other than the built-in one.
     #[arg(long, global = true, env = "CALLBOX_MANIFEST")]
     pub manifest: Option<PathBuf>,
@@ -60,11 +60,11 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Fetch, check and convert models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -107,14 +107,14 @@ pub enum Command {
 }
 
 impl Cli {
-    pub fn store(&self) -> anyhow::Result<ModelStore> {
+    pub(crate) fn store(&self) -> anyhow::Result<ModelStore> {
         Ok(ModelStore::open(
             self.models.clone(),
             self.manifest.as_deref(),
         )?)
     }
 
-    pub fn paths(&self) -> anyhow::Result<ModelPaths> {
+    pub(crate) fn paths(&self) -> anyhow::Result<ModelPaths> {
         Ok(self.store()?.paths(&self.set)?)
     }
 }

@@ -9,7 +9,7 @@ use crate::models::fetch::{fetch, FetchOptions};
 use crate::models::{convert, FileState};
 
 #[derive(Debug, Subcommand)]
-pub enum ModelsCommand {
+pub(crate) enum ModelsCommand {
     /// Download and unpack a model set into the cache (idempotent).
     Fetch {
         /// Re-download and re-unpack everything.
@@ -33,7 +33,7 @@ pub enum ModelsCommand {
     Path,
 }
 
-pub async fn run(cli: &Cli, cmd: &ModelsCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(cli: &Cli, cmd: &ModelsCommand) -> anyhow::Result<()> {
     let store = cli.store()?;
     match cmd {
         ModelsCommand::Fetch { force } => {

@@ -15,19 +15,19 @@ use crate::sim::{self, SimOptions, SimReport, SimTurn};
 use crate::stack::{self, LoadTimes};
 
 #[derive(Debug, Args)]
-pub struct SimArgs {
+pub(crate) struct SimArgs {
     /// The server's media websocket.
     #[arg(long, default_value = "ws://127.0.0.1:8765/ws")]
     pub url: String,
     /// A turn spoken from text (synthesised with our TTS); repeat for more.
     #[arg(long = "say")]
-    pub say: Vec<String>,
+    pub(crate) say: Vec<String>,
     /// A turn from a WAV file; repeat for more (after the --say turns).
     #[arg(long = "wav")]
-    pub wavs: Vec<PathBuf>,
+    pub(crate) wavs: Vec<PathBuf>,
     /// Write the call as the caller heard it (left caller, right bot).
     #[arg(long)]
-    pub record: Option<PathBuf>,
+    pub(crate) record: Option<PathBuf>,
     /// Play Twilio's signed webhook first (the server's auth token), to get
     /// the stream token a validating server requires.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
@@ -112,7 +112,7 @@ fn print_report(report: &SimReport, stt: &dyn Stt) -> anyhow::Result<Vec<f64>> {
     Ok(latencies)
 }
 
-pub async fn sim(cli: &Cli, a: &SimArgs) -> anyhow::Result<()> {
+pub(crate) async fn sim(cli: &Cli, a: &SimArgs) -> anyhow::Result<()> {
     let paths = cli.paths()?;
     let mut t = LoadTimes::default();
     let tts = stack::caller_voice(&paths, &mut t)?;
@@ -146,17 +146,17 @@ fn write_stereo(path: &std::path::Path, r: &SimReport) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How many of the scripted caller turns to play (up to 12).
     #[arg(long, default_value_t = 10)]
     pub turns: usize,
     /// Folder for the recording.
     #[arg(long, default_value = "out")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// A configuration file, e.g. one with `[llm] backend = "openai"` to
     /// run the same call against Groq.
     #[arg(long, short, env = "CALLBOX_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 pub(super) const SCRIPT: [&str; 12] = [

@@ -14,19 +14,19 @@ use crate::engines::{ChatMessage, GenerationOptions, Role, Stt, VadEvent, MODEL_
 use crate::stack::{self, LoadTimes};
 
 #[derive(Debug, Args)]
-pub struct TranscribeArgs {
+pub(crate) struct TranscribeArgs {
     /// WAV file (any rate, mono or stereo).
-    pub input: PathBuf,
+    pub(crate) input: PathBuf,
     /// Print the stage timings too.
     #[arg(long)]
     pub timings: bool,
     /// Encode the stock 30 s context instead of the audio's own length
     /// (slower; for comparison).
     #[arg(long)]
-    pub full_context: bool,
+    pub(crate) full_context: bool,
 }
 
-pub fn transcribe(cli: &Cli, a: &TranscribeArgs) -> anyhow::Result<()> {
+pub(crate) fn transcribe(cli: &Cli, a: &TranscribeArgs) -> anyhow::Result<()> {
     let audio = wav::read(&a.input)?;
     let paths = cli.paths()?;
     let options = WhisperOptions {
@@ -54,18 +54,18 @@ pub fn transcribe(cli: &Cli, a: &TranscribeArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct SayArgs {
+pub(crate) struct SayArgs {
     /// What to say.
     pub text: String,
     /// Output WAV file.
     #[arg(short, long, default_value = "say.wav")]
-    pub output: PathBuf,
+    pub(crate) output: PathBuf,
     /// Output sample rate (default: the voice's own).
     #[arg(long)]
     pub rate: Option<u32>,
 }
 
-pub fn say(cli: &Cli, a: &SayArgs) -> anyhow::Result<()> {
+pub(crate) fn say(cli: &Cli, a: &SayArgs) -> anyhow::Result<()> {
     let tts = stack::tts(&cli.paths()?, &mut LoadTimes::default())?;
     let mut out = Audio::new(Vec::new(), tts.sample_rate());
     let stats = tts.synthesize(&a.text, &mut |chunk| {
@@ -88,18 +88,18 @@ pub fn say(cli: &Cli, a: &SayArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct ChatArgs {
+pub(crate) struct ChatArgs {
     /// System prompt (default: the teacher persona).
     #[arg(long)]
-    pub system: Option<String>,
+    pub(crate) system: Option<String>,
     /// Messages to send in order instead of reading standard input.
     #[arg(long = "message", short = 'm')]
-    pub messages: Vec<String>,
+    pub(crate) messages: Vec<String>,
     #[arg(long, default_value_t = 80)]
     pub max_tokens: usize,
 }
 
-pub fn chat(cli: &Cli, a: &ChatArgs) -> anyhow::Result<()> {
+pub(crate) fn chat(cli: &Cli, a: &ChatArgs) -> anyhow::Result<()> {
     let llm = stack::llm(&cli.paths()?, &mut LoadTimes::default())?;
     let mut session = llm.session()?;
     let system = a
@@ -160,15 +160,15 @@ pub fn chat(cli: &Cli, a: &ChatArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct VadArgs {
+pub(crate) struct VadArgs {
     /// WAV file (any rate).
-    pub input: PathBuf,
+    pub(crate) input: PathBuf,
     /// Speech threshold.
     #[arg(long, default_value_t = VadParams::default().confidence)]
-    pub confidence: f32,
+    pub(crate) confidence: f32,
     /// Seconds of silence that end speech.
     #[arg(long, default_value_t = VadParams::default().stop_secs)]
-    pub stop_secs: f32,
+    pub(crate) stop_secs: f32,
 }
 
 pub fn vad(cli: &Cli, a: &VadArgs) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ pub struct LlmConfig {
 
 impl LlmConfig {
     /// How every reply is sampled.
-    pub fn generation(&self) -> crate::engines::GenerationOptions {
+    pub(crate) fn generation(&self) -> crate::engines::GenerationOptions {
         crate::engines::GenerationOptions {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
@@ -66,7 +66,7 @@ pub struct ApiConfig {
 
 impl ApiConfig {
     /// Groq's OpenAI-compatible chat API with the API stack's model.
-    pub fn groq() -> Self {
+    pub(crate) fn groq() -> Self {
         Self {
             base_url: "https://api.groq.com/openai/v1".into(),
             model: "llama-3.3-70b-versatile".into(),
@@ -76,7 +76,7 @@ impl ApiConfig {
     }
 
     /// Deepgram's streaming listen API with the API stack's model.
-    pub fn deepgram_listen() -> Self {
+    pub(crate) fn deepgram_listen() -> Self {
         Self {
             base_url: "wss://api.deepgram.com".into(),
             model: "nova-3".into(),
@@ -108,7 +108,7 @@ pub struct SttConfig {
     /// turn in the order they asked. 0: as many as ask on the CPU (they
     /// share its cores), one at a time on a GPU, where a second stream of
     /// kernels only interleaves with the first.
-    pub parallel: usize,
+    pub(crate) parallel: usize,
 }
 
 impl Default for SttConfig {

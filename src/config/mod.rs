@@ -32,7 +32,7 @@ pub struct Config {
     pub observe: ObserveConfig,
     pub twilio: TwilioConfig,
     /// Where each engine runs (CPU or a CUDA GPU).
-    pub devices: Devices,
+    pub(crate) devices: Devices,
     /// The owner's tools (`[[tools]]`): HTTP endpoints the bot may call.
     pub tools: Vec<crate::tools::http::HttpTool>,
 }
@@ -44,14 +44,14 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct VadParams {
     /// Speech probability at or above which a window counts as speech.
-    pub confidence: f32,
+    pub(crate) confidence: f32,
     /// Speech needed before the caller counts as speaking.
-    pub start_secs: f32,
+    pub(crate) start_secs: f32,
     /// Silence needed before the caller counts as stopped (the stop window).
-    pub stop_secs: f32,
+    pub(crate) stop_secs: f32,
     /// Smoothed loudness (0–1, as Pipecat scales it) a window also needs to
     /// count as speech: quiet voices in the background stay silence.
-    pub min_volume: f32,
+    pub(crate) min_volume: f32,
 }
 
 impl Default for VadParams {
@@ -80,11 +80,11 @@ pub struct TwilioConfig {
     /// An API key (`SK…`, else `TWILIO_API_KEY`) and its secret (else
     /// `TWILIO_API_SECRET`): REST credentials that can be revoked without
     /// rotating the auth token.
-    pub api_key: Option<String>,
-    pub api_secret: Option<Secret>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) api_secret: Option<Secret>,
     /// Caller ID for dial-out when the request names none (else
     /// `TWILIO_PHONE_NUMBER`).
-    pub from_number: Option<String>,
+    pub(crate) from_number: Option<String>,
     /// REST API base URL (regional edges; a local fake in tests).
     pub api_base: String,
     /// Start a dual-channel Twilio recording of each call as its stream starts.
@@ -98,12 +98,12 @@ pub struct TwilioConfig {
     /// `"+44"`. Unset, only numbers in the country of the caller ID
     /// (`from_number`): a leaked API token must not ring premium numbers
     /// abroad on the owner's bill. `["+"]` allows every number.
-    pub dialout_prefixes: Option<Vec<String>>,
+    pub(crate) dialout_prefixes: Option<Vec<String>>,
     /// Ask Twilio for answering-machine detection on dial-out (billed per
     /// call by Twilio): on a machine the bot waits for the beep, leaves the
     /// persona's `voicemail` message and hangs up. A dial-out's
     /// `machine_detection` overrides it.
-    pub machine_detection: bool,
+    pub(crate) machine_detection: bool,
 }
 
 impl Default for TwilioConfig {
@@ -148,7 +148,7 @@ impl TwilioConfig {
 
     /// REST credentials (user, password): the API key when one is set, else
     /// the account's auth token.
-    pub fn rest_login(&self) -> Option<(String, Secret)> {
+    pub(crate) fn rest_login(&self) -> Option<(String, Secret)> {
         let key = setting(self.api_key.as_deref(), "TWILIO_API_KEY");
         let secret = setting(
             self.api_secret.as_ref().map(|s| s.0.as_str()),
@@ -160,7 +160,7 @@ impl TwilioConfig {
         }
     }
 
-    pub fn from_number(&self) -> Option<String> {
+    pub(crate) fn caller_id(&self) -> Option<String> {
         setting(self.from_number.as_deref(), "TWILIO_PHONE_NUMBER")
     }
 }
@@ -175,7 +175,7 @@ pub struct ObserveConfig {
     pub queue: usize,
     /// Export spans over OTLP/HTTP (also on when an `OTEL_EXPORTER_OTLP_*`
     /// endpoint variable is set); the standard `OTEL_*` variables apply.
-    pub otlp: bool,
+    pub(crate) otlp: bool,
     /// Full traces URL (e.g. `http://collector:4318/v1/traces`), overriding
     /// the `OTEL_*` endpoint variables.
     pub otlp_endpoint: Option<String>,
@@ -188,7 +188,7 @@ pub struct ObserveConfig {
     /// Write what the caller and the bot said to the log at INFO. Off, the
     /// lines are at DEBUG: transcripts are personal data, and a log is
     /// read by more people than a trace.
-    pub log_transcripts: bool,
+    pub(crate) log_transcripts: bool,
 }
 
 impl Default for ObserveConfig {
@@ -230,13 +230,13 @@ pub struct ServerConfig {
     /// `CALLBOX_STREAM_SECRET`, else derived from Twilio's auth token).
     /// Every container of one deployment must share it: a token issued by
     /// one is accepted by the others.
-    pub stream_secret: Option<Secret>,
+    pub(crate) stream_secret: Option<Secret>,
     /// Largest websocket message or request body accepted (Twilio's are
     /// under a kilobyte).
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
     /// On SIGTERM or SIGINT, how long calls in progress may go on while no
     /// new call is taken; those still running then are ended.
-    pub drain_secs: u64,
+    pub(crate) drain_secs: u64,
     /// Who may open the browser demo (`GET /demo`) and talk to the bot
     /// through it: `local` (a browser on this machine talking to the server
     /// directly, not through a proxy), `anyone`, or `off`. Every demo call
@@ -249,13 +249,13 @@ pub struct ServerConfig {
     pub start_timeout_secs: f32,
     /// Media websockets waiting for `start`, in all and from one address:
     /// more are refused with 503 until some start or time out.
-    pub max_pending_streams: usize,
+    pub(crate) max_pending_streams: usize,
     pub max_pending_streams_per_address: usize,
     /// Behind a reverse proxy every peer is the proxy: count waiting media
     /// websockets by the last address in `X-Forwarded-For` (the one the
     /// proxy itself added) instead. Only behind a proxy that always sets
     /// it; otherwise a client could name any address.
-    pub trust_forwarded_for: bool,
+    pub(crate) trust_forwarded_for: bool,
     /// How long a client may take to send a request's headers, and an idle
     /// keep-alive connection may stay open (slow-loris clients hold a
     /// descriptor each).
@@ -294,7 +294,7 @@ impl ServerConfig {
     }
 
     /// Demo calls the server may hold at once (none when the demo is off).
-    pub fn demo_lines(&self) -> usize {
+    pub(crate) fn demo_lines(&self) -> usize {
         match self.demo {
             DemoAccess::Off => 0,
             _ => self.demo_max_calls,
@@ -302,7 +302,7 @@ impl ServerConfig {
     }
 
     /// The configured key of stream tokens, if any.
-    pub fn stream_secret(&self) -> Option<String> {
+    pub(crate) fn stream_secret(&self) -> Option<String> {
         setting(
             self.stream_secret.as_ref().map(|s| s.0.as_str()),
             "CALLBOX_STREAM_SECRET",
@@ -312,13 +312,13 @@ impl ServerConfig {
 
 /// The shortest owner token or stream secret accepted: 32 characters (128
 /// bits of hex) cannot be guessed over the network.
-pub const MIN_SECRET_CHARS: usize = 32;
+pub(crate) const MIN_SECRET_CHARS: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallConfig {
     /// RNNoise on the caller's audio.
-    pub denoise: bool,
+    pub(crate) denoise: bool,
     /// The bot greets the caller when the stream starts.
     pub greet: bool,
     /// Seconds of caller silence after the bot finished before it carries on
@@ -333,7 +333,7 @@ pub struct CallConfig {
     /// asked again each time this much more silence has passed, on the audio
     /// up to then: one int8 verdict at the VAD's stop is too fragile to bet
     /// the turn on (0 asks once).
-    pub rescore_secs: f32,
+    pub(crate) rescore_secs: f32,
     /// Read the transcript for what Smart Turn cannot hear: a greeting on
     /// its own or a trailing "and" waits for more (up to
     /// `turn_timeout_secs`); a finished sentence ends the turn after
@@ -342,17 +342,17 @@ pub struct CallConfig {
     /// Silence after the VAD's stop after which a turn whose words finish a
     /// sentence is complete ([`Self::word_cues`]) while Smart Turn's verdict
     /// is just under the threshold; up to twice that as it nears 0.
-    pub sentence_wait_secs: f32,
+    pub(crate) sentence_wait_secs: f32,
     /// Speech over the bot pauses it rather than cutting it off until its
     /// words are known: "uh-huh", "yeah", "okay" let it carry on where it
     /// stopped; anything else interrupts it.
     pub backchannels: bool,
     /// Speech over the bot that lasts longer than this interrupts it
     /// whatever its words (no backchannel is that long).
-    pub backchannel_max_secs: f32,
+    pub(crate) backchannel_max_secs: f32,
     /// The bot may end the call: a caller who says goodbye hears the
     /// persona's `goodbye`, then the call is hung up.
-    pub end_call: bool,
+    pub(crate) end_call: bool,
     /// Where a caller who asks for a person is transferred (E.164, with
     /// TwiML `<Dial>`): the only number a transfer may reach. None: no
     /// transfers.
@@ -361,16 +361,16 @@ pub struct CallConfig {
     /// (STT itself starts at the VAD's first silent window), so the stop
     /// window and the turn decision overlap the reply's work. Costs CPU
     /// whenever the caller only paused.
-    pub draft_replies: bool,
+    pub(crate) draft_replies: bool,
     /// Caller speech (beyond the VAD's start window) needed to interrupt the bot.
-    pub barge_in_min_secs: f32,
+    pub(crate) barge_in_min_secs: f32,
     /// Caller audio quieter than the bot's own recent audio by this many dB
     /// is taken for echo, not barge-in.
-    pub echo_margin_db: f32,
+    pub(crate) echo_margin_db: f32,
     /// How far ahead of real time outbound audio may run.
     pub max_lead_ms: u64,
     /// Longest call, after which it is ended.
-    pub max_call_secs: u64,
+    pub(crate) max_call_secs: u64,
     /// Folder for stereo call recordings (left caller, right bot); empty disables.
     pub recordings_dir: Option<PathBuf>,
 }
@@ -378,7 +378,7 @@ pub struct CallConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Personas {
-    pub inbound: Persona,
+    pub(crate) inbound: Persona,
     pub outbound: Persona,
     /// More personas for dial-out, chosen per call by `POST /dialout`'s
     /// `persona` (`[personas.named.reminder]`).
@@ -461,7 +461,7 @@ impl Default for ServerConfig {
 
 impl CallConfig {
     /// Smart Turn's verdict: is a turn with this probability finished?
-    pub fn turn_complete(&self, probability: f32) -> bool {
+    pub(crate) fn turn_complete(&self, probability: f32) -> bool {
         probability > self.turn_threshold
     }
 }
@@ -527,7 +527,7 @@ impl Default for Personas {
 
 impl Config {
     /// Defaults ← `file` (if any) ← `CALLBOX_*` environment.
-    pub fn load(file: Option<&Path>) -> Result<Self> {
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.is_file() {

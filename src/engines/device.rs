@@ -22,12 +22,12 @@ pub enum Device {
 }
 
 impl Device {
-    pub fn is_gpu(self) -> bool {
+    pub(crate) fn is_gpu(self) -> bool {
         matches!(self, Device::Cuda(_))
     }
 
     /// The candle device for this placement (Whisper).
-    pub fn candle(self) -> Result<candle_core::Device> {
+    pub(crate) fn candle(self) -> Result<candle_core::Device> {
         match self {
             Device::Cpu => Ok(candle_core::Device::Cpu),
             Device::Cuda(i) => candle_core::Device::new_cuda(i)
@@ -47,7 +47,7 @@ impl fmt::Display for Device {
 
 /// A placement as configured: `auto`, `cpu`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceChoice {
+pub(crate) enum DeviceChoice {
     #[default]
     Auto,
     Cpu,
@@ -96,11 +96,11 @@ impl<'de> Deserialize<'de> for DeviceChoice {
 }
 
 /// Whether this binary can run engines on a GPU at all.
-pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
+pub(crate) const CUDA_BUILD: bool = cfg!(feature = "cuda");
 
 /// The engines that can be placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub(crate) enum Engine {
     Vad,
     Turn,
     Stt,
@@ -109,7 +109,7 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub const ALL: [Engine; 5] = [
+    pub(crate) const ALL: [Engine; 5] = [
         Engine::Vad,
         Engine::Turn,
         Engine::Stt,
@@ -117,7 +117,7 @@ impl Engine {
         Engine::Tts,
     ];
 
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Engine::Vad => "vad",
             Engine::Turn => "turn",
@@ -138,7 +138,7 @@ impl Engine {
 /// Every engine's placement (`[devices]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Devices {
+pub(crate) struct Devices {
     pub vad: DeviceChoice,
     pub turn: DeviceChoice,
     pub stt: DeviceChoice,
@@ -160,7 +160,7 @@ impl Devices {
     /// Where `engine` runs in this binary. Asking a CPU-only build for a GPU
     /// is a configuration error, not a silent fallback: a deployment that
     /// expects a GPU and quietly runs on the CPU is ten times slower.
-    pub fn resolve(&self, engine: Engine) -> Result<Device> {
+    pub(crate) fn resolve(&self, engine: Engine) -> Result<Device> {
         Self::resolve_in(self.choice(engine), engine, CUDA_BUILD)
     }
 
@@ -179,7 +179,7 @@ impl Devices {
     }
 
     /// Every placement resolved, failing on the first impossible one.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         Engine::ALL
             .into_iter()
             .try_for_each(|e| self.resolve(e).map(drop))

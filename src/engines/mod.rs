@@ -60,7 +60,7 @@ pub trait VadStream: Send {
 
 /// Smart Turn's own cut-off between "finished" and "still talking"; calls
 /// use `call.turn_threshold`, which defaults to it.
-pub const TURN_THRESHOLD: f32 = 0.5;
+pub(crate) const TURN_THRESHOLD: f32 = 0.5;
 
 /// The turn detector's verdict on audio that ends in a pause.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,7 +68,7 @@ pub struct TurnVerdict {
     /// Probability that the caller has finished their turn.
     pub probability: f32,
     /// Model time alone.
-    pub inference_ms: f64,
+    pub(crate) inference_ms: f64,
     /// Including feature extraction.
     pub total_ms: f64,
 }
@@ -80,16 +80,16 @@ pub trait TurnDetector: Send + Sync {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SttTimings {
-    pub features_ms: f64,
-    pub encoder_ms: f64,
-    pub decoder_ms: f64,
+    pub(crate) features_ms: f64,
+    pub(crate) encoder_ms: f64,
+    pub(crate) decoder_ms: f64,
     pub total_ms: f64,
     /// Of `total_ms`, the time spent waiting for other calls'
     /// transcriptions to finish (see [`queue::FairStt`]).
-    pub queued_ms: f64,
+    pub(crate) queued_ms: f64,
     pub tokens: usize,
     /// Segments decoded a second time with the full context.
-    pub fallbacks: usize,
+    pub(crate) fallbacks: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -133,7 +133,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Role::System => "system",
             Role::User => "user",
@@ -240,8 +240,8 @@ pub struct SynthesisStats {
     pub first_audio_ms: Option<f64>,
     pub total_ms: f64,
     pub audio_secs: f64,
-    pub characters: usize,
-    pub sentences: usize,
+    pub(crate) characters: usize,
+    pub(crate) sentences: usize,
 }
 
 /// Text to speech, streamed sentence by sentence.
@@ -272,7 +272,7 @@ pub fn speak(tts: &dyn Tts, text: &str) -> Result<Audio> {
 /// notices, and the thread that ran it lives on. The engines keep no state
 /// across calls that a half-finished call could leave broken: what is
 /// per-call (a stream, an LLM session) is checked again on its next use.
-pub fn contained<T>(engine: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn contained<T>(engine: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<&str>()

@@ -17,7 +17,7 @@ use crate::audio::Audio;
 use crate::error::Result;
 
 /// A first-come, first-served gate with `permits` places.
-pub struct FifoGate {
+pub(crate) struct FifoGate {
     permits: usize,
     state: Mutex<GateState>,
     turn: Condvar,
@@ -31,10 +31,10 @@ struct GateState {
 }
 
 /// A place at the gate; dropping it lets the next in line through.
-pub struct Pass<'a>(&'a FifoGate);
+pub(crate) struct Pass<'a>(&'a FifoGate);
 
 impl FifoGate {
-    pub fn new(permits: usize) -> Self {
+    pub(crate) fn new(permits: usize) -> Self {
         Self {
             permits: permits.max(1),
             state: Mutex::new(GateState::default()),
@@ -44,7 +44,7 @@ impl FifoGate {
 
     /// Blocks until every earlier caller has been let through and a place
     /// is free.
-    pub fn enter(&self) -> Pass<'_> {
+    pub(crate) fn enter(&self) -> Pass<'_> {
         let mut s = self.state.lock().expect("gate");
         let ticket = s.next_ticket;
         s.next_ticket += 1;
@@ -69,13 +69,13 @@ impl Drop for Pass<'_> {
 }
 
 /// A speech recogniser behind a [`FifoGate`].
-pub struct FairStt {
+pub(crate) struct FairStt {
     inner: Arc<dyn Stt>,
     gate: FifoGate,
 }
 
 impl FairStt {
-    pub fn new(inner: Arc<dyn Stt>, permits: usize) -> Self {
+    pub(crate) fn new(inner: Arc<dyn Stt>, permits: usize) -> Self {
         Self {
             inner,
             gate: FifoGate::new(permits),

@@ -19,7 +19,7 @@ use crate::text::sentence::SentenceAggregator;
 use crate::text::spoken::spoken;
 
 /// The set that ships with callbox.
-pub const PHONE_LINES: &str = include_str!("../../eval/phone-lines.toml");
+pub(crate) const PHONE_LINES: &str = include_str!("../../eval/phone-lines.toml");
 
 /// Piper's voices speak about 2.6 words a second (~155 a minute).
 const WORDS_PER_SECOND: f64 = 2.6;
@@ -27,7 +27,7 @@ const WORDS_PER_SECOND: f64 = 2.6;
 /// What kind of line it is; scores are reported per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Category {
+pub(crate) enum Category {
     /// A question with an accepted answer.
     Fact,
     /// The caller asks the bot to do something it can do in words.
@@ -42,7 +42,7 @@ pub enum Category {
 }
 
 impl Category {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Fact => "fact",
             Self::Request => "request",
@@ -92,11 +92,11 @@ struct LineFile {
 
 /// One caller line, its patterns compiled.
 #[derive(Debug)]
-pub struct Line {
-    pub id: String,
-    pub category: Category,
-    pub say: String,
-    pub before: Vec<(String, String)>,
+pub(crate) struct Line {
+    pub(crate) id: String,
+    pub(crate) category: Category,
+    pub(crate) say: String,
+    pub(crate) before: Vec<(String, String)>,
     accept: Vec<Regex>,
     reject: Vec<Regex>,
     max_secs: f64,
@@ -104,16 +104,16 @@ pub struct Line {
 
 /// A set of lines, ready to check replies against.
 #[derive(Debug)]
-pub struct LineSet {
-    pub sources: String,
-    pub lines: Vec<Line>,
+pub(crate) struct LineSet {
+    pub(crate) sources: String,
+    pub(crate) lines: Vec<Line>,
     reject_always: Vec<Regex>,
 }
 
 /// A set that cannot be used, and why (the line's id, the pattern).
 #[derive(Debug, thiserror::Error)]
 #[error("eval set: {0}")]
-pub struct SetError(String);
+pub(crate) struct SetError(String);
 
 fn pattern(p: &str, id: &str) -> Result<Regex, SetError> {
     RegexBuilder::new(p)
@@ -127,7 +127,7 @@ fn patterns(ps: &[String], id: &str) -> Result<Vec<Regex>, SetError> {
 }
 
 impl LineSet {
-    pub fn parse(toml_text: &str) -> Result<Self, SetError> {
+    pub(crate) fn parse(toml_text: &str) -> Result<Self, SetError> {
         let f: SetFile = toml::from_str(toml_text).map_err(|e| SetError(e.to_string()))?;
         let mut seen = std::collections::HashSet::new();
         let mut lines = Vec::with_capacity(f.line.len());
@@ -163,12 +163,12 @@ impl LineSet {
     }
 
     /// The set that ships with callbox.
-    pub fn builtin() -> Self {
+    pub(crate) fn builtin() -> Self {
         Self::parse(PHONE_LINES).expect("the built-in set is checked by a test")
     }
 
     /// Whether `reply` (what the caller heard) passes `line`'s checks.
-    pub fn check(&self, line: &Line, reply: &str) -> Verdict {
+    pub(crate) fn check(&self, line: &Line, reply: &str) -> Verdict {
         let mut failures = Vec::new();
         let said = spoken(reply);
         let words = said.split_whitespace().count();
@@ -200,17 +200,17 @@ impl LineSet {
 
 /// The outcome of one line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Verdict {
-    pub passed: bool,
+pub(crate) struct Verdict {
+    pub(crate) passed: bool,
     /// Why it failed, one entry per check.
-    pub failures: Vec<String>,
+    pub(crate) failures: Vec<String>,
     /// The reply's length as spoken (numbers read out).
-    pub spoken_secs: f64,
+    pub(crate) spoken_secs: f64,
 }
 
 /// What the caller hears of a generated reply: as in a call, a sentence the
 /// token limit cut off is not spoken unless it is all there is.
-pub fn heard(text: &str, finished: bool) -> String {
+pub(crate) fn heard(text: &str, finished: bool) -> String {
     let mut agg = SentenceAggregator::new();
     let mut pieces = agg.push(text);
     if finished || pieces.is_empty() {
@@ -220,7 +220,7 @@ pub fn heard(text: &str, finished: bool) -> String {
 }
 
 /// Passed and total lines per category, in category order.
-pub fn scores<'a>(
+pub(crate) fn scores<'a>(
     results: impl IntoIterator<Item = (Category, &'a Verdict)>,
 ) -> BTreeMap<Category, (usize, usize)> {
     let mut by: BTreeMap<Category, (usize, usize)> = BTreeMap::new();

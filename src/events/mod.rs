@@ -25,7 +25,7 @@ pub enum Direction {
 
 impl Direction {
     /// As serialised: for metric labels and span attributes.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
@@ -52,7 +52,7 @@ pub enum TurnKind {
 
 impl TurnKind {
     /// As serialised: for span attributes.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TurnKind::Greeting => "greeting",
             TurnKind::Turn => "turn",
@@ -96,7 +96,7 @@ impl From<EndedBy> for &'static str {
 
 impl EndedBy {
     /// As serialised: for logs and span attributes.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndedBy::Stop => "stop",
             EndedBy::TransportClosed => "transport closed",
@@ -241,14 +241,14 @@ pub enum EventKind {
 pub struct Event {
     pub call_sid: Arc<str>,
     /// Since the start of the call.
-    pub at_ms: f64,
+    pub(crate) at_ms: f64,
     #[serde(flatten)]
     pub kind: EventKind,
 }
 
 /// `s` with everything but ASCII letters, digits, `-` and `_` replaced, for
 /// file names made from call ids.
-pub fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

@@ -25,16 +25,16 @@ pub struct TurnRecord {
     /// End of speech → transcript.
     pub stt_ms: Option<f64>,
     pub smart_turn_ms: Option<f64>,
-    pub smart_turn_inference_ms: Option<f64>,
+    pub(crate) smart_turn_inference_ms: Option<f64>,
     /// Of the last verdict, when Smart Turn was asked again as the silence
     /// grew.
-    pub smart_turn_probability: Option<f32>,
+    pub(crate) smart_turn_probability: Option<f32>,
     /// How many times Smart Turn was asked about this turn.
     #[serde(default)]
-    pub smart_turn_scores: usize,
+    pub(crate) smart_turn_scores: usize,
     /// What ended the caller's turn (caller turns only).
     #[serde(default)]
-    pub turn_end: Option<TurnEnd>,
+    pub(crate) turn_end: Option<TurnEnd>,
     pub llm_ttfb_ms: Option<f64>,
     /// The owner's tool the reply used.
     #[serde(default)]
@@ -43,18 +43,18 @@ pub struct TurnRecord {
     pub prompt_tokens: usize,
     pub prefilled_tokens: usize,
     pub completion_tokens: usize,
-    pub tts_characters: usize,
+    pub(crate) tts_characters: usize,
     /// Anchors in ms from the call's start, to place the stages on a
     /// timeline (traces, spans): the LLM request (a draft's start for
     /// drafts), Piper's first audio, the first frame written.
-    pub reply_started_at_ms: f64,
-    pub first_audio_at_ms: Option<f64>,
-    pub first_frame_at_ms: Option<f64>,
+    pub(crate) reply_started_at_ms: f64,
+    pub(crate) first_audio_at_ms: Option<f64>,
+    pub(crate) first_frame_at_ms: Option<f64>,
 }
 
 impl TurnRecord {
     /// A record for a reply that has only just been asked for.
-    pub fn new(index: usize, kind: TurnKind, user_text: String, started_at_ms: f64) -> Self {
+    pub(crate) fn new(index: usize, kind: TurnKind, user_text: String, started_at_ms: f64) -> Self {
         Self {
             index,
             kind,
@@ -93,9 +93,9 @@ pub struct ToolRecord {
     pub outcome: String,
     /// What the endpoint answered (cut at 2,000 characters), or why it
     /// failed.
-    pub result: Option<String>,
+    pub(crate) result: Option<String>,
     /// From the request to its answer (or to giving up).
-    pub ms: f64,
+    pub(crate) ms: f64,
 }
 
 /// What ended a caller's turn: the rule that let the bot answer.
@@ -114,7 +114,7 @@ pub enum TurnEnd {
 
 impl TurnEnd {
     /// As serialised: for metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TurnEnd::SmartTurn => "smart_turn",
             TurnEnd::Words => "words",
@@ -132,7 +132,7 @@ pub struct Interruption {
     /// The caller was not interrupting but going on with the turn the reply
     /// answered (speech again within `call.turn_timeout_secs` of its end):
     /// the bot spoke too early.
-    pub cut_off: bool,
+    pub(crate) cut_off: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,7 +142,7 @@ pub struct CallSummary {
     pub history: Vec<ChatMessage>,
     pub turns: Vec<TurnRecord>,
     pub interruptions: Vec<Interruption>,
-    pub echo_segments_ignored: usize,
+    pub(crate) echo_segments_ignored: usize,
     /// Draft replies dropped unheard because the caller went on.
     pub drafts_discarded: usize,
     /// Speech over the bot that was only "uh-huh", "yeah", "okay": the bot
@@ -161,7 +161,7 @@ pub struct CallSummary {
 
 impl CallSummary {
     /// The summary of a call that could not start.
-    pub fn failed(info: CallInfo, error: String) -> Self {
+    pub(crate) fn failed(info: CallInfo, error: String) -> Self {
         Self {
             info,
             duration_secs: 0.0,

@@ -46,7 +46,7 @@ impl Redact {
     }
 
     /// A phone number or another identifier the caller is known by.
-    pub fn number<'a>(self, s: &'a str) -> Cow<'a, str> {
+    pub(crate) fn number<'a>(self, s: &'a str) -> Cow<'a, str> {
         match self {
             Redact::Off => Cow::Borrowed(s),
             Redact::Digits | Redact::Text => mask_digits(s),
@@ -55,7 +55,7 @@ impl Redact {
 
     /// `event` as observers may see it; `None` when it needs no change (so
     /// that an unredacted bus copies nothing).
-    pub fn event(self, event: &Event) -> Option<Event> {
+    pub(crate) fn event(self, event: &Event) -> Option<Event> {
         if self == Redact::Off {
             return None;
         }
@@ -109,7 +109,7 @@ impl Redact {
     }
 
     /// A finished call as observers and `/calls` may see it.
-    pub fn summary(self, s: &CallSummary) -> CallSummary {
+    pub(crate) fn summary(self, s: &CallSummary) -> CallSummary {
         let mut s = s.clone();
         if self == Redact::Off {
             return s;

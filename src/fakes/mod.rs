@@ -15,12 +15,12 @@ use std::time::Duration;
 use crate::engines::Stt;
 
 /// What a fake provider sends, piece by piece; an `Err` cuts the connection.
-pub type Pieces =
+pub(crate) type Pieces =
     tokio::sync::mpsc::Receiver<std::result::Result<axum::body::Bytes, std::io::Error>>;
 
 /// A response whose body streams `pieces` as a provider does, so that a
 /// client reading it sees each piece when it is sent.
-pub fn streamed(content_type: &str, pieces: Pieces) -> axum::response::Response {
+pub(crate) fn streamed(content_type: &str, pieces: Pieces) -> axum::response::Response {
     let stream = futures::stream::unfold(pieces, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -39,18 +39,18 @@ pub fn streamed(content_type: &str, pieces: Pieces) -> axum::response::Response 
 /// The providers' answer times, each from the request to its first result,
 /// and the network's round trip on top.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// `Finalize` → final transcript.
     pub stt_ms: u64,
     /// Request → first token.
-    pub llm_ms: u64,
+    pub(crate) llm_ms: u64,
     /// Between tokens.
-    pub llm_token_ms: u64,
+    pub(crate) llm_token_ms: u64,
     /// Request → first byte of audio.
-    pub tts_ms: u64,
+    pub(crate) tts_ms: u64,
     /// Added to each of the above: a hop to the provider and back that
     /// the figures above do not hold already.
-    pub network_ms: u64,
+    pub(crate) network_ms: u64,
 }
 
 impl Latency {
@@ -62,7 +62,7 @@ impl Latency {
     /// them: no network time is added. (It once was, 40 ms a hop, and the
     /// Pipecat peer's calibration showed every stage 40–50 ms above the
     /// seed's table; README, "Against the Pipecat bot".)
-    pub fn api_stack() -> Self {
+    pub(crate) fn api_stack() -> Self {
         Self {
             stt_ms: 195,
             llm_ms: 268,
@@ -74,21 +74,21 @@ impl Latency {
 }
 
 /// The LLM's reply when none is given: two sentences of a phone answer.
-pub const REPLY: &str = "That's a great question! The short answer is that light \
+pub(crate) const REPLY: &str = "That's a great question! The short answer is that light \
     bounces around in the air, and blue light bounces the most. What else would you like to know?";
 
 /// The API stack's three providers, faked.
-pub struct ApiStack {
+pub(crate) struct ApiStack {
     pub llm: Arc<openai::FakeOpenAi>,
     pub deepgram: Arc<deepgram::FakeDeepgram>,
-    pub latency: Latency,
+    pub(crate) latency: Latency,
 }
 
 impl ApiStack {
     /// Both fakes on `host` (ports chosen by the system when 0). `ears`
     /// recognises the caller on the listen socket; replies are `reply`,
     /// spoken by `voice`.
-    pub async fn start(
+    pub(crate) async fn start(
         host: &str,
         ports: (u16, u16),
         latency: Latency,
@@ -133,7 +133,7 @@ impl ApiStack {
 
     /// The environment that points a server's API backends at these fakes
     /// (whichever backends its configuration chooses), keys included.
-    pub fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         [
             ("GROQ_API_KEY", openai::API_KEY.to_string()),
             ("DEEPGRAM_API_KEY", deepgram::API_KEY.to_string()),
@@ -147,7 +147,7 @@ impl ApiStack {
     }
 
     /// The configuration a server needs to use these fakes, as TOML.
-    pub fn toml(&self) -> String {
+    pub(crate) fn toml(&self) -> String {
         format!(
             "# The API stack, faked locally. Keys: GROQ_API_KEY={} DEEPGRAM_API_KEY={}\n\
              [stt]\nbackend = \"deepgram\"\n[stt.deepgram]\nbase_url = \"{}\"\n\n\

@@ -62,7 +62,7 @@ impl Default for Behaviour {
 }
 
 pub struct FakeOpenAi {
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     behaviour: Mutex<Behaviour>,
     /// Each request's JSON body and whether it carried our key.
     requests: Mutex<Vec<(Value, bool)>>,

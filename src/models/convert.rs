@@ -17,21 +17,26 @@ use serde_json::json;
 use crate::error::{Error, Result};
 
 /// What a converted model directory holds.
-pub const WHISPER_OUTPUTS: [&str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
+pub(crate) const WHISPER_OUTPUTS: [&str; 3] =
+    ["model.safetensors", "config.json", "tokenizer.json"];
 
 /// One variable of a CTranslate2 model.
 #[derive(Debug, Clone)]
-pub struct Ct2Var {
-    pub dims: Vec<usize>,
+pub(crate) struct Ct2Var {
+    pub(crate) dims: Vec<usize>,
     /// CTranslate2 type id: 0=f32 1=i8 2=i16 3=i32 4=f16 5=bf16.
-    pub type_id: u8,
-    pub data: Vec<u8>,
+    pub(crate) type_id: u8,
+    pub(crate) data: Vec<u8>,
 }
 
-pub struct Ct2Model {
-    pub spec: String,
-    pub vars: HashMap<String, Ct2Var>,
-    pub aliases: HashMap<String, String>,
+pub(crate) struct Ct2Model {
+    pub(crate) spec: String,
+    pub(crate) vars: HashMap<String, Ct2Var>,
+    /// Names that stand for another variable (Whisper's tied output
+    /// projection). Only the tests read them: the converter ties that
+    /// weight itself.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) aliases: HashMap<String, String>,
 }
 
 fn read_u8(r: &mut impl Read) -> std::io::Result<u8> {
@@ -73,7 +78,7 @@ fn float_dtype(id: u8) -> Option<DType> {
 }
 
 impl Ct2Model {
-    pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
         let mut r = Cursor::new(bytes);
         let io = |e: std::io::Error| format!("truncated model.bin: {e}");
         let version = read_u32(&mut r).map_err(io)?;
@@ -179,7 +184,7 @@ fn model_bytes(bin: &Path) -> Result<Vec<u8>> {
 
 /// Converts the CTranslate2 directory `src` (model.bin, config.json,
 /// tokenizer.json) into `dst`.
-pub fn convert_whisper(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn convert_whisper(src: &Path, dst: &Path) -> Result<()> {
     let bin = src.join("model.bin");
     let bytes = model_bytes(&bin)?;
     let model = Ct2Model::parse(&bytes)
@@ -222,7 +227,7 @@ pub fn convert_whisper(src: &Path, dst: &Path) -> Result<()> {
 
 /// Renames and splits every weight; returns the tensors and the
 /// Hugging Face style `config.json` derived from their shapes.
-pub fn map_whisper(
+pub(crate) fn map_whisper(
     m: &Ct2Model,
 ) -> std::result::Result<(HashMap<String, Tensor>, serde_json::Value), String> {
     let mut out = HashMap::new();

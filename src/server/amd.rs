@@ -22,7 +22,7 @@ const EARLY: usize = 256;
 
 /// Twilio's `AnsweredBy` values, as metric labels; anything else is
 /// `other`.
-pub fn label(answered_by: &str) -> &'static str {
+pub(crate) fn label(answered_by: &str) -> &'static str {
     match answered_by {
         "human" => "human",
         "machine_start" => "machine_start",
@@ -37,7 +37,7 @@ pub fn label(answered_by: &str) -> &'static str {
 
 /// Where a verdict goes: the live calls of this process by SID.
 #[derive(Default)]
-pub struct Verdicts {
+pub(crate) struct Verdicts {
     inner: Mutex<Inner>,
 }
 
@@ -53,7 +53,11 @@ impl Verdicts {
     }
 
     /// A call's stream started here: its verdict, if one came first.
-    pub fn attach(&self, call_sid: &str, inputs: mpsc::Sender<CallInput>) -> Option<&'static str> {
+    pub(crate) fn attach(
+        &self,
+        call_sid: &str,
+        inputs: mpsc::Sender<CallInput>,
+    ) -> Option<&'static str> {
         let mut g = self.lock();
         g.live.insert(call_sid.to_string(), inputs);
         let at = g.early.iter().position(|(sid, _)| sid == call_sid)?;
@@ -63,7 +67,7 @@ impl Verdicts {
     /// The stream of `inputs` ended. A call redirected to a new stream has
     /// two under one SID for a moment, and the old one may close after the
     /// new one attached: only its own entry goes.
-    pub fn detach(&self, call_sid: &str, inputs: &mpsc::Sender<CallInput>) {
+    pub(crate) fn detach(&self, call_sid: &str, inputs: &mpsc::Sender<CallInput>) {
         let mut g = self.lock();
         if g.live
             .get(call_sid)
@@ -75,7 +79,7 @@ impl Verdicts {
 
     /// Hands `verdict` to the call's session when it runs here, else keeps
     /// it for a stream still to come.
-    pub fn deliver(&self, call_sid: &str, verdict: &'static str) {
+    pub(crate) fn deliver(&self, call_sid: &str, verdict: &'static str) {
         let mut g = self.lock();
         if let Some(tx) = g.live.get(call_sid) {
             // Never waited on: a call too busy to take it loses a label.

@@ -31,7 +31,7 @@ fn bearer_ok(headers: &HeaderMap, expected: &str) -> bool {
 }
 
 /// A JSON error body, as the owner's API answers.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let message = message.into();
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
@@ -39,7 +39,7 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// `None` when the request carries the owner's token; else the answer to
 /// send: 401 with a challenge, or 503 when no token is configured (then
 /// nobody may, and the message says how to open it).
-pub fn unless_owner(app: &AppState, headers: &HeaderMap, what: &str) -> Option<Response> {
+pub(crate) fn unless_owner(app: &AppState, headers: &HeaderMap, what: &str) -> Option<Response> {
     let Some(expected) = app.cfg.server.api_token() else {
         return Some(error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -48,9 +48,9 @@ use crate::session::output::Wire;
 use crate::session::CallInput;
 
 /// What the page's microphone sends.
-pub const BROWSER_RATE: u32 = 16_000;
+pub(crate) const BROWSER_RATE: u32 = 16_000;
 /// The longest piece of audio one message may carry.
-pub const MAX_CHUNK_SECS: f32 = 1.0;
+pub(crate) const MAX_CHUNK_SECS: f32 = 1.0;
 /// One phone frame: 20 ms at 8 kHz.
 const FRAME: usize = 160;
 /// Marks a call's parameters as a browser call (for the downloads).
@@ -62,11 +62,11 @@ const WRITE_STALL: Duration = Duration::from_secs(10);
 const LAST_EVENTS: Duration = Duration::from_secs(2);
 
 /// Whether a call came through this transport.
-pub fn is_browser_call(info: &CallInfo) -> bool {
+pub(crate) fn is_browser_call(info: &CallInfo) -> bool {
     info.params.get(TRANSPORT.0).map(String::as_str) == Some(TRANSPORT.1)
 }
 
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<Arc<AppState>>,
     ext: Extensions,

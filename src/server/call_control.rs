@@ -22,7 +22,7 @@ fn failed(app: &AppState, op: &str, call_sid: &str, e: &RestError) {
 /// Starts Twilio's recording of the call (caller and bot on separate
 /// channels), if REST credentials are configured and recording is on.
 /// Runs concurrently with the greeting, so the caller never waits for it.
-pub async fn record(app: &AppState, call_sid: &str) {
+pub(crate) async fn record(app: &AppState, call_sid: &str) {
     let Some(rest) = app.twilio.as_ref().filter(|_| app.cfg.twilio.record_calls) else {
         return;
     };
@@ -37,7 +37,7 @@ pub async fn record(app: &AppState, call_sid: &str) {
 
 /// Ends the call on Twilio's side once the session is over (whoever ended
 /// it), so a bot that stops talking never leaves a silent line open.
-pub async fn hang_up(app: &AppState, call_sid: &str) {
+pub(crate) async fn hang_up(app: &AppState, call_sid: &str) {
     let Some(rest) = app.twilio.as_ref() else {
         return;
     };
@@ -59,7 +59,7 @@ pub async fn hang_up(app: &AppState, call_sid: &str) {
 /// the number, which also ends our stream. When Twilio refuses, the call is
 /// hung up instead: the caller was told they would be put through, but a
 /// silent open line is worse.
-pub async fn transfer(app: &AppState, call_sid: &str, to: &str) {
+pub(crate) async fn transfer(app: &AppState, call_sid: &str, to: &str) {
     let Some(rest) = app.twilio.as_ref() else {
         tracing::error!(
             call = call_sid,

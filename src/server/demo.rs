@@ -56,7 +56,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// trace on its own thread just after the call ends.
 const TRACE_WAIT: Duration = Duration::from_secs(5);
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/demo", get(page))
         .route("/demo/ws", get(browser_ws::upgrade))
@@ -118,7 +118,12 @@ fn same_origin(app: &AppState, headers: &HeaderMap, origin: &str) -> bool {
 /// loopback `Host`, no proxy's headers, and no other site's `Origin`.
 /// `websocket`: the request opens a call, so its `Origin` must be ours in
 /// every mode (browsers always send one on a websocket).
-pub fn allowed(app: &AppState, ext: &Extensions, headers: &HeaderMap, websocket: bool) -> bool {
+pub(crate) fn allowed(
+    app: &AppState,
+    ext: &Extensions,
+    headers: &HeaderMap,
+    websocket: bool,
+) -> bool {
     let origin = header(headers, "origin");
     if origin.is_some_and(|o| !same_origin(app, headers, o)) || (websocket && origin.is_none()) {
         return false;

@@ -24,7 +24,7 @@ use crate::persona::VARIABLE_PREFIX;
 use crate::twilio::rest::{is_e164, RestError, TwilioRest};
 
 /// Twilio's final statuses of a call: its line is free again.
-pub const ENDED: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
+pub(crate) const ENDED: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
 
 /// How long a placed call may hold its line without streaming or a final
 /// status: Twilio rings for 60 s unless told otherwise, and a status
@@ -36,7 +36,7 @@ const HOLD: Duration = Duration::from_secs(90);
 /// the call streams (the line becomes the call's) or ends unanswered. A
 /// burst of dial-outs thus places no more calls than there are lines.
 #[derive(Default)]
-pub struct Reservations(Mutex<HashMap<String, (Slot, Instant)>>);
+pub(crate) struct Reservations(Mutex<HashMap<String, (Slot, Instant)>>);
 
 /// A placed call's entry, kept at most [`HOLD`].
 enum Slot {
@@ -74,12 +74,12 @@ impl Reservations {
     }
 
     /// Whether a line is held for `call_sid`.
-    pub fn holds(&self, call_sid: &str) -> bool {
+    pub(crate) fn holds(&self, call_sid: &str) -> bool {
         matches!(self.lock().get(call_sid), Some((Slot::Held(_), _)))
     }
 
     /// The line held for `call_sid`, now the call's own.
-    pub fn take(&self, call_sid: &str) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn take(&self, call_sid: &str) -> Option<OwnedSemaphorePermit> {
         let mut m = self.lock();
         match m.remove(call_sid)? {
             (Slot::Held(line), _) => Some(line),
@@ -92,7 +92,7 @@ impl Reservations {
 
     /// Frees the line of a call that ended without streaming (or, if its
     /// line is not stored yet, sees that it never is).
-    pub fn release(&self, call_sid: &str) {
+    pub(crate) fn release(&self, call_sid: &str) {
         self.lock()
             .insert(call_sid.to_string(), (Slot::Ended, Instant::now()));
     }
@@ -101,7 +101,7 @@ impl Reservations {
 /// The E.164 country calling code `number` starts with (`+1`, `+44`,
 /// `+353`): ITU's plan, in which 1 and 7 stand alone, these two-digit codes
 /// are assigned, and every other code has three digits.
-pub fn country_code(number: &str) -> Option<&str> {
+pub(crate) fn country_code(number: &str) -> Option<&str> {
     const TWO: [&str; 43] = [
         "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
         "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
@@ -124,7 +124,7 @@ fn allowed_destination(cfg: &Config, to: &str, from: &str) -> Result<(), String>
     let prefixes: Vec<String> = match &cfg.twilio.dialout_prefixes {
         Some(p) => p.clone(),
         None => {
-            let home = cfg.twilio.from_number().unwrap_or_else(|| from.to_string());
+            let home = cfg.twilio.caller_id().unwrap_or_else(|| from.to_string());
             country_code(&home)
                 .map(str::to_string)
                 .into_iter()
@@ -146,32 +146,32 @@ fn allowed_destination(cfg: &Config, to: &str, from: &str) -> Result<(), String>
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DialRequest {
-    pub to_number: Option<String>,
-    pub from_number: Option<String>,
+pub(crate) struct DialRequest {
+    pub(crate) to_number: Option<String>,
+    pub(crate) from_number: Option<String>,
     /// Values for the persona's `{{name}}` placeholders, for this call.
     #[serde(default)]
-    pub variables: BTreeMap<String, String>,
+    pub(crate) variables: BTreeMap<String, String>,
     /// One of `personas.named`, instead of the outbound persona.
     #[serde(default)]
-    pub persona: Option<String>,
+    pub(crate) persona: Option<String>,
     /// Answering-machine detection for this call (else
     /// `twilio.machine_detection`).
     #[serde(default)]
-    pub machine_detection: Option<bool>,
+    pub(crate) machine_detection: Option<bool>,
 }
 
 /// Variables one call may carry, and the longest value: they ride in the
 /// TwiML URL Twilio fetches (at most 4,000 characters) and on to the
 /// stream's parameters.
-pub const MAX_VARIABLES: usize = 16;
-pub const MAX_VALUE_CHARS: usize = 200;
+pub(crate) const MAX_VARIABLES: usize = 16;
+pub(crate) const MAX_VALUE_CHARS: usize = 200;
 
 /// A dial-out's context, checked: the named persona exists, the variables
 /// are few, named and short, and together with the call's own values they
 /// fill every placeholder of the persona (a missing one is the caller's
 /// 400, not a blank in the greeting). The result is the `/twiml` query.
-pub fn context(cfg: &Config, req: &DialRequest) -> Result<Vec<(String, String)>, DialError> {
+pub(crate) fn context(cfg: &Config, req: &DialRequest) -> Result<Vec<(String, String)>, DialError> {
     let bad = |m: String| Err(DialError::BadRequest(m));
     let persona = match &req.persona {
         None => &cfg.personas.outbound,
@@ -235,14 +235,14 @@ pub fn context(cfg: &Config, req: &DialRequest) -> Result<Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Dialed {
+pub(crate) struct Dialed {
     pub call_sid: String,
-    pub status: String,
-    pub to_number: String,
+    pub(crate) status: String,
+    pub(crate) to_number: String,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DialError {
+pub(crate) enum DialError {
     #[error("{0}")]
     BadRequest(String),
     /// A destination the configuration does not allow.
@@ -260,7 +260,7 @@ pub enum DialError {
 /// Places a call that Twilio connects back to the server at `base_url`
 /// (its public `https://` URL): the TwiML webhook and status callbacks.
 /// Shared by the route and `callbox dial`.
-pub async fn dial(
+pub(crate) async fn dial(
     cfg: &Config,
     rest: Option<&TwilioRest>,
     req: &DialRequest,
@@ -307,7 +307,7 @@ pub async fn dial(
 
 /// The numbers to dial to and from, checked: a malformed request is refused
 /// before Twilio is asked (and charged) anything.
-pub fn numbers(cfg: &Config, req: &DialRequest) -> Result<(String, String), DialError> {
+pub(crate) fn numbers(cfg: &Config, req: &DialRequest) -> Result<(String, String), DialError> {
     let to = req
         .to_number
         .as_deref()
@@ -320,7 +320,7 @@ pub fn numbers(cfg: &Config, req: &DialRequest) -> Result<(String, String), Dial
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .map(str::to_string)
-        .or_else(|| cfg.twilio.from_number())
+        .or_else(|| cfg.twilio.caller_id())
         .ok_or_else(|| {
             DialError::BadRequest(
                 "from_number is required (or configure twilio.from_number / TWILIO_PHONE_NUMBER)"

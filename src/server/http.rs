@@ -33,7 +33,7 @@ const GRACE: Duration = Duration::from_secs(3);
 
 /// Serves `router` on `listener` until `stop` resolves, then shuts down
 /// within [`GRACE`].
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,

@@ -12,20 +12,20 @@ use std::time::{Duration, Instant};
 /// them is authenticated, so each address, and everyone together, may hold
 /// only so many. Twilio sends `start` within milliseconds; a socket that
 /// does not is closed at the deadline (see `media_ws`).
-pub struct PendingStreams {
+pub(crate) struct PendingStreams {
     max: usize,
     per_address: usize,
     held: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One pending socket's place; given back when dropped.
-pub struct Pending {
+pub(crate) struct Pending {
     streams: Arc<PendingStreams>,
     addr: IpAddr,
 }
 
 impl PendingStreams {
-    pub fn new(max: usize, per_address: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize, per_address: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
             per_address,
@@ -34,7 +34,7 @@ impl PendingStreams {
     }
 
     /// A place for a socket from `addr`, if both limits allow it.
-    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<Pending> {
+    pub(crate) fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<Pending> {
         let addr = client_key(addr);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = held.values().sum();
@@ -50,7 +50,8 @@ impl PendingStreams {
     }
 
     /// Sockets waiting now, in all.
-    pub fn count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.values().sum()
     }
@@ -59,7 +60,7 @@ impl PendingStreams {
 /// What one client is counted as: an IPv4 address (also when it arrives
 /// IPv4-mapped on a dual-stack socket), or an IPv6 /64 — one host is
 /// routinely given a whole /64, so its single addresses mean nothing.
-pub fn client_key(addr: IpAddr) -> IpAddr {
+pub(crate) fn client_key(addr: IpAddr) -> IpAddr {
     match addr.to_canonical() {
         IpAddr::V6(v6) => {
             let mut s = v6.segments();
@@ -85,7 +86,7 @@ impl Drop for Pending {
 /// At most `per_window` events per `window`, server-wide: a flood of
 /// malformed messages (from any number of sockets) costs the log a few
 /// lines a second, and what was skipped is counted in the next line.
-pub struct LogBudget {
+pub(crate) struct LogBudget {
     per_window: u32,
     window: Duration,
     /// The current window's start (none before the first event), lines
@@ -94,10 +95,10 @@ pub struct LogBudget {
 }
 
 /// Longest piece of a client's message quoted in the log.
-pub const QUOTED_CHARS: usize = 120;
+pub(crate) const QUOTED_CHARS: usize = 120;
 
 impl LogBudget {
-    pub fn new(per_window: u32, window: Duration) -> Self {
+    pub(crate) fn new(per_window: u32, window: Duration) -> Self {
         Self {
             per_window,
             window,
@@ -106,7 +107,7 @@ impl LogBudget {
     }
 
     /// `Some(skipped since the last line)` when a line may be written now.
-    pub fn take(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn take(&self, now: Instant) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (start, used, skipped) = &mut *s;
         if start.is_none_or(|t| now.saturating_duration_since(t) >= self.window) {
@@ -124,7 +125,7 @@ impl LogBudget {
 }
 
 /// `text` cut to [`QUOTED_CHARS`] characters, for quoting a client.
-pub fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     match text.char_indices().nth(QUOTED_CHARS) {
         Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
         None => text.to_string(),
@@ -133,13 +134,13 @@ pub fn quoted(text: &str) -> String {
 
 /// A sliding window of the last minute's uses, per key: a stolen or
 /// scripted owner token places at most `per_minute` calls a minute.
-pub struct PerMinute {
+pub(crate) struct PerMinute {
     per_minute: usize,
     uses: Mutex<HashMap<String, Vec<Instant>>>,
 }
 
 impl PerMinute {
-    pub fn new(per_minute: u32) -> Self {
+    pub(crate) fn new(per_minute: u32) -> Self {
         Self {
             per_minute: per_minute as usize,
             uses: Mutex::new(HashMap::new()),
@@ -148,7 +149,7 @@ impl PerMinute {
 
     /// Counts a use by `key` at `now` if the minute allows one; else how
     /// long until it does.
-    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
         const MINUTE: Duration = Duration::from_secs(60);
         let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
         let mine = uses.entry(key.to_string()).or_default();

@@ -14,9 +14,9 @@ use crate::observe::Publisher;
 use crate::session::output::Wire;
 use crate::session::{CallInput, Session};
 
-pub struct Line {
+pub(crate) struct Line {
     /// What the transport delivers to the call.
-    pub inputs: mpsc::Sender<CallInput>,
+    pub(crate) inputs: mpsc::Sender<CallInput>,
     call_sid: String,
     session: JoinHandle<CallSummary>,
     direction: &'static str,
@@ -30,7 +30,7 @@ impl Line {
     /// must send (closed when the session ends). Only a call Twilio can
     /// redirect (`can_transfer`: Twilio's, with REST credentials) is offered
     /// the transfer tool.
-    pub fn open(
+    pub(crate) fn open(
         app: &Arc<AppState>,
         info: CallInfo,
         permit: OwnedSemaphorePermit,
@@ -74,7 +74,7 @@ impl Line {
 
     /// Ends the call (its input is closed) and waits for the session: the
     /// summary is counted, kept for `GET /calls` and returned.
-    pub async fn close(self) -> Option<CallSummary> {
+    pub(crate) async fn close(self) -> Option<CallSummary> {
         let Line {
             inputs,
             call_sid,

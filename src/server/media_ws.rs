@@ -59,7 +59,7 @@ impl Malformed<'_> {
 /// peer that has not taken a frame for this long is gone or broken.
 const WRITE_STALL: Duration = Duration::from_secs(10);
 
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<Arc<AppState>>,
     OriginalUri(uri): OriginalUri,
@@ -325,7 +325,7 @@ async fn write_wire<S>(
 /// carries nothing for it (an empty payload, `connected`, a repeated `start`,
 /// an event we do not know), `Err` when it is malformed — counted and dropped,
 /// never fatal. Kept apart from the socket so that it can be fuzzed.
-pub fn call_input(text: &str) -> Result<Option<CallInput>, String> {
+pub(crate) fn call_input(text: &str) -> Result<Option<CallInput>, String> {
     Ok(match protocol::parse(text).map_err(|e| e.to_string())? {
         Inbound::Media { media } => {
             let bytes = media

@@ -1,19 +1,19 @@
 //! The HTTP side: Twilio's webhooks, the media websocket (`/ws`), the
 //! owner's dial-out, health, Prometheus metrics, and recent calls.
 
-pub mod amd;
-pub mod auth;
-pub mod browser_ws;
-pub mod call_control;
+pub(crate) mod amd;
+pub(crate) mod auth;
+pub(crate) mod browser_ws;
+pub(crate) mod call_control;
 pub mod demo;
-pub mod dialout;
+pub(crate) mod dialout;
 mod http;
-pub mod limits;
-pub mod line;
-pub mod media_ws;
+pub(crate) mod limits;
+pub(crate) mod line;
+pub(crate) mod media_ws;
 mod status;
-pub mod stream_token;
-pub mod webhooks;
+pub(crate) mod stream_token;
+pub(crate) mod webhooks;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -46,7 +46,7 @@ const MALFORMED_LINES_PER_SEC: u32 = 10;
 
 pub struct AppState {
     pub cfg: Arc<Config>,
-    pub engines: Engines,
+    pub(crate) engines: Engines,
     /// The phone lines: one permit per call in progress or placed and not
     /// yet ended ([`dialout::Reservations`]).
     pub calls: Arc<Semaphore>,
@@ -59,8 +59,8 @@ pub struct AppState {
     pub(crate) reservations: Arc<dialout::Reservations>,
     /// Finished calls for `GET /calls`, already redacted as configured.
     pub finished: Mutex<VecDeque<CallSummary>>,
-    pub metrics: Metrics,
-    pub bus: Arc<Bus>,
+    pub(crate) metrics: Metrics,
+    pub(crate) bus: Arc<Bus>,
     /// Twilio's REST API, when credentials are configured.
     pub twilio: Option<TwilioRest>,
     /// Signs and checks the stream tokens of our TwiML.
@@ -80,13 +80,13 @@ pub struct AppState {
     /// Cancelled when the server stops: sockets that are not calls close.
     closing: CancellationToken,
     /// Calls watched live (the browser demo).
-    pub live: LiveFeed,
+    pub(crate) live: LiveFeed,
     /// Answering-machine verdicts, on their way to the calls' sessions.
-    pub verdicts: amd::Verdicts,
+    pub(crate) verdicts: amd::Verdicts,
 }
 
 impl AppState {
-    pub fn new(cfg: Config, engines: Engines) -> Arc<Self> {
+    pub(crate) fn new(cfg: Config, engines: Engines) -> Arc<Self> {
         Self::with_observers(cfg, engines, Vec::new())
     }
 
@@ -104,7 +104,8 @@ impl AppState {
     /// A server that never talks to Twilio's REST API, even with
     /// credentials in the environment: for the offline demo, whose calls
     /// Twilio never heard of.
-    pub fn offline(cfg: Config, engines: Engines) -> Arc<Self> {
+    #[cfg(feature = "testkit")]
+    pub(crate) fn offline(cfg: Config, engines: Engines) -> Arc<Self> {
         Self::build(cfg, engines, Vec::new(), None)
     }
 
@@ -179,16 +180,16 @@ impl AppState {
 
     /// Resolves when the server stops serving: what is not a call (a
     /// socket still waiting for `start`) closes then.
-    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+    pub(crate) fn closing(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.closing.cancelled()
     }
 
-    pub fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     /// Resolves when the server ends the calls in progress.
-    pub fn calls_ended(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+    pub(crate) fn calls_ended(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.end_calls.cancelled()
     }
 
@@ -223,7 +224,7 @@ impl AppState {
     /// Calls in progress, phone and demo. Counted apart from the lines: a
     /// line may be held for a call that is still ringing, and a waiting
     /// drain must not make every line look taken.
-    pub fn active_calls(&self) -> usize {
+    pub(crate) fn active_calls(&self) -> usize {
         *self.active.borrow()
     }
 
@@ -308,7 +309,7 @@ impl AppState {
     /// Stops taking calls, lets those in progress go on for
     /// `server.drain_secs`, then ends the rest and waits for them to close
     /// their recordings and traces.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.drain_calls().await;
         let bus = self.bus.clone();
         let flushed = tokio::task::spawn_blocking(move || bus.flush(Duration::from_secs(10)))
@@ -349,7 +350,7 @@ impl AppState {
     }
 
     /// The stream token for the websocket of the call being answered.
-    pub fn issue_token(&self, claims: &stream_token::Claims<'_>) -> String {
+    pub(crate) fn issue_token(&self, claims: &stream_token::Claims<'_>) -> String {
         self.token_key.issue(claims, SystemTime::now())
     }
 
@@ -358,7 +359,7 @@ impl AppState {
     /// served here. The error says why not, for the log.
     /// A call has a second stream when an answering machine took it (the
     /// voicemail's, `leg`).
-    pub fn redeem_token(
+    pub(crate) fn redeem_token(
         &self,
         token: &str,
         claims: &stream_token::Claims<'_>,
@@ -379,7 +380,11 @@ impl AppState {
     /// Why a new call cannot be taken now, if it cannot; a call turned
     /// away is counted and logged. `call_sid` names a call whose line may
     /// already be held for it (one we placed).
-    pub fn turn_away(&self, direction: Direction, call_sid: Option<&str>) -> Option<Refusal> {
+    pub(crate) fn turn_away(
+        &self,
+        direction: Direction,
+        call_sid: Option<&str>,
+    ) -> Option<Refusal> {
         let held = call_sid.is_some_and(|sid| self.reservations.holds(sid));
         let refusal = if self.draining() {
             Refusal::Draining
@@ -403,7 +408,7 @@ impl AppState {
     /// Keeps a finished call for `GET /calls`, redacted as configured and
     /// without the persona: what is kept is what may be shown. (The owner
     /// knows the persona, and it is the one thing a prompt thief wants.)
-    pub fn record(&self, s: CallSummary) {
+    pub(crate) fn record(&self, s: CallSummary) {
         let mut s = self.cfg.observe.redact.summary(&s);
         s.history.retain(|m| m.role != crate::engines::Role::System);
         let mut f = self.finished.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,7 +444,7 @@ pub(crate) fn release_idle_memory() {
 
 /// Why a new call is turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Every line is taken (`server.max_calls`).
     Busy,
     /// The server is shutting down.
@@ -448,7 +453,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// For logs and the dial-out API.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refusal::Busy => "all lines are busy; try again later",
             Refusal::Draining => "the server is shutting down; try another instance or later",
@@ -456,7 +461,7 @@ impl Refusal {
     }
 
     /// What a caller hears before the line hangs up.
-    pub fn spoken(self) -> &'static str {
+    pub(crate) fn spoken(self) -> &'static str {
         match self {
             Refusal::Busy => "Sorry, all our lines are busy. Please call again in a few minutes.",
             Refusal::Draining => {
@@ -466,7 +471,7 @@ impl Refusal {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.server.max_message_bytes;
     Router::new()
         .route("/", post(webhooks::incoming_call))
@@ -522,7 +527,7 @@ pub async fn serve(
 /// refusal and a load balancer sees "draining" rather than a dead port.
 /// Once the calls are over it returns within a few seconds, whatever
 /// idle or half-sent connections are still open.
-pub async fn serve_until(
+pub(crate) async fn serve_until(
     state: Arc<AppState>,
     bind: &str,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
@@ -568,7 +573,7 @@ pub async fn serve_until(
 
 /// Resolves on the first SIGTERM (what Docker, Kubernetes and Modal send)
 /// or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

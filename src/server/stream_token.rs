@@ -24,7 +24,7 @@ use crate::events::Direction;
 
 /// How long a token stays good: Twilio opens the websocket within seconds
 /// of reading the TwiML.
-pub const TTL: Duration = Duration::from_secs(120);
+pub(crate) const TTL: Duration = Duration::from_secs(120);
 
 /// What the key is derived under, so that the same secret used elsewhere
 /// (the auth token signs Twilio's webhooks) yields an unrelated key here.
@@ -32,7 +32,7 @@ const KEY_LABEL: &[u8] = b"callbox stream token v1";
 
 /// Whether `sid` is a Twilio call SID: `CA` and 32 lowercase hex digits.
 /// Only such a SID goes into a REST URL or a file name.
-pub fn is_call_sid(sid: &str) -> bool {
+pub(crate) fn is_call_sid(sid: &str) -> bool {
     sid.len() == 34
         && sid.starts_with("CA")
         && sid[2..]
@@ -42,13 +42,13 @@ pub fn is_call_sid(sid: &str) -> bool {
 
 /// The key that signs and checks tokens.
 #[derive(Clone)]
-pub struct TokenKey([u8; 32]);
+pub(crate) struct TokenKey([u8; 32]);
 
 impl TokenKey {
     /// From the configured secret (a stream secret, else Twilio's auth
     /// token); without one, a key of this process alone — enough when
     /// nothing checks tokens (signature validation off).
-    pub fn new(secret: Option<&str>) -> Self {
+    pub(crate) fn new(secret: Option<&str>) -> Self {
         let secret = match secret {
             Some(s) => s.as_bytes().to_vec(),
             None => rand::random::<[u8; 32]>().to_vec(),
@@ -75,7 +75,7 @@ impl TokenKey {
 
     /// A tag of `data` under this key for `purpose` (hex, 128 bits): a
     /// secret derived from a name, with nothing to store.
-    pub fn tag(&self, purpose: &str, data: &str) -> String {
+    pub(crate) fn tag(&self, purpose: &str, data: &str) -> String {
         let mut mac = <Hmac<Sha256>>::new_from_slice(&self.0).expect("HMAC takes any key");
         mac.update(&(purpose.len() as u64).to_be_bytes());
         mac.update(purpose.as_bytes());
@@ -84,7 +84,7 @@ impl TokenKey {
     }
 
     /// A token for `claims`, good until `now` + [`TTL`].
-    pub fn issue(&self, claims: &Claims<'_>, now: SystemTime) -> String {
+    pub(crate) fn issue(&self, claims: &Claims<'_>, now: SystemTime) -> String {
         let expires = unix_secs(now) + TTL.as_secs();
         let tag = self.mac(claims, expires).finalize().into_bytes();
         format!("{expires}.{}", hex::encode(tag))
@@ -92,7 +92,7 @@ impl TokenKey {
 
     /// Whether `token` was issued for `claims` and is still good at `now`;
     /// the error says why not, for the log.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         token: &str,
         claims: &Claims<'_>,
@@ -114,7 +114,7 @@ impl TokenKey {
 
 /// What a token vouches for.
 #[derive(Debug, Clone, Copy)]
-pub struct Claims<'a> {
+pub(crate) struct Claims<'a> {
     pub call_sid: &'a str,
     pub account_sid: &'a str,
     pub direction: Direction,
@@ -127,11 +127,11 @@ fn unix_secs(t: SystemTime) -> u64 {
 /// The calls whose stream this process has served, until their tokens
 /// expire: a token (or its retried twin) opens one stream per process.
 #[derive(Default)]
-pub struct Redeemed(Mutex<HashMap<String, u64>>);
+pub(crate) struct Redeemed(Mutex<HashMap<String, u64>>);
 
 impl Redeemed {
     /// True the first time `call_sid` is redeemed here before `expires`.
-    pub fn first(&self, call_sid: &str, expires: u64, now: SystemTime) -> bool {
+    pub(crate) fn first(&self, call_sid: &str, expires: u64, now: SystemTime) -> bool {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = unix_secs(now);
         m.retain(|_, e| *e >= now);

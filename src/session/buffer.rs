@@ -7,7 +7,7 @@ use crate::engines::MODEL_RATE;
 const TURN_BUFFER_SECS: usize = 30;
 
 #[derive(Default)]
-pub struct TurnBuffer {
+pub(crate) struct TurnBuffer {
     samples: Vec<f32>,
     /// Stream position of `samples[0]`.
     start: u64,
@@ -18,7 +18,7 @@ pub struct TurnBuffer {
 impl TurnBuffer {
     /// Appends audio that ends at stream position `end`. The buffer keeps
     /// [`TURN_BUFFER_SECS`] and trims a second at a time, not every frame.
-    pub fn push(&mut self, samples: &[f32], end: u64) {
+    pub(crate) fn push(&mut self, samples: &[f32], end: u64) {
         self.samples.extend_from_slice(samples);
         self.position = end;
         self.start = end - self.samples.len() as u64;
@@ -30,19 +30,19 @@ impl TurnBuffer {
         }
     }
 
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.position
     }
 
     /// The audio between two stream positions, as much of it as is kept.
-    pub fn slice(&self, from: u64, to: u64) -> &[f32] {
+    pub(crate) fn slice(&self, from: u64, to: u64) -> &[f32] {
         let a = from.saturating_sub(self.start) as usize;
         let b = (to.saturating_sub(self.start) as usize).min(self.samples.len());
         &self.samples[a.min(b)..b]
     }
 
     /// [`Self::slice`], owned: for work on another thread.
-    pub fn between(&self, from: u64, to: u64) -> Vec<f32> {
+    pub(crate) fn between(&self, from: u64, to: u64) -> Vec<f32> {
         self.slice(from, to).to_vec()
     }
 }

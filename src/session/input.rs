@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use crate::audio::resample::Stream;
 use crate::engines::{DenoiseStream, Denoiser, Vad, VadEvent, VadStream, MODEL_RATE};
 
-pub const TWILIO_RATE: u32 = 8000;
+pub(crate) const TWILIO_RATE: u32 = 8000;
 
 #[derive(Debug)]
-pub enum InputEvent {
+pub(crate) enum InputEvent {
     /// 16 kHz audio ready for the turn buffer; `end` is the stream position
     /// (in 16 kHz samples) just after it.
     Audio {
@@ -95,7 +95,7 @@ impl InputProcessor {
         Ok((out16, events))
     }
 
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.produced
     }
 }
@@ -103,7 +103,7 @@ impl InputProcessor {
 /// Starts the input thread; frames go in through the returned sender (bounded:
 /// when the thread falls behind, frames are dropped and counted rather than
 /// queued without limit).
-pub fn spawn(
+pub(crate) fn spawn(
     vad: Arc<dyn Vad>,
     denoiser: Option<Arc<dyn Denoiser>>,
     events: mpsc::Sender<InputEvent>,

@@ -29,7 +29,7 @@ pub(crate) mod output;
 pub(crate) mod reply;
 pub(crate) mod timeline;
 
-pub use output::Wire;
+pub(crate) use output::Wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ use reply::{Reply, Workers};
 
 /// What a transport delivers to the call.
 #[derive(Debug)]
-pub enum CallInput {
+pub(crate) enum CallInput {
     /// Caller audio, decoded by the transport.
     Audio(Frame),
     /// The transport played everything before this mark.
@@ -66,11 +66,11 @@ pub enum CallInput {
 }
 
 /// The stream parameter that says an answering machine answered.
-pub const ANSWERED_BY: &str = "answered_by";
+pub(crate) const ANSWERED_BY: &str = "answered_by";
 
 /// Whether Twilio's `AnsweredBy` is a machine whose greeting has ended:
 /// the moment to leave a message.
-pub fn is_machine_end(answered_by: &str) -> bool {
+pub(crate) fn is_machine_end(answered_by: &str) -> bool {
     answered_by.starts_with("machine_end")
 }
 
@@ -87,7 +87,7 @@ const WORKERS_GRACE: Duration = Duration::from_secs(10);
 
 /// The driver of one call: it owns the I/O (engines, threads, channels, the
 /// clock) and carries out what the [`TurnMachine`] decides.
-pub struct Session {
+pub(crate) struct Session {
     cfg: Arc<Config>,
     engines: Engines,
     info: CallInfo,
@@ -127,7 +127,7 @@ impl Session {
     /// Runs the call until the transport stops, the input ends or the
     /// maximum duration passes. `wire` receives what the transport must
     /// send; `events` reaches the observers.
-    pub async fn run(
+    pub(crate) async fn run(
         cfg: Arc<Config>,
         engines: Engines,
         info: CallInfo,

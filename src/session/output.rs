@@ -17,14 +17,14 @@ use tokio::time::sleep_until;
 
 use crate::audio::ulaw;
 
-pub const FRAME: usize = 160;
+pub(crate) const FRAME: usize = 160;
 const FRAME_DUR: Duration = Duration::from_millis(20);
 
 /// Commands from the session. `epoch` identifies the reply; everything of an
 /// epoch at or below the last cleared one is dropped, including items still
 /// in flight from a cancelled reply.
 #[derive(Debug)]
-pub enum OutCmd {
+pub(crate) enum OutCmd {
     /// 8 kHz PCM.
     Audio {
         epoch: u64,
@@ -49,14 +49,14 @@ pub enum OutCmd {
 
 /// What goes on the wire (the transport adds the stream id).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Wire {
+pub(crate) enum Wire {
     Media(Vec<u8>),
     Mark(String),
     Clear,
 }
 
 #[derive(Debug, Clone)]
-pub enum OutEvent {
+pub(crate) enum OutEvent {
     /// The first frame of a reply was written to the transport.
     FirstFrame { epoch: u64, at: Instant },
     /// Everything queued has been sent; playback ends at `until`.
@@ -69,7 +69,7 @@ pub enum OutEvent {
 /// The bot's side of the call as played, at 8 kHz from the call's start:
 /// the right channel of the recording and the reference for echo detection.
 #[derive(Clone, Default)]
-pub struct BotTrack(Arc<Mutex<Vec<i16>>>);
+pub(crate) struct BotTrack(Arc<Mutex<Vec<i16>>>);
 
 impl BotTrack {
     fn write(&self, at: usize, samples: &[i16]) {
@@ -88,7 +88,7 @@ impl BotTrack {
     }
 
     /// Loudest 20 ms RMS (dBFS) in `[from, to)` samples.
-    pub fn peak_dbfs(&self, from: usize, to: usize) -> f32 {
+    pub(crate) fn peak_dbfs(&self, from: usize, to: usize) -> f32 {
         let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let to = to.min(t.len());
         if from >= to {
@@ -104,7 +104,7 @@ impl BotTrack {
             .fold(f32::NEG_INFINITY, f32::max)
     }
 
-    pub fn snapshot(&self) -> Vec<i16> {
+    pub(crate) fn snapshot(&self) -> Vec<i16> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -130,7 +130,7 @@ impl Item {
     }
 }
 
-pub fn spawn(
+pub(crate) fn spawn(
     call_start: Instant,
     max_lead: Duration,
     track: BotTrack,

@@ -41,7 +41,7 @@ use tool::Speaker;
 pub use tool::ToolLines;
 
 #[derive(Debug)]
-pub enum Source {
+pub(crate) enum Source {
     /// Fixed text (the greeting).
     Text(String),
     /// The LLM's answer to this conversation.
@@ -51,7 +51,7 @@ pub enum Source {
 }
 
 #[derive(Debug)]
-pub enum ReplyEvent {
+pub(crate) enum ReplyEvent {
     /// The LLM's first token, `ms` after the request.
     FirstToken {
         epoch: u64,
@@ -98,7 +98,7 @@ pub enum ReplyEvent {
 }
 
 impl ReplyEvent {
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         match self {
             ReplyEvent::FirstToken { epoch, .. }
             | ReplyEvent::FirstAudio { epoch, .. }
@@ -158,7 +158,7 @@ impl Gate {
 }
 
 /// The session's handle on a reply it started: to release or cancel it.
-pub struct Reply {
+pub(crate) struct Reply {
     cancel: Arc<AtomicBool>,
     gate: Arc<Gate>,
 }
@@ -166,13 +166,13 @@ pub struct Reply {
 impl Reply {
     /// Stops the LLM and TTS at their next token or piece; nothing more of
     /// this reply reaches the output.
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
         self.gate.wake();
     }
 
     /// Lets a draft's audio out.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.gate.set_open();
     }
 }
@@ -186,12 +186,12 @@ impl Drop for Reply {
 }
 
 /// What one reply is to say, and how.
-pub struct Job {
-    pub epoch: u64,
-    pub source: Source,
+pub(crate) struct Job {
+    pub(crate) epoch: u64,
+    pub(crate) source: Source,
     /// Hold the audio until [`Reply::release`].
-    pub draft: bool,
-    pub options: GenerationOptions,
+    pub(crate) draft: bool,
+    pub(crate) options: GenerationOptions,
 }
 
 /// Jobs waiting for a worker. A call has at most a reply playing, a draft
@@ -231,7 +231,7 @@ struct TtsPart {
 
 /// The two threads that speak a call's replies. Dropping this ends them
 /// once their queued jobs are done.
-pub struct Workers {
+pub(crate) struct Workers {
     llm: std_mpsc::SyncSender<LlmJob>,
     tts: std_mpsc::SyncSender<TtsPart>,
     events: mpsc::Sender<ReplyEvent>,
@@ -240,7 +240,7 @@ pub struct Workers {
 impl Workers {
     /// Starts the workers of a call: `llm` is its session, `out` takes the
     /// audio, `events` the replies' progress.
-    pub fn spawn(
+    pub(crate) fn spawn(
         mut llm: Box<dyn LlmSession>,
         tts: Arc<dyn Tts>,
         out: mpsc::Sender<OutCmd>,
@@ -281,7 +281,7 @@ impl Workers {
 
     /// Brings the LLM's context up to `messages` ahead of the next reply;
     /// `then` gets the number of tokens evaluated.
-    pub fn prefill(
+    pub(crate) fn prefill(
         &self,
         messages: Vec<ChatMessage>,
         then: impl FnOnce(crate::Result<usize>) + Send + 'static,
@@ -305,7 +305,7 @@ impl Workers {
     }
 
     /// Starts a reply; a draft holds its audio until [`Reply::release`].
-    pub fn start(&self, job: Job) -> Reply {
+    pub(crate) fn start(&self, job: Job) -> Reply {
         let Job {
             epoch,
             source,

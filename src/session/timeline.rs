@@ -19,17 +19,17 @@ const MAX_GAP_SECS: u64 = 1;
 /// What to do with a frame of `len` samples to put it where its timestamp
 /// says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Samples of silence to insert before it (audio the sender lost).
-    pub silence: usize,
+    pub(crate) silence: usize,
     /// Samples at its head already on the stream (a repeated frame).
-    pub skip: usize,
+    pub(crate) skip: usize,
 }
 
 /// Places a frame stamped `at_ms` on a stream that holds `expected` samples
 /// at `rate`. Stamps within one 20 ms frame of the end count as contiguous:
 /// senders round them.
-pub fn place(expected: usize, at_ms: Option<u64>, len: usize, rate: u32) -> Placement {
+pub(crate) fn place(expected: usize, at_ms: Option<u64>, len: usize, rate: u32) -> Placement {
     let contiguous = Placement {
         silence: 0,
         skip: 0,
@@ -62,7 +62,7 @@ const WINDOW: Duration = Duration::from_secs(2);
 
 /// Maps positions of a stream at `rate` to the instants they were spoken.
 #[derive(Debug)]
-pub struct StreamClock {
+pub(crate) struct StreamClock {
     rate: u32,
     /// Per arrival: when it came, and when the stream must have started for
     /// it to arrive without delay (arrival minus its position).
@@ -70,7 +70,7 @@ pub struct StreamClock {
 }
 
 impl StreamClock {
-    pub fn new(rate: u32) -> Self {
+    pub(crate) fn new(rate: u32) -> Self {
         Self {
             rate,
             seen: VecDeque::new(),
@@ -78,7 +78,7 @@ impl StreamClock {
     }
 
     /// Audio up to position `end` arrived at `now`.
-    pub fn arrived(&mut self, end: u64, now: Instant) {
+    pub(crate) fn arrived(&mut self, end: u64, now: Instant) {
         let Some(start) = now.checked_sub(self.duration(end)) else {
             return;
         };
@@ -98,7 +98,7 @@ impl StreamClock {
     }
 
     /// When position `pos` was spoken; `now` before any audio arrived.
-    pub fn time_of(&self, pos: u64, now: Instant) -> Instant {
+    pub(crate) fn time_of(&self, pos: u64, now: Instant) -> Instant {
         match self.seen.front() {
             Some((_, start)) => *start + self.duration(pos),
             None => now,

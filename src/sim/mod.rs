@@ -23,7 +23,7 @@ const FRAME: usize = 160;
 #[derive(Debug, Clone)]
 pub struct SimTurn {
     /// 8 kHz speech.
-    pub audio: Audio,
+    pub(crate) audio: Audio,
     /// What is said, when known (for the report).
     pub text: Option<String>,
     /// Start this turn this long after the bot's reply to the previous turn
@@ -34,7 +34,7 @@ pub struct SimTurn {
     /// A listener's "uh-huh" over the bot (with `barge_in_after_ms`): no
     /// reply is expected, and the bot's audio that follows still answers
     /// the turn before.
-    pub backchannel: bool,
+    pub(crate) backchannel: bool,
 }
 
 impl SimTurn {
@@ -67,7 +67,7 @@ pub struct SimOptions {
     pub params: HashMap<String, String>,
     pub turns: Vec<SimTurn>,
     /// Silence between the end of a reply and the next turn.
-    pub pause_secs: f32,
+    pub(crate) pause_secs: f32,
     /// Longest wait for a reply.
     pub reply_timeout_secs: f32,
     /// Silence after the last reply before hanging up.
@@ -78,20 +78,20 @@ pub struct SimOptions {
     /// Feed the bot's audio back: (attenuation in dB, delay in ms).
     pub echo: Option<(f32, u64)>,
     /// Wait for the greeting before the first turn.
-    pub expect_greeting: bool,
+    pub(crate) expect_greeting: bool,
     /// Sign as Twilio does with this auth token: the webhook and the
     /// websocket upgrade.
     pub auth_token: Option<String>,
     /// Play Twilio's webhook first: POST the call here and open the stream
     /// with the parameters of the TwiML it answers (its one-time token
     /// included). Without it the stream starts with `params` alone.
-    pub webhook: Option<String>,
+    pub(crate) webhook: Option<String>,
     /// Open the stream the webhook's TwiML names instead of `url`: a bot
     /// known only by its webhook, as Twilio knows it.
-    pub follow_twiml: bool,
+    pub(crate) follow_twiml: bool,
     /// Told the index of each turn when it is over (answered or given up
     /// on): a benchmark's progress.
-    pub progress: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
+    pub(crate) progress: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
     /// Ends the stream as Twilio does when the call moves on to other
     /// TwiML (a redirect): `stop`, and the report so far.
     pub stop: Option<tokio_util::sync::CancellationToken>,
@@ -139,7 +139,7 @@ impl SimOptions {
     /// A call to whatever server the TwiML webhook at `url` connects, as
     /// Twilio places it: the webhook POSTed (signed when `auth_token` is
     /// given), then the stream its `<Connect><Stream>` names.
-    pub fn via_webhook(url: &str, auth_token: Option<&str>, turns: Vec<SimTurn>) -> Self {
+    pub(crate) fn via_webhook(url: &str, auth_token: Option<&str>, turns: Vec<SimTurn>) -> Self {
         let mut opts = Self::new(String::new(), turns);
         opts.webhook = Some(url.to_string());
         opts.follow_twiml = true;
@@ -166,11 +166,11 @@ pub struct SimTurnReport {
     /// otherwise a bot that did not wait for the caller to finish.
     pub audio_while_speaking: usize,
     /// A backchannel spoken over the previous reply (no reply of its own).
-    pub backchannel: bool,
+    pub(crate) backchannel: bool,
     /// When the bot's first audio for this turn arrived, in ms from the
     /// stream's start (the server's clock for the call starts with it, give
     /// or take the network): matches the reply to the server's record.
-    pub first_audio_at_ms: Option<f64>,
+    pub(crate) first_audio_at_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -180,7 +180,7 @@ pub struct SimReport {
     pub turns: Vec<SimTurnReport>,
     pub clears: Vec<Duration>,
     pub marks_echoed: usize,
-    pub media_messages: usize,
+    pub(crate) media_messages: usize,
     /// Media payloads Twilio would not play: not base64, or empty. (Any
     /// length is played; ours are whole 20 ms frames, Pipecat's 40 ms
     /// chunks, others' whatever their TTS gave.)
@@ -190,9 +190,9 @@ pub struct SimReport {
     /// 20 ms ticks when the phone's buffer ran dry in the middle of a
     /// sentence (between two of its frames, before its mark): audio that
     /// came late, heard as a gap.
-    pub late_frames: usize,
-    pub caller_track: Vec<i16>,
-    pub bot_track: Vec<i16>,
+    pub(crate) late_frames: usize,
+    pub(crate) caller_track: Vec<i16>,
+    pub(crate) bot_track: Vec<i16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,7 +252,7 @@ pub fn incoming_form(call_sid: &str) -> Vec<(String, String)> {
 }
 
 /// The same, for a call of the account `account_sid`.
-pub fn incoming_form_of(call_sid: &str, account_sid: &str) -> Vec<(String, String)> {
+pub(crate) fn incoming_form_of(call_sid: &str, account_sid: &str) -> Vec<(String, String)> {
     [
         ("AccountSid", account_sid),
         ("CallSid", call_sid),

@@ -1,5 +1,5 @@
 //! Text utilities that tools, tests and benchmarks share.
 
-pub mod sentence;
+pub(crate) mod sentence;
 pub mod spoken;
 pub mod wer;

@@ -33,19 +33,19 @@ const BREAK_WORDS: [(&[&str], usize); 2] = [
 const ABBREVIATIONS: [&str; 8] = ["mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i.e.", "vs."];
 
 #[derive(Debug, Default)]
-pub struct SentenceAggregator {
+pub(crate) struct SentenceAggregator {
     buf: String,
     /// Clauses may end the first piece only.
     first_done: bool,
 }
 
 impl SentenceAggregator {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Adds streamed text; returns the pieces it completed.
-    pub fn push(&mut self, text: &str) -> Vec<String> {
+    pub(crate) fn push(&mut self, text: &str) -> Vec<String> {
         self.buf.push_str(text);
         let mut out = Vec::new();
         while let Some(end) = self.boundary() {
@@ -61,7 +61,7 @@ impl SentenceAggregator {
     }
 
     /// The rest, at the end of the stream.
-    pub fn flush(&mut self) -> Option<String> {
+    pub(crate) fn flush(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.buf).trim().to_string();
         (!rest.is_empty()).then(|| {
             self.first_done = true;

@@ -3,7 +3,7 @@
 
 /// Lower-case words without punctuation; hyphens split words; a few spoken
 /// forms of abbreviations are unified.
-pub fn normalize(text: &str) -> Vec<String> {
+pub(crate) fn normalize(text: &str) -> Vec<String> {
     let cleaned: String = text
         .to_lowercase()
         .chars()
@@ -30,7 +30,7 @@ pub fn normalize(text: &str) -> Vec<String> {
 }
 
 /// Word-level Levenshtein distance between two word lists.
-pub fn edit_distance(reference: &[String], hypothesis: &[String]) -> usize {
+pub(crate) fn edit_distance(reference: &[String], hypothesis: &[String]) -> usize {
     let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
     let mut cur = vec![0; hypothesis.len() + 1];
     for (i, r) in reference.iter().enumerate() {

@@ -23,7 +23,7 @@ use crate::engines::{ChatMessage, Role};
 /// sets none: a runaway string would spend the whole token budget.
 const MAX_STRING: u64 = 64;
 /// Tokens a step may take.
-pub const MAX_CHOICE_TOKENS: usize = 96;
+pub(crate) const MAX_CHOICE_TOKENS: usize = 96;
 
 /// Whole words as grounding compares them (the line as a pattern reads
 /// it, cut at anything but letters and digits), padded: "45" is not said
@@ -39,7 +39,7 @@ fn tokens(text: &str) -> String {
 
 /// Step 1: the tools the caller's `line` may call for: a trigger at the
 /// start of one of its words.
-pub fn candidates<'a>(tools: &'a ToolSet, line: &str) -> Vec<&'a HttpTool> {
+pub(crate) fn candidates<'a>(tools: &'a ToolSet, line: &str) -> Vec<&'a HttpTool> {
     let said = words(line);
     tools
         .tools
@@ -57,7 +57,7 @@ pub fn candidates<'a>(tools: &'a ToolSet, line: &str) -> Vec<&'a HttpTool> {
 
 /// Whether the model must say which candidate (or none) the line calls
 /// for: a lone candidate that its triggers picked is taken as chosen.
-pub fn needs_naming(candidates: &[&HttpTool]) -> bool {
+pub(crate) fn needs_naming(candidates: &[&HttpTool]) -> bool {
     candidates.len() > 1 || candidates.iter().any(|t| t.triggers.is_empty())
 }
 
@@ -80,7 +80,7 @@ fn describe(t: &HttpTool) -> String {
 
 /// Step 2's system message and the grammar's schema: a name among the
 /// candidates, or none.
-pub fn naming(candidates: &[&HttpTool]) -> (String, Value) {
+pub(crate) fn naming(candidates: &[&HttpTool]) -> (String, Value) {
     let mut s = String::from("Tools you can use now:\n");
     for t in candidates {
         s.push_str(&describe(t));
@@ -126,7 +126,7 @@ fn bounded(parameters: &Value) -> Value {
 }
 
 /// Step 2's answer: the chosen name, `None` for none.
-pub fn parse_name(text: &str) -> Result<Option<String>, String> {
+pub(crate) fn parse_name(text: &str) -> Result<Option<String>, String> {
     match serde_json::from_str::<Value>(text.trim()) {
         Ok(Value::String(s)) if s == "none" => Ok(None),
         Ok(Value::String(s)) => Ok(Some(s)),
@@ -185,7 +185,10 @@ fn said_match(parameter: &Value, line: &str) -> Option<String> {
 /// parameter's value it names, every patterned string it holds once.
 /// `complete` when that is all the required parameters, and the model need
 /// not be asked.
-pub fn said_arguments(tool: &HttpTool, line: &str) -> (serde_json::Map<String, Value>, bool) {
+pub(crate) fn said_arguments(
+    tool: &HttpTool,
+    line: &str,
+) -> (serde_json::Map<String, Value>, bool) {
     let mut found = serde_json::Map::new();
     for (name, p) in tool.parameters["properties"]
         .as_object()
@@ -209,7 +212,7 @@ pub fn said_arguments(tool: &HttpTool, line: &str) -> (serde_json::Map<String, V
 /// stray punctuation, if every string and number of them is something the
 /// caller said, as whole words, in `conversation` (the call's caller
 /// lines).
-pub fn grounded(
+pub(crate) fn grounded(
     tool: &HttpTool,
     text: &str,
     conversation: &[ChatMessage],

@@ -73,7 +73,7 @@ pub struct ToolUse {
 
 /// How a tool call ended, as a label.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ToolResult {
+pub(crate) enum ToolResult {
     /// The endpoint's body (JSON or text).
     Ok(String),
     /// Not answered within the tool's `timeout_secs`.
@@ -103,7 +103,7 @@ pub struct ToolSet {
     /// Arguments the caller's words give outright are read without the
     /// model ([`super::choose::said_arguments`]); off only to measure the
     /// model alone.
-    pub read_words: bool,
+    pub(crate) read_words: bool,
     client: reqwest::Client,
 }
 
@@ -115,12 +115,12 @@ impl PartialEq for ToolSet {
 
 /// The longest answer kept of an endpoint for the LLM to read and the
 /// trace to hold (a template reads the whole answer).
-pub const MAX_RESULT_CHARS: usize = 2000;
+pub(crate) const MAX_RESULT_CHARS: usize = 2000;
 /// The longest answer taken at all: more is a failed tool, not memory.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// `result` cut to [`MAX_RESULT_CHARS`].
-pub fn kept(result: &str) -> String {
+pub(crate) fn kept(result: &str) -> String {
     result.chars().take(MAX_RESULT_CHARS).collect()
 }
 
@@ -139,7 +139,7 @@ impl ToolSet {
     /// The same tools with every choice left to the model: no triggers
     /// (each tool is put to it on every turn) and no arguments read from
     /// the words. What `callbox eval --tools --model-only` measures.
-    pub fn model_only(tools: &[HttpTool]) -> Option<Arc<Self>> {
+    pub(crate) fn model_only(tools: &[HttpTool]) -> Option<Arc<Self>> {
         (!tools.is_empty()).then(|| {
             Arc::new(Self {
                 tools: tools
@@ -155,12 +155,12 @@ impl ToolSet {
         })
     }
 
-    pub fn get(&self, name: &str) -> Option<&HttpTool> {
+    pub(crate) fn get(&self, name: &str) -> Option<&HttpTool> {
         self.tools.iter().find(|t| t.name == name)
     }
 
     /// The tools as OpenAI's `tools` field describes functions.
-    pub fn openai(&self) -> Value {
+    pub(crate) fn openai(&self) -> Value {
         Value::Array(
             self.tools
                 .iter()
@@ -178,7 +178,7 @@ impl ToolSet {
     /// Calls `call`'s endpoint and waits for it; `filler` is said (once)
     /// when it has not answered after the tool's `filler_after_secs`.
     /// Runs on a worker thread, not on the runtime: `rt` drives the request.
-    pub fn run(
+    pub(crate) fn run(
         &self,
         rt: &tokio::runtime::Handle,
         call: &ToolUse,
@@ -247,7 +247,7 @@ impl ToolSet {
 
 /// What the LLM is told of a tool's result, so that it can answer with it
 /// (and later turns can refer to it).
-pub fn result_message(call: &ToolUse, result: &str) -> String {
+pub(crate) fn result_message(call: &ToolUse, result: &str) -> String {
     format!(
         "(The {} tool was used with {} and answered: {}. Tell the caller what it says, in one or two \
          short spoken sentences.)",
@@ -260,7 +260,7 @@ pub fn result_message(call: &ToolUse, result: &str) -> String {
 /// The tool's `say` template filled from the call's arguments and the
 /// fields of the answer's JSON object (the answer's wins on a clash);
 /// `None` when the answer lacks a field the template names.
-pub fn say(template: &str, call: &ToolUse, result: &str) -> Option<String> {
+pub(crate) fn say(template: &str, call: &ToolUse, result: &str) -> Option<String> {
     let answer: Value = serde_json::from_str(result).unwrap_or(Value::Null);
     let value = |name: &str| -> Option<String> {
         let v = answer.get(name).or_else(|| call.arguments.get(name))?;

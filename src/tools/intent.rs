@@ -6,7 +6,7 @@
 
 /// What the caller's line asks the bot to do, beyond answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Intent {
+pub(crate) enum Intent {
     /// Nothing: an ordinary turn.
     None,
     /// The caller is done: "Thanks, that's all, goodbye".
@@ -103,7 +103,7 @@ fn says(sentence: &str, phrase: &str) -> Option<usize> {
 }
 
 /// The intent of a finished caller turn.
-pub fn intent(text: &str) -> Intent {
+pub(crate) fn intent(text: &str) -> Intent {
     let sentences: Vec<String> = text
         .split(['.', '!', '?'])
         .map(normalise)

@@ -11,9 +11,9 @@
 //! ([`choose`]) with the local model, through the `tools` field with an
 //! OpenAI-compatible API.
 
-pub mod choose;
+pub(crate) mod choose;
 pub mod http;
-pub mod intent;
+pub(crate) mod intent;
 
 use serde::Serialize;
 

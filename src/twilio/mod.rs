@@ -2,6 +2,6 @@
 //! the REST API.
 
 pub mod protocol;
-pub mod rest;
+pub(crate) mod rest;
 pub mod signature;
 pub mod twiml;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// protocol extension never breaks a call.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
-pub enum Inbound {
+pub(crate) enum Inbound {
     Connected {
         #[serde(default)]
         protocol: Option<String>,
@@ -40,7 +40,7 @@ pub enum Inbound {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StartInfo {
+pub(crate) struct StartInfo {
     #[serde(default)]
     pub stream_sid: String,
     #[serde(default)]
@@ -48,64 +48,64 @@ pub struct StartInfo {
     #[serde(default)]
     pub call_sid: String,
     #[serde(default)]
-    pub tracks: Vec<String>,
+    pub(crate) tracks: Vec<String>,
     #[serde(default)]
-    pub custom_parameters: HashMap<String, String>,
+    pub(crate) custom_parameters: HashMap<String, String>,
     #[serde(default)]
-    pub media_format: Option<MediaFormat>,
+    pub(crate) media_format: Option<MediaFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MediaFormat {
-    pub encoding: String,
-    pub sample_rate: u32,
-    pub channels: u32,
+pub(crate) struct MediaFormat {
+    pub(crate) encoding: String,
+    pub(crate) sample_rate: u32,
+    pub(crate) channels: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MediaInfo {
+pub(crate) struct MediaInfo {
     #[serde(default)]
-    pub track: Option<String>,
+    pub(crate) track: Option<String>,
     #[serde(default)]
-    pub chunk: Option<String>,
+    pub(crate) chunk: Option<String>,
     #[serde(default)]
-    pub timestamp: Option<String>,
-    pub payload: String,
+    pub(crate) timestamp: Option<String>,
+    pub(crate) payload: String,
 }
 
 impl MediaInfo {
     /// The raw μ-law bytes.
-    pub fn audio(&self) -> Result<Vec<u8>, base64::DecodeError> {
+    pub(crate) fn audio(&self) -> Result<Vec<u8>, base64::DecodeError> {
         base64::engine::general_purpose::STANDARD.decode(&self.payload)
     }
 
     /// Milliseconds since the stream started, by Twilio's clock.
-    pub fn timestamp_ms(&self) -> Option<u64> {
+    pub(crate) fn timestamp_ms(&self) -> Option<u64> {
         self.timestamp.as_deref()?.parse().ok()
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct MarkInfo {
+pub(crate) struct MarkInfo {
     pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct DtmfInfo {
+pub(crate) struct DtmfInfo {
     #[serde(default)]
-    pub track: Option<String>,
-    pub digit: String,
+    pub(crate) track: Option<String>,
+    pub(crate) digit: String,
 }
 
 /// A key of a phone's keypad, as Twilio reports DTMF: `0`–`9`, `*`, `#`, and
 /// the rarely seen `A`–`D`.
-pub fn is_keypad_digit(digit: &str) -> bool {
+pub(crate) fn is_keypad_digit(digit: &str) -> bool {
     let mut chars = digit.chars();
     matches!((chars.next(), chars.next()), (Some(c), None) if c.is_ascii_digit() || "*#ABCDabcd".contains(c))
 }
 
-pub fn parse(text: &str) -> Result<Inbound, serde_json::Error> {
+pub(crate) fn parse(text: &str) -> Result<Inbound, serde_json::Error> {
     serde_json::from_str(text)
 }
 
@@ -116,12 +116,12 @@ pub fn media(stream_sid: &str, ulaw: &[u8]) -> String {
         .to_string()
 }
 
-pub fn mark(stream_sid: &str, name: &str) -> String {
+pub(crate) fn mark(stream_sid: &str, name: &str) -> String {
     serde_json::json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
         .to_string()
 }
 
-pub fn clear(stream_sid: &str) -> String {
+pub(crate) fn clear(stream_sid: &str) -> String {
     serde_json::json!({"event": "clear", "streamSid": stream_sid}).to_string()
 }
 

@@ -23,14 +23,14 @@ const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
 /// `+` and 2 to 15 digits, the first not 0: what Twilio dials.
-pub fn is_e164(n: &str) -> bool {
+pub(crate) fn is_e164(n: &str) -> bool {
     n.strip_prefix('+').is_some_and(|d| {
         (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
     })
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RestError {
+pub(crate) enum RestError {
     /// Twilio answered with an error; `code` is Twilio's own error code.
     #[error("Twilio refused ({status}{}): {message}", code.map(|c| format!(", code {c}")).unwrap_or_default())]
     Refused {
@@ -46,7 +46,7 @@ pub enum RestError {
 impl RestError {
     /// The error without Twilio's own words (which may quote a phone
     /// number): for logs.
-    pub fn brief(&self) -> String {
+    pub(crate) fn brief(&self) -> String {
         match self {
             RestError::Refused { status, code, .. } => format!(
                 "Twilio refused ({status}{})",
@@ -59,7 +59,7 @@ impl RestError {
 
 /// How a hang-up ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HangUp {
+pub(crate) enum HangUp {
     Completed,
     /// Twilio no longer knows the call as live (404 / 20404 / 21220).
     AlreadyEnded,
@@ -67,16 +67,14 @@ pub enum HangUp {
 
 /// What we keep of a call resource.
 #[derive(Debug, Clone, Deserialize)]
-pub struct CallResource {
-    pub sid: String,
-    #[serde(default)]
-    pub status: String,
+pub(crate) struct CallResource {
+    pub(crate) sid: String,
 }
 
 /// What we keep of a recording resource.
 #[derive(Debug, Clone, Deserialize)]
-pub struct RecordingResource {
-    pub sid: String,
+pub(crate) struct RecordingResource {
+    pub(crate) sid: String,
 }
 
 #[derive(Deserialize)]
@@ -113,7 +111,7 @@ enum Retry {
 
 impl TwilioRest {
     /// `None` when no account or credentials are configured.
-    pub fn from_config(cfg: &TwilioConfig) -> Option<Self> {
+    pub(crate) fn from_config(cfg: &TwilioConfig) -> Option<Self> {
         let account = cfg.account_sid()?;
         let (user, password) = cfg.rest_login()?;
         let http = reqwest::Client::builder()
@@ -139,7 +137,7 @@ impl TwilioRest {
     /// progress to `status_callback`. With `amd_callback`, Twilio listens
     /// for an answering machine while the call goes on, until its greeting
     /// ends (`DetectMessageEnd`), and POSTs what answered there.
-    pub async fn create_call(
+    pub(crate) async fn create_call(
         &self,
         to: &str,
         from: &str,
@@ -174,7 +172,10 @@ impl TwilioRest {
     }
 
     /// Starts recording a live call, each party on its own channel.
-    pub async fn start_recording(&self, call_sid: &str) -> Result<RecordingResource, RestError> {
+    pub(crate) async fn start_recording(
+        &self,
+        call_sid: &str,
+    ) -> Result<RecordingResource, RestError> {
         let path = format!("Calls/{}/Recordings.json", segment(call_sid));
         let resp = self
             .post(&path, &[("RecordingChannels", "dual")], false)
@@ -183,7 +184,7 @@ impl TwilioRest {
     }
 
     /// Ends a call; a call Twilio already considers over is not an error.
-    pub async fn hang_up(&self, call_sid: &str) -> Result<HangUp, RestError> {
+    pub(crate) async fn hang_up(&self, call_sid: &str) -> Result<HangUp, RestError> {
         let path = format!("Calls/{}.json", segment(call_sid));
         match self.post(&path, &[("Status", "completed")], true).await {
             Ok(_) => Ok(HangUp::Completed),
@@ -199,7 +200,7 @@ impl TwilioRest {
     /// Replaces what a live call is doing with `twiml` (its stream ends):
     /// how a call is handed on. Not retried after a timeout: it may have
     /// been carried out.
-    pub async fn redirect(&self, call_sid: &str, twiml: &str) -> Result<(), RestError> {
+    pub(crate) async fn redirect(&self, call_sid: &str, twiml: &str) -> Result<(), RestError> {
         let path = format!("Calls/{}.json", segment(call_sid));
         self.post(&path, &[("Twiml", twiml)], false).await?;
         Ok(())

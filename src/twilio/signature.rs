@@ -34,7 +34,12 @@ pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String 
 
 /// Whether `header` is Twilio's signature of the request (compared in
 /// constant time).
-pub fn is_valid(auth_token: &str, url: &str, params: &[(String, String)], header: &str) -> bool {
+pub(crate) fn is_valid(
+    auth_token: &str,
+    url: &str,
+    params: &[(String, String)],
+    header: &str,
+) -> bool {
     let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(header.trim()) else {
         return false;
     };

@@ -5,7 +5,7 @@
 /// another server's TwiML) turns literal ones in an attribute into spaces;
 /// characters XML cannot hold at all (most control characters) become
 /// U+FFFD, as [`xml_safe`] says.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -25,7 +25,7 @@ pub fn escape(s: &str) -> String {
 
 /// `c`, or U+FFFD where XML 1.0 allows no such character, not even
 /// escaped.
-pub fn xml_safe(c: char) -> char {
+pub(crate) fn xml_safe(c: char) -> char {
     match c {
         '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'.. => c,
         _ => '\u{FFFD}',
@@ -78,7 +78,7 @@ pub fn connect_stream(ws_url: &str, params: &[(&str, &str)]) -> String {
 
 /// A cold transfer: the live call dials `number` (what a call update with
 /// this TwiML does to a call whose stream it replaces).
-pub fn dial(number: &str) -> String {
+pub(crate) fn dial(number: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{}</Dial></Response>"#,
         escape(number)
@@ -86,7 +86,7 @@ pub fn dial(number: &str) -> String {
 }
 
 /// A polite refusal (busy, draining).
-pub fn say_and_hang_up(text: &str) -> String {
+pub(crate) fn say_and_hang_up(text: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>{}</Say><Hangup/></Response>"#,
         escape(text)

@@ -57,7 +57,7 @@ fn grid(svg: &mut String, s: &Scale, step: f64, top: f64, bottom: f64) {
     }
 }
 
-pub fn svg(stacks: &[StackReport]) -> String {
+pub(crate) fn svg(stacks: &[StackReport]) -> String {
     let mut body = String::new();
     let mut y = 30.0;
     let _ = write!(

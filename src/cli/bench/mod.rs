@@ -34,14 +34,14 @@ use report::{BenchReport, CallRow, Quality, ServerCost, StackReport, StageStats,
 use target::{is_webhook, label, Target};
 
 #[derive(Debug, Args)]
-pub struct SummaryArgs {
+pub(crate) struct SummaryArgs {
     /// `report.json` files written by `callbox bench`.
     #[arg(required = true)]
-    pub reports: Vec<PathBuf>,
+    pub(crate) reports: Vec<PathBuf>,
 }
 
 /// Prints [`report::summary_rows`] of each report.
-pub fn summary(a: &SummaryArgs) -> anyhow::Result<()> {
+pub(crate) fn summary(a: &SummaryArgs) -> anyhow::Result<()> {
     for path in &a.reports {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -53,16 +53,16 @@ pub fn summary(a: &SummaryArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Simulated callers at once.
     #[arg(long, default_value_t = 1)]
-    pub callers: usize,
+    pub(crate) callers: usize,
     /// Calls each caller makes, one after another.
     #[arg(long, default_value_t = 1)]
-    pub rounds: usize,
+    pub(crate) rounds: usize,
     /// The callers join evenly over this many seconds.
     #[arg(long, default_value_t = 0.0)]
-    pub ramp_up_secs: f64,
+    pub(crate) ramp_up_secs: f64,
     /// How many turns of the built-in script each call plays (up to 12),
     /// when no --script is given.
     #[arg(long, default_value_t = 4)]
@@ -75,25 +75,25 @@ pub struct BenchArgs {
     /// backchannel over it ("uh-huh": no reply expected). See
     /// scripts/bench/turn-taking.txt.
     #[arg(long)]
-    pub script: Option<PathBuf>,
+    pub(crate) script: Option<PathBuf>,
     /// The server's configuration file (default: built-in).
     #[arg(long, short, env = "CALLBOX_CONFIG", conflicts_with = "compare")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Two or more targets, the same callers against each in turn, one
     /// report: a configuration file (a server of ours started with it) or
     /// any Twilio Media Streams server, by its `ws://`/`wss://` stream or
     /// its `http(s)://` TwiML webhook (another bot, measured from the
     /// caller's side only); `NAME=URL` names it in the report.
     #[arg(long, num_args = 2.., value_names = ["A", "B"])]
-    pub compare: Vec<PathBuf>,
+    pub(crate) compare: Vec<PathBuf>,
     /// Start local fakes of Deepgram and Groq (the API stack) and point
     /// every API backend of the configuration(s) at them.
     #[arg(long)]
-    pub fake_apis: bool,
+    pub(crate) fake_apis: bool,
     /// The fakes' latencies in ms: STT after Finalize, LLM to the first
     /// token, TTS to the first byte, network round trip.
     #[arg(long, default_value = "195,268,23,0", value_parser = parse_latency)]
-    pub fake_latency: Latency,
+    pub(crate) fake_latency: Latency,
     /// Reply length for the server (llm.max_tokens): a phone answer.
     #[arg(long, default_value_t = 40)]
     pub max_tokens: usize,
@@ -113,14 +113,14 @@ pub struct BenchArgs {
     pub auth_token: Option<String>,
     /// The folder the server at --url writes its traces to.
     #[arg(long, requires = "url")]
-    pub traces: Option<PathBuf>,
+    pub(crate) traces: Option<PathBuf>,
     /// Longest wait for a reply before the turn counts as unanswered.
     #[arg(long, default_value_t = 30.0)]
     pub reply_timeout_secs: f32,
     /// Folder for report.json, report.md, chart.svg and the servers' logs,
     /// traces and recordings.
     #[arg(long, default_value = "out/bench")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 pub(super) fn parse_latency(s: &str) -> Result<Latency, String> {
@@ -141,7 +141,7 @@ pub(super) fn parse_latency(s: &str) -> Result<Latency, String> {
     })
 }
 
-pub async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.callers >= 1 && a.rounds >= 1,
         "--callers and --rounds must be at least 1"

@@ -9,95 +9,95 @@ use crate::events::TurnRecord;
 use crate::stack::ModelInfo;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BenchReport {
-    pub machine: String,
+pub(crate) struct BenchReport {
+    pub(crate) machine: String,
     /// Seconds since the Unix epoch when the run began.
-    pub started_unix: u64,
-    pub callers: usize,
-    pub rounds: usize,
-    pub ramp_up_secs: f64,
+    pub(crate) started_unix: u64,
+    pub(crate) callers: usize,
+    pub(crate) rounds: usize,
+    pub(crate) ramp_up_secs: f64,
     /// The caller's turns, as said (or the WAV file's reference).
-    pub script: Vec<String>,
+    pub(crate) script: Vec<String>,
     /// The fake providers' latencies, when the API stack was faked.
-    pub fake_apis: Option<crate::fakes::Latency>,
-    pub stacks: Vec<StackReport>,
+    pub(crate) fake_apis: Option<crate::fakes::Latency>,
+    pub(crate) stacks: Vec<StackReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StackReport {
-    pub label: String,
+pub(crate) struct StackReport {
+    pub(crate) label: String,
     /// The configuration file, if any (else the built-in defaults).
-    pub config: Option<String>,
+    pub(crate) config: Option<String>,
     /// What wrote, heard and spoke, as the server's traces name them.
-    pub models: Vec<ModelInfo>,
-    pub wall_secs: f64,
+    pub(crate) models: Vec<ModelInfo>,
+    pub(crate) wall_secs: f64,
     pub calls: Vec<CallRow>,
     pub turns: Vec<TurnRow>,
-    pub stages: Vec<StageStats>,
-    pub greeting: StageStats,
-    pub quality: Quality,
+    pub(crate) stages: Vec<StageStats>,
+    pub(crate) greeting: StageStats,
+    pub(crate) quality: Quality,
     pub server: Option<ServerCost>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallRow {
-    pub caller: usize,
-    pub round: usize,
+pub(crate) struct CallRow {
+    pub(crate) caller: usize,
+    pub(crate) round: usize,
     pub call_sid: String,
     /// The call failed on the caller's side (connection, protocol).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Call start → first greeting audio received.
     pub greeting_ms: Option<f64>,
     /// 20 ms ticks when the phone's buffer ran dry mid-sentence.
-    pub late_frames: usize,
+    pub(crate) late_frames: usize,
     /// Replies the server started (a caller turn split in two gets two).
-    pub replies: usize,
+    pub(crate) replies: usize,
     /// What the server understood, all turns together.
-    pub heard: String,
+    pub(crate) heard: String,
 }
 
 /// One caller turn and the server's reply to it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TurnRow {
-    pub caller: usize,
-    pub round: usize,
+pub(crate) struct TurnRow {
+    pub(crate) caller: usize,
+    pub(crate) round: usize,
     pub turn: usize,
     pub said: String,
     /// The server's transcript of the reply's turn.
-    pub heard: Option<String>,
+    pub(crate) heard: Option<String>,
     /// The bot's reply as the caller heard it, transcribed by our STT
     /// after the calls: what any bot said, ours or not.
     #[serde(default)]
-    pub reply: Option<String>,
-    pub answered: bool,
+    pub(crate) reply: Option<String>,
+    pub(crate) answered: bool,
     /// The reply began while the caller was still speaking.
-    pub cut_off: bool,
+    pub(crate) cut_off: bool,
     /// The rule that ended the turn on the server.
     #[serde(default)]
-    pub turn_end: Option<crate::events::TurnEnd>,
+    pub(crate) turn_end: Option<crate::events::TurnEnd>,
     /// Caller side: end of the caller's audio → first bot audio received.
-    pub caller_ms: Option<f64>,
+    pub(crate) caller_ms: Option<f64>,
     /// Server side, as the latency table defines them.
     pub total_ms: Option<f64>,
     pub end_of_speech_ms: Option<f64>,
     /// End of speech → the VAD's stop (its silence window).
-    pub vad_stop_ms: Option<f64>,
+    pub(crate) vad_stop_ms: Option<f64>,
     pub stt_ms: Option<f64>,
     pub smart_turn_ms: Option<f64>,
     pub llm_ttfb_ms: Option<f64>,
     pub tts_ttfb_ms: Option<f64>,
     /// The reply's timeline, ms after the end of speech: LLM request,
     /// first TTS audio, first frame sent.
-    pub llm_start_ms: Option<f64>,
-    pub tts_audio_ms: Option<f64>,
+    pub(crate) llm_start_ms: Option<f64>,
+    pub(crate) tts_audio_ms: Option<f64>,
 }
 
 /// How to read a stage's figure from a row.
-pub type Stage = (&'static str, fn(&TurnRow) -> Option<f64>);
+pub(crate) type Stage = (&'static str, fn(&TurnRow) -> Option<f64>);
 
 /// The stages in table order. Caller-side leads: it is the one figure
 /// every target has, ours or any other Media Streams server.
-pub const STAGES: [Stage; 8] = [
+pub(crate) const STAGES: [Stage; 8] = [
     ("Caller-side", |t| t.caller_ms),
     ("Total", |t| t.total_ms),
     ("End-of-speech", |t| t.end_of_speech_ms),
@@ -109,22 +109,22 @@ pub const STAGES: [Stage; 8] = [
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StageStats {
-    pub stage: String,
-    pub n: usize,
-    pub p50: Option<f64>,
-    pub p90: Option<f64>,
+pub(crate) struct StageStats {
+    pub(crate) stage: String,
+    pub(crate) n: usize,
+    pub(crate) p50: Option<f64>,
+    pub(crate) p90: Option<f64>,
     /// The GPU figures are quoted at p95 (older reports lack it).
     #[serde(default)]
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-    pub mean: Option<f64>,
-    pub max: Option<f64>,
+    pub(crate) p95: Option<f64>,
+    pub(crate) p99: Option<f64>,
+    pub(crate) mean: Option<f64>,
+    pub(crate) max: Option<f64>,
     pub samples: Vec<f64>,
 }
 
 impl StageStats {
-    pub fn of(stage: &str, samples: Vec<f64>) -> Self {
+    pub(crate) fn of(stage: &str, samples: Vec<f64>) -> Self {
         let some = |v: f64| (!samples.is_empty()).then_some(v);
         Self {
             stage: stage.to_string(),
@@ -141,47 +141,47 @@ impl StageStats {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Quality {
-    pub caller_turns: usize,
-    pub answered: usize,
+pub(crate) struct Quality {
+    pub(crate) caller_turns: usize,
+    pub(crate) answered: usize,
     /// Caller turns the bot never answered.
-    pub unanswered: usize,
+    pub(crate) unanswered: usize,
     /// Replies that began while the caller was mid-utterance.
-    pub cut_offs: usize,
+    pub(crate) cut_offs: usize,
     /// Turns that waited out the silence fallback (`call.turn_timeout_secs`).
     #[serde(default)]
-    pub fallback_waits: usize,
+    pub(crate) fallback_waits: usize,
     /// Backchannels over the bot that it went on through (server side).
     #[serde(default)]
     pub backchannels: usize,
     /// Replies the caller interrupted (server side, cut-offs excluded).
     #[serde(default)]
-    pub barge_ins: usize,
+    pub(crate) barge_ins: usize,
     /// Word error rate of the server's transcripts against the script,
     /// over all calls (None when no turn has reference text).
-    pub wer: Option<f64>,
-    pub late_frames: usize,
-    pub calls_failed: usize,
+    pub(crate) wer: Option<f64>,
+    pub(crate) late_frames: usize,
+    pub(crate) calls_failed: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServerCost {
+pub(crate) struct ServerCost {
     /// CPU time over wall time while calls ran, in cores.
-    pub cpu_cores_mean: f64,
+    pub(crate) cpu_cores_mean: f64,
     /// The busiest second.
-    pub cpu_cores_max: f64,
-    pub rss_mib_idle: f64,
-    pub rss_mib_max: f64,
-    pub exit_status: Option<i32>,
+    pub(crate) cpu_cores_max: f64,
+    pub(crate) rss_mib_idle: f64,
+    pub(crate) rss_mib_max: f64,
+    pub(crate) exit_status: Option<i32>,
 }
 
 impl StackReport {
-    pub fn stage(&self, name: &str) -> Option<&StageStats> {
+    pub(crate) fn stage(&self, name: &str) -> Option<&StageStats> {
         self.stages.iter().find(|s| s.stage == name)
     }
 
     /// The answered turn whose Total is the median: the waterfall's turn.
-    pub fn median_turn(&self) -> Option<&TurnRow> {
+    pub(crate) fn median_turn(&self) -> Option<&TurnRow> {
         let mut rows: Vec<&TurnRow> = self.turns.iter().filter(|t| t.total_ms.is_some()).collect();
         rows.sort_by(|a, b| {
             a.total_ms
@@ -196,7 +196,7 @@ impl StackReport {
 
 /// A caller turn's row from what the caller saw and the server's record of
 /// the reply it started (if it matched one).
-pub fn turn_row(
+pub(crate) fn turn_row(
     (caller, round, turn): (usize, usize, usize),
     said: &str,
     sim: &crate::sim::SimTurnReport,
@@ -237,7 +237,10 @@ pub fn turn_row(
 
 /// The server's reply to a caller turn: the record whose first frame left
 /// the server closest to when the caller received the first audio.
-pub fn match_reply(records: &[TurnRecord], first_audio_at_ms: Option<f64>) -> Option<&TurnRecord> {
+pub(crate) fn match_reply(
+    records: &[TurnRecord],
+    first_audio_at_ms: Option<f64>,
+) -> Option<&TurnRecord> {
     let at = first_audio_at_ms?;
     records
         .iter()
@@ -342,7 +345,7 @@ fn models_line(s: &StackReport) -> String {
     m.join(", ")
 }
 
-pub fn markdown(r: &BenchReport) -> String {
+pub(crate) fn markdown(r: &BenchReport) -> String {
     let mut out = format!(
         "# callbox bench\n\nMachine: {}. {} caller(s) at once, {} call(s) each, ramp-up {:.0} s; {} turns a call.\n",
         r.machine,
@@ -416,7 +419,7 @@ pub fn markdown(r: &BenchReport) -> String {
 /// One Markdown row per stack of a saved report: callers, the stack, turns,
 /// p50 and p95 of Total and End-of-speech, turns answered. What the GPU benchmark
 /// script collects over its loads (`callbox bench-summary`).
-pub fn summary_rows(report: &BenchReport) -> String {
+pub(crate) fn summary_rows(report: &BenchReport) -> String {
     let mut out = String::new();
     for s in &report.stacks {
         let find = |name: &str| s.stages.iter().find(|st| st.stage == name);

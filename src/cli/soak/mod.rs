@@ -29,29 +29,29 @@ use report::{markdown, summarise};
 mod report;
 
 #[derive(Debug, Args)]
-pub struct SoakArgs {
+pub(crate) struct SoakArgs {
     /// Simulated calls at a time.
     #[arg(long, default_value_t = 8)]
     pub calls: usize,
     /// How long callers keep calling (calls in progress then finish).
     #[arg(long, default_value_t = 10.0)]
-    pub minutes: f64,
+    pub(crate) minutes: f64,
     /// Memory and descriptors are compared with their values this long
     /// after the start, once every model and buffer has been touched.
     #[arg(long, default_value_t = 90.0)]
-    pub warmup_secs: f64,
+    pub(crate) warmup_secs: f64,
     /// Times the callers all hang up between the warm-up and the end, so
     /// that idle memory is measured along the way: growth that levels off
     /// (caches filling) tells apart from growth with every call (a leak).
     #[arg(long, default_value_t = 2)]
-    pub pauses: usize,
+    pub(crate) pauses: usize,
     /// Folder for the report, the server's log, traces and recordings.
     #[arg(long, default_value = "out/soak")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// The server's configuration file (the soak sets its own folders,
     /// line limit and Twilio token on top).
     #[arg(long, short, env = "CALLBOX_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// What one simulated call did and saw.
@@ -125,7 +125,7 @@ struct Report {
     calls: Vec<CallOutcome>,
 }
 
-pub async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(cli: &Cli, a: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.calls >= 1 && a.minutes > 0.0,
         "--calls and --minutes must be positive"

@@ -27,7 +27,7 @@ impl Endpoint {
 /// Sends `request` to `url`; an answer other than 2xx becomes an error with
 /// its status and the provider's own words (`api_error` reads them from the
 /// body).
-pub fn send(
+pub(crate) fn send(
     engine: &'static str,
     url: &str,
     request: reqwest::blocking::RequestBuilder,
@@ -50,7 +50,7 @@ pub fn send(
 /// A blocking client, built lazily: the engines run on their own threads,
 /// and the blocking client starts a runtime of its own, which must not
 /// happen on an async worker (where engines are constructed).
-pub struct LazyClient {
+pub(crate) struct LazyClient {
     timeout: Duration,
     cell: OnceLock<std::result::Result<reqwest::blocking::Client, String>>,
 }
@@ -59,14 +59,14 @@ impl LazyClient {
     /// `timeout` bounds connecting, the response's headers and each read
     /// of its body: a provider that stops sending fails the request after
     /// that long instead of holding the call.
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             timeout,
             cell: OnceLock::new(),
         }
     }
 
-    pub fn get(&self, engine: &'static str) -> Result<&reqwest::blocking::Client> {
+    pub(crate) fn get(&self, engine: &'static str) -> Result<&reqwest::blocking::Client> {
         self.cell
             .get_or_init(|| {
                 reqwest::blocking::Client::builder()
@@ -80,7 +80,7 @@ impl LazyClient {
     }
 }
 
-pub fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         format!("no answer in time: {e}")
     } else if e.is_connect() {
@@ -92,7 +92,7 @@ pub fn describe(e: &reqwest::Error) -> String {
 
 /// A read of the body fails with an I/O error wrapping reqwest's own, whose
 /// message ("error decoding response body") hides a timeout.
-pub fn describe_io(e: &std::io::Error) -> String {
+pub(crate) fn describe_io(e: &std::io::Error) -> String {
     let mut timed_out = e.kind() == std::io::ErrorKind::TimedOut;
     let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
     while let Some(s) = source {

@@ -45,7 +45,7 @@ impl Llm for OpenAiChat {
 
 /// The API keeps nothing between requests (a provider's prompt cache is
 /// its own affair), so a session is only a handle on the engine.
-pub struct OpenAiSession(Arc<Inner>);
+pub(crate) struct OpenAiSession(Arc<Inner>);
 
 impl LlmSession for OpenAiSession {
     fn prefill(&mut self, _messages: &[ChatMessage]) -> Result<usize> {
@@ -194,21 +194,21 @@ fn request_body(model: &str, messages: &[ChatMessage], options: &GenerationOptio
 
 /// What one streamed chunk adds to the reply.
 #[derive(Debug, Default, PartialEq)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     pub text: String,
-    pub finish: Option<String>,
+    pub(crate) finish: Option<String>,
     /// (prompt, completion) tokens: OpenAI sends them in a last chunk of
     /// their own when asked, Groq under `x_groq` in its final chunk.
-    pub usage: Option<(usize, usize)>,
+    pub(crate) usage: Option<(usize, usize)>,
     /// The function a tool call names (in its first chunk).
-    pub tool_name: Option<String>,
+    pub(crate) tool_name: Option<String>,
     /// The next piece of the call's JSON arguments.
-    pub tool_arguments: String,
+    pub(crate) tool_arguments: String,
 }
 
 /// Reads one `data:` payload of the stream. A provider that fails after
 /// the response has begun says so in the stream, as an `error` object.
-pub fn parse_chunk(data: &str) -> std::result::Result<Chunk, String> {
+pub(crate) fn parse_chunk(data: &str) -> std::result::Result<Chunk, String> {
     let v: Value = serde_json::from_str(data)
         .map_err(|e| format!("a stream event that is not JSON ({e}): {data:.200}"))?;
     if let Some(e) = v.get("error") {

@@ -7,11 +7,11 @@ use nnnoiseless::DenoiseState;
 
 use crate::engines::{DenoiseStream, Denoiser};
 
-pub const RATE: u32 = 48_000;
-pub const FRAME: usize = DenoiseState::FRAME_SIZE;
+pub(crate) const RATE: u32 = 48_000;
+pub(crate) const FRAME: usize = DenoiseState::FRAME_SIZE;
 
 #[derive(Default)]
-pub struct Rnnoise;
+pub(crate) struct Rnnoise;
 
 impl Denoiser for Rnnoise {
     fn stream(&self) -> Box<dyn DenoiseStream> {
@@ -29,7 +29,7 @@ impl Denoiser for Rnnoise {
     }
 }
 
-pub struct RnnoiseStream {
+pub(crate) struct RnnoiseStream {
     state: Box<DenoiseState<'static>>,
     pending: Vec<f32>,
     scratch_in: Vec<f32>,

@@ -4,10 +4,10 @@
 //! counterparts are in [`super::api`]; both implement the traits of
 //! [`super`], so the pipeline cannot tell them apart.
 
-pub mod denoise;
+pub(crate) mod denoise;
 pub mod llama;
-pub mod onnx;
-pub mod piper;
+pub(crate) mod onnx;
+pub(crate) mod piper;
 pub mod silero;
 pub mod smart_turn;
-pub mod whisper;
+pub(crate) mod whisper;

@@ -19,7 +19,7 @@ use crate::engines::device::Device;
 use crate::error::{Error, Result};
 
 /// ort is compiled against API level 24, i.e. ONNX Runtime 1.24 or newer.
-pub const MIN_VERSION: (u32, u32) = (1, 24);
+pub(crate) const MIN_VERSION: (u32, u32) = (1, 24);
 
 #[repr(C)]
 struct OrtApiBase {
@@ -31,7 +31,7 @@ static ENV: OnceLock<std::result::Result<(PathBuf, Environment), String>> = Once
 
 /// Reads the version of the ONNX Runtime library at `path` without
 /// initialising ort. Also the check behind `callbox models check`.
-pub fn library_version(path: &Path) -> Result<String> {
+pub(crate) fn library_version(path: &Path) -> Result<String> {
     if !path.is_file() {
         return Err(Error::missing("ONNX Runtime library", path));
     }
@@ -74,7 +74,7 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 
 /// Initialises ort once per process from `path`; later calls with another
 /// path are refused rather than silently ignored.
-pub fn environment(path: &Path) -> Result<&'static Environment> {
+pub(crate) fn environment(path: &Path) -> Result<&'static Environment> {
     let init = ENV.get_or_init(|| {
         let version = library_version(path).map_err(|e| e.to_string())?;
         match parse_version(&version) {
@@ -112,7 +112,7 @@ pub fn environment(path: &Path) -> Result<&'static Environment> {
 
 /// How the shapes of a model's tensors change from one run to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shapes {
+pub(crate) enum Shapes {
     /// The same every run (a VAD window, a fixed-length audio clip): ONNX
     /// Runtime's memory arena and memory patterns pay off.
     Fixed,
@@ -127,7 +127,7 @@ pub enum Shapes {
 
 /// How much ONNX Runtime rewrites a model's graph before running it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Optimisation {
+pub(crate) enum Optimisation {
     /// Every rewrite (level 3): the fastest, and what calls run. An int8
     /// model's quantize/dequantize pairs are fused into integer kernels that
     /// ONNX Runtime picks by the CPU's instruction set (AVX2, AVX-512,
@@ -143,7 +143,7 @@ pub enum Optimisation {
 /// through ONNX Runtime's CUDA provider, which needs the runtime's GPU build
 /// (the `gpu` model set's `onnxruntime-gpu`). A provider that cannot start
 /// is an error rather than a quiet fallback to the CPU.
-pub fn session(
+pub(crate) fn session(
     ort_lib: &Path,
     model: &Path,
     what: &str,
@@ -163,7 +163,7 @@ pub fn session(
 }
 
 /// [`session`] with the graph optimisation chosen.
-pub fn session_with(
+pub(crate) fn session_with(
     ort_lib: &Path,
     model: &Path,
     what: &str,

@@ -40,7 +40,7 @@ impl SileroVad {
         Self::load_on(ort_lib, model, params, Device::Cpu)
     }
 
-    pub fn load_on(
+    pub(crate) fn load_on(
         ort_lib: &Path,
         model: &Path,
         params: VadParams,
@@ -93,7 +93,7 @@ enum State {
 }
 
 /// One call's VAD: model state, loudness meter and hysteresis.
-pub struct SileroStream {
+pub(crate) struct SileroStream {
     session: Arc<Mutex<Session>>,
     params: VadParams,
     start_windows: u32,

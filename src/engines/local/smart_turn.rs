@@ -17,8 +17,8 @@ use crate::engines::device::Device;
 use crate::engines::{TurnDetector, TurnVerdict, MODEL_RATE};
 use crate::error::{Error, Result};
 
-pub const SECONDS: usize = 8;
-pub const SAMPLES: usize = SECONDS * MODEL_RATE as usize;
+pub(crate) const SECONDS: usize = 8;
+pub(crate) const SAMPLES: usize = SECONDS * MODEL_RATE as usize;
 pub const FRAMES: usize = SAMPLES / crate::audio::mel::HOP;
 
 pub struct SmartTurn {
@@ -31,7 +31,7 @@ impl SmartTurn {
         Self::load_on(ort_lib, model, mel_filters, Device::Cpu)
     }
 
-    pub fn load_on(
+    pub(crate) fn load_on(
         ort_lib: &Path,
         model: &Path,
         mel_filters: &Path,

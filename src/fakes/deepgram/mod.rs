@@ -137,14 +137,14 @@ pub struct ListenLog {
     /// Seconds of audio received.
     pub audio_secs: f64,
     pub finalizes: usize,
-    pub keepalives: usize,
-    pub close_stream: bool,
+    pub(crate) keepalives: usize,
+    pub(crate) close_stream: bool,
     pub interims: Vec<String>,
     pub finals: Vec<String>,
 }
 
 pub struct FakeDeepgram {
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     behaviour: Mutex<Behaviour>,
     listen: Mutex<ListenBehaviour>,
     voice: Voice,

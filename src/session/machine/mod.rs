@@ -37,7 +37,7 @@ mod reply;
 #[cfg(test)]
 mod tests;
 mod turn;
-pub mod words;
+pub(crate) mod words;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ const RESUME_LOOKBACK: u64 = 1600;
 /// What happened on the call. Stream positions are 16 kHz samples of the
 /// caller's audio since the call started.
 #[derive(Debug)]
-pub enum Input {
+pub(crate) enum Input {
     /// The call starts: the greeting, and the prompt prefilled meanwhile.
     Start,
     /// Caller audio up to position `end` is in the driver's turn buffer.
@@ -126,12 +126,12 @@ pub enum Input {
 
 /// Loudness at a speech onset, for the echo rule (dBFS).
 #[derive(Debug, Clone, Copy)]
-pub struct Levels {
+pub(crate) struct Levels {
     /// The caller's speech so far (RMS).
-    pub caller: f32,
+    pub(crate) caller: f32,
     /// The loudest 20 ms the bot played over the same stretch and the half
     /// second before it (−∞ when it played nothing).
-    pub bot_peak: f32,
+    pub(crate) bot_peak: f32,
 }
 
 /// What the driver is to do.
@@ -139,7 +139,7 @@ pub struct Levels {
 // audio frames) and moved once, so boxing them would cost more than it saves.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Action {
+pub(crate) enum Action {
     /// Tell the observers.
     Emit(EventKind),
     /// Transcribe the caller's audio `[from, to)` for candidate turn `id`.
@@ -171,20 +171,20 @@ pub enum Action {
 }
 
 /// What is left of a call once it ended.
-pub struct Ended {
+pub(crate) struct Ended {
     pub history: Vec<ChatMessage>,
     pub turns: Vec<TurnRecord>,
     pub interruptions: Vec<Interruption>,
-    pub echo_segments_ignored: usize,
+    pub(crate) echo_segments_ignored: usize,
     pub drafts_discarded: usize,
     pub backchannels: usize,
     pub errors: Vec<String>,
 }
 
 /// Keypad digits one call may send into the conversation.
-pub const MAX_DTMF: usize = 64;
+pub(crate) const MAX_DTMF: usize = 64;
 
-pub struct TurnMachine {
+pub(crate) struct TurnMachine {
     rules: CallConfig,
     persona: Persona,
     /// For log lines only.
@@ -228,7 +228,7 @@ pub struct TurnMachine {
 
 impl TurnMachine {
     /// A call that started at `start`.
-    pub fn new(rules: CallConfig, persona: Persona, call: &str, start: Instant) -> Self {
+    pub(crate) fn new(rules: CallConfig, persona: Persona, call: &str, start: Instant) -> Self {
         let history = vec![ChatMessage::new(Role::System, persona.system.clone())];
         Self {
             rules,
@@ -267,12 +267,12 @@ impl TurnMachine {
     /// Leaves the persona's voicemail message instead of the greeting
     /// (an answering machine's beep has gone), takes no turns, and hangs up
     /// once the message has played to its last mark.
-    pub fn leave_voicemail(&mut self) {
+    pub(crate) fn leave_voicemail(&mut self) {
         self.voicemail = true;
     }
 
     /// Handles one input that happened at `now`.
-    pub fn on(&mut self, input: Input, now: Instant) -> Vec<Action> {
+    pub(crate) fn on(&mut self, input: Input, now: Instant) -> Vec<Action> {
         // A recorder's noise is nobody to answer or to stop for.
         if self.voicemail
             && matches!(
@@ -348,7 +348,7 @@ impl TurnMachine {
     /// The call is over at `now`: a reply still playing ends like a barge-in
     /// (the records and the history keep what the caller heard of it). The
     /// machine is spent afterwards.
-    pub fn finish(&mut self, now: Instant) -> (Vec<Action>, Ended) {
+    pub(crate) fn finish(&mut self, now: Instant) -> (Vec<Action>, Ended) {
         if let Some(a) = self.active.take() {
             self.cancel(a.epoch);
             if let Some((tool, since)) = &a.then {
@@ -380,7 +380,7 @@ impl TurnMachine {
     }
 
     /// An error of this call: kept for its summary and reported to observers.
-    pub fn error(&mut self, kind: &str, message: String) {
+    pub(crate) fn error(&mut self, kind: &str, message: String) {
         self.errors.push(message.clone());
         self.emit(EventKind::Error {
             kind: kind.to_string(),

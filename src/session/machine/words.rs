@@ -9,7 +9,7 @@
 
 /// What the words of a possibly finished turn suggest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cue {
+pub(crate) enum Cue {
     /// More is coming: a greeting or vocative on its own, or a line that
     /// trails off (a conjunction, a filler, a comma).
     GoingOn,
@@ -67,7 +67,7 @@ fn words(text: &str) -> Vec<String> {
 
 /// What the transcript of a turn says about whether it is over. `name` is
 /// what callers call the bot ("Miss Harper"; may be empty).
-pub fn turn_cue(text: &str, name: &str) -> Cue {
+pub(crate) fn turn_cue(text: &str, name: &str) -> Cue {
     let text = text.trim();
     let words = words(text);
     let Some(last) = words.last() else {
@@ -116,7 +116,7 @@ pub fn turn_cue(text: &str, name: &str) -> Cue {
 /// "yeah", "okay", "right", "mm-hmm", "I see"). No words at all — a cough,
 /// a noise Whisper heard nothing in — count as one too: there is nothing
 /// to answer.
-pub fn is_backchannel(text: &str) -> bool {
+pub(crate) fn is_backchannel(text: &str) -> bool {
     let words = words(text);
     if words.len() > BACKCHANNEL_MAX_WORDS {
         return false;

@@ -102,9 +102,9 @@ impl LlmPart {
 /// What the persona says around the owner's tools, and the runtime their
 /// requests run on.
 pub struct ToolLines {
-    pub rt: tokio::runtime::Handle,
-    pub filler: String,
-    pub apology: String,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) filler: String,
+    pub(crate) apology: String,
 }
 
 /// Turns a reply's text into pieces for Piper as it is written.

@@ -190,7 +190,7 @@ impl LlamaEngine {
 
     /// Generates a few tokens once, so that the first call pays for no
     /// buffer allocation, no weight upload and no kernel selection.
-    pub fn warm_up(&self) -> Result<()> {
+    pub(crate) fn warm_up(&self) -> Result<()> {
         let mut s = self.session()?;
         let messages = [ChatMessage::new(crate::engines::Role::User, "Hi.")];
         let options = GenerationOptions {
@@ -295,7 +295,7 @@ impl Llm for LlamaEngine {
     }
 }
 
-pub struct LlamaSession {
+pub(crate) struct LlamaSession {
     engine: Arc<Inner>,
     ctx: LlamaContext<'static>,
     /// Tokens whose keys and values are in the context, in order.

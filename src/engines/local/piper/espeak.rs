@@ -40,19 +40,19 @@ static ESPEAK: Mutex<Option<String>> = Mutex::new(None);
 
 /// One clause of phonemes and the punctuation that ended it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Clause {
-    pub phonemes: String,
-    pub punctuation: Option<char>,
+pub(crate) struct Clause {
+    pub(crate) phonemes: String,
+    pub(crate) punctuation: Option<char>,
 }
 
 impl Clause {
-    pub fn ends_sentence(&self) -> bool {
+    pub(crate) fn ends_sentence(&self) -> bool {
         matches!(self.punctuation, Some('.' | '?' | '!'))
     }
 }
 
 /// Phonemises `text` with `voice` (e.g. "en-us"), clause by clause.
-pub fn phonemize(text: &str, voice: &str, data_dir: Option<&Path>) -> Result<Vec<Clause>> {
+pub(crate) fn phonemize(text: &str, voice: &str, data_dir: Option<&Path>) -> Result<Vec<Clause>> {
     let mut guard = ESPEAK.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
         let path = data_dir
@@ -146,7 +146,7 @@ fn strip_language_switches(s: &str) -> String {
 
 /// Groups clauses into sentences, each a phoneme string with its
 /// punctuation, the way Piper's trainer built its inputs.
-pub fn sentences(clauses: &[Clause]) -> Vec<String> {
+pub(crate) fn sentences(clauses: &[Clause]) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     for c in clauses {

@@ -2,7 +2,7 @@
 //! ONNX Runtime, one sentence at a time so the first sentence can play while
 //! the rest is synthesised.
 
-pub mod espeak;
+pub(crate) mod espeak;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,20 +61,20 @@ impl Default for Inference {
 }
 
 #[derive(Debug, Clone)]
-pub struct PiperOptions {
+pub(crate) struct PiperOptions {
     /// Silence after each sentence, in seconds.
-    pub sentence_silence: f32,
+    pub(crate) sentence_silence: f32,
     /// Speaking rate multiplier on the voice's own length scale (>1 slower).
-    pub length_scale: f32,
+    pub(crate) length_scale: f32,
     /// Folder that contains `espeak-ng-data` (default: the system's).
-    pub espeak_data: Option<PathBuf>,
-    pub threads: usize,
+    pub(crate) espeak_data: Option<PathBuf>,
+    pub(crate) threads: usize,
     /// The voice's random variation (its noise scales). Off, the same text
     /// always gives the same audio: simulated callers use that, so a test or
     /// a benchmark hears the same question on every run and a transcript
     /// that differs is the pipeline's doing, not the voice's dice.
-    pub variation: bool,
-    pub device: Device,
+    pub(crate) variation: bool,
+    pub(crate) device: Device,
 }
 
 impl Default for PiperOptions {
@@ -92,7 +92,7 @@ impl Default for PiperOptions {
     }
 }
 
-pub struct Piper {
+pub(crate) struct Piper {
     session: Mutex<Session>,
     config: VoiceConfig,
     options: PiperOptions,
@@ -101,7 +101,7 @@ pub struct Piper {
 
 impl Piper {
     /// Loads `voice.onnx` and its `voice.onnx.json`.
-    pub fn load(ort_lib: &Path, model: &Path, options: PiperOptions) -> Result<Self> {
+    pub(crate) fn load(ort_lib: &Path, model: &Path, options: PiperOptions) -> Result<Self> {
         let json = PathBuf::from(format!("{}.json", model.display()));
         crate::models::require("Piper voice config", &json)?;
         let config: VoiceConfig = serde_json::from_slice(&std::fs::read(&json)?)
@@ -184,7 +184,7 @@ impl Piper {
     }
 
     /// The phoneme sentences for `text` (for tests and tools).
-    pub fn phoneme_sentences(&self, text: &str) -> Result<Vec<String>> {
+    pub(crate) fn phoneme_sentences(&self, text: &str) -> Result<Vec<String>> {
         let clauses = espeak::phonemize(
             text,
             &self.config.espeak.voice,

@@ -37,13 +37,13 @@ const MAX_FRAMES: usize = 3000;
 const TOKENS_PER_SEC: f32 = 8.0;
 
 #[derive(Debug, Clone)]
-pub struct WhisperOptions {
+pub(crate) struct WhisperOptions {
     /// Shorten the encoder context to the audio (the default); `false` runs
     /// the stock 30 s context, for comparison.
-    pub short_context: bool,
+    pub(crate) short_context: bool,
     /// Trailing silence added to the context, in seconds.
-    pub padding_secs: f32,
-    pub device: Device,
+    pub(crate) padding_secs: f32,
+    pub(crate) device: Device,
 }
 
 impl Default for WhisperOptions {
@@ -56,7 +56,7 @@ impl Default for WhisperOptions {
     }
 }
 
-pub struct Whisper {
+pub(crate) struct Whisper {
     model: Model,
     tokenizer: Tokenizer,
     mel: LogMel,
@@ -76,7 +76,7 @@ pub struct Whisper {
 impl Whisper {
     /// Loads a model directory (`model.safetensors`, `config.json`,
     /// `tokenizer.json`) and the mel filter bank.
-    pub fn load(dir: &Path, mel_filters: &Path, options: WhisperOptions) -> Result<Self> {
+    pub(crate) fn load(dir: &Path, mel_filters: &Path, options: WhisperOptions) -> Result<Self> {
         let what = "Whisper model";
         let weights = dir.join("model.safetensors");
         for f in ["model.safetensors", "config.json", "tokenizer.json"] {
@@ -153,7 +153,7 @@ impl Whisper {
 
     /// The first transcription is several times slower than later ones
     /// (allocations, page faults on the mapped weights): pay that at startup.
-    pub fn warm_up(&self) -> Result<()> {
+    pub(crate) fn warm_up(&self) -> Result<()> {
         let tone: Vec<f32> = (0..MODEL_RATE as usize)
             .map(|i| 0.1 * (i as f32 * 0.05).sin())
             .collect();
@@ -295,7 +295,7 @@ const RESTART_RUN: usize = 2;
 
 /// If the output has just started over — a sentence end followed by the
 /// utterance's first [`RESTART_RUN`] tokens — the number of tokens to drop.
-pub fn restarted(tokens: &[u32], ends_sentence: impl Fn(u32) -> bool) -> Option<usize> {
+pub(crate) fn restarted(tokens: &[u32], ends_sentence: impl Fn(u32) -> bool) -> Option<usize> {
     let n = tokens.len();
     let k = RESTART_RUN;
     (n > 2 * k && tokens[n - k..] == tokens[..k] && ends_sentence(tokens[n - k - 1])).then_some(k)
@@ -303,7 +303,7 @@ pub fn restarted(tokens: &[u32], ends_sentence: impl Fn(u32) -> bool) -> Option<
 
 /// If the last [`LOOP_RUN`] tokens (not all the same token) already occurred
 /// earlier in `tokens`, the number of tokens to drop: the recurrence.
-pub fn repeated_phrase(tokens: &[u32]) -> Option<usize> {
+pub(crate) fn repeated_phrase(tokens: &[u32]) -> Option<usize> {
     let n = tokens.len();
     if n < 2 * LOOP_RUN {
         return None;

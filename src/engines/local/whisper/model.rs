@@ -17,20 +17,20 @@ use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Config {
-    pub num_mel_bins: usize,
-    pub max_source_positions: usize,
-    pub d_model: usize,
-    pub encoder_attention_heads: usize,
-    pub encoder_layers: usize,
-    pub vocab_size: usize,
-    pub max_target_positions: usize,
-    pub decoder_attention_heads: usize,
-    pub decoder_layers: usize,
+pub(crate) struct Config {
+    pub(crate) num_mel_bins: usize,
+    pub(crate) max_source_positions: usize,
+    pub(crate) d_model: usize,
+    pub(crate) encoder_attention_heads: usize,
+    pub(crate) encoder_layers: usize,
+    pub(crate) vocab_size: usize,
+    pub(crate) max_target_positions: usize,
+    pub(crate) decoder_attention_heads: usize,
+    pub(crate) decoder_layers: usize,
     #[serde(default)]
-    pub suppress_tokens: Vec<u32>,
+    pub(crate) suppress_tokens: Vec<u32>,
     #[serde(default)]
-    pub begin_suppress_tokens: Vec<u32>,
+    pub(crate) begin_suppress_tokens: Vec<u32>,
 }
 
 /// A linear layer, in 8 bits on the CPU where the decoder runs it one token
@@ -169,7 +169,7 @@ struct EncoderBlock {
     mlp: Mlp,
 }
 
-pub struct Encoder {
+pub(crate) struct Encoder {
     conv1: Conv1d,
     conv2: Conv1d,
     positions: Tensor,
@@ -215,7 +215,7 @@ impl Encoder {
     }
 
     /// `[1, n_mels, T]` → `[1, T/2, d]`.
-    pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, mel: &Tensor) -> Result<Tensor> {
         let x = self.conv1.forward(mel)?.gelu_erf()?;
         let x = self.conv2.forward(&x)?.gelu_erf()?.transpose(1, 2)?;
         let t = x.dim(1)?;
@@ -257,7 +257,7 @@ struct DecoderBlock {
     mlp: Mlp,
 }
 
-pub struct Decoder {
+pub(crate) struct Decoder {
     embeddings: Tensor,
     projection: Proj,
     positions: Tensor,
@@ -266,11 +266,11 @@ pub struct Decoder {
 }
 
 /// Per-transcription decoder caches.
-pub struct DecoderState {
+pub(crate) struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
     /// (keys transposed, values) per layer.
     cross_kv: Vec<(Tensor, Tensor)>,
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 impl Decoder {
@@ -312,7 +312,7 @@ impl Decoder {
         })
     }
 
-    pub fn max_len(&self) -> usize {
+    pub(crate) fn max_len(&self) -> usize {
         self.positions.dim(0).unwrap_or(448)
     }
 
@@ -320,7 +320,7 @@ impl Decoder {
     /// and values, once per utterance. The keys are stored transposed and
     /// contiguous: every decoder step multiplies by them, and a strided
     /// transpose there cost half a millisecond per layer and step.
-    pub fn start(&self, audio_features: &Tensor) -> Result<DecoderState> {
+    pub(crate) fn start(&self, audio_features: &Tensor) -> Result<DecoderState> {
         let cross_kv = self
             .blocks
             .iter()
@@ -338,7 +338,7 @@ impl Decoder {
 
     /// Appends `tokens` to the sequence and returns the logits that follow
     /// the last of them.
-    pub fn step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Vec<f32>> {
+    pub(crate) fn step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Vec<f32>> {
         let t = tokens.len();
 
         let device = self.embeddings.device();
@@ -387,13 +387,13 @@ fn causal_mask(t: usize, offset: usize, device: &Device, dtype: DType) -> Result
     Tensor::from_vec(m, (t, total), device)?.to_dtype(dtype)
 }
 
-pub struct Model {
-    pub encoder: Encoder,
-    pub decoder: Decoder,
+pub(crate) struct Model {
+    pub(crate) encoder: Encoder,
+    pub(crate) decoder: Decoder,
 }
 
 impl Model {
-    pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::load(cfg, vb.pp("model.encoder"))?,
             decoder: Decoder::load(cfg, vb.pp("model.decoder"))?,
@@ -402,7 +402,7 @@ impl Model {
 }
 
 /// Index of the largest logit.
-pub fn argmax(logits: &[f32]) -> u32 {
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
     let mut best = (0usize, f32::NEG_INFINITY);
     for (i, &l) in logits.iter().enumerate() {
         if l > best.1 {
