@@ -6,7 +6,7 @@
 mod record;
 mod redact;
 
-pub use record::{CallSummary, Interruption, ToolRecord, TurnEnd, TurnRecord};
+pub use record::{CallSummary, CallerTurn, Interruption, ToolRecord, TurnEnd, TurnRecord};
 pub use redact::Redact;
 
 use std::collections::HashMap;
@@ -162,6 +162,16 @@ pub enum EventKind {
         end: TurnEnd,
         silence_ms: f64,
     },
+    /// Reply `turn` was asked for at `started_at_ms` (a draft's start, for a
+    /// draft the turn adopted) and is now the one that plays; for a caller's
+    /// turn, how that turn was heard and ended.
+    ReplyStarted {
+        turn: usize,
+        kind: TurnKind,
+        user_text: String,
+        started_at_ms: f64,
+        caller: Option<CallerTurn>,
+    },
     LlmFirstToken {
         turn: usize,
         ms: f64,
@@ -175,6 +185,8 @@ pub enum EventKind {
     TtsFirstAudio {
         turn: usize,
         ms: f64,
+        /// When that audio was ready, since the start of the call.
+        audio_at_ms: f64,
     },
     TtsUsage {
         turn: usize,
@@ -188,6 +200,8 @@ pub enum EventKind {
         end_of_speech_ms: Option<f64>,
         /// For the greeting: from the start of the call.
         since_call_start_ms: Option<f64>,
+        /// When the frame was written, since the start of the call.
+        frame_at_ms: f64,
     },
     BotStoppedSpeaking {
         turn: usize,
@@ -220,6 +234,10 @@ pub enum EventKind {
         call: crate::tools::ToolCall,
         outcome: &'static str,
         ms: f64,
+        /// What an owner's endpoint answered (cut at 2,000 characters), or
+        /// why it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
     },
     Dtmf {
         digit: String,
@@ -228,7 +246,18 @@ pub enum EventKind {
         kind: String,
         message: String,
     },
-    /// A reply's complete record, once it has been played or interrupted.
+    /// Reply `turn` is over: played to its end, interrupted, or abandoned
+    /// before a frame of it was heard; `heard_text` is what the caller heard.
+    ReplyEnded {
+        turn: usize,
+        bot_text: String,
+        heard_text: String,
+        interrupted: bool,
+    },
+    /// A reply's complete record, once it has been played or interrupted:
+    /// folded from the reply's events by the call's
+    /// [`TurnLog`](crate::observe::turns::TurnLog), which publishes it right
+    /// after the `ReplyEnded` that completes it.
     TurnFinished {
         record: TurnRecord,
     },

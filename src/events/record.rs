@@ -84,6 +84,22 @@ impl TurnRecord {
     }
 }
 
+/// How a caller's turn was heard and ended: the measures of the turn a
+/// reply answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallerTurn {
+    /// End of speech → transcript.
+    pub stt_ms: f64,
+    pub end: TurnEnd,
+    /// How many times Smart Turn was asked about the turn.
+    pub smart_turn_scores: usize,
+    /// Of the last verdict: VAD stop → verdict, the model alone, and its
+    /// probability.
+    pub smart_turn_ms: Option<f64>,
+    pub smart_turn_inference_ms: Option<f64>,
+    pub smart_turn_probability: Option<f32>,
+}
+
 /// One use of an owner's tool within a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolRecord {

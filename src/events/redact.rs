@@ -79,6 +79,7 @@ impl Redact {
                 call: crate::tools::ToolCall::Http { name, arguments },
                 outcome,
                 ms,
+                result,
             } => EventKind::ToolCall {
                 turn: *turn,
                 call: crate::tools::ToolCall::Http {
@@ -87,6 +88,32 @@ impl Redact {
                 },
                 outcome,
                 ms: *ms,
+                result: result.as_deref().map(|s| self.said(s).into_owned()),
+            },
+            EventKind::ReplyStarted {
+                turn,
+                kind,
+                user_text,
+                started_at_ms,
+                caller,
+            } => EventKind::ReplyStarted {
+                turn: *turn,
+                kind: *kind,
+                user_text: self.said(user_text).into_owned(),
+                started_at_ms: *started_at_ms,
+                caller: caller.clone(),
+            },
+            // The bot repeats what it was told ("so that's 4111…").
+            EventKind::ReplyEnded {
+                turn,
+                bot_text,
+                heard_text,
+                interrupted,
+            } => EventKind::ReplyEnded {
+                turn: *turn,
+                bot_text: self.said(bot_text).into_owned(),
+                heard_text: self.said(heard_text).into_owned(),
+                interrupted: *interrupted,
             },
             EventKind::TurnFinished { record } => EventKind::TurnFinished {
                 record: self.record(record),

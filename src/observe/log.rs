@@ -63,7 +63,7 @@ impl Observer for LogObserver {
                 turn,
                 "LLM usage: {prompt_tokens} prompt tokens ({prefilled_tokens} evaluated), {completion_tokens} completion tokens"
             ),
-            EventKind::TtsFirstAudio { turn, ms } => {
+            EventKind::TtsFirstAudio { turn, ms, .. } => {
                 tracing::info!(call, turn, "TTS TTFB: {ms:.0} ms")
             }
             EventKind::TtsUsage { turn, characters } => {
@@ -75,6 +75,7 @@ impl Observer for LogObserver {
                 total_ms,
                 end_of_speech_ms,
                 since_call_start_ms,
+                ..
             } => match (kind, total_ms, end_of_speech_ms, since_call_start_ms) {
                 (_, Some(t), Some(eos), _) => tracing::info!(
                     call,
@@ -118,6 +119,7 @@ impl Observer for LogObserver {
                 call: tool,
                 outcome,
                 ms,
+                ..
             } => tracing::info!(
                 call,
                 turn,
@@ -130,6 +132,11 @@ impl Observer for LogObserver {
             }
             EventKind::Dtmf { digit } => said!(self, call, digit, "DTMF"),
             EventKind::Error { kind, message } => tracing::error!(call, kind, "{message}"),
+            EventKind::ReplyStarted { turn, kind, .. } => {
+                tracing::debug!(call, turn, "reply started ({})", kind.as_str())
+            }
+            // Its record, next, carries the words.
+            EventKind::ReplyEnded { .. } => {}
             EventKind::TurnFinished { record } => {
                 said!(self, call, turn = record.index, "bot: {}", record.heard_text)
             }

@@ -28,9 +28,10 @@ pub(crate) mod metrics;
 pub(crate) mod otel;
 pub mod table;
 pub mod trace;
+pub(crate) mod turns;
 
 use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use crate::events::{Event, EventKind};
@@ -149,12 +150,15 @@ impl Bus {
     }
 }
 
-/// One call's handle on the bus.
+/// One call's handle on the bus, and the records its events add up to.
 #[derive(Clone)]
 pub(crate) struct Publisher {
     bus: Arc<Bus>,
     call_sid: Arc<str>,
     start: Instant,
+    /// Shared by the clones the call's workers hold; fed in the order the
+    /// events are published, never waited on for long (a fold per event).
+    turns: Arc<Mutex<turns::TurnLog>>,
 }
 
 impl Publisher {
@@ -163,10 +167,28 @@ impl Publisher {
             bus,
             call_sid: call_sid.into(),
             start,
+            turns: Default::default(),
         }
     }
 
     pub(crate) fn emit(&self, kind: EventKind) {
+        let finished = self.turn_log().on(&kind);
+        self.publish(kind);
+        if let Some(record) = finished {
+            self.publish(EventKind::TurnFinished { record });
+        }
+    }
+
+    /// The call's per-turn records so far (for its summary), taken.
+    pub(crate) fn take_turns(&self) -> Vec<crate::events::TurnRecord> {
+        self.turn_log().take()
+    }
+
+    fn turn_log(&self) -> std::sync::MutexGuard<'_, turns::TurnLog> {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, kind: EventKind) {
         self.bus.publish(Event {
             call_sid: self.call_sid.clone(),
             at_ms: self.start.elapsed().as_secs_f64() * 1e3,

@@ -499,7 +499,7 @@ impl Session {
             duration_secs: self.start.elapsed().as_secs_f64(),
             info: self.info,
             history: ended.history,
-            turns: ended.turns,
+            turns: self.events.take_turns(),
             interruptions: ended.interruptions,
             echo_segments_ignored: ended.echo_segments_ignored,
             drafts_discarded: ended.drafts_discarded,

@@ -46,8 +46,8 @@ use super::reply::{ReplyEvent, Source};
 use super::timeline::StreamClock;
 use crate::config::{CallConfig, Persona};
 use crate::engines::{ChatMessage, Role, Transcript, TurnVerdict, MODEL_RATE};
-use crate::events::{EventKind, Interruption, TurnKind, TurnRecord};
-use reply::Active;
+use crate::events::{EventKind, Interruption, TurnKind};
+use reply::{Active, Asked};
 use turn::Pending;
 
 /// Audio before the VAD's onset that Smart Turn sees (its training clips
@@ -173,7 +173,6 @@ pub(crate) enum Action {
 /// What is left of a call once it ended.
 pub(crate) struct Ended {
     pub history: Vec<ChatMessage>,
-    pub turns: Vec<TurnRecord>,
     pub interruptions: Vec<Interruption>,
     pub(crate) echo_segments_ignored: usize,
     pub drafts_discarded: usize,
@@ -196,7 +195,8 @@ pub(crate) struct TurnMachine {
     /// the call does not apologise for its apology, round and round.
     apology_epoch: u64,
     active: Option<Active>,
-    records: Vec<TurnRecord>,
+    /// Replies started so far: the next one's number.
+    replies: usize,
     interruptions: Vec<Interruption>,
     position: u64,
     clock: StreamClock,
@@ -239,7 +239,7 @@ impl TurnMachine {
             epoch: 0,
             apology_epoch: 0,
             active: None,
-            records: Vec::new(),
+            replies: 0,
             interruptions: Vec::new(),
             position: 0,
             clock: StreamClock::new(MODEL_RATE),
@@ -346,7 +346,7 @@ impl TurnMachine {
     }
 
     /// The call is over at `now`: a reply still playing ends like a barge-in
-    /// (the records and the history keep what the caller heard of it). The
+    /// (its events and the history keep what the caller heard of it). The
     /// machine is spent afterwards.
     pub(crate) fn finish(&mut self, now: Instant) -> (Vec<Action>, Ended) {
         if let Some(a) = self.active.take() {
@@ -363,7 +363,6 @@ impl TurnMachine {
         }
         let ended = Ended {
             history: std::mem::take(&mut self.history),
-            turns: std::mem::take(&mut self.records),
             interruptions: std::mem::take(&mut self.interruptions),
             echo_segments_ignored: self.echo_ignored,
             drafts_discarded: self.drafts_discarded,
@@ -401,14 +400,8 @@ impl TurnMachine {
     fn on_start(&mut self, now: Instant) {
         if self.voicemail {
             let message = self.persona.voicemail.clone();
-            self.start_reply(
-                TurnKind::Greeting,
-                Source::Text(message),
-                String::new(),
-                None,
-                None,
-                now,
-            );
+            let asked = Asked::unspoken(TurnKind::Greeting, String::new());
+            self.start_reply(asked, Source::Text(message), now);
             if let Some(a) = self.active.as_mut() {
                 a.then = Some((crate::tools::ToolCall::EndCall, now));
             }
@@ -418,14 +411,8 @@ impl TurnMachine {
         if self.rules.greet && !self.persona.greeting.is_empty() {
             let greeting = self.persona.greeting.clone();
             prefix.push(ChatMessage::new(Role::Assistant, greeting.clone()));
-            self.start_reply(
-                TurnKind::Greeting,
-                Source::Text(greeting),
-                String::new(),
-                None,
-                None,
-                now,
-            );
+            let asked = Asked::unspoken(TurnKind::Greeting, String::new());
+            self.start_reply(asked, Source::Text(greeting), now);
         }
         self.out.push(Action::Prefill(prefix));
     }
@@ -516,7 +503,8 @@ impl TurnMachine {
     /// Speaks `text` in place of a turn that failed.
     fn apologise(&mut self, text: &str, now: Instant) {
         let source = Source::Text(text.to_string());
-        self.start_reply(TurnKind::Turn, source, String::new(), None, None, now);
+        let asked = Asked::unspoken(TurnKind::Turn, String::new());
+        self.start_reply(asked, source, now);
         self.apology_epoch = self.epoch;
     }
 

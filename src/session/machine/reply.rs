@@ -1,11 +1,12 @@
-//! The machine's side of a reply: its record, the pieces the caller has
-//! heard, and how it ends — played to its last mark, interrupted, or failed.
+//! The machine's side of a reply: the events that make its record, the
+//! pieces the caller has heard, and how it ends — played to its last mark,
+//! interrupted, or failed.
 
 use std::time::Instant;
 
 use super::{ms, Action, TurnMachine};
 use crate::engines::{ChatMessage, Role};
-use crate::events::{EventKind, Interruption, TurnKind, TurnRecord};
+use crate::events::{CallerTurn, EventKind, Interruption, TurnKind};
 use crate::session::reply::{ReplyEvent, Source};
 use crate::tools::http::ToolResult;
 use crate::tools::ToolCall;
@@ -26,15 +27,47 @@ pub(super) struct Piece {
 /// going on with their turn, and the reply cut them off.
 const REACTION_SECS: f64 = 0.5;
 
+/// What a reply answers: its kind, the caller's words, and for a caller's
+/// turn when it ended and how it was heard.
+#[derive(Debug)]
+pub(super) struct Asked {
+    pub(super) kind: TurnKind,
+    pub(super) user_text: String,
+    pub(super) vad_stop_at: Option<Instant>,
+    pub(super) end_of_speech_at: Option<Instant>,
+    pub(super) caller: Option<CallerTurn>,
+}
+
+impl Asked {
+    /// A reply no speech asked for (the greeting, an idle prompt, an
+    /// apology), or one that answers `user_text` typed on the keypad.
+    pub(super) fn unspoken(kind: TurnKind, user_text: String) -> Self {
+        Self {
+            kind,
+            user_text,
+            vad_stop_at: None,
+            end_of_speech_at: None,
+            caller: None,
+        }
+    }
+}
+
 /// The reply playing (or about to).
 #[derive(Debug)]
 pub(super) struct Active {
     pub(super) epoch: u64,
-    record: usize,
+    /// Its number in the call, as events and records name it.
+    pub(super) turn: usize,
+    kind: TurnKind,
     vad_stop_at: Option<Instant>,
     end_of_speech_at: Option<Instant>,
     pieces: Vec<Piece>,
+    /// When its first frame was written, moved on by pauses (what the
+    /// caller heard is counted from it) …
     pub(super) first_frame_at: Option<Instant>,
+    /// … and as it was (whether the caller's speech came too soon after it
+    /// to answer it).
+    began: Option<Instant>,
     last_ack_at: Option<Instant>,
     spoken: bool,
     generated: Option<String>,
@@ -84,53 +117,44 @@ impl Active {
 }
 
 impl TurnMachine {
-    /// Starts a reply that plays at once, with a record of its own.
-    pub(super) fn start_reply(
-        &mut self,
-        kind: TurnKind,
-        source: Source,
-        user_text: String,
-        vad_stop_at: Option<Instant>,
-        end_of_speech_at: Option<Instant>,
-        now: Instant,
-    ) -> usize {
+    /// Starts a reply that plays at once; returns its number.
+    pub(super) fn start_reply(&mut self, asked: Asked, source: Source, now: Instant) -> usize {
         let text = match &source {
             Source::Text(t) => Some(t.clone()),
             Source::Llm(_) | Source::Turn(_) => None,
         };
         let epoch = self.next_epoch(source, false);
-        let index = self.adopt(epoch, kind, user_text, vad_stop_at, end_of_speech_at, now);
+        let turn = self.adopt(epoch, asked, now);
         if let Some(t) = text {
-            self.records[index].bot_text = t.clone();
             // Written already: it is over once spoken and played.
             if let Some(a) = self.active.as_mut() {
                 a.generated = Some(t);
             }
         }
-        index
+        turn
     }
 
-    /// Makes reply `epoch` (asked for at `started`) the one playing.
-    pub(super) fn adopt(
-        &mut self,
-        epoch: u64,
-        kind: TurnKind,
-        user_text: String,
-        vad_stop_at: Option<Instant>,
-        end_of_speech_at: Option<Instant>,
-        started: Instant,
-    ) -> usize {
-        let index = self.records.len();
-        let started_ms = ms(started.saturating_duration_since(self.start));
-        self.records
-            .push(TurnRecord::new(index, kind, user_text, started_ms));
+    /// Makes reply `epoch` (asked for at `started`) the one playing;
+    /// returns its number.
+    pub(super) fn adopt(&mut self, epoch: u64, asked: Asked, started: Instant) -> usize {
+        let turn = self.replies;
+        self.replies += 1;
+        self.emit(EventKind::ReplyStarted {
+            turn,
+            kind: asked.kind,
+            user_text: asked.user_text,
+            started_at_ms: ms(started.saturating_duration_since(self.start)),
+            caller: asked.caller,
+        });
         self.active = Some(Active {
             epoch,
-            record: index,
-            vad_stop_at,
-            end_of_speech_at,
+            turn,
+            kind: asked.kind,
+            vad_stop_at: asked.vad_stop_at,
+            end_of_speech_at: asked.end_of_speech_at,
             pieces: Vec::new(),
             first_frame_at: None,
+            began: None,
             last_ack_at: None,
             spoken: false,
             generated: None,
@@ -138,7 +162,7 @@ impl TurnMachine {
             early: HashMap::new(),
             then: None,
         });
-        index
+        turn
     }
 
     /// When the reply playing was paused by speech over it.
@@ -153,7 +177,7 @@ impl TurnMachine {
             return;
         };
         a.paused_at = Some(now);
-        let (epoch, turn) = (a.epoch, self.records[a.record].index);
+        let (epoch, turn) = (a.epoch, a.turn);
         self.out.push(Action::PauseReply { epoch });
         self.bot_until = now;
         self.emit(EventKind::BotPaused { turn });
@@ -186,7 +210,7 @@ impl TurnMachine {
         let shift = |t: &mut Option<Instant>| *t = t.map(|t| t + paused);
         shift(&mut a.first_frame_at);
         shift(&mut a.last_ack_at);
-        let (epoch, turn) = (a.epoch, self.records[a.record].index);
+        let (epoch, turn) = (a.epoch, a.turn);
         self.out.push(Action::ResumeReply { epoch });
         if backchannel {
             self.backchannels += 1;
@@ -212,18 +236,14 @@ impl TurnMachine {
         let Some(a) = self.active.as_mut().filter(|a| a.epoch == epoch) else {
             return;
         };
-        let r = &mut self.records[a.record];
-        let turn = r.index;
+        let turn = a.turn;
         let event = match ev {
-            ReplyEvent::FirstToken { ms, .. } => {
-                r.llm_ttfb_ms = Some(ms);
-                EventKind::LlmFirstToken { turn, ms }
-            }
-            ReplyEvent::FirstAudio { ms, at, .. } => {
-                r.tts_ttfb_ms = Some(ms);
-                r.first_audio_at_ms = Some(super::ms(at.saturating_duration_since(self.start)));
-                EventKind::TtsFirstAudio { turn, ms }
-            }
+            ReplyEvent::FirstToken { ms, .. } => EventKind::LlmFirstToken { turn, ms },
+            ReplyEvent::FirstAudio { ms, at, .. } => EventKind::TtsFirstAudio {
+                turn,
+                ms,
+                audio_at_ms: super::ms(at.saturating_duration_since(self.start)),
+            },
             ReplyEvent::Piece {
                 name, text, secs, ..
             } => {
@@ -236,11 +256,7 @@ impl TurnMachine {
                 return self.maybe_finish_reply(now);
             }
             ReplyEvent::Generated { generation, .. } => {
-                r.prompt_tokens = generation.prompt_tokens;
-                r.prefilled_tokens = generation.prefilled_tokens;
-                r.completion_tokens = generation.completion_tokens;
-                r.bot_text = generation.text.trim().to_string();
-                a.generated = Some(r.bot_text.clone());
+                a.generated = Some(generation.text.trim().to_string());
                 EventKind::LlmUsage {
                     turn,
                     prompt_tokens: generation.prompt_tokens,
@@ -249,7 +265,6 @@ impl TurnMachine {
                 }
             }
             ReplyEvent::Spoken { characters, .. } => {
-                r.tts_characters = characters;
                 a.spoken = true;
                 EventKind::TtsUsage { turn, characters }
             }
@@ -260,17 +275,6 @@ impl TurnMachine {
                 remember,
                 ..
             } => {
-                r.tool = Some(crate::events::ToolRecord {
-                    name: call.name.clone(),
-                    arguments: call.arguments.clone(),
-                    outcome: result.outcome().into(),
-                    result: match &result {
-                        ToolResult::Ok(body) => Some(crate::tools::http::kept(body)),
-                        ToolResult::Failed(why) => Some(why.clone()),
-                        ToolResult::Timeout | ToolResult::Cancelled => None,
-                    },
-                    ms,
-                });
                 if let Some(seen) = remember {
                     // Later turns may ask about it ("when does it arrive?").
                     self.history.push(ChatMessage::new(Role::System, seen));
@@ -283,6 +287,11 @@ impl TurnMachine {
                     },
                     outcome: result.outcome(),
                     ms,
+                    result: match &result {
+                        ToolResult::Ok(body) => Some(crate::tools::http::kept(body)),
+                        ToolResult::Failed(why) => Some(why.clone()),
+                        ToolResult::Timeout | ToolResult::Cancelled => None,
+                    },
                 }
             }
             ReplyEvent::Failed { error, .. } => {
@@ -315,24 +324,15 @@ impl TurnMachine {
             return;
         };
         a.first_frame_at = Some(at);
-        let r = &mut self.records[a.record];
-        r.first_frame_at_ms = Some(ms(at.saturating_duration_since(self.start)));
-        let mut since_call_start_ms = None;
-        if let Some(stop) = a.vad_stop_at {
-            r.total_ms = Some(ms(at.saturating_duration_since(stop)));
-        } else if r.kind == TurnKind::Greeting {
-            r.total_ms = Some(ms(at.saturating_duration_since(self.start)));
-            since_call_start_ms = r.total_ms;
-        }
-        if let Some(eos) = a.end_of_speech_at {
-            r.end_of_speech_ms = Some(ms(at.saturating_duration_since(eos)));
-        }
+        a.began = Some(at);
+        let since = |from: Instant| ms(at.saturating_duration_since(from));
         let event = EventKind::BotStartedSpeaking {
-            turn: r.index,
-            kind: r.kind,
-            total_ms: a.vad_stop_at.and(r.total_ms),
-            end_of_speech_ms: r.end_of_speech_ms,
-            since_call_start_ms,
+            turn: a.turn,
+            kind: a.kind,
+            total_ms: a.vad_stop_at.map(since),
+            end_of_speech_ms: a.end_of_speech_at.map(since),
+            since_call_start_ms: (a.kind == TurnKind::Greeting).then(|| since(self.start)),
+            frame_at_ms: since(self.start),
         };
         self.emit(event);
     }
@@ -354,8 +354,7 @@ impl TurnMachine {
     /// A reply is over when all of it was generated, queued and played.
     fn maybe_finish_reply(&mut self, now: Instant) {
         let done = self.active.as_ref().is_some_and(|a| {
-            let generated =
-                a.generated.is_some() || self.records[a.record].kind == TurnKind::Greeting;
+            let generated = a.generated.is_some() || a.kind == TurnKind::Greeting;
             a.spoken && generated && a.paused_at.is_none() && a.pieces.iter().all(|p| p.acked)
         });
         if !done {
@@ -379,24 +378,27 @@ impl TurnMachine {
         }
     }
 
-    /// Records what the caller heard of reply `a` and keeps exactly that in
+    /// Reports what the caller heard of reply `a` and keeps exactly that in
     /// the conversation (the greeting is already part of the prefix).
     pub(super) fn close_reply(&mut self, a: &Active, heard: String, interrupted: bool) {
-        let r = &mut self.records[a.record];
-        r.interrupted = interrupted;
-        if r.bot_text.is_empty() {
-            r.bot_text = a.joined();
-        }
-        r.heard_text = heard;
-        if r.kind != TurnKind::Greeting && !r.heard_text.is_empty() {
+        if a.kind != TurnKind::Greeting && !heard.is_empty() {
             self.history
-                .push(ChatMessage::new(Role::Assistant, r.heard_text.clone()));
+                .push(ChatMessage::new(Role::Assistant, heard.clone()));
         }
-        let (turn, record) = (r.index, r.clone());
+        let turn = a.turn;
         if a.first_frame_at.is_some() {
             self.emit(EventKind::BotStoppedSpeaking { turn, interrupted });
         }
-        self.emit(EventKind::TurnFinished { record });
+        let bot_text = match &a.generated {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => a.joined(),
+        };
+        self.emit(EventKind::ReplyEnded {
+            turn,
+            bot_text,
+            heard_text: heard,
+            interrupted,
+        });
     }
 
     /// Barge-in (or a new turn): stop the reply, flush what the transport
@@ -420,16 +422,10 @@ impl TurnMachine {
         if !spoke {
             return;
         }
-        let r = &self.records[a.record];
-        let turn = r.index;
+        let turn = a.turn;
         let reaction = Duration::from_secs_f64(REACTION_SECS);
-        // The record's first frame, unlike `first_frame_at`, is not moved on
-        // by pauses.
-        let began = r
-            .first_frame_at_ms
-            .map(|ms| self.start + Duration::from_secs_f64(ms / 1e3));
         let cut_off =
-            r.kind == TurnKind::Turn && began.is_some_and(|first| onset < first + reaction);
+            a.kind == TurnKind::Turn && a.began.is_some_and(|first| onset < first + reaction);
         let onset_to_clear_ms = ms(stopped.saturating_duration_since(onset));
         self.emit(EventKind::Interruption {
             turn,
@@ -452,12 +448,12 @@ impl TurnMachine {
         since: Instant,
         now: Instant,
     ) {
-        let turn = self.records[a.record].index;
         self.emit(EventKind::ToolCall {
-            turn,
+            turn: a.turn,
             call: tool.clone(),
             outcome,
             ms: ms(now.saturating_duration_since(since)),
+            result: None,
         });
     }
 }

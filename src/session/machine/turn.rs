@@ -4,11 +4,12 @@
 
 use std::time::Instant;
 
+use super::reply::Asked;
 use super::words::{self, Cue};
 use super::MAX_DTMF;
 use super::{ms, pos_ms, turn_from, Action, TurnMachine, PRE_SPEECH_SECS, STT_PRE_SPEECH_SECS};
 use crate::engines::{ChatMessage, Role, Transcript, TurnVerdict, MODEL_RATE};
-use crate::events::{EventKind, TurnEnd, TurnKind};
+use crate::events::{CallerTurn, EventKind, TurnEnd, TurnKind};
 use crate::session::reply::Source;
 use crate::tools::intent::{self, Intent};
 use crate::tools::ToolCall;
@@ -327,9 +328,22 @@ impl TurnMachine {
         }
         self.history
             .push(ChatMessage::new(Role::User, text.clone()));
-        let (stop, eos) = (p.vad_stop_at, Some(p.end_of_speech_at));
+        let asked = Asked {
+            kind: TurnKind::Turn,
+            user_text: text.clone(),
+            vad_stop_at: p.vad_stop_at,
+            end_of_speech_at: Some(p.end_of_speech_at),
+            caller: Some(CallerTurn {
+                stt_ms,
+                end,
+                smart_turn_scores: p.scores,
+                smart_turn_ms: p.verdict.as_ref().map(|v| v.total_ms),
+                smart_turn_inference_ms: p.verdict.as_ref().map(|v| v.inference_ms),
+                smart_turn_probability: p.verdict.as_ref().map(|v| v.probability),
+            }),
+        };
         let tool = self.tool_for(&text);
-        let idx = match (tool, p.draft.take()) {
+        match (tool, p.draft.take()) {
             (Some(tool), draft) => {
                 // The persona's own words, not the LLM's, before a hang-up
                 // or a transfer: what it drafted is dropped.
@@ -341,40 +355,29 @@ impl TurnMachine {
                     ToolCall::TransferCall { .. } => self.persona.transfer_message.clone(),
                     ToolCall::Http { .. } => unreachable!("tool_for gives built-in tools only"),
                 };
-                let idx =
-                    self.start_reply(TurnKind::Turn, Source::Text(line), text, stop, eos, now);
+                let turn = self.start_reply(asked, Source::Text(line), now);
                 self.emit(EventKind::ToolCall {
-                    turn: self.records[idx].index,
+                    turn,
                     call: tool.clone(),
                     outcome: "started",
                     ms: 0.0,
+                    result: None,
                 });
                 if let Some(a) = self.active.as_mut() {
                     a.then = Some((tool, now));
                 }
-                idx
             }
             (None, Some(d)) => {
                 self.out.push(Action::ReleaseReply { epoch: d.epoch });
-                let idx = self.adopt(d.epoch, TurnKind::Turn, text, stop, eos, d.started);
+                self.adopt(d.epoch, asked, d.started);
                 for ev in d.early {
                     self.on_reply(ev, now);
                 }
-                idx
             }
             (None, None) => {
                 let source = Source::Turn(self.history.clone());
-                self.start_reply(TurnKind::Turn, source, text, stop, eos, now)
+                self.start_reply(asked, source, now);
             }
-        };
-        let r = &mut self.records[idx];
-        r.stt_ms = Some(stt_ms);
-        r.turn_end = Some(end);
-        r.smart_turn_scores = p.scores;
-        if let Some(v) = p.verdict {
-            r.smart_turn_ms = Some(v.total_ms);
-            r.smart_turn_inference_ms = Some(v.inference_ms);
-            r.smart_turn_probability = Some(v.probability);
         }
     }
 
@@ -421,7 +424,7 @@ impl TurnMachine {
             .push(ChatMessage::new(Role::User, text.clone()));
         if self.active.is_none() && self.pending.is_none() {
             let source = Source::Turn(self.history.clone());
-            self.start_reply(TurnKind::Dtmf, source, text, None, None, now);
+            self.start_reply(Asked::unspoken(TurnKind::Dtmf, text), source, now);
         }
     }
 
@@ -455,7 +458,8 @@ impl TurnMachine {
                 self.persona.idle_prompt.clone(),
             ));
             let source = Source::Llm(self.history.clone());
-            let turn = self.start_reply(TurnKind::Idle, source, String::new(), None, None, now);
+            let asked = Asked::unspoken(TurnKind::Idle, String::new());
+            let turn = self.start_reply(asked, source, now);
             self.emit(EventKind::IdlePrompt { turn });
             self.last_activity = now;
         }

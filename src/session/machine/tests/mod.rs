@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::engines::{Generation, SttTimings, VadEvent};
+use crate::events::TurnRecord;
 
 mod rules;
 mod tools;
@@ -243,13 +244,23 @@ impl Call {
             .collect()
     }
 
-    fn finished_turns(&self) -> Vec<&TurnRecord> {
+    /// The records of every reply started so far, ended or not, as the
+    /// call's publisher folds them from the events.
+    fn records(&self) -> Vec<TurnRecord> {
+        let mut log = crate::observe::turns::TurnLog::default();
+        for e in self.events() {
+            log.on(e);
+        }
+        log.take()
+    }
+
+    /// The records of the replies that ended, as the call's publisher
+    /// folds them from the events.
+    fn finished_turns(&self) -> Vec<TurnRecord> {
+        let mut log = crate::observe::turns::TurnLog::default();
         self.events()
             .into_iter()
-            .filter_map(|e| match e {
-                EventKind::TurnFinished { record } => Some(record),
-                _ => None,
-            })
+            .filter_map(|e| log.on(e))
             .collect()
     }
 

@@ -17,7 +17,7 @@ fn answers(c: &Call) -> usize {
 }
 
 fn turn_end(c: &Call) -> Option<TurnEnd> {
-    c.m.records.last().and_then(|r| r.turn_end)
+    c.records().last().and_then(|r| r.turn_end)
 }
 
 #[test]
@@ -47,9 +47,9 @@ fn a_greeting_then_a_pause_waits_for_the_question() {
     );
     c.verdict(0.9);
     assert_eq!(answers(&c), 1, "one answer, to the whole line");
-    assert_eq!(c.m.records.len(), 1);
+    assert_eq!(c.records().len(), 1);
     assert_eq!(
-        c.m.records[0].user_text,
+        c.records()[0].user_text,
         "Hi Miss Harper! Why is the sky blue?"
     );
     assert_eq!(turn_end(&c), Some(TurnEnd::SmartTurn));
@@ -145,7 +145,7 @@ fn smart_turn_is_asked_again_as_the_silence_grows() {
     c.verdict(0.7);
     assert_eq!(answers(&c), 1);
     assert_eq!(turn_end(&c), Some(TurnEnd::SmartTurn));
-    let r = &c.m.records[0];
+    let r = c.records().remove(0);
     assert_eq!(r.smart_turn_scores, 2);
     assert_eq!(r.smart_turn_probability, Some(0.7));
 }
