@@ -246,15 +246,19 @@ pub enum EventKind {
         kind: String,
         message: String,
     },
-    /// Reply `turn` is over: played to its end, interrupted, or abandoned
-    /// before a frame of it was heard; `heard_text` is what the caller heard.
+    /// Reply `turn` is over: played to its end, interrupted, abandoned
+    /// before a frame of it was heard, or `failed` (its LLM or TTS broke
+    /// off: the caller gets an apology instead); `heard_text` is what the
+    /// caller heard. Every `ReplyStarted` gets one.
     ReplyEnded {
         turn: usize,
         bot_text: String,
         heard_text: String,
         interrupted: bool,
+        failed: bool,
     },
-    /// A reply's complete record, once it has been played or interrupted:
+    /// A reply's complete record, once it has been played or interrupted
+    /// (not for a failed one, whose record only the summary keeps):
     /// folded from the reply's events by the call's
     /// [`TurnLog`](crate::observe::turns::TurnLog), which publishes it right
     /// after the `ReplyEnded` that completes it.

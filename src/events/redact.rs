@@ -109,11 +109,13 @@ impl Redact {
                 bot_text,
                 heard_text,
                 interrupted,
+                failed,
             } => EventKind::ReplyEnded {
                 turn: *turn,
                 bot_text: self.said(bot_text).into_owned(),
                 heard_text: self.said(heard_text).into_owned(),
                 interrupted: *interrupted,
+                failed: *failed,
             },
             EventKind::TurnFinished { record } => EventKind::TurnFinished {
                 record: self.record(record),

@@ -156,8 +156,10 @@ pub(crate) struct Publisher {
     bus: Arc<Bus>,
     call_sid: Arc<str>,
     start: Instant,
-    /// Shared by the clones the call's workers hold; fed in the order the
-    /// events are published, never waited on for long (a fold per event).
+    /// Shared by the publisher's clones. Held while an event is folded and
+    /// published, so that the log sees events in the order observers do and
+    /// a finished record follows its `ReplyEnded` at once; never held for
+    /// long (a fold and a `try_send` per observer).
     turns: Arc<Mutex<turns::TurnLog>>,
 }
 
@@ -172,7 +174,8 @@ impl Publisher {
     }
 
     pub(crate) fn emit(&self, kind: EventKind) {
-        let finished = self.turn_log().on(&kind);
+        let mut log = self.turn_log();
+        let finished = log.on(&kind);
         self.publish(kind);
         if let Some(record) = finished {
             self.publish(EventKind::TurnFinished { record });

@@ -100,12 +100,13 @@ impl TurnLog {
                 bot_text,
                 heard_text,
                 interrupted,
+                failed,
             } => {
                 let r = self.get(*turn)?;
                 r.bot_text = bot_text.clone();
                 r.heard_text = heard_text.clone();
                 r.interrupted = *interrupted;
-                return Some(r.clone());
+                return (!failed).then(|| r.clone());
             }
             _ => {}
         }
@@ -149,6 +150,7 @@ mod tests {
             bot_text: "Hello there. How are you?".into(),
             heard_text: heard.into(),
             interrupted,
+            failed: false,
         }
     }
 
@@ -271,5 +273,22 @@ mod tests {
         assert_eq!(tool.outcome, "ok");
         assert_eq!(tool.result.as_deref(), Some("shipped"));
         assert_eq!(tool.ms, 42.0);
+    }
+
+    #[test]
+    fn a_failed_reply_keeps_its_text_in_the_records_but_is_not_published_as_finished() {
+        let mut log = TurnLog::default();
+        log.on(&started(0, TurnKind::Turn, None));
+        let failed = EventKind::ReplyEnded {
+            turn: 0,
+            bot_text: "The moon is".into(),
+            heard_text: String::new(),
+            interrupted: false,
+            failed: true,
+        };
+        assert!(log.on(&failed).is_none());
+        let records = log.take();
+        assert_eq!(records[0].bot_text, "The moon is");
+        assert_eq!(records[0].heard_text, "");
     }
 }

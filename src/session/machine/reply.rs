@@ -304,6 +304,15 @@ impl TurnMachine {
                     self.tool_used(&a, tool, "cancelled", *since, now);
                 }
                 self.cancel(epoch);
+                // Its record keeps what was written of it; the caller's
+                // answer is the apology, and the history never had it.
+                self.emit(EventKind::ReplyEnded {
+                    turn: a.turn,
+                    bot_text: a.generated.clone().unwrap_or_default(),
+                    heard_text: String::new(),
+                    interrupted: false,
+                    failed: true,
+                });
                 self.error("reply", format!("reply failed: {error}"));
                 if epoch != self.apology_epoch {
                     // Say something rather than go silent.
@@ -398,6 +407,7 @@ impl TurnMachine {
             bot_text,
             heard_text: heard,
             interrupted,
+            failed: false,
         });
     }
 
