@@ -21,6 +21,11 @@
 //! commands built on them (`demo`, `sim`, `bench`, `soak`, `fake-apis`).
 //! `serve` needs none of it: `cargo build --release --no-default-features`
 //! builds the server without them.
+//!
+//! Items are `pub(crate)` unless the binary, the integration tests or the
+//! testkit's commands need them; `unreachable_pub` keeps a `pub` that
+//! nothing outside can reach from creeping back.
+#![warn(unreachable_pub)]
 
 pub mod audio;
 pub mod cli;

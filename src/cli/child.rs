@@ -106,7 +106,7 @@ impl Server {
     }
 
     /// SIGTERM, then the server drains its calls and exits: its status.
-    pub async fn stop(mut self) -> anyhow::Result<Option<i32>> {
+    pub(super) async fn stop(mut self) -> anyhow::Result<Option<i32>> {
         // SAFETY: kill(2) on our own child's pid, which it still holds.
         unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
         let status = tokio::time::timeout(Duration::from_secs(90), self.child.wait())
@@ -143,7 +143,7 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     /// Stops sampling: every reading so far, oldest first.
-    pub fn stop(self) -> Vec<Sample> {
+    pub(super) fn stop(self) -> Vec<Sample> {
         self.task.abort();
         std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }

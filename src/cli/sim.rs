@@ -182,7 +182,7 @@ const BACKCHANNEL_AFTER: usize = 2;
 // speech (under `vad.start_secs` voiced): it never reaches the turn rules.
 const BACKCHANNEL: &str = "Okay, yeah.";
 
-pub async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
+pub(super) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
     cfg.call.recordings_dir = Some(a.out.join("recordings"));
     cfg.observe.traces_dir = Some(a.out.join("traces"));

@@ -171,7 +171,7 @@ pub(crate) struct VadArgs {
     pub(crate) stop_secs: f32,
 }
 
-pub fn vad(cli: &Cli, a: &VadArgs) -> anyhow::Result<()> {
+pub(super) fn vad(cli: &Cli, a: &VadArgs) -> anyhow::Result<()> {
     let paths = cli.paths()?;
     let mut times = LoadTimes::default();
     let params = VadParams {

@@ -229,6 +229,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_manifest_of_another_format_is_refused() {
+        let text = EMBEDDED.replacen("version = 1", "version = 2", 1);
+        let e = Manifest::parse(&text, Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().contains("format version 2"), "{e}");
+        assert!(Manifest::parse(EMBEDDED, Path::new("m.toml")).is_ok());
+    }
+
+    #[test]
     fn embedded_manifest_is_complete() {
         let m = Manifest::embedded();
         for set in ["default", "qwen-0.5b", "qwen-1.5b"] {

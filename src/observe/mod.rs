@@ -79,7 +79,7 @@ impl Bus {
     }
 
     /// Observers see events masked as `mode` says (`observe.redact`).
-    pub fn redact(&mut self, mode: crate::events::Redact) {
+    pub(crate) fn redact(&mut self, mode: crate::events::Redact) {
         self.redact = mode;
     }
 

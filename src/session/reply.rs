@@ -38,7 +38,7 @@ use crate::tools::http::{ToolResult, ToolUse};
 
 mod tool;
 use tool::Speaker;
-pub use tool::ToolLines;
+pub(crate) use tool::ToolLines;
 
 #[derive(Debug)]
 pub(crate) enum Source {

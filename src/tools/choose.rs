@@ -96,7 +96,7 @@ pub(crate) fn naming(candidates: &[&HttpTool]) -> (String, Value) {
 }
 
 /// Step 3's system message and the grammar's schema: the tool's arguments.
-pub fn arguments(tool: &HttpTool) -> (String, Value) {
+pub(crate) fn arguments(tool: &HttpTool) -> (String, Value) {
     let s = format!(
         "Use this tool for the caller's last message:\n{}\nWrite its arguments as a JSON object, \
          with the values in the caller's own words.",

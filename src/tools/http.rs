@@ -85,7 +85,7 @@ pub(crate) enum ToolResult {
 }
 
 impl ToolResult {
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             ToolResult::Ok(_) => "ok",
             ToolResult::Timeout => "timeout",

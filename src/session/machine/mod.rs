@@ -374,7 +374,7 @@ impl TurnMachine {
 
     /// The conversation so far, as the LLM sees it.
     #[cfg(test)]
-    pub fn history(&self) -> &[ChatMessage] {
+    pub(crate) fn history(&self) -> &[ChatMessage] {
         &self.history
     }
 

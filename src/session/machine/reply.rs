@@ -114,6 +114,15 @@ impl Active {
             .collect::<Vec<_>>()
             .join(" ")
     }
+
+    /// What was written of it, heard or not: the LLM's whole text (or the
+    /// script) once known, else the pieces queued so far.
+    fn written(&self) -> String {
+        match &self.generated {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => self.joined(),
+        }
+    }
 }
 
 impl TurnMachine {
@@ -308,7 +317,7 @@ impl TurnMachine {
                 // answer is the apology, and the history never had it.
                 self.emit(EventKind::ReplyEnded {
                     turn: a.turn,
-                    bot_text: a.generated.clone().unwrap_or_default(),
+                    bot_text: a.written(),
                     heard_text: String::new(),
                     interrupted: false,
                     failed: true,
@@ -398,13 +407,9 @@ impl TurnMachine {
         if a.first_frame_at.is_some() {
             self.emit(EventKind::BotStoppedSpeaking { turn, interrupted });
         }
-        let bot_text = match &a.generated {
-            Some(t) if !t.is_empty() => t.clone(),
-            _ => a.joined(),
-        };
         self.emit(EventKind::ReplyEnded {
             turn,
-            bot_text,
+            bot_text: a.written(),
             heard_text: heard,
             interrupted,
             failed: false,

@@ -101,7 +101,7 @@ impl LlmPart {
 
 /// What the persona says around the owner's tools, and the runtime their
 /// requests run on.
-pub struct ToolLines {
+pub(crate) struct ToolLines {
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) filler: String,
     pub(crate) apology: String,

@@ -15,7 +15,7 @@
 //! output where a run of six tokens (not all the same) recurs. Genuine
 //! repetitions such as "no no no no" repeat a single token and are kept.
 
-pub mod model;
+pub(crate) mod model;
 
 use std::path::Path;
 use std::time::Instant;
